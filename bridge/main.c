@@ -1,0 +1,40 @@
+/*  kbridge - a Jupyter-kernel bridge service. Dispatches to the subcommands. */
+#include "commands.h"
+#include "../kernelmgr/klog.h"
+
+#include <czmq.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+
+static void s_usage(FILE *out)
+{
+    fprintf(out, "usage: kbridge <command> [options]\n\n"
+                 "commands:\n"
+                 "  serve   run the service (WebSocket, Jupyter Server and E2B APIs)\n"
+                 "  exec    run cells in a fresh kernel and print Executions as JSON lines\n\n"
+                 "`kbridge <command> --help` describes each command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "__kernel-shim") == 0) return cmd_kernel_shim(argc - 1, argv + 1);
+    //  czmq must not install its own SIGINT/SIGTERM handlers: the loop handles signals.
+    zsys_handler_set(NULL);
+    if (sodium_init() < 0) {
+        fprintf(stderr, "kbridge: libsodium failed to initialize\n");
+        return 1;
+    }
+    int rc;
+    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+        rc = cmd_exec(argc - 1, argv + 1);
+    else if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        s_usage(stdout);
+        return 0;
+    } else {
+        s_usage(stderr);
+        return 2;
+    }
+    zsys_shutdown();
+    return rc;
+}

@@ -1,0 +1,167 @@
+/*  connfile - choose ports, write and remove the kernel connection file. */
+#include "connfile.h"
+#include "jx.h"
+#include "kberr.h"
+#include "klog.h"
+#include "kutil.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct _connfile_t {
+    char *path;
+    char *transport;
+    char *ip;
+    char key[37];
+    int ports[KCH_COUNT];
+    char *endpoints[KCH_COUNT];
+};
+
+//  Bind KCH_COUNT sockets to port 0 together so the kernel gets distinct free ports.
+static int s_pick_tcp_ports(const char *ip, int ports[KCH_COUNT])
+{
+    int fds[KCH_COUNT];
+    int rc = KB_OK, opened = 0;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    if (inet_pton(AF_INET, ip, &addr.sin_addr) != 1) return KB_EINVAL;
+    for (; opened < KCH_COUNT; opened++) {
+        fds[opened] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        socklen_t len = sizeof addr;
+        addr.sin_port = 0;
+        if (fds[opened] < 0 || bind(fds[opened], (struct sockaddr *) &addr, sizeof addr) != 0 ||
+            getsockname(fds[opened], (struct sockaddr *) &addr, &len) != 0) {
+            if (fds[opened] >= 0) close(fds[opened]);
+            rc = KB_EIO;
+            break;
+        }
+        ports[opened] = ntohs(addr.sin_port);
+    }
+    for (int i = 0; i < opened; i++) close(fds[i]);
+    return rc;
+}
+
+connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *kernel_name,
+                         const char *transport, const char *ip, int *err)
+{
+    int dummy;
+    if (!err) err = &dummy;
+    *err = KB_ENOMEM;
+    if (!transport) transport = "tcp";
+    bool ipc = strcmp(transport, "ipc") == 0;
+    if (!ipc && strcmp(transport, "tcp") != 0) {
+        *err = KB_EINVAL;
+        return NULL;
+    }
+    connfile_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->transport = strdup(transport);
+    if (asprintf(&self->path, "%s/kernel-%s.json", dir, kernel_id) < 0) self->path = NULL;
+    if (ip)
+        self->ip = strdup(ip);
+    else if (ipc) {
+        if (asprintf(&self->ip, "%s/kernel-%s-ipc", dir, kernel_id) < 0) self->ip = NULL;
+    } else
+        self->ip = strdup("127.0.0.1");
+    if (!self->transport || !self->path || !self->ip) goto fail;
+    kb_uuid4(self->key);
+
+    if (ipc) {
+        for (int i = 0; i < KCH_COUNT; i++) self->ports[i] = i + 1;
+    } else if ((*err = s_pick_tcp_ports(self->ip, self->ports)) != KB_OK) {
+        klog_error("cannot choose ports on %s: %s", self->ip, strerror(errno));
+        goto fail;
+    }
+    for (int i = 0; i < KCH_COUNT; i++) {
+        int n = ipc ? asprintf(&self->endpoints[i], "ipc://%s-%d", self->ip, self->ports[i])
+                    : asprintf(&self->endpoints[i], "tcp://%s:%d", self->ip, self->ports[i]);
+        if (n < 0) {
+            self->endpoints[i] = NULL;
+            *err = KB_ENOMEM;
+            goto fail;
+        }
+    }
+
+    json_t *doc = json_pack("{s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:s, s:s, s:s}", "shell_port",
+                            self->ports[KCH_SHELL], "iopub_port", self->ports[KCH_IOPUB],
+                            "stdin_port", self->ports[KCH_STDIN], "control_port",
+                            self->ports[KCH_CONTROL], "hb_port", self->ports[KCH_HB], "ip",
+                            self->ip, "key", self->key, "transport", transport,
+                            "signature_scheme", "hmac-sha256", "kernel_name",
+                            kernel_name ? kernel_name : "");
+    size_t len = 0;
+    char *text = doc ? jx_dumps(doc, false, &len) : NULL;
+    json_decref(doc);
+    if (!text) goto fail;
+    //  0600 from creation: the key must never be readable by anyone else, even briefly.
+    int fd = open(self->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    ssize_t written = fd >= 0 ? write(fd, text, len) : -1;
+    free(text);
+    if (fd < 0 || written != (ssize_t) len) {
+        klog_error("cannot write connection file %s: %s", self->path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(self->path);
+        }
+        *err = KB_EIO;
+        goto fail;
+    }
+    close(fd);
+    *err = KB_OK;
+    return self;
+fail:
+    connfile_destroy(&self, false);
+    return NULL;
+}
+
+void connfile_destroy(connfile_t **self_p, bool remove_files)
+{
+    if (!self_p || !*self_p) return;
+    connfile_t *self = *self_p;
+    if (remove_files && self->path) {
+        unlink(self->path);
+        if (self->transport && strcmp(self->transport, "ipc") == 0)
+            for (int i = 0; i < KCH_COUNT; i++) {
+                char file[4096];
+                snprintf(file, sizeof file, "%s-%d", self->ip, self->ports[i]);
+                unlink(file);
+            }
+    }
+    for (int i = 0; i < KCH_COUNT; i++) free(self->endpoints[i]);
+    free(self->path);
+    free(self->transport);
+    free(self->ip);
+    sodium_memzero(self->key, sizeof self->key);
+    free(self);
+    *self_p = NULL;
+}
+
+const char *connfile_path(const connfile_t *self)
+{
+    return self->path;
+}
+
+const char *connfile_key(const connfile_t *self)
+{
+    return self->key;
+}
+
+const char *connfile_scheme(const connfile_t *self)
+{
+    (void) self;
+    return "hmac-sha256";
+}
+
+const char *connfile_endpoint(const connfile_t *self, kchan_type_t channel)
+{
+    return (unsigned) channel < KCH_COUNT ? self->endpoints[channel] : NULL;
+}

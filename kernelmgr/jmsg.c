@@ -1,0 +1,309 @@
+/*  jmsg - Jupyter message model and wire (de)serialization. */
+#include "jmsg.h"
+#include "jx.h"
+#include "kberr.h"
+#include "kutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define DELIMITER "<IDS|MSG>"
+#define DELIMITER_LEN 9
+
+struct _jmsg_t {
+    //  For each part, raw bytes (owned, NUL-terminated for convenience) and/or JSON. When
+    //  both are present they describe the same value.
+    char *raw[4];
+    size_t raw_len[4];
+    json_t *json[4];
+    bool parse_failed[4];
+    zframe_t **buffers;
+    size_t nbuffers;
+};
+
+static jmsg_t *s_alloc(void)
+{
+    return calloc(1, sizeof(jmsg_t));
+}
+
+jmsg_t *jmsg_new(const char *msg_type, const char *session, json_t *content)
+{
+    jmsg_t *self = s_alloc();
+    if (!self) {
+        json_decref(content);
+        return NULL;
+    }
+    char msg_id[37], date[32];
+    kb_uuid4(msg_id);
+    kb_now_iso(date);
+    self->json[JMSG_HEADER] = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "msg_id", msg_id,
+                                        "username", "kbridge", "session", session ? session : "",
+                                        "date", date, "msg_type", msg_type, "version",
+                                        JMSG_PROTOCOL_VERSION);
+    self->json[JMSG_PARENT] = json_object();
+    self->json[JMSG_METADATA] = json_object();
+    self->json[JMSG_CONTENT] = content ? content : json_object();
+    if (!self->json[JMSG_HEADER] || !self->json[JMSG_PARENT] || !self->json[JMSG_METADATA] ||
+        !self->json[JMSG_CONTENT]) {
+        jmsg_destroy(&self);
+        return NULL;
+    }
+    return self;
+}
+
+static char *s_copy_bytes(const void *data, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy) return NULL;
+    if (len) memcpy(copy, data, len);
+    copy[len] = '\0';
+    return copy;
+}
+
+static int s_set_buffers(jmsg_t *self, size_t nbuffers, const void *const *buffers,
+                         const size_t *lens)
+{
+    if (!nbuffers) return KB_OK;
+    self->buffers = calloc(nbuffers, sizeof(zframe_t *));
+    if (!self->buffers) return KB_ENOMEM;
+    self->nbuffers = nbuffers;
+    for (size_t i = 0; i < nbuffers; i++) {
+        self->buffers[i] = zframe_new(buffers[i], lens[i]);
+        if (!self->buffers[i]) return KB_ENOMEM;
+    }
+    return KB_OK;
+}
+
+jmsg_t *jmsg_new_raw(const void *const parts[4], const size_t lens[4], size_t nbuffers,
+                     const void *const *buffers, const size_t *buffer_lens)
+{
+    jmsg_t *self = s_alloc();
+    if (!self) return NULL;
+    for (int i = 0; i < 4; i++) {
+        self->raw[i] = s_copy_bytes(parts[i], lens[i]);
+        self->raw_len[i] = lens[i];
+        if (!self->raw[i]) {
+            jmsg_destroy(&self);
+            return NULL;
+        }
+    }
+    if (s_set_buffers(self, nbuffers, buffers, buffer_lens)) jmsg_destroy(&self);
+    return self;
+}
+
+void jmsg_destroy(jmsg_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    jmsg_t *self = *self_p;
+    for (int i = 0; i < 4; i++) {
+        free(self->raw[i]);
+        json_decref(self->json[i]);
+    }
+    for (size_t i = 0; i < self->nbuffers; i++)
+        zframe_destroy(&self->buffers[i]);
+    free(self->buffers);
+    free(self);
+    *self_p = NULL;
+}
+
+jmsg_t *jmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
+{
+    zmsg_t *zmsg = *zmsg_p;
+    *zmsg_p = NULL;
+    int dummy;
+    if (!err) err = &dummy;
+    *err = KB_EPROTO;
+    jmsg_t *self = NULL;
+    if (!zmsg) return NULL;
+
+    //  Skip identities/topic up to the first delimiter; never assume how many there are.
+    zframe_t *frame = zmsg_first(zmsg);
+    while (frame && !(zframe_size(frame) == DELIMITER_LEN &&
+                      memcmp(zframe_data(frame), DELIMITER, DELIMITER_LEN) == 0))
+        frame = zmsg_next(zmsg);
+    if (!frame) goto fail;
+    zframe_t *sig = zmsg_next(zmsg);
+    zframe_t *parts[4];
+    for (int i = 0; i < 4; i++) {
+        parts[i] = zmsg_next(zmsg);
+        if (!parts[i]) goto fail;
+    }
+    if (!sig) goto fail;
+
+    const void *bytes[4];
+    size_t lens[4];
+    for (int i = 0; i < 4; i++) {
+        bytes[i] = zframe_data(parts[i]);
+        lens[i] = zframe_size(parts[i]);
+    }
+    if (hmac_verify(hmac, zframe_data(sig), zframe_size(sig), bytes, lens, 1) != KB_OK) {
+        *err = KB_EAUTH;
+        goto fail;
+    }
+
+    //  Verified: only now is anything parsed.
+    self = s_alloc();
+    if (!self) {
+        *err = KB_ENOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < 4; i++) {
+        self->raw[i] = s_copy_bytes(bytes[i], lens[i]);
+        self->raw_len[i] = lens[i];
+        if (!self->raw[i]) {
+            *err = KB_ENOMEM;
+            goto fail;
+        }
+    }
+    size_t nbuffers = zmsg_size(zmsg);  //  upper bound; counted exactly below
+    zframe_t *buffer = zmsg_next(zmsg);
+    if (buffer) {
+        self->buffers = calloc(nbuffers, sizeof(zframe_t *));
+        if (!self->buffers) {
+            *err = KB_ENOMEM;
+            goto fail;
+        }
+        for (; buffer; buffer = zmsg_next(zmsg)) {
+            self->buffers[self->nbuffers++] = buffer;
+            //  Ownership moves to us; detach from zmsg without freeing.
+        }
+        for (size_t i = 0; i < self->nbuffers; i++)
+            zmsg_remove(zmsg, self->buffers[i]);
+    }
+    json_t *header = jmsg_header(self), *parent = jmsg_parent(self);
+    if (!json_is_object(header) || !json_is_object(parent)) goto fail;
+    const char *s;
+    if (jx_get_str(header, "msg_id", &s, false) || jx_get_str(header, "msg_type", &s, false))
+        goto fail;
+    zmsg_destroy(&zmsg);
+    *err = KB_OK;
+    return self;
+fail:
+    jmsg_destroy(&self);
+    zmsg_destroy(&zmsg);
+    return NULL;
+}
+
+static int s_serialize(jmsg_t *self, int part)
+{
+    if (self->raw[part]) return KB_OK;
+    if (!self->json[part]) return KB_EINVAL;
+    self->raw[part] = jx_dumps(self->json[part], false, &self->raw_len[part]);
+    return self->raw[part] ? KB_OK : KB_ENOMEM;
+}
+
+zmsg_t *jmsg_encode(jmsg_t **self_p, hmac_t *hmac)
+{
+    jmsg_t *self = *self_p;
+    *self_p = NULL;
+    zmsg_t *zmsg = NULL;
+    if (!self) return NULL;
+    const void *bytes[4];
+    size_t lens[4];
+    for (int i = 0; i < 4; i++) {
+        if (s_serialize(self, i)) goto done;
+        bytes[i] = self->raw[i];
+        lens[i] = self->raw_len[i];
+    }
+    char sig[HMAC_HEX_MAX + 1];
+    size_t siglen = hmac_sign(hmac, bytes, lens, sig);
+    zmsg = zmsg_new();
+    if (!zmsg) goto done;
+    if (zmsg_addmem(zmsg, DELIMITER, DELIMITER_LEN) || zmsg_addmem(zmsg, sig, siglen))
+        goto fail;
+    for (int i = 0; i < 4; i++)
+        if (zmsg_addmem(zmsg, self->raw[i], self->raw_len[i])) goto fail;
+    for (size_t i = 0; i < self->nbuffers; i++)
+        if (zmsg_append(zmsg, &self->buffers[i])) goto fail;
+    goto done;
+fail:
+    zmsg_destroy(&zmsg);
+done:
+    jmsg_destroy(&self);
+    return zmsg;
+}
+
+void jmsg_set_parent(jmsg_t *self, json_t *parent)
+{
+    json_decref(self->json[JMSG_PARENT]);
+    free(self->raw[JMSG_PARENT]);
+    self->raw[JMSG_PARENT] = NULL;
+    self->json[JMSG_PARENT] = parent ? json_deep_copy(parent) : json_object();
+}
+
+void jmsg_set_metadata(jmsg_t *self, json_t *metadata)
+{
+    json_decref(self->json[JMSG_METADATA]);
+    free(self->raw[JMSG_METADATA]);
+    self->raw[JMSG_METADATA] = NULL;
+    self->json[JMSG_METADATA] = metadata ? metadata : json_object();
+}
+
+static json_t *s_part(jmsg_t *self, int part)
+{
+    if (!self->json[part] && !self->parse_failed[part] && self->raw[part]) {
+        self->json[part] = jx_loadb(self->raw[part], self->raw_len[part], NULL);
+        if (!self->json[part]) self->parse_failed[part] = true;
+    }
+    return self->json[part];
+}
+
+json_t *jmsg_header(jmsg_t *self)
+{
+    return s_part(self, JMSG_HEADER);
+}
+
+json_t *jmsg_parent(jmsg_t *self)
+{
+    return s_part(self, JMSG_PARENT);
+}
+
+json_t *jmsg_metadata(jmsg_t *self)
+{
+    return s_part(self, JMSG_METADATA);
+}
+
+json_t *jmsg_content(jmsg_t *self)
+{
+    return s_part(self, JMSG_CONTENT);
+}
+
+const char *jmsg_type(jmsg_t *self)
+{
+    const char *s = NULL;
+    jx_get_str(jmsg_header(self), "msg_type", &s, true);
+    return s;
+}
+
+const char *jmsg_id(jmsg_t *self)
+{
+    const char *s = NULL;
+    jx_get_str(jmsg_header(self), "msg_id", &s, true);
+    return s;
+}
+
+const char *jmsg_parent_id(jmsg_t *self)
+{
+    const char *s = NULL;
+    jx_get_str(jmsg_parent(self), "msg_id", &s, true);
+    return s;
+}
+
+const char *jmsg_raw(jmsg_t *self, jmsg_part_t part, size_t *len)
+{
+    if (s_serialize(self, part)) return NULL;
+    if (len) *len = self->raw_len[part];
+    return self->raw[part];
+}
+
+size_t jmsg_buffer_count(const jmsg_t *self)
+{
+    return self->nbuffers;
+}
+
+const void *jmsg_buffer(const jmsg_t *self, size_t index, size_t *len)
+{
+    if (index >= self->nbuffers) return NULL;
+    if (len) *len = zframe_size(self->buffers[index]);
+    return zframe_data(self->buffers[index]);
+}

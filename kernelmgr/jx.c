@@ -1,0 +1,114 @@
+/*  jx - typed jansson accessors. */
+#include "jx.h"
+#include "kberr.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int s_lookup(json_t *obj, const char *key, json_t **value, bool optional)
+{
+    *value = json_is_object(obj) ? json_object_get(obj, key) : NULL;
+    if (*value == NULL || json_is_null(*value)) {
+        *value = NULL;
+        return optional ? KB_OK : KB_EMISSING;
+    }
+    return KB_OK;
+}
+
+int jx_get_str(json_t *obj, const char *key, const char **out, bool optional)
+{
+    json_t *v;
+    int rc = s_lookup(obj, key, &v, optional);
+    if (rc || !v) return rc;
+    if (!json_is_string(v)) return KB_ETYPE;
+    *out = json_string_value(v);
+    return KB_OK;
+}
+
+int jx_get_strn(json_t *obj, const char *key, const char **out, size_t *len, bool optional)
+{
+    json_t *v;
+    int rc = s_lookup(obj, key, &v, optional);
+    if (rc || !v) return rc;
+    if (!json_is_string(v)) return KB_ETYPE;
+    *out = json_string_value(v);
+    *len = json_string_length(v);
+    return KB_OK;
+}
+
+int jx_get_int(json_t *obj, const char *key, int64_t *out, bool optional)
+{
+    json_t *v;
+    int rc = s_lookup(obj, key, &v, optional);
+    if (rc || !v) return rc;
+    if (!json_is_integer(v)) return KB_ETYPE;
+    *out = (int64_t) json_integer_value(v);
+    return KB_OK;
+}
+
+int jx_get_bool(json_t *obj, const char *key, bool *out, bool optional)
+{
+    json_t *v;
+    int rc = s_lookup(obj, key, &v, optional);
+    if (rc || !v) return rc;
+    if (!json_is_boolean(v)) return KB_ETYPE;
+    *out = json_is_true(v);
+    return KB_OK;
+}
+
+int jx_get_obj(json_t *obj, const char *key, json_t **out, bool optional)
+{
+    json_t *v;
+    int rc = s_lookup(obj, key, &v, optional);
+    if (rc || !v) return rc;
+    if (!json_is_object(v)) return KB_ETYPE;
+    *out = v;
+    return KB_OK;
+}
+
+int jx_get_arr(json_t *obj, const char *key, json_t **out, bool optional)
+{
+    json_t *v;
+    int rc = s_lookup(obj, key, &v, optional);
+    if (rc || !v) return rc;
+    if (!json_is_array(v)) return KB_ETYPE;
+    *out = v;
+    return KB_OK;
+}
+
+const char *jx_describe(int err, const char *key, const char *type, char *buf, size_t size)
+{
+    if (err == KB_EMISSING)
+        snprintf(buf, size, "field '%s' is required", key);
+    else if (err == KB_ETYPE)
+        snprintf(buf, size, "field '%s' must be %s", key, type);
+    else
+        snprintf(buf, size, "field '%s': %s", key, kb_strerror(err));
+    return buf;
+}
+
+json_t *jx_loadb(const char *data, size_t len, json_error_t *error)
+{
+    json_error_t local;
+    if (!error) error = &local;
+    json_t *value = json_loadb(data, len, JSON_ALLOW_NUL, error);
+    //  jansson refuses integers beyond int64; Python emits them freely. Retry once with
+    //  them decoded as reals rather than losing the whole message.
+    if (!value && strstr(error->text, "too big"))
+        value = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+    return value;
+}
+
+char *jx_dumps(const json_t *value, bool ascii, size_t *len)
+{
+    size_t flags = JSON_COMPACT | JSON_ENCODE_ANY | (ascii ? JSON_ENSURE_ASCII : 0);
+    size_t need = json_dumpb(value, NULL, 0, flags);
+    if (need == 0) return NULL;
+    char *out = malloc(need + 1);
+    if (!out) return NULL;
+    json_dumpb(value, out, need, flags);
+    out[need] = '\0';
+    if (len) *len = need;
+    return out;
+}

@@ -1,0 +1,123 @@
+/*  kchan - a verified, decoding socket on one kernel channel. */
+#include "kchan.h"
+#include "kberr.h"
+#include "klog.h"
+#include "zwatch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct _kchan_t {
+    kchan_type_t type;
+    zwatch_t *watch;
+    hmac_t *hmac;
+    char *label;
+    kchan_fn *on_msg;
+    void *arg;
+    uint64_t rejected;
+};
+
+static const char *s_names[KCH_COUNT] = {"shell", "iopub", "stdin", "control", "hb"};
+
+const char *kchan_type_name(kchan_type_t type)
+{
+    return (unsigned) type < KCH_COUNT ? s_names[type] : "unknown";
+}
+
+int kchan_type_parse(const char *name, size_t len)
+{
+    for (int i = 0; i < KCH_COUNT; i++)
+        if (strlen(s_names[i]) == len && memcmp(s_names[i], name, len) == 0) return i;
+    return -1;
+}
+
+static void s_on_zmsg(zwatch_t *watch, zmsg_t **zmsg_p, void *arg)
+{
+    (void) watch;
+    kchan_t *self = arg;
+    int err;
+    jmsg_t *msg = jmsg_decode(zmsg_p, self->hmac, &err);
+    if (!msg) {
+        self->rejected++;
+        //  Logged sparingly: a peer sending garbage must not flood the log either.
+        if (self->rejected <= 10 || self->rejected % 1000 == 0)
+            klog_warn("kernel %s: dropped message on %s (%s; %llu dropped so far)",
+                      self->label, s_names[self->type], kb_strerror(err),
+                      (unsigned long long) self->rejected);
+        return;
+    }
+    if (self->on_msg) self->on_msg(self, msg, self->arg);
+    jmsg_destroy(&msg);
+}
+
+kchan_t *kchan_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
+                   const char *routing_id, hmac_t *hmac, const char *label, kchan_fn *on_msg,
+                   void *arg)
+{
+    if (type == KCH_HB || (unsigned) type >= KCH_COUNT) return NULL;
+    kchan_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->type = type;
+    self->hmac = hmac;
+    self->label = strdup(label ? label : "?");
+    self->on_msg = on_msg;
+    self->arg = arg;
+    zsock_t *sock = zsock_new(type == KCH_IOPUB ? ZMQ_SUB : ZMQ_DEALER);
+    if (!sock || !self->label) goto fail;
+    zsock_set_linger(sock, 0);
+    if (type == KCH_IOPUB) {
+        zsock_set_subscribe(sock, "");
+        //  iopub cannot be paused: the kernel's PUB drops at its own high-water mark. Take
+        //  what arrives promptly and apply limits per client, not here.
+        zsock_set_rcvhwm(sock, 100000);
+    } else {
+        zsock_set_sndhwm(sock, 10000);
+        zsock_set_rcvhwm(sock, 10000);
+        if (routing_id) zsock_set_identity(sock, routing_id);
+    }
+    if (zsock_connect(sock, "%s", endpoint) != 0) {
+        klog_error("kernel %s: cannot connect %s to %s", self->label, s_names[type], endpoint);
+        zsock_destroy(&sock);
+        goto fail;
+    }
+    self->watch = zwatch_new(loop, &sock, s_on_zmsg, self);
+    if (!self->watch) goto fail;
+    return self;
+fail:
+    free(self->label);
+    free(self);
+    return NULL;
+}
+
+void kchan_destroy(kchan_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    kchan_t *self = *self_p;
+    //  Safe inside our own callback: zwatch defers closing the socket, and s_on_zmsg does
+    //  not touch self after on_msg returns.
+    zwatch_destroy(&self->watch);
+    free(self->label);
+    free(self);
+    *self_p = NULL;
+}
+
+int kchan_send(kchan_t *self, jmsg_t **msg_p)
+{
+    if (self->type == KCH_IOPUB) {
+        jmsg_destroy(msg_p);
+        return KB_EINVAL;
+    }
+    zmsg_t *zmsg = jmsg_encode(msg_p, self->hmac);
+    if (!zmsg) return KB_EINVAL;
+    return zwatch_send(self->watch, &zmsg);
+}
+
+kchan_type_t kchan_type(const kchan_t *self)
+{
+    return self->type;
+}
+
+uint64_t kchan_rejected(const kchan_t *self)
+{
+    return self->rejected;
+}

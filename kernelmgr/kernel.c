@@ -1,0 +1,812 @@
+/*  kernel - a Jupyter kernel process, its channels and its lifecycle. */
+#include "kernel.h"
+#include "connfile.h"
+#include "jx.h"
+#include "kberr.h"
+#include "klog.h"
+#include "kutil.h"
+#include "zwatch.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define NUDGE_INTERVAL_MS 500
+#define HB_INTERVAL_MS 3000
+#define HB_MISSES_DEAD 3
+#define SHUTDOWN_WAIT_MS 2500   //  jupyter_client: shutdown_wait_time / 2, per stage
+#define KILL_WAIT_MS 5000
+#define STABLE_START_MS 10000   //  a kernel that lived this long resets the restart count
+#define LINE_MAX_LOG 2048
+
+//  One spawned process and its output pipes. It outlives its kernel when needed: it is
+//  freed only once all three libuv handles have closed.
+typedef struct {
+    kernel_t *kernel;  //  NULL once the kernel let go of it
+    uv_process_t process;
+    uv_pipe_t pipes[2];
+    int open_handles;
+    int exited;
+    int pid;
+    char line[2][LINE_MAX_LOG];
+    size_t line_len[2];
+    char label[16];
+} proc_t;
+
+struct _kernel_t {
+    uv_loop_t *loop;
+    char id[64];
+    char label[16];  //  short id for logs
+    char session[37];
+    kspec_t *spec;
+    char *cwd;
+    json_t *env;
+    char *shim;
+    bool autorestart;
+    int restart_limit;
+    int ready_timeout_ms;
+    int hb_interval_ms;
+    kernel_events_t events;
+    void *arg;
+
+    connfile_t *conn;
+    hmac_t *hmac;
+    kchan_t *chan[KCH_COUNT];  //  KCH_HB slot unused: see hb
+    zwatch_t *hb;
+
+    proc_t *proc;
+    kernel_state_t state;
+    int generation;
+    json_t *info;
+    char language[64];
+    char exit_reason[160];
+
+    //  readiness
+    bool got_reply, got_iopub;
+    uint64_t ready_at;
+    //  shutdown / restart
+    bool shutting_down, restart_pending, shutdown_done;
+    int kill_stage;
+    int restart_count;
+    //  heartbeat
+    uint64_t hb_seq, hb_acked;
+    int hb_misses;
+
+    uv_timer_t nudge_timer, deadline_timer, kill_timer, hb_timer, defer_timer;
+    int open_timers;
+    bool destroyed;
+};
+
+const char *kernel_state_name(kernel_state_t state)
+{
+    switch (state) {
+    case KERNEL_STARTING: return "starting";
+    case KERNEL_IDLE: return "idle";
+    case KERNEL_BUSY: return "busy";
+    case KERNEL_RESTARTING: return "restarting";
+    default: return "dead";
+    }
+}
+
+static void s_emit(kernel_t *self, kernel_event_t event)
+{
+    if (!self->destroyed && self->events.on_event) self->events.on_event(self, event, self->arg);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Process
+
+static void s_proc_handle_closed(uv_handle_t *handle)
+{
+    proc_t *proc = handle->data;
+    if (--proc->open_handles == 0) free(proc);
+}
+
+static void s_log_line(proc_t *proc, int stream, const char *line, size_t len)
+{
+    //  ipykernel writes its own warnings here; they are the kernel's log, not cell output.
+    klog_info("kernel %s %s: %.*s", proc->label, stream ? "stderr" : "stdout", (int) len, line);
+}
+
+static void s_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    (void) handle;
+    (void) suggested;
+    static char slab[65536];  //  one thread: reads never overlap
+    *buf = uv_buf_init(slab, sizeof slab);
+}
+
+static void s_on_output(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    proc_t *proc = stream->data;
+    int idx = stream == (uv_stream_t *) &proc->pipes[1];
+    if (nread < 0) {
+        if (proc->line_len[idx]) s_log_line(proc, idx, proc->line[idx], proc->line_len[idx]);
+        proc->line_len[idx] = 0;
+        uv_read_stop(stream);
+        if (!uv_is_closing((uv_handle_t *) stream))
+            uv_close((uv_handle_t *) stream, s_proc_handle_closed);
+        return;
+    }
+    for (ssize_t i = 0; i < nread; i++) {
+        char c = buf->base[i];
+        if (c == '\n' || proc->line_len[idx] == LINE_MAX_LOG) {
+            s_log_line(proc, idx, proc->line[idx], proc->line_len[idx]);
+            proc->line_len[idx] = 0;
+            if (c == '\n') continue;
+        }
+        proc->line[idx][proc->line_len[idx]++] = c;
+    }
+}
+
+static void s_on_process_exit(uv_process_t *process, int64_t status, int signo);
+
+//  Executable lookup as execvp would do it, so a missing kernel binary is reported at
+//  once instead of as a process that exits 127.
+static int s_find_executable(const char *file)
+{
+    if (strchr(file, '/')) return access(file, X_OK) == 0;
+    const char *path = getenv("PATH");
+    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
+    char *copy = strdup(path), *save = NULL;
+    int found = 0;
+    for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir && !found;
+         dir = strtok_r(NULL, ":", &save)) {
+        char full[PATH_MAX];
+        snprintf(full, sizeof full, "%s/%s", *dir ? dir : ".", file);
+        found = access(full, X_OK) == 0;
+    }
+    free(copy);
+    return found;
+}
+
+//  The environment for the kernel: ours, then the kernelspec's env, then the caller's.
+static char **s_build_env(kernel_t *self)
+{
+    json_t *env = json_object();
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq) continue;
+        char key[512];
+        snprintf(key, sizeof key, "%.*s", (int) (eq - *e), *e);
+        json_object_set_new(env, key, json_string(eq + 1));
+    }
+    json_t *spec_env = kspec_env(self->spec);
+    json_object_update(env, spec_env);
+    json_decref(spec_env);
+    const char *key;
+    json_t *value;
+    json_object_foreach(self->env, key, value) if (json_is_string(value))
+        json_object_set(env, key, value);
+    char ppid[24];
+    snprintf(ppid, sizeof ppid, "%d", (int) getpid());
+    json_object_set_new(env, "JPY_PARENT_PID", json_string(ppid));
+    const char *lang = kspec_language(self->spec);
+    if (lang && strcasecmp(lang, "python") == 0) json_object_del(env, "PYTHONEXECUTABLE");
+
+    size_t n = json_object_size(env), i = 0;
+    char **envp = calloc(n + 1, sizeof *envp);
+    if (envp)
+        json_object_foreach(env, key, value)
+        {
+            if (asprintf(&envp[i], "%s=%s", key, json_string_value(value)) < 0) envp[i] = NULL;
+            if (envp[i]) i++;
+        }
+    json_decref(env);
+    return envp;
+}
+
+static int s_spawn(kernel_t *self)
+{
+    char **argv = kspec_format_argv(self->spec, connfile_path(self->conn));
+    if (!argv) return KB_ENOMEM;
+    if (!s_find_executable(argv[0])) {
+        snprintf(self->exit_reason, sizeof self->exit_reason, "kernel executable '%s' not found",
+                 argv[0]);
+        klog_error("kernel %s: %s", self->label, self->exit_reason);
+        kspec_argv_free(argv);
+        return KB_ESPAWN;
+    }
+    //  With the shim, argv becomes: kbridge __kernel-shim <our pid> -- <argv...>
+    size_t argc = 0;
+    while (argv[argc]) argc++;
+    char **args = calloc(argc + 5, sizeof *args);
+    char ppid[24];
+    snprintf(ppid, sizeof ppid, "%d", (int) getpid());
+    size_t a = 0;
+    if (args && self->shim) {
+        args[a++] = self->shim;
+        args[a++] = "__kernel-shim";
+        args[a++] = ppid;
+        args[a++] = "--";
+    }
+    for (size_t i = 0; args && i < argc; i++) args[a++] = argv[i];
+    char **envp = s_build_env(self);
+    proc_t *proc = calloc(1, sizeof *proc);
+    if (!args || !envp || !proc) {
+        free(args);
+        kspec_argv_free(argv);
+        kspec_argv_free(envp);
+        free(proc);
+        return KB_ENOMEM;
+    }
+    snprintf(proc->label, sizeof proc->label, "%s", self->label);
+    uv_pipe_init(self->loop, &proc->pipes[0], 0);
+    uv_pipe_init(self->loop, &proc->pipes[1], 0);
+    proc->pipes[0].data = proc->pipes[1].data = proc->process.data = proc;
+    proc->open_handles = 3;
+
+    uv_stdio_container_t stdio[3];
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[1].data.stream = (uv_stream_t *) &proc->pipes[0];
+    stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[2].data.stream = (uv_stream_t *) &proc->pipes[1];
+    uv_process_options_t options;
+    memset(&options, 0, sizeof options);
+    options.exit_cb = s_on_process_exit;
+    options.file = args[0];
+    options.args = args;
+    options.env = envp;
+    options.cwd = self->cwd;
+    //  DETACHED = setsid(): the kernel leads its own process group, so signals reach it
+    //  and its children without touching ours.
+    options.flags = UV_PROCESS_DETACHED;
+    options.stdio_count = 3;
+    options.stdio = stdio;
+    int rc = uv_spawn(self->loop, &proc->process, &options);
+    free(args);
+    kspec_argv_free(argv);
+    kspec_argv_free(envp);
+    if (rc != 0) {
+        snprintf(self->exit_reason, sizeof self->exit_reason, "cannot start kernel: %s",
+                 uv_strerror(rc));
+        klog_error("kernel %s: %s", self->label, self->exit_reason);
+        for (int i = 0; i < 3; i++) {
+            uv_handle_t *h = i < 2 ? (uv_handle_t *) &proc->pipes[i] : (uv_handle_t *) &proc->process;
+            uv_close(h, s_proc_handle_closed);
+        }
+        return KB_ESPAWN;
+    }
+    proc->pid = proc->process.pid;
+    proc->kernel = self;
+    uv_read_start((uv_stream_t *) &proc->pipes[0], s_alloc_cb, s_on_output);
+    uv_read_start((uv_stream_t *) &proc->pipes[1], s_alloc_cb, s_on_output);
+    self->proc = proc;
+    self->generation++;
+    self->exit_reason[0] = '\0';
+    klog_info("kernel %s: started %s (pid %d) in %s", self->label, kspec_name(self->spec),
+              proc->pid, self->cwd ? self->cwd : ".");
+    return KB_OK;
+}
+
+static void s_signal_group(kernel_t *self, int signo)
+{
+    if (self->proc && !self->proc->exited) uv_kill(-self->proc->pid, signo);
+}
+
+//  Let go of the current process: it frees itself once its handles close. Whatever is
+//  left of its process group (children the kernel spawned) is killed.
+static void s_release_proc(kernel_t *self, bool kill_now)
+{
+    proc_t *proc = self->proc;
+    if (!proc) return;
+    self->proc = NULL;
+    proc->kernel = NULL;
+    if (kill_now && !proc->exited) uv_kill(-proc->pid, SIGKILL);
+    if (proc->exited) kill(-proc->pid, SIGKILL);  //  stragglers in the group; ESRCH if none
+}
+
+// ---------------------------------------------------------------------------------------
+//  Readiness and heartbeat
+
+static void s_send_kernel_info(kernel_t *self)
+{
+    jmsg_t *msg = kernel_msg_new(self, "kernel_info_request", NULL);
+    if (msg) kernel_send(self, KCH_SHELL, &msg);
+}
+
+static void s_on_nudge(uv_timer_t *timer)
+{
+    kernel_t *self = timer->data;
+    //  Every retry is a new message: kernels silently drop a repeated signature.
+    s_send_kernel_info(self);
+}
+
+static void s_start_readiness(kernel_t *self)
+{
+    self->got_reply = self->got_iopub = false;
+    self->ready_at = 0;
+    uv_timer_start(&self->nudge_timer, s_on_nudge, 0, NUDGE_INTERVAL_MS);
+}
+
+static void s_on_heartbeat_timer(uv_timer_t *timer)
+{
+    kernel_t *self = timer->data;
+    if (!self->proc) return;
+    if (self->hb_seq && self->hb_acked != self->hb_seq) {
+        self->hb_misses++;
+        if (self->hb_misses == HB_MISSES_DEAD)
+            klog_warn("kernel %s: heartbeat lost (%d pings unanswered)", self->label,
+                      HB_MISSES_DEAD);
+    }
+    char ping[32];
+    int n = snprintf(ping, sizeof ping, "ping %llu", (unsigned long long) ++self->hb_seq);
+    zmsg_t *msg = zmsg_new();
+    if (msg && zmsg_addmem(msg, ping, (size_t) n) == 0) zwatch_send(self->hb, &msg);
+    zmsg_destroy(&msg);
+}
+
+static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg)
+{
+    (void) watch;
+    kernel_t *self = arg;
+    zframe_t *frame = zmsg_first(*msg_p);
+    unsigned long long seq = 0;
+    char buf[32];
+    if (frame && zframe_size(frame) < sizeof buf) {
+        memcpy(buf, zframe_data(frame), zframe_size(frame));
+        buf[zframe_size(frame)] = '\0';
+        sscanf(buf, "ping %llu", &seq);
+    }
+    if (seq == self->hb_seq) {
+        if (self->hb_misses >= HB_MISSES_DEAD)
+            klog_info("kernel %s: heartbeat is back", self->label);
+        self->hb_acked = seq;
+        self->hb_misses = 0;
+    }
+}
+
+static void s_check_ready(kernel_t *self)
+{
+    if ((self->state != KERNEL_STARTING && self->state != KERNEL_RESTARTING) ||
+        !self->got_reply || !self->got_iopub || self->shutting_down || self->restart_pending)
+        return;
+    uv_timer_stop(&self->nudge_timer);
+    uv_timer_stop(&self->deadline_timer);
+    self->state = KERNEL_IDLE;
+    self->ready_at = kb_now_ms();
+    self->hb_seq = self->hb_acked = 0;
+    self->hb_misses = 0;
+    uv_timer_start(&self->hb_timer, s_on_heartbeat_timer, (uint64_t) self->hb_interval_ms,
+                   (uint64_t) self->hb_interval_ms);
+    klog_info("kernel %s: ready (%s)", self->label, self->language);
+    s_emit(self, KERNEL_EV_READY);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Messages
+
+static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
+{
+    kernel_t *self = arg;
+    kchan_type_t type = kchan_type(chan);
+    const char *msg_type = jmsg_type(msg);
+    if (type == KCH_IOPUB) {
+        self->got_iopub = true;
+        if (strcmp(msg_type, "status") == 0) {
+            const char *state = NULL;
+            jx_get_str(jmsg_content(msg), "execution_state", &state, true);
+            kernel_state_t next = self->state;
+            if (state && strcmp(state, "busy") == 0) next = KERNEL_BUSY;
+            if (state && strcmp(state, "idle") == 0) next = KERNEL_IDLE;
+            if ((self->state == KERNEL_IDLE || self->state == KERNEL_BUSY) && next != self->state) {
+                self->state = next;
+                s_emit(self, KERNEL_EV_STATUS);
+            }
+        }
+    } else if (type == KCH_SHELL && strcmp(msg_type, "kernel_info_reply") == 0) {
+        json_t *content = jmsg_content(msg);
+        if (json_is_object(content)) {
+            json_decref(self->info);
+            self->info = json_incref(content);
+            const char *lang = NULL;
+            json_t *li = NULL;
+            jx_get_obj(content, "language_info", &li, true);
+            jx_get_str(li, "name", &lang, true);
+            if (lang) snprintf(self->language, sizeof self->language, "%s", lang);
+        }
+        self->got_reply = true;
+    }
+    if (!self->destroyed && self->events.on_msg) self->events.on_msg(self, type, msg, self->arg);
+    if (!self->destroyed) s_check_ready(self);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Lifecycle
+
+static void s_finish_shutdown(kernel_t *self)
+{
+    if (self->shutdown_done) return;
+    self->shutdown_done = true;
+    uv_timer_stop(&self->kill_timer);
+    uv_timer_stop(&self->nudge_timer);
+    uv_timer_stop(&self->deadline_timer);
+    uv_timer_stop(&self->hb_timer);
+    s_release_proc(self, true);
+    connfile_destroy(&self->conn, true);
+    self->state = KERNEL_SHUTDOWN;
+    klog_info("kernel %s: shut down", self->label);
+    s_emit(self, KERNEL_EV_SHUTDOWN);
+}
+
+static void s_on_kill_timer(uv_timer_t *timer)
+{
+    kernel_t *self = timer->data;
+    if (!self->proc) return;
+    if (self->kill_stage == 0) {
+        klog_warn("kernel %s: no exit %d ms after shutdown_request; sending SIGTERM",
+                  self->label, SHUTDOWN_WAIT_MS);
+        s_signal_group(self, SIGTERM);
+        self->kill_stage = 1;
+        uv_timer_start(&self->kill_timer, s_on_kill_timer, SHUTDOWN_WAIT_MS, 0);
+    } else if (self->kill_stage == 1) {
+        klog_warn("kernel %s: still alive after SIGTERM; sending SIGKILL", self->label);
+        s_signal_group(self, SIGKILL);
+        self->kill_stage = 2;
+        uv_timer_start(&self->kill_timer, s_on_kill_timer, KILL_WAIT_MS, 0);
+    } else {
+        //  Unkillable (stuck in the kernel): stop waiting for it.
+        klog_error("kernel %s: pid %d did not exit after SIGKILL", self->label, self->proc->pid);
+        s_release_proc(self, true);
+        if (self->shutting_down) s_finish_shutdown(self);
+    }
+}
+
+//  Ask the running process to exit, escalating on a timer. Its exit callback continues.
+static void s_request_exit(kernel_t *self, bool restart)
+{
+    uv_timer_stop(&self->nudge_timer);
+    uv_timer_stop(&self->deadline_timer);
+    uv_timer_stop(&self->hb_timer);
+    if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_SIGNAL) s_signal_group(self, SIGINT);
+    jmsg_t *msg = kernel_msg_new(self, "shutdown_request", json_pack("{s:b}", "restart", restart));
+    if (msg) kernel_send(self, KCH_CONTROL, &msg);
+    self->kill_stage = 0;
+    uv_timer_start(&self->kill_timer, s_on_kill_timer, SHUTDOWN_WAIT_MS, 0);
+}
+
+static void s_on_deadline(uv_timer_t *timer);
+
+//  Start the next process for this kernel (restart or automatic restart).
+static void s_respawn(kernel_t *self)
+{
+    self->restart_pending = false;
+    self->state = KERNEL_RESTARTING;
+    if (s_spawn(self) != KB_OK) {
+        self->state = KERNEL_DEAD;
+        s_emit(self, KERNEL_EV_DEAD);
+        return;
+    }
+    s_start_readiness(self);
+    uv_timer_start(&self->deadline_timer, s_on_deadline, (uint64_t) self->ready_timeout_ms, 0);
+}
+
+static void s_on_deadline(uv_timer_t *timer)
+{
+    kernel_t *self = timer->data;
+    snprintf(self->exit_reason, sizeof self->exit_reason,
+             "kernel did not become ready within %d ms", self->ready_timeout_ms);
+    klog_error("kernel %s: %s", self->label, self->exit_reason);
+    uv_timer_stop(&self->nudge_timer);
+    s_release_proc(self, true);
+    self->state = KERNEL_DEAD;
+    s_emit(self, KERNEL_EV_DEAD);
+}
+
+static void s_on_process_exit(uv_process_t *process, int64_t status, int signo)
+{
+    proc_t *proc = process->data;
+    proc->exited = 1;
+    uv_close((uv_handle_t *) process, s_proc_handle_closed);
+    kernel_t *self = proc->kernel;
+    if (!self || self->proc != proc) {
+        kill(-proc->pid, SIGKILL);
+        return;
+    }
+    if (signo)
+        snprintf(self->exit_reason, sizeof self->exit_reason, "killed by signal %d (%s)", signo,
+                 strsignal(signo));
+    else
+        snprintf(self->exit_reason, sizeof self->exit_reason, "exited with code %lld",
+                 (long long) status);
+    klog_info("kernel %s: process %d %s", self->label, proc->pid, self->exit_reason);
+    s_release_proc(self, false);
+    uv_timer_stop(&self->kill_timer);
+    uv_timer_stop(&self->hb_timer);
+    uv_timer_stop(&self->nudge_timer);
+    uv_timer_stop(&self->deadline_timer);
+
+    if (self->shutting_down) {
+        s_finish_shutdown(self);
+        return;
+    }
+    if (self->restart_pending) {
+        s_respawn(self);
+        return;
+    }
+    //  Unexpected death.
+    bool was_stable = self->ready_at && kb_now_ms() - self->ready_at >= STABLE_START_MS;
+    if (was_stable) self->restart_count = 0;
+    self->state = KERNEL_DEAD;
+    klog_warn("kernel %s: died (%s)", self->label, self->exit_reason);
+    s_emit(self, KERNEL_EV_DIED);
+    if (self->destroyed || self->shutting_down || self->proc) return;  //  owner acted
+    if (self->autorestart && self->restart_count < self->restart_limit) {
+        self->restart_count++;
+        klog_info("kernel %s: restarting automatically (%d of %d)", self->label,
+                  self->restart_count, self->restart_limit);
+        self->state = KERNEL_RESTARTING;
+        s_emit(self, KERNEL_EV_RESTARTING);
+        if (!self->destroyed && !self->shutting_down && !self->proc) s_respawn(self);
+    } else if (self->autorestart) {
+        klog_error("kernel %s: giving up after %d restarts", self->label, self->restart_count);
+        s_emit(self, KERNEL_EV_DEAD);
+    } else {
+        s_emit(self, KERNEL_EV_DEAD);
+    }
+}
+
+static void s_on_deferred_shutdown(uv_timer_t *timer)
+{
+    s_finish_shutdown(timer->data);
+}
+
+static void s_timer_closed(uv_handle_t *handle)
+{
+    kernel_t *self = handle->data;
+    if (--self->open_timers == 0) {
+        json_decref(self->info);
+        json_decref(self->env);
+        kspec_destroy(&self->spec);
+        hmac_destroy(&self->hmac);
+        free(self->cwd);
+        free(self->shim);
+        free(self);
+    }
+}
+
+kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *opts,
+                     const kernel_events_t *events, void *arg, int *err)
+{
+    int dummy;
+    if (!err) err = &dummy;
+    *err = KB_ENOMEM;
+    kernel_opts_t defaults;
+    memset(&defaults, 0, sizeof defaults);
+    if (!opts) opts = &defaults;
+    if (opts->cwd) {
+        struct stat st;
+        if (stat(opts->cwd, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            klog_error("kernel cwd %s is not a directory", opts->cwd);
+            *err = KB_EINVAL;
+            return NULL;
+        }
+    }
+    kernel_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->loop = loop;
+    if (opts->id)
+        snprintf(self->id, sizeof self->id, "%s", opts->id);
+    else
+        kb_uuid4(self->id);
+    snprintf(self->label, sizeof self->label, "%.8s", self->id);
+    kb_uuid4(self->session);
+    self->spec = kspec_dup(spec);
+    self->cwd = opts->cwd ? realpath(opts->cwd, NULL) : NULL;
+    self->env = opts->env ? json_deep_copy(opts->env) : json_object();
+    self->shim = kb_strdup(opts->shim);
+    self->autorestart = opts->autorestart;
+    self->restart_limit = opts->restart_limit > 0 ? opts->restart_limit : 5;
+    self->ready_timeout_ms = opts->ready_timeout_ms > 0 ? opts->ready_timeout_ms : 60000;
+    self->hb_interval_ms = opts->hb_interval_ms > 0 ? opts->hb_interval_ms : HB_INTERVAL_MS;
+    if (events) self->events = *events;
+    self->arg = arg;
+    snprintf(self->language, sizeof self->language, "%s", kspec_language(spec));
+    uv_timer_t *timers[] = {&self->nudge_timer, &self->deadline_timer, &self->kill_timer,
+                            &self->hb_timer, &self->defer_timer};
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
+        uv_timer_init(loop, timers[i]);
+        timers[i]->data = self;
+        self->open_timers++;
+    }
+    if (!self->spec || !self->env || (opts->cwd && !self->cwd) || (opts->shim && !self->shim))
+        goto fail;
+    const char *dir = opts->runtime_dir ? opts->runtime_dir : "/tmp";
+    self->conn = connfile_new(dir, self->id, kspec_name(spec), opts->transport, opts->ip, err);
+    if (!self->conn) goto fail;
+    const char *key = connfile_key(self->conn);
+    self->hmac = hmac_new(connfile_scheme(self->conn), key, strlen(key), err);
+    if (!self->hmac) goto fail;
+    *err = KB_EIO;
+    for (int c = 0; c < KCH_COUNT; c++) {
+        if (c == KCH_HB) continue;
+        //  shell and stdin share a routing id: input_request goes to the shell sender's id.
+        self->chan[c] = kchan_new(loop, (kchan_type_t) c, connfile_endpoint(self->conn, c),
+                                  c == KCH_IOPUB ? NULL : self->session, self->hmac, self->label,
+                                  s_on_channel, self);
+        if (!self->chan[c]) goto fail;
+    }
+    zsock_t *hb = zsock_new(ZMQ_DEALER);
+    if (!hb) goto fail;
+    zsock_set_linger(hb, 0);
+    if (zsock_connect(hb, "%s", connfile_endpoint(self->conn, KCH_HB)) != 0) {
+        zsock_destroy(&hb);
+        goto fail;
+    }
+    self->hb = zwatch_new(loop, &hb, s_on_heartbeat, self);
+    if (!self->hb) goto fail;
+
+    self->state = KERNEL_STARTING;
+    if ((*err = s_spawn(self)) != KB_OK) goto fail;
+    s_start_readiness(self);
+    uv_timer_start(&self->deadline_timer, s_on_deadline, (uint64_t) self->ready_timeout_ms, 0);
+    *err = KB_OK;
+    return self;
+fail:
+    kernel_destroy(&self);
+    return NULL;
+}
+
+void kernel_destroy(kernel_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    kernel_t *self = *self_p;
+    *self_p = NULL;
+    if (self->destroyed) return;
+    self->destroyed = true;
+    s_release_proc(self, true);
+    connfile_destroy(&self->conn, true);
+    for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
+    zwatch_destroy(&self->hb);
+    //  The struct is freed once every timer handle has closed, after this loop turn, so
+    //  callers up the stack that still hold it stay safe.
+    uv_timer_t *timers[] = {&self->nudge_timer, &self->deadline_timer, &self->kill_timer,
+                            &self->hb_timer, &self->defer_timer};
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++)
+        uv_close((uv_handle_t *) timers[i], s_timer_closed);
+}
+
+int kernel_send(kernel_t *self, kchan_type_t channel, jmsg_t **msg_p)
+{
+    if (self->destroyed || self->shutdown_done) {
+        jmsg_destroy(msg_p);
+        return KB_ECLOSED;
+    }
+    if (channel == KCH_IOPUB || channel == KCH_HB || (unsigned) channel >= KCH_COUNT ||
+        !self->chan[channel]) {
+        jmsg_destroy(msg_p);
+        return KB_EINVAL;
+    }
+    if (self->state == KERNEL_DEAD) {
+        jmsg_destroy(msg_p);
+        return KB_EDEAD;
+    }
+    return kchan_send(self->chan[channel], msg_p);
+}
+
+int kernel_interrupt(kernel_t *self)
+{
+    if (!self->proc || self->proc->exited) return KB_EDEAD;
+    if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_MESSAGE) {
+        jmsg_t *msg = kernel_msg_new(self, "interrupt_request", NULL);
+        return msg ? kernel_send(self, KCH_CONTROL, &msg) : KB_ENOMEM;
+    }
+    return uv_kill(-self->proc->pid, SIGINT) == 0 ? KB_OK : KB_EDEAD;
+}
+
+int kernel_restart(kernel_t *self)
+{
+    if (self->shutting_down || self->destroyed) return KB_ECLOSED;
+    if (self->restart_pending) return KB_OK;
+    self->restart_count = 0;
+    if (self->proc && !self->proc->exited) {
+        self->restart_pending = true;
+        self->state = KERNEL_RESTARTING;
+        klog_info("kernel %s: restarting", self->label);
+        s_request_exit(self, true);
+    } else {
+        s_respawn(self);
+    }
+    return KB_OK;
+}
+
+void kernel_shutdown(kernel_t *self)
+{
+    if (self->shutting_down || self->destroyed) return;
+    self->shutting_down = true;
+    self->restart_pending = false;
+    self->state = KERNEL_SHUTDOWN;
+    if (self->proc && !self->proc->exited)
+        s_request_exit(self, false);
+    else
+        uv_timer_start(&self->defer_timer, s_on_deferred_shutdown, 0, 0);
+}
+
+jmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content)
+{
+    return jmsg_new(msg_type, self->session, content);
+}
+
+const char *kernel_id(const kernel_t *self)
+{
+    return self->id;
+}
+
+const char *kernel_name(const kernel_t *self)
+{
+    return kspec_name(self->spec);
+}
+
+const kspec_t *kernel_spec(const kernel_t *self)
+{
+    return self->spec;
+}
+
+const char *kernel_session(const kernel_t *self)
+{
+    return self->session;
+}
+
+kernel_state_t kernel_state(const kernel_t *self)
+{
+    return self->state;
+}
+
+const char *kernel_language(const kernel_t *self)
+{
+    return self->language;
+}
+
+json_t *kernel_info(const kernel_t *self)
+{
+    return self->info;
+}
+
+const char *kernel_cwd(const kernel_t *self)
+{
+    return self->cwd;
+}
+
+const char *kernel_exit_reason(const kernel_t *self)
+{
+    return self->exit_reason;
+}
+
+const char *kernel_endpoint(const kernel_t *self, kchan_type_t channel)
+{
+    return self->conn ? connfile_endpoint(self->conn, channel) : NULL;
+}
+
+hmac_t *kernel_hmac(const kernel_t *self)
+{
+    return self->hmac;
+}
+
+const char *kernel_connection_file(const kernel_t *self)
+{
+    return self->conn ? connfile_path(self->conn) : NULL;
+}
+
+int kernel_pid(const kernel_t *self)
+{
+    return self->proc && !self->proc->exited ? self->proc->pid : 0;
+}
+
+bool kernel_heartbeat_ok(const kernel_t *self)
+{
+    return self->hb_misses < HB_MISSES_DEAD;
+}
+
+int kernel_generation(const kernel_t *self)
+{
+    return self->generation;
+}

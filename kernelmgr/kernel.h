@@ -1,0 +1,133 @@
+/*  kernel - one Jupyter kernel as a process with its channels.
+
+    A kernel_t writes a connection file, spawns the kernelspec's argv in its own process
+    group (with the requested cwd and env, and JPY_PARENT_PID), and connects shell,
+    control and stdin DEALERs, an iopub SUB and a heartbeat DEALER. It is ready once
+    iopub is proven live: it nudges with kernel_info_request every 0.5 s until it has
+    both a kernel_info_reply and any iopub message, because iopub messages published
+    before the subscription lands are lost.
+
+    Process exit is reported by libuv's SIGCHLD handling (no polling); the kernel's
+    stdout and stderr are read into the log. Interrupt, restart (same ports, new
+    process) and shutdown (shutdown_request on control, then SIGTERM, then SIGKILL, 2.5 s
+    apart as jupyter_client does) are asynchronous and report through kernel_events_t.
+    A kernel that dies unexpectedly can be restarted automatically.
+
+    Nothing is orphaned: shutdown and destroy kill the whole process group and delete
+    the connection file; with opts.shim set, the kernel also receives SIGKILL if kbridge
+    itself dies (PR_SET_PDEATHSIG, set by the shim before it execs the kernel).
+*/
+#ifndef KERNEL_H
+#define KERNEL_H
+
+#include "jmsg.h"
+#include "kchan.h"
+#include "kspec.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct _kernel_t kernel_t;
+
+typedef enum {
+    KERNEL_STARTING = 0,    //  spawned, iopub not yet proven live
+    KERNEL_IDLE = 1,        //  ready; last iopub status was idle
+    KERNEL_BUSY = 2,        //  ready; last iopub status was busy
+    KERNEL_RESTARTING = 3,  //  being restarted (on request or after a crash)
+    KERNEL_DEAD = 4,        //  no process, and none coming unless restarted
+    KERNEL_SHUTDOWN = 5     //  shutdown requested or complete
+} kernel_state_t;
+
+//  "starting", "idle", "busy", "restarting", "dead", "dead" (as Jupyter Server names them).
+const char *kernel_state_name(kernel_state_t state);
+
+typedef enum {
+    KERNEL_EV_READY,       //  iopub proven live after a start or restart
+    KERNEL_EV_STATUS,      //  execution state changed (idle/busy)
+    KERNEL_EV_DIED,        //  the process exited unexpectedly (see kernel_exit_reason)
+    KERNEL_EV_RESTARTING,  //  an automatic restart after a death has begun
+    KERNEL_EV_DEAD,        //  gave up: start failed, or too many automatic restarts
+    KERNEL_EV_SHUTDOWN     //  kernel_shutdown() finished; the owner may destroy it now
+} kernel_event_t;
+
+typedef struct {
+    //  Every verified message from shell, iopub, stdin or control. msg is borrowed.
+    void (*on_msg)(kernel_t *kernel, kchan_type_t channel, jmsg_t *msg, void *arg);
+    void (*on_event)(kernel_t *kernel, kernel_event_t event, void *arg);
+} kernel_events_t;
+
+typedef struct {
+    const char *id;           //  kernel id; NULL generates a UUID
+    const char *cwd;          //  working directory; NULL inherits ours
+    json_t *env;              //  extra environment (object of strings); borrowed
+    const char *transport;    //  "tcp" (default) or "ipc"
+    const char *ip;           //  default 127.0.0.1 (tcp)
+    const char *runtime_dir;  //  where the connection file goes (must exist)
+    const char *shim;         //  kbridge executable for the parent-death shim, or NULL
+    bool autorestart;         //  restart automatically after an unexpected death
+    int restart_limit;        //  consecutive automatic restarts before giving up (0: 5)
+    int ready_timeout_ms;     //  how long a start may take to become ready (0: 60000)
+    int hb_interval_ms;       //  heartbeat period (0: 3000); 3 misses in a row = lost
+} kernel_opts_t;
+
+//  Start a kernel from spec (copied). Returns NULL if it could not be spawned (*err =
+//  KB_ESPAWN, KB_EINVAL for a bad cwd, or KB_EIO), with the reason logged.
+//  Caller owns return value and must destroy it when done.
+kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *opts,
+                     const kernel_events_t *events, void *arg, int *err);
+
+//  Kill the process group at once (SIGKILL), remove the connection file and close the
+//  channels. No more events are delivered. Safe from inside the kernel's callbacks.
+//  Nullifies *self_p.
+void kernel_destroy(kernel_t **self_p);
+
+//  Sign and send msg on channel (shell, control or stdin). Takes ownership of *msg_p.
+//  Returns 0, KB_EDEAD (no process), KB_ECLOSED (shutting down), KB_EAGAIN (socket full).
+int kernel_send(kernel_t *self, kchan_type_t channel, jmsg_t **msg_p);
+
+//  Interrupt: SIGINT to the process group, or interrupt_request on control when the
+//  kernelspec's interrupt_mode is "message". Returns 0 or KB_EDEAD.
+int kernel_interrupt(kernel_t *self);
+
+//  Restart: a graceful shutdown with restart=true, then the same argv on the same ports.
+//  Works on a dead kernel too. KERNEL_EV_READY (or KERNEL_EV_DEAD) reports the outcome.
+//  Returns 0, or KB_ECLOSED if a shutdown is under way.
+int kernel_restart(kernel_t *self);
+
+//  Graceful shutdown: interrupt, shutdown_request on control, SIGTERM after 2.5 s,
+//  SIGKILL after 2.5 s more. KERNEL_EV_SHUTDOWN reports completion. Idempotent.
+void kernel_shutdown(kernel_t *self);
+
+//  A message of msg_type for this kernel, in kbridge's own client session.
+//  Caller owns return value.
+jmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content);
+
+//  Borrowed accessors.
+const char *kernel_id(const kernel_t *self);
+const char *kernel_name(const kernel_t *self);
+const kspec_t *kernel_spec(const kernel_t *self);
+//  kbridge's client session id in messages it sends to this kernel.
+const char *kernel_session(const kernel_t *self);
+kernel_state_t kernel_state(const kernel_t *self);
+//  The language from kernel_info (language_info.name), or the kernelspec's language.
+const char *kernel_language(const kernel_t *self);
+//  content of the last kernel_info_reply, or NULL before the first.
+json_t *kernel_info(const kernel_t *self);
+const char *kernel_cwd(const kernel_t *self);
+//  Why the last process ended, e.g. "killed by signal 9 (Killed)"; "" if it has not.
+const char *kernel_exit_reason(const kernel_t *self);
+//  Endpoint of a channel, for clients that need their own sockets (borrowed).
+const char *kernel_endpoint(const kernel_t *self, kchan_type_t channel);
+//  The signer for this kernel's messages (borrowed; lives as long as the kernel).
+hmac_t *kernel_hmac(const kernel_t *self);
+//  The connection file's path.
+const char *kernel_connection_file(const kernel_t *self);
+//  Process id of the running kernel, or 0.
+int kernel_pid(const kernel_t *self);
+//  False after three heartbeats in a row went unanswered.
+bool kernel_heartbeat_ok(const kernel_t *self);
+//  Number of processes started for this kernel (1 + restarts).
+int kernel_generation(const kernel_t *self);
+
+#endif

@@ -1,0 +1,223 @@
+/*  zwatch - ZeroMQ sockets on a libuv loop, edge-triggering handled in one place. */
+#include "zwatch.h"
+#include "kberr.h"
+#include "klog.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+typedef struct _hub_t hub_t;
+
+typedef struct {
+    zwatch_t *head, *tail;
+} wlist_t;
+
+struct _zwatch_t {
+    hub_t *hub;
+    zsock_t *sock;
+    zwatch_fn *on_msg;
+    void *arg;
+    uv_poll_t poll;
+    wlist_t *list;  //  the dirty list this watcher is on, or NULL
+    zwatch_t *prev, *next;
+    int in_callback;
+    int dead;
+};
+
+//  Per-loop machinery shared by all watchers on that loop; freed with the last watcher.
+struct _hub_t {
+    uv_loop_t *loop;
+    uv_check_t check;
+    uv_idle_t idle;
+    wlist_t dirty;
+    size_t watchers;
+    int closing;  //  handles still to close before the hub can be freed
+    hub_t *next;
+};
+
+static hub_t *s_hubs;
+
+static void s_list_remove(zwatch_t *w)
+{
+    wlist_t *list = w->list;
+    if (!list) return;
+    if (w->prev) w->prev->next = w->next;
+    else list->head = w->next;
+    if (w->next) w->next->prev = w->prev;
+    else list->tail = w->prev;
+    w->prev = w->next = NULL;
+    w->list = NULL;
+}
+
+static void s_list_push(wlist_t *list, zwatch_t *w)
+{
+    w->prev = list->tail;
+    w->next = NULL;
+    if (list->tail) list->tail->next = w;
+    else list->head = w;
+    list->tail = w;
+    w->list = list;
+}
+
+static void s_idle_noop(uv_idle_t *idle)
+{
+    (void) idle;
+}
+
+static void s_mark_dirty(zwatch_t *w)
+{
+    if (w->dead || w->list == &w->hub->dirty) return;
+    s_list_remove(w);  //  it may sit on the list being flushed; it runs again next turn
+    s_list_push(&w->hub->dirty, w);
+    if (!uv_is_active((uv_handle_t *) &w->hub->idle)) uv_idle_start(&w->hub->idle, s_idle_noop);
+}
+
+static void s_on_poll(uv_poll_t *poll, int status, int events)
+{
+    (void) status;
+    (void) events;
+    s_mark_dirty(poll->data);
+}
+
+static void s_watch_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void s_hub_closed(uv_handle_t *handle)
+{
+    hub_t *hub = handle->data;
+    if (--hub->closing == 0) free(hub);
+}
+
+static void s_release(zwatch_t *w)
+{
+    //  The poll handle must stop watching the fd before libzmq closes it.
+    uv_poll_stop(&w->poll);
+    zsock_destroy(&w->sock);
+    uv_close((uv_handle_t *) &w->poll, s_watch_closed);
+    hub_t *hub = w->hub;
+    if (--hub->watchers == 0) {
+        hub_t **p = &s_hubs;
+        while (*p != hub) p = &(*p)->next;
+        *p = hub->next;
+        hub->closing = 2;
+        uv_close((uv_handle_t *) &hub->check, s_hub_closed);
+        uv_close((uv_handle_t *) &hub->idle, s_hub_closed);
+    }
+}
+
+static void s_drain(zwatch_t *w)
+{
+    for (int budget = ZWATCH_BUDGET; budget > 0; budget--) {
+        //  Reading ZMQ_EVENTS also processes libzmq's command mailbox, which is what
+        //  re-arms the fd; it must be read before each receive.
+        if (!(zsock_events(w->sock) & ZMQ_POLLIN)) return;
+        zmsg_t *msg = zmsg_recv(w->sock);
+        if (!msg) return;
+        if (w->on_msg) {
+            w->in_callback = 1;
+            w->on_msg(w, &msg, w->arg);
+            w->in_callback = 0;
+        }
+        zmsg_destroy(&msg);
+        if (w->dead) return;
+    }
+    //  Budget spent with input left: come back next turn, after other handles had theirs.
+    if (zsock_events(w->sock) & ZMQ_POLLIN) s_mark_dirty(w);
+}
+
+static void s_on_check(uv_check_t *check)
+{
+    hub_t *hub = check->data;
+    wlist_t current = hub->dirty;
+    hub->dirty.head = hub->dirty.tail = NULL;
+    for (zwatch_t *w = current.head; w; w = w->next) w->list = &current;
+    zwatch_t *w;
+    while ((w = current.head)) {
+        s_list_remove(w);
+        s_drain(w);
+        if (w->dead) s_release(w);
+    }
+    if (!hub->dirty.head && uv_is_active((uv_handle_t *) &hub->idle)) uv_idle_stop(&hub->idle);
+}
+
+static hub_t *s_hub_for(uv_loop_t *loop)
+{
+    for (hub_t *hub = s_hubs; hub; hub = hub->next)
+        if (hub->loop == loop) return hub;
+    hub_t *hub = calloc(1, sizeof *hub);
+    if (!hub) return NULL;
+    hub->loop = loop;
+    uv_check_init(loop, &hub->check);
+    uv_idle_init(loop, &hub->idle);
+    hub->check.data = hub->idle.data = hub;
+    //  Neither handle keeps the loop alive on its own: the watchers' poll handles do.
+    uv_unref((uv_handle_t *) &hub->check);
+    uv_unref((uv_handle_t *) &hub->idle);
+    uv_check_start(&hub->check, s_on_check);
+    hub->next = s_hubs;
+    s_hubs = hub;
+    return hub;
+}
+
+zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void *arg)
+{
+    zsock_t *sock = *sock_p;
+    *sock_p = NULL;
+    zwatch_t *self = calloc(1, sizeof *self);
+    hub_t *hub = self ? s_hub_for(loop) : NULL;
+    if (!sock || !hub) {
+        free(self);
+        zsock_destroy(&sock);
+        return NULL;
+    }
+    zsock_set_rcvtimeo(sock, 0);
+    zsock_set_sndtimeo(sock, 0);
+    self->hub = hub;
+    self->sock = sock;
+    self->on_msg = on_msg;
+    self->arg = arg;
+    if (uv_poll_init(loop, &self->poll, zsock_fd(sock)) != 0) {
+        zsock_destroy(&self->sock);
+        free(self);
+        return NULL;
+    }
+    hub->watchers++;
+    self->poll.data = self;
+    uv_poll_start(&self->poll, UV_READABLE, s_on_poll);
+    //  Messages may already be queued, and their edge may have fired before we watched.
+    s_mark_dirty(self);
+    return self;
+}
+
+void zwatch_destroy(zwatch_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    zwatch_t *self = *self_p;
+    *self_p = NULL;
+    if (self->dead) return;
+    self->dead = 1;
+    s_list_remove(self);
+    //  Inside its own callback the drain loop still holds the socket; it releases it.
+    if (!self->in_callback) s_release(self);
+}
+
+int zwatch_send(zwatch_t *self, zmsg_t **msg_p)
+{
+    if (self->dead) {
+        zmsg_destroy(msg_p);
+        return KB_ECLOSED;
+    }
+    int rc = zmsg_send(msg_p, self->sock);
+    int saved = errno;
+    //  A send may consume the fd edge that announced an incoming message.
+    s_mark_dirty(self);
+    if (rc == 0) return KB_OK;
+    return saved == EAGAIN ? KB_EAGAIN : KB_EIO;
+}
+
+zsock_t *zwatch_sock(zwatch_t *self)
+{
+    return self->sock;
+}

@@ -1,0 +1,46 @@
+/*  zwatch - watches one ZeroMQ socket on the libuv loop. The only code in kbridge that
+    sends or receives on ZeroMQ.
+
+    ZMQ_FD is edge-triggered, and ZMQ_EVENTS must be re-read after every send and receive
+    (zmq_getsockopt(3)): a send can swallow the edge of an incoming message, and a socket
+    can stay readable after its fd stops reporting it. So:
+      - an fd wake-up, a registration and every send only mark the watcher dirty;
+      - one uv_check handle per loop drains dirty watchers after each poll phase, each
+        with a budget, re-reading ZMQ_EVENTS before every receive;
+      - while anything is still dirty a uv_idle handle keeps the loop from sleeping.
+    This is redis's "pending data + don't sleep" pattern applied to libzmq.
+*/
+#ifndef ZWATCH_H
+#define ZWATCH_H
+
+#include <czmq.h>
+#include <uv.h>
+
+typedef struct _zwatch_t zwatch_t;
+
+//  Called once per received message. The callee takes ownership of *msg_p (it may leave
+//  it in place to have it destroyed after the call). The callee may destroy the watcher.
+typedef void(zwatch_fn)(zwatch_t *watch, zmsg_t **msg_p, void *arg);
+
+//  Start watching *sock_p on loop, taking ownership of the socket (its send and receive
+//  timeouts are forced to 0 so nothing ever blocks). on_msg may be NULL for send-only
+//  sockets, whose input is then discarded. Returns NULL on failure (the socket is then
+//  destroyed). Caller owns return value and must destroy it when done.
+zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void *arg);
+
+//  Stop watching and close the socket. Safe to call from inside any zwatch callback,
+//  including this watcher's own. Nullifies *self_p.
+void zwatch_destroy(zwatch_t **self_p);
+
+//  Send a message; takes ownership of *msg_p and nullifies it, even on failure. Returns
+//  0, or KB_EAGAIN if the socket is at its high-water mark (the message is dropped: the
+//  caller reports it, the loop never blocks), or KB_EIO.
+int zwatch_send(zwatch_t *self, zmsg_t **msg_p);
+
+//  The watched socket (borrowed), for socket options.
+zsock_t *zwatch_sock(zwatch_t *self);
+
+//  Messages handled per watcher per loop turn before yielding to other work.
+#define ZWATCH_BUDGET 256
+
+#endif

@@ -1,0 +1,11 @@
+# Fails the build if any source other than kernelmgr/zwatch.c sends or receives on ZeroMQ.
+file(GLOB_RECURSE _sources ${ROOT}/kernelmgr/*.c ${ROOT}/bridge/*.c)
+foreach(_file IN LISTS _sources)
+  if(_file MATCHES "/kernelmgr/zwatch\\.c$")
+    continue()
+  endif()
+  file(STRINGS ${_file} _hits REGEX "(zmq_send|zmq_recv|zmq_msg_send|zmq_msg_recv|zmsg_send|zmsg_recv|zframe_send|zframe_recv|zstr_send|zstr_recv)[ ]*\\(")
+  if(_hits)
+    message(FATAL_ERROR "${_file} does ZeroMQ I/O outside zwatch.c: ${_hits}")
+  endif()
+endforeach()

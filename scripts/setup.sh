@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what kbridge needs on Debian 12, idempotently: only missing packages are
+# installed, and nothing is done when everything is present.
+#   scripts/setup.sh          build + run dependencies (and the default kernels)
+#   scripts/setup.sh --test   also what the tests need
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+build_pkgs=(build-essential cmake pkg-config
+  libzmq3-dev libczmq-dev libsodium-dev libjansson-dev libwebsockets-dev libuv1-dev)
+# The default kernel (IPython with charts and tables out of the box), and R for E2B's
+# language "r".
+kernel_pkgs=(python3-ipykernel python3-matplotlib python3-pandas python3-numpy r-cran-irkernel)
+test_pkgs=(libcmocka-dev python3-pytest python3-websockets python3-jsonschema
+  python3-jupyter-client jupyter-server nodejs npm)
+
+pkgs=("${build_pkgs[@]}" "${kernel_pkgs[@]}")
+[ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# Node from another source (e.g. nodesource) satisfies the node requirement.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  filtered=()
+  for p in "${missing[@]}"; do [ "$p" = nodejs ] || [ "$p" = npm ] || filtered+=("$p"); done
+  missing=("${filtered[@]}")
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all Debian packages present"
+fi
+
+# Debian's r-cran-irkernel ships its kernelspec; register it if a system lacks it.
+if [ ! -f /usr/share/jupyter/kernels/ir/kernel.json ] && [ -d /usr/lib/R/site-library/IRkernel/kernelspec ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO mkdir -p /usr/share/jupyter/kernels/ir
+  $SUDO cp /usr/lib/R/site-library/IRkernel/kernelspec/* /usr/share/jupyter/kernels/ir/
+fi

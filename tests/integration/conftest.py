@@ -1,0 +1,67 @@
+"""Shared fixtures: the real kbridge binary, isolated runtime dirs, and orphan checks.
+
+Every test gets its own XDG_RUNTIME_DIR, so every kernel it starts has its connection
+file (and therefore its command line) under that directory. After the test, no process
+may still mention it and no file may be left in it: nothing orphaned.
+"""
+import os
+import pathlib
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def kbridge_bin():
+    path = os.environ.get("KBRIDGE_BIN") or str(ROOT / "build" / "kbridge")
+    assert os.access(path, os.X_OK), f"kbridge binary not found at {path}; build first"
+    return path
+
+
+def processes_mentioning(text):
+    """PIDs of live processes whose command line contains text."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append((int(entry), cmdline))
+    return found
+
+
+def assert_nothing_left(runtime_dir, timeout=10.0):
+    runtime_dir = str(runtime_dir)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        procs = processes_mentioning(runtime_dir)
+        files = [str(p) for p in pathlib.Path(runtime_dir).rglob("*") if p.is_file()]
+        if not procs and not files:
+            return
+        time.sleep(0.1)
+    assert not procs, f"orphaned kernel processes: {procs}"
+    assert not files, f"connection files left behind: {files}"
+
+
+@pytest.fixture
+def runtime_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    yield d
+    assert_nothing_left(d)
+
+
+@pytest.fixture
+def kenv(runtime_dir):
+    env = dict(os.environ)
+    env["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    env.pop("JUPYTER_PATH", None)
+    return env

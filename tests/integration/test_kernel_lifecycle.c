@@ -1,0 +1,402 @@
+/*  Integration: kernel and runner lifecycle against real ipykernel processes.
+
+    Each test starts a real kernel (Debian's python3-ipykernel) and drives it through the
+    runner: interrupts, timeouts, SIGKILL mid-cell, restarts, automatic restarts,
+    shutdown, per-execution env vars, message-mode interrupts, the ipc transport and the
+    heartbeat. After each test no process of the kernel and no file of it may remain.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "bridge/runner.h"
+#include "kernelmgr/jx.h"
+#include "kernelmgr/kberr.h"
+#include "kernelmgr/klog.h"
+#include "kernelmgr/rundir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+    uv_loop_t loop;
+    rundir_t *rundir;
+    char base[256];
+    runner_t *runner;
+    int ready, died, dead, restarting, shutdown;
+    //  last finished execution
+    json_t *last;
+    int finished;
+    uint64_t finished_at;
+} ctx_t;
+
+static void s_on_runner(runner_t *runner, kernel_event_t event, void *arg)
+{
+    (void) runner;
+    ctx_t *c = arg;
+    if (event == KERNEL_EV_READY) c->ready++;
+    if (event == KERNEL_EV_DIED) c->died++;
+    if (event == KERNEL_EV_DEAD) c->dead++;
+    if (event == KERNEL_EV_RESTARTING) c->restarting++;
+    if (event == KERNEL_EV_SHUTDOWN) c->shutdown++;
+}
+
+static void s_on_exec(execution_t *exec, json_t *event, void *arg)
+{
+    ctx_t *c = arg;
+    const char *type = json_string_value(json_object_get(event, "type"));
+    if (strcmp(type, "end_of_execution") == 0) {
+        json_decref(c->last);
+        c->last = execution_json(exec);
+        c->finished++;
+        c->finished_at = uv_now(&c->loop);
+    }
+}
+
+static void s_stop_loop(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
+//  Run the loop until *counter reaches want or timeout_ms passes. Returns true if reached.
+static bool s_wait(ctx_t *c, int *counter, int want, int timeout_ms)
+{
+    uint64_t deadline = uv_now(&c->loop) + (uint64_t) timeout_ms;
+    uv_timer_t tick;
+    uv_timer_init(&c->loop, &tick);
+    while (*counter < want && uv_now(&c->loop) < deadline) {
+        uv_timer_start(&tick, s_stop_loop, 50, 0);
+        uv_run(&c->loop, UV_RUN_DEFAULT);
+        uv_update_time(&c->loop);
+    }
+    uv_close((uv_handle_t *) &tick, NULL);
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    return *counter >= want;
+}
+
+static void s_start(ctx_t *c, const char *spec_name, kernel_opts_t *extra)
+{
+    int err;
+    kspec_t *spec = kspec_find(spec_name, &err);
+    assert_non_null(spec);
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    if (extra) opts = *extra;
+    opts.runtime_dir = rundir_path(c->rundir);
+    opts.shim = getenv("KBRIDGE_BIN");
+    runner_events_t ev = {s_on_runner};
+    c->runner = runner_new(&c->loop, spec, &opts, &ev, c, &err);
+    kspec_destroy(&spec);
+    assert_non_null(c->runner);
+    assert_true(s_wait(c, &c->ready, 1, 30000));
+}
+
+//  Execute and wait for the end; returns the Execution (borrowed until the next call).
+static json_t *s_exec(ctx_t *c, const char *code, const run_opts_t *opts, int timeout_ms)
+{
+    int err, want = c->finished + 1;
+    run_t *run = runner_execute(c->runner, code, opts, s_on_exec, c, &err);
+    assert_non_null(run);
+    assert_true(s_wait(c, &c->finished, want, timeout_ms));
+    return c->last;
+}
+
+static const char *s_main_text(json_t *execution)
+{
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(execution, "results"), i, r) if (
+        json_is_true(json_object_get(r, "is_main_result"))) return json_string_value(json_object_get(r, "text"));
+    return NULL;
+}
+
+static const char *s_error_name(json_t *execution)
+{
+    return json_string_value(json_object_get(json_object_get(execution, "error"), "name"));
+}
+
+static int s_setup(void **state)
+{
+    ctx_t *c = calloc(1, sizeof *c);
+    uv_loop_init(&c->loop);
+    snprintf(c->base, sizeof c->base, "/tmp/kbridge-test-%d-XXXXXX", (int) getpid());
+    assert_non_null(mkdtemp(c->base));
+    c->rundir = rundir_new(c->base);
+    assert_non_null(c->rundir);
+    *state = c;
+    return 0;
+}
+
+static int s_count_files(const char *dir)
+{
+    int n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+static int s_teardown(void **state)
+{
+    ctx_t *c = *state;
+    if (c->runner) {
+        int pid = kernel_pid(runner_kernel(c->runner));
+        char conn[512];
+        snprintf(conn, sizeof conn, "%s", kernel_connection_file(runner_kernel(c->runner))
+                                              ? kernel_connection_file(runner_kernel(c->runner))
+                                              : "");
+        int want = c->shutdown + 1;
+        runner_shutdown(c->runner);
+        assert_true(s_wait(c, &c->shutdown, want, 10000));
+        //  Nothing left: no process, no connection file.
+        if (pid) assert_true(kill(pid, 0) != 0 && errno == ESRCH);
+        if (*conn) assert_true(access(conn, F_OK) != 0);
+        runner_destroy(&c->runner);
+    }
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    char path[512];
+    snprintf(path, sizeof path, "%s", rundir_path(c->rundir));
+    assert_int_equal(s_count_files(path), 0);
+    rundir_destroy(&c->rundir);
+    rmdir(c->base);
+    json_decref(c->last);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&c->loop), 0);
+    free(c);
+    return 0;
+}
+
+static void test_state_and_results(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    s_exec(c, "x = 41", NULL, 10000);
+    assert_string_equal(s_main_text(s_exec(c, "x + 1", NULL, 10000)), "42");
+}
+
+static void test_interrupt_sleep(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    int err;
+    assert_non_null(runner_execute(c->runner, "import time; time.sleep(60)", NULL, s_on_exec, c, &err));
+    uv_timer_t t;
+    int fired = 0;
+    uv_timer_init(&c->loop, &t);
+    s_wait(c, &fired, 1, 500);  //  let it start sleeping
+    uint64_t t0 = uv_now(&c->loop);
+    assert_int_equal(runner_interrupt(c->runner), KB_OK);
+    assert_true(s_wait(c, &c->finished, 1, 5000));
+    assert_true(c->finished_at - t0 < 2000);
+    assert_string_equal(s_error_name(c->last), "KeyboardInterrupt");
+    uv_close((uv_handle_t *) &t, NULL);
+    assert_string_equal(s_main_text(s_exec(c, "1 + 1", NULL, 10000)), "2");
+}
+
+static void test_timeout_interrupts_and_next_run_is_clean(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    run_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.timeout_ms = 500;
+    int err;
+    uint64_t t0 = uv_now(&c->loop);
+    assert_non_null(runner_execute(c->runner, "import time; time.sleep(60)", &opts, s_on_exec, c, &err));
+    //  Queued right behind: it must run normally, not be hit by the interrupt.
+    assert_non_null(runner_execute(c->runner, "'next ran'", NULL, s_on_exec, c, &err));
+    assert_true(s_wait(c, &c->finished, 1, 5000));
+    assert_string_equal(s_error_name(c->last), "TimeoutError");
+    assert_true(c->finished_at - t0 < 1500);
+    assert_true(s_wait(c, &c->finished, 2, 15000));
+    assert_null(s_error_name(c->last));
+    assert_string_equal(s_main_text(c->last), "'next ran'");
+}
+
+static void test_sigkill_mid_cell_then_restart(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    s_exec(c, "x = 1", NULL, 10000);
+    int err;
+    uint64_t t0 = uv_now(&c->loop);
+    assert_non_null(runner_execute(c->runner, "import os, time; os.kill(os.getpid(), 9); time.sleep(30)",
+                                   NULL, s_on_exec, c, &err));
+    assert_true(s_wait(c, &c->finished, 2, 5000));
+    assert_string_equal(s_error_name(c->last), "KernelDied");
+    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(c->last, "error"), "value")),
+                           "signal 9"));
+    assert_true(c->finished_at - t0 < 1000 + 500);
+    assert_int_equal(c->died, 1);
+    //  No autorestart here: the kernel stays dead and says so.
+    assert_int_equal(kernel_state(runner_kernel(c->runner)), KERNEL_DEAD);
+    assert_null(runner_execute(c->runner, "1", NULL, s_on_exec, c, &err));
+    assert_int_equal(err, KB_EDEAD);
+    //  It can be restarted; the state is gone.
+    assert_int_equal(runner_restart(c->runner), KB_OK);
+    assert_true(s_wait(c, &c->ready, 2, 30000));
+    assert_string_equal(s_error_name(s_exec(c, "x", NULL, 10000)), "NameError");
+    assert_int_equal(kernel_generation(runner_kernel(c->runner)), 2);
+}
+
+static void test_restart_clears_state(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    s_exec(c, "x = 1", NULL, 10000);
+    int pid = kernel_pid(runner_kernel(c->runner));
+    assert_int_equal(runner_restart(c->runner), KB_OK);
+    assert_true(s_wait(c, &c->ready, 2, 30000));
+    assert_true(kill(pid, 0) != 0);
+    assert_int_not_equal(kernel_pid(runner_kernel(c->runner)), pid);
+    json_t *ex = s_exec(c, "x", NULL, 10000);
+    assert_string_equal(s_error_name(ex), "NameError");
+    //  execution_count starts over in the new process.
+    assert_int_equal(json_integer_value(json_object_get(ex, "execution_count")), 1);
+}
+
+static void test_autorestart_after_crash(void **state)
+{
+    ctx_t *c = *state;
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.autorestart = true;
+    s_start(c, "python3", &opts);
+    s_exec(c, "import os; os.kill(os.getpid(), 9)", NULL, 5000);
+    assert_string_equal(s_error_name(c->last), "KernelDied");
+    assert_true(s_wait(c, &c->ready, 2, 30000));
+    assert_int_equal(c->restarting, 1);
+    assert_string_equal(s_main_text(s_exec(c, "2 + 2", NULL, 10000)), "4");
+}
+
+static void test_env_vars_per_execution(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    run_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    const char *tricky = "it's \"quoted\" \\ back\nnew line \xe2\x9c\x93 end";
+    opts.env_vars = json_pack("{s:s, s:s}", "KB_TRICKY", tricky, "HOME", "/elsewhere");
+    json_t *ex = s_exec(c, "import os; print(os.environ['KB_TRICKY'], end=''); os.environ['HOME']",
+                        &opts, 10000);
+    json_decref(opts.env_vars);
+    json_t *out = json_array_get(json_object_get(json_object_get(ex, "logs"), "stdout"), 0);
+    assert_non_null(out);
+    assert_string_equal(json_string_value(out), tricky);
+    assert_string_equal(s_main_text(ex), "'/elsewhere'");
+    //  Restored afterwards: the variable is gone and HOME is back.
+    ex = s_exec(c, "import os; (os.getenv('KB_TRICKY', 'unset'), os.environ['HOME'] != '/elsewhere')", NULL, 10000);
+    assert_string_equal(s_main_text(ex), "('unset', True)");
+    //  Nothing leaked into the user's namespace.
+    ex = s_exec(c, "[n for n in dir() if 'kbridge' in n or n.startswith('_kb')]", NULL, 10000);
+    assert_string_equal(s_main_text(ex), "[]");
+}
+
+static void test_message_mode_interrupt(void **state)
+{
+    ctx_t *c = *state;
+    //  A private copy of the python3 spec with interrupt_mode "message".
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/jp/kernels/pymsg", c->base);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
+    assert_int_equal(system(cmd), 0);
+    char file[600];
+    snprintf(file, sizeof file, "%s/kernel.json", dir);
+    FILE *f = fopen(file, "w");
+    fprintf(f, "{\"argv\": [\"/usr/bin/python3\", \"-m\", \"ipykernel_launcher\", \"-f\", "
+               "\"{connection_file}\"], \"display_name\": \"msg\", \"language\": \"python\", "
+               "\"interrupt_mode\": \"message\"}");
+    fclose(f);
+    char jp[512];
+    snprintf(jp, sizeof jp, "%s/jp", c->base);
+    setenv("JUPYTER_PATH", jp, 1);
+    s_start(c, "pymsg", NULL);
+    unsetenv("JUPYTER_PATH");
+    assert_int_equal(kspec_interrupt_mode(kernel_spec(runner_kernel(c->runner))), KSPEC_INTERRUPT_MESSAGE);
+    int err;
+    assert_non_null(runner_execute(c->runner, "import time; time.sleep(60)", NULL, s_on_exec, c, &err));
+    int never = 0;
+    s_wait(c, &never, 1, 500);
+    runner_interrupt(c->runner);
+    assert_true(s_wait(c, &c->finished, 1, 5000));
+    assert_string_equal(s_error_name(c->last), "KeyboardInterrupt");
+    snprintf(cmd, sizeof cmd, "rm -rf %s/jp", c->base);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_ipc_transport(void **state)
+{
+    ctx_t *c = *state;
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.transport = "ipc";
+    s_start(c, "python3", &opts);
+    assert_non_null(strstr(kernel_endpoint(runner_kernel(c->runner), KCH_SHELL), "ipc://"));
+    assert_string_equal(s_main_text(s_exec(c, "'over ipc'", NULL, 10000)), "'over ipc'");
+}
+
+static void test_heartbeat(void **state)
+{
+    ctx_t *c = *state;
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.hb_interval_ms = 100;
+    s_start(c, "python3", &opts);
+    int never = 0;
+    s_wait(c, &never, 1, 500);
+    assert_true(kernel_heartbeat_ok(runner_kernel(c->runner)));
+    int pid = kernel_pid(runner_kernel(c->runner));
+    kill(pid, SIGSTOP);
+    s_wait(c, &never, 1, 800);
+    assert_false(kernel_heartbeat_ok(runner_kernel(c->runner)));
+    kill(pid, SIGCONT);
+    s_wait(c, &never, 1, 800);
+    assert_true(kernel_heartbeat_ok(runner_kernel(c->runner)));
+}
+
+static void test_shutdown_of_busy_kernel(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    int err;
+    assert_non_null(runner_execute(c->runner, "while True: pass", NULL, s_on_exec, c, &err));
+    int never = 0;
+    s_wait(c, &never, 1, 300);
+    //  Teardown shuts it down and checks that nothing is left; the run ends with an error.
+    runner_shutdown(c->runner);
+    assert_true(s_wait(c, &c->shutdown, 1, 10000));
+    assert_int_equal(c->finished, 1);
+    runner_destroy(&c->runner);
+}
+
+int main(void)
+{
+    klog_set_level(KLOG_WARN);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_state_and_results, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_interrupt_sleep, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_interrupts_and_next_run_is_clean, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_sigkill_mid_cell_then_restart, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_restart_clears_state, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_autorestart_after_crash, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_env_vars_per_execution, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_message_mode_interrupt, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_ipc_transport, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_heartbeat, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_of_busy_kernel, s_setup, s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,238 @@
+/*  Unit tests: Execution aggregation from synthetic kernel messages. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "bridge/execution.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    json_t *events;
+} rec_t;
+
+static void s_record(execution_t *ex, json_t *event, void *arg)
+{
+    (void) ex;
+    rec_t *r = arg;
+    json_array_append(r->events, event);
+}
+
+static jmsg_t *s_msg(const char *type, const char *parent, json_t *content)
+{
+    char header[256], par[128];
+    snprintf(header, sizeof header,
+             "{\"msg_id\":\"k-%s\",\"msg_type\":\"%s\",\"session\":\"s\",\"username\":\"u\","
+             "\"version\":\"5.3\",\"date\":\"2026-01-01T00:00:00.000001Z\"}",
+             type, type);
+    snprintf(par, sizeof par, "{\"msg_id\":\"%s\"}", parent);
+    char *body = json_dumps(content, JSON_COMPACT);
+    json_decref(content);
+    const void *parts[4] = {header, par, "{}", body};
+    size_t lens[4] = {strlen(header), strlen(par), 2, strlen(body)};
+    jmsg_t *m = jmsg_new_raw(parts, lens, 0, NULL, NULL);
+    free(body);
+    return m;
+}
+
+static void s_feed(execution_t *ex, kchan_type_t ch, const char *type, json_t *content)
+{
+    jmsg_t *m = s_msg(type, "req", content);
+    execution_on_message(ex, ch, m);
+    jmsg_destroy(&m);
+}
+
+static const char *s_type(rec_t *r, size_t i)
+{
+    return json_string_value(json_object_get(json_array_get(r->events, i), "type"));
+}
+
+static void test_done_needs_reply_and_idle(void **state)
+{
+    (void) state;
+    rec_t r = {json_array()};
+    execution_t *ex = execution_new("req", NULL, s_record, &r);
+    s_feed(ex, KCH_IOPUB, "status", json_pack("{s:s}", "execution_state", "busy"));
+    s_feed(ex, KCH_IOPUB, "execute_input", json_pack("{s:s, s:i}", "code", "x", "execution_count", 7));
+    //  The reply can overtake the outputs.
+    s_feed(ex, KCH_SHELL, "execute_reply", json_pack("{s:s, s:i}", "status", "ok", "execution_count", 7));
+    assert_false(execution_done(ex));
+    s_feed(ex, KCH_IOPUB, "stream", json_pack("{s:s, s:s}", "name", "stdout", "text", "a\n"));
+    s_feed(ex, KCH_IOPUB, "execute_result",
+           json_pack("{s:{s:s}, s:{}, s:i}", "data", "text/plain", "2", "metadata", "execution_count", 7));
+    assert_false(execution_done(ex));
+    s_feed(ex, KCH_IOPUB, "status", json_pack("{s:s}", "execution_state", "idle"));
+    assert_true(execution_done(ex));
+    assert_true(execution_settled(ex));
+    assert_int_equal(json_array_size(r.events), 4);
+    assert_string_equal(s_type(&r, 0), "number_of_executions");
+    assert_string_equal(s_type(&r, 1), "stdout");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(r.events, 1), "timestamp")),
+                        "2026-01-01T00:00:00.000001Z");
+    assert_string_equal(s_type(&r, 2), "result");
+    assert_string_equal(s_type(&r, 3), "end_of_execution");
+    json_t *obj = execution_json(ex);
+    assert_int_equal(json_integer_value(json_object_get(obj, "execution_count")), 7);
+    assert_true(json_is_null(json_object_get(obj, "error")));
+    json_decref(obj);
+    //  Late messages are ignored.
+    s_feed(ex, KCH_IOPUB, "stream", json_pack("{s:s, s:s}", "name", "stdout", "text", "late"));
+    assert_int_equal(json_array_size(r.events), 4);
+    execution_destroy(&ex);
+    assert_null(ex);
+    json_decref(r.events);
+}
+
+static void test_result_fields_order_and_e2b_conventions(void **state)
+{
+    (void) state;
+    json_t *data = json_pack("{s:s, s:s, s:s, s:{s:i}, s:{s:i}}", "image/png", "iVBOR",
+                             "text/plain", "'bar'", "text/html", "<b>", "application/json", "a", 1,
+                             "application/x-custom", "z", 2);
+    json_t *plain = execution_result_from_bundle(data, true, NULL);
+    assert_string_equal(json_string_value(json_object_get(plain, "text")), "'bar'");
+    assert_non_null(json_object_get(json_object_get(plain, "extra"), "application/x-custom"));
+    assert_null(json_object_get(plain, "application/x-custom"));
+    char *s = json_dumps(plain, JSON_COMPACT);
+    //  Field order follows the E2B wire: text, html, ..., png, ..., json, ..., extra, is_main_result.
+    assert_true(strstr(s, "\"text\"") < strstr(s, "\"html\""));
+    assert_true(strstr(s, "\"html\"") < strstr(s, "\"png\""));
+    assert_true(strstr(s, "\"png\"") < strstr(s, "\"json\""));
+    assert_true(strstr(s, "\"json\"") < strstr(s, "\"extra\""));
+    assert_true(strstr(s, "\"extra\"") < strstr(s, "\"is_main_result\""));
+    free(s);
+    execution_opts_t e2b = {.strip_text_quotes = true, .mime_top_level = true};
+    json_t *conv = execution_result_from_bundle(data, false, &e2b);
+    assert_string_equal(json_string_value(json_object_get(conv, "text")), "bar");
+    assert_non_null(json_object_get(conv, "application/x-custom"));
+    assert_true(json_is_false(json_object_get(conv, "is_main_result")));
+    json_decref(plain);
+    json_decref(conv);
+    json_decref(data);
+}
+
+static void test_errors_first_wins_and_abort(void **state)
+{
+    (void) state;
+    rec_t r = {json_array()};
+    execution_t *ex = execution_new("req", NULL, s_record, &r);
+    s_feed(ex, KCH_IOPUB, "error",
+           json_pack("{s:s, s:s, s:[s, s]}", "ename", "ValueError", "evalue", "bad", "traceback",
+                     "\x1b[0;31mTraceback\x1b[0m", "ValueError: bad"));
+    s_feed(ex, KCH_IOPUB, "error", json_pack("{s:s, s:s, s:[]}", "ename", "Second", "evalue", "x", "traceback"));
+    s_feed(ex, KCH_SHELL, "execute_reply", json_pack("{s:s, s:s, s:s, s:[]}", "status", "error", "ename",
+                                                      "ValueError", "evalue", "bad", "traceback"));
+    s_feed(ex, KCH_IOPUB, "status", json_pack("{s:s}", "execution_state", "idle"));
+    json_t *obj = execution_json(ex);
+    json_t *err = json_object_get(obj, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "name")), "ValueError");
+    assert_string_equal(json_string_value(json_object_get(err, "traceback")), "Traceback\nValueError: bad");
+    assert_int_equal(json_array_size(r.events), 2);  //  one error, one end
+    json_decref(obj);
+    execution_destroy(&ex);
+    json_array_clear(r.events);
+
+    ex = execution_new("req", NULL, s_record, &r);
+    s_feed(ex, KCH_SHELL, "execute_reply", json_pack("{s:s}", "status", "aborted"));
+    s_feed(ex, KCH_IOPUB, "status", json_pack("{s:s}", "execution_state", "idle"));
+    obj = execution_json(ex);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(obj, "error"), "name")),
+                        "ExecutionAborted");
+    json_decref(obj);
+    execution_destroy(&ex);
+    json_decref(r.events);
+}
+
+static void test_fail_and_settle_separately(void **state)
+{
+    (void) state;
+    rec_t r = {json_array()};
+    execution_t *ex = execution_new("req", NULL, s_record, &r);
+    execution_fail(ex, "TimeoutError", "too slow");
+    assert_true(execution_done(ex));
+    assert_false(execution_settled(ex));
+    //  The kernel's own end still counts toward settling, its outputs do not.
+    s_feed(ex, KCH_IOPUB, "error", json_pack("{s:s, s:s, s:[]}", "ename", "KeyboardInterrupt", "evalue", "", "traceback"));
+    s_feed(ex, KCH_SHELL, "execute_reply", json_pack("{s:s}", "status", "error"));
+    s_feed(ex, KCH_IOPUB, "status", json_pack("{s:s}", "execution_state", "idle"));
+    assert_true(execution_settled(ex));
+    assert_int_equal(json_array_size(r.events), 2);
+    json_t *obj = execution_json(ex);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(obj, "error"), "name")), "TimeoutError");
+    json_decref(obj);
+    execution_destroy(&ex);
+    json_decref(r.events);
+}
+
+static void test_display_update_clear_and_limit(void **state)
+{
+    (void) state;
+    rec_t r = {json_array()};
+    execution_opts_t opts = {.max_retained = 100};
+    execution_t *ex = execution_new("req", &opts, s_record, &r);
+    s_feed(ex, KCH_IOPUB, "display_data",
+           json_pack("{s:{s:s}, s:{}, s:{s:s}}", "data", "text/plain", "v1", "metadata", "transient", "display_id", "d1"));
+    s_feed(ex, KCH_IOPUB, "update_display_data",
+           json_pack("{s:{s:s}, s:{}, s:{s:s}}", "data", "text/plain", "v2", "metadata", "transient", "display_id", "d1"));
+    json_t *obj = execution_json(ex);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(obj, "results"), 0), "text")), "v2");
+    json_decref(obj);
+    assert_true(json_is_true(json_object_get(json_array_get(r.events, 1), "update")));
+    s_feed(ex, KCH_IOPUB, "stream", json_pack("{s:s, s:s}", "name", "stdout", "text", "before"));
+    s_feed(ex, KCH_IOPUB, "clear_output", json_pack("{s:b}", "wait", 1));
+    obj = execution_json(ex);  //  wait=true: still there until the next output
+    assert_int_equal(json_array_size(json_object_get(json_object_get(obj, "logs"), "stdout")), 1);
+    json_decref(obj);
+    s_feed(ex, KCH_IOPUB, "stream", json_pack("{s:s, s:s}", "name", "stdout", "text", "after"));
+    obj = execution_json(ex);
+    assert_int_equal(json_array_size(json_object_get(obj, "results")), 0);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(json_object_get(obj, "logs"), "stdout"), 0)), "after");
+    json_decref(obj);
+    //  Past the retained-output limit: marked, and still streamed.
+    char big[200];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    size_t before = json_array_size(r.events);
+    s_feed(ex, KCH_IOPUB, "stream", json_pack("{s:s, s:s}", "name", "stdout", "text", big));
+    assert_int_equal(json_array_size(r.events), before + 1);
+    obj = execution_json(ex);
+    assert_true(json_is_true(json_object_get(obj, "truncated")));
+    assert_int_equal(json_array_size(json_object_get(json_object_get(obj, "logs"), "stdout")), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(json_object_get(json_object_get(obj, "logs"), "stderr"), 0)),
+                           "truncated"));
+    json_decref(obj);
+    execution_destroy(&ex);
+    json_decref(r.events);
+}
+
+static void test_malformed_contents_are_ignored(void **state)
+{
+    (void) state;
+    rec_t r = {json_array()};
+    execution_t *ex = execution_new("req", NULL, s_record, &r);
+    s_feed(ex, KCH_IOPUB, "stream", json_pack("{s:i}", "name", 3));
+    s_feed(ex, KCH_IOPUB, "display_data", json_pack("{s:s}", "data", "not an object"));
+    s_feed(ex, KCH_IOPUB, "execute_input", json_pack("{s:s}", "execution_count", "seven"));
+    s_feed(ex, KCH_IOPUB, "error", json_pack("{s:i, s:i}", "ename", 1, "traceback", 2));
+    s_feed(ex, KCH_SHELL, "execute_reply", json_pack("{s:i}", "status", 5));
+    s_feed(ex, KCH_IOPUB, "status", json_pack("{s:s}", "execution_state", "idle"));
+    assert_true(execution_done(ex));
+    execution_destroy(&ex);
+    json_decref(r.events);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_done_needs_reply_and_idle),
+        cmocka_unit_test(test_result_fields_order_and_e2b_conventions),
+        cmocka_unit_test(test_errors_first_wins_and_abort),
+        cmocka_unit_test(test_fail_and_settle_separately),
+        cmocka_unit_test(test_display_update_clear_and_limit),
+        cmocka_unit_test(test_malformed_contents_are_ignored),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,168 @@
+/*  Unit tests: kernelspec discovery, templating, env expansion; connection files. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "kernelmgr/connfile.h"
+#include "kernelmgr/jx.h"
+#include "kernelmgr/kberr.h"
+#include "kernelmgr/klog.h"
+#include "kernelmgr/kspec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char s_tmp[128];
+
+static void s_write(const char *rel, const char *text)
+{
+    char path[512], cmd[600];
+    snprintf(path, sizeof path, "%s/%s", s_tmp, rel);
+    snprintf(cmd, sizeof cmd, "mkdir -p \"$(dirname '%s')\"", path);
+    assert_int_equal(system(cmd), 0);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static int s_setup(void **state)
+{
+    (void) state;
+    snprintf(s_tmp, sizeof s_tmp, "/tmp/kb-kspec-XXXXXX");
+    assert_non_null(mkdtemp(s_tmp));
+    s_write("a/kernels/echo/kernel.json",
+            "{\"argv\": [\"prog\", \"-f\", \"{connection_file}\", \"{resource_dir}/x\", \"{unknown}\", "
+            "\"{{literal}}\"], \"display_name\": \"Echo\", \"language\": \"python\", "
+            "\"env\": {\"A\": \"${KB_TEST_VAR}-suffix\", \"B\": \"${KB_NOT_SET}\"}}");
+    s_write("a/kernels/echo/logo-64x64.png", "png");
+    s_write("b/kernels/echo/kernel.json", "{\"argv\": [\"other\"], \"display_name\": \"Shadowed\", \"language\": \"x\"}");
+    s_write("b/kernels/Mixed.Case/kernel.json", "{\"argv\": [\"m\"], \"display_name\": \"M\", \"language\": \"r\", \"interrupt_mode\": \"message\"}");
+    s_write("b/kernels/broken/kernel.json", "{\"argv\": \"not a list\", \"language\": \"x\"}");
+    s_write("b/kernels/badjson/kernel.json", "{nope");
+    char jp[300];
+    snprintf(jp, sizeof jp, "%s/a:%s/b", s_tmp, s_tmp);
+    setenv("JUPYTER_PATH", jp, 1);
+    setenv("KB_TEST_VAR", "value", 1);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void) state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
+    assert_int_equal(system(cmd), 0);
+    unsetenv("JUPYTER_PATH");
+    return 0;
+}
+
+static void test_find_template_env(void **state)
+{
+    (void) state;
+    int err;
+    kspec_t *k = kspec_find("ECHO", &err);
+    assert_non_null(k);
+    assert_string_equal(kspec_display_name(k), "Echo");  //  first dir wins
+    char **argv = kspec_format_argv(k, "/run/conn.json");
+    assert_string_equal(argv[2], "/run/conn.json");
+    char expect[512];
+    snprintf(expect, sizeof expect, "%s/a/kernels/echo/x", s_tmp);
+    char *real = realpath(s_tmp, NULL);
+    snprintf(expect, sizeof expect, "%s/a/kernels/echo/x", real);
+    free(real);
+    assert_string_equal(argv[3], expect);
+    assert_string_equal(argv[4], "{unknown}");
+    assert_null(argv[6]);
+    kspec_argv_free(argv);
+    json_t *env = kspec_env(k);
+    assert_string_equal(json_string_value(json_object_get(env, "A")), "value-suffix");
+    assert_string_equal(json_string_value(json_object_get(env, "B")), "${KB_NOT_SET}");
+    json_decref(env);
+    assert_non_null(json_object_get(kspec_resources(k), "logo-64x64"));
+    assert_int_equal(kspec_interrupt_mode(k), KSPEC_INTERRUPT_SIGNAL);
+    kspec_destroy(&k);
+    assert_null(k);
+}
+
+static void test_names_and_invalid_specs(void **state)
+{
+    (void) state;
+    int err;
+    kspec_t *k = kspec_find("mixed.case", &err);
+    assert_non_null(k);
+    assert_string_equal(kspec_name(k), "mixed.case");
+    assert_int_equal(kspec_interrupt_mode(k), KSPEC_INTERRUPT_MESSAGE);
+    kspec_destroy(&k);
+    assert_null(kspec_find("broken", &err));
+    assert_int_equal(err, KB_EINVAL);
+    assert_null(kspec_find("badjson", &err));
+    assert_null(kspec_find("nope", &err));
+    assert_int_equal(err, KB_ENOTFOUND);
+    assert_null(kspec_find("../a/kernels/echo", &err));
+    assert_null(kspec_find("", &err));
+    kspec_t **list;
+    size_t n = kspec_list(&list);
+    int saw_echo = 0, saw_mixed = 0;
+    for (size_t i = 0; i < n; i++) {
+        saw_echo += strcmp(kspec_name(list[i]), "echo") == 0;
+        saw_mixed += strcmp(kspec_name(list[i]), "mixed.case") == 0;
+        assert_string_not_equal(kspec_name(list[i]), "broken");
+    }
+    assert_int_equal(saw_echo, 1);
+    assert_int_equal(saw_mixed, 1);
+    kspec_list_destroy(&list, n);
+}
+
+static void test_connection_file(void **state)
+{
+    (void) state;
+    int err;
+    connfile_t *cf = connfile_new(s_tmp, "kid", "python3", "tcp", NULL, &err);
+    assert_non_null(cf);
+    struct stat st;
+    assert_int_equal(stat(connfile_path(cf), &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    json_t *doc = json_load_file(connfile_path(cf), 0, NULL);
+    assert_non_null(doc);
+    int ports[5];
+    const char *names[5] = {"shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"};
+    for (int i = 0; i < 5; i++) {
+        ports[i] = (int) json_integer_value(json_object_get(doc, names[i]));
+        assert_true(ports[i] > 0);
+        for (int j = 0; j < i; j++) assert_int_not_equal(ports[i], ports[j]);
+    }
+    assert_string_equal(json_string_value(json_object_get(doc, "key")), connfile_key(cf));
+    assert_string_equal(json_string_value(json_object_get(doc, "signature_scheme")), "hmac-sha256");
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", ports[0]);
+    assert_string_equal(connfile_endpoint(cf, KCH_SHELL), endpoint);
+    json_decref(doc);
+    char path[512];
+    snprintf(path, sizeof path, "%s", connfile_path(cf));
+    connfile_destroy(&cf, true);
+    assert_int_not_equal(access(path, F_OK), 0);
+
+    cf = connfile_new(s_tmp, "kid2", "python3", "ipc", NULL, &err);
+    assert_non_null(cf);
+    assert_non_null(strstr(connfile_endpoint(cf, KCH_IOPUB), "ipc://"));
+    connfile_destroy(&cf, true);
+    assert_null(connfile_new(s_tmp, "kid3", "python3", "udp", NULL, &err));
+    assert_int_equal(err, KB_EINVAL);
+}
+
+int main(void)
+{
+    klog_set_level(KLOG_QUIET);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_find_template_env),
+        cmocka_unit_test(test_names_and_invalid_specs),
+        cmocka_unit_test(test_connection_file),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
