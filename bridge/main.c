@@ -28,6 +28,8 @@ int main(int argc, char **argv)
     int rc;
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)
         rc = cmd_exec(argc - 1, argv + 1);
+    else if (argc >= 2 && strcmp(argv[1], "serve") == 0)
+        rc = cmd_serve(argc - 1, argv + 1);
     else if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         s_usage(stdout);
         return 0;

@@ -1,0 +1,44 @@
+/*  registry - every kernel the service runs, by id, whichever API started it.
+
+    Kernels that finish shutting down are reaped on the next loop turn, never inside
+    their own callbacks (redis's freeClientAsync).
+*/
+#ifndef REGISTRY_H
+#define REGISTRY_H
+
+#include "kentry.h"
+
+typedef struct _registry_t registry_t;
+
+typedef struct {
+    const char *runtime_dir;     //  where connection files go
+    const char *shim;            //  kbridge executable, for the parent-death shim
+    json_t *env;                 //  environment added to every kernel (borrowed)
+    const char *transport;       //  "tcp" or "ipc"
+    const char *default_kernel;  //  kernelspec used when none is named
+    bool autorestart;            //  restart kernels that die
+} registry_config_t;
+
+//  Caller owns return value and must destroy it when done.
+registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config);
+//  Kill every kernel at once and free everything. Nullifies *self_p.
+void registry_destroy(registry_t **self_p);
+
+//  Start a kernel from kernelspec name (NULL: the default) in cwd (NULL: ours) with env
+//  (object of strings, borrowed; NULL: none) on top of the configured environment.
+//  Returns the new entry (starting), or NULL with *err = KB_ENOTFOUND (no such
+//  kernelspec), KB_EINVAL (bad cwd), KB_ESPAWN, KB_ECLOSED (shutting down).
+kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *cwd,
+                         json_t *env, int *err);
+kentry_t *registry_find(registry_t *self, const char *kernel_id);
+//  A snapshot of the live kernels in start order. Caller owns the array (free()), not
+//  the entries.
+size_t registry_list(registry_t *self, kentry_t ***entries);
+size_t registry_count(const registry_t *self);
+const char *registry_default_kernel(const registry_t *self);
+
+//  Shut every kernel down gracefully; done runs once all have (or after 8 s, when the
+//  stragglers are killed).
+void registry_shutdown_all(registry_t *self, void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,55 @@
+"""Issue 3: the example client runs end to end against the real service."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from kbharness import KBridge
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples"))
+from kbridge_client import KBridge as Client, KBridgeError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = KBridge(tmp_path_factory.mktemp("examples"))
+    yield srv
+    srv.stop()
+
+
+def test_chart_example_saves_a_png(server, tmp_path):
+    out = tmp_path / "chart.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "chart.py"),
+                           "--url", f"ws://127.0.0.1:{server.port}/ws", "--token", server.token,
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stdout: plotting 200 points" in proc.stdout
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert out.stat().st_size > 10000
+
+
+def test_client_api(server):
+    seen = []
+    with Client(f"ws://127.0.0.1:{server.port}/ws", token=server.token) as kb:
+        ex = kb.notebook.exec_cell("x = 40")
+        ex = kb.notebook.exec_cell("print('hi'); x + 2", on_stdout=seen.append)
+        assert ex.text == "42"
+        assert ex.logs.stdout == ["hi\n"] and seen[0].line == "hi\n" and not seen[0].error
+        assert ex.results[0].formats() == []
+        ex = kb.notebook.exec_cell("import pandas as pd; pd.DataFrame({'a': [1]})")
+        assert ex.results[0].formats() == ["html"]
+        ex = kb.notebook.exec_cell("1/0")
+        assert ex.error.name == "ZeroDivisionError"
+        kid = kb.notebook.create_kernel(cwd="/tmp")
+        assert kb.notebook.exec_cell("import os; os.getcwd()", kernel_id=kid).text == "'/tmp'"
+        assert any(k["kernel_id"] == kid for k in kb.notebook.list_kernels())
+        kb.notebook.restart_kernel(kid)
+        kb.notebook.shutdown_kernel(kid)
+        with pytest.raises(KBridgeError) as info:
+            kb.notebook.exec_cell("1", kernel_id=kid)
+        assert info.value.code == "not_found"
+        ex = kb.notebook.exec_cell("import time; time.sleep(10)", timeout=0.5)
+        assert ex.error.name == "TimeoutError"

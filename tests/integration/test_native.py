@@ -1,0 +1,492 @@
+"""Issue 3: the native WebSocket API, end to end with the real binary and real kernels.
+
+Every server message is validated against schema/native.schema.json (kbharness).
+"""
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+import websockets
+
+from kbharness import KBridge, NativeClient, run, validate_execution, validate_request
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = KBridge(tmp_path_factory.mktemp("native"))
+    yield srv
+    srv.stop()
+
+
+def raw_upgrade(server, path, host=None):
+    """Sends a WebSocket upgrade by hand; returns the start of the response."""
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{server.port}'}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.settimeout(5)
+    data = s.recv(4096)
+    s.close()
+    return data
+
+
+def main_text(execution):
+    return next((r["text"] for r in execution["results"] if r["is_main_result"]), None)
+
+
+def test_session_and_streaming_order(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        assert c.ws.subprotocol == "kbridge.v1"
+        assert c.session["resumed"] is False and c.session["keep_alive"] == 60
+        events, end = await c.execute(
+            "import sys\nprint('one')\nprint('two', file=sys.stderr)\n"
+            "from IPython.display import display\ndisplay('shown')\n'main'")
+        types = [e["type"] for e in events]
+        assert types == ["number_of_executions", "stdout", "stderr", "result", "result",
+                         "end_of_execution"]
+        assert events[1]["text"] == "one\n" and events[2]["text"] == "two\n"
+        assert events[3]["is_main_result"] is False and events[4]["is_main_result"] is True
+        ex = end["execution"]
+        validate_execution(ex)
+        assert ex["logs"] == {"stdout": ["one\n"], "stderr": ["two\n"]}
+        assert main_text(ex) == "'main'"
+        assert end["kernel_id"]
+        await c.close()
+    run(go())
+
+
+def test_state_kept_in_default_kernel(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        await c.execute("x = 1")
+        _, end = await c.execute("x += 1; x")
+        assert main_text(end["execution"]) == "2"
+        await c.close()
+    run(go())
+
+
+def test_kernel_ops(server, tmp_path):
+    async def go():
+        c = await NativeClient.connect(server)
+        r = await c.request(op="start_kernel", kernel_name="python3", cwd=str(tmp_path),
+                            env_vars={"KB_GREETING": "hello"})
+        assert r["type"] == "kernel"
+        k = r["kernel"]
+        assert k["kernel_name"] == "python3" and k["language"] == "python"
+        assert k["cwd"] == str(tmp_path) and k["state"] in ("idle", "busy")
+        kid = k["kernel_id"]
+        _, end = await c.execute("import os; (os.getcwd(), os.environ['KB_GREETING'])", kernel_id=kid)
+        assert main_text(end["execution"]) == repr((str(tmp_path), "hello"))
+        r = await c.request(op="list_kernels")
+        mine = [x for x in r["kernels"] if x["kernel_id"] == kid]
+        assert len(mine) == 1 and mine[0]["owned"] is True
+        # interrupt during a sleep
+        rid = await c.send(op="execute", code="import time; time.sleep(60)", kernel_id=kid)
+        await c.wait_for(rid, types=["number_of_executions"])
+        t0 = time.monotonic()
+        r = await c.request(op="interrupt_kernel", kernel_id=kid)
+        assert r["type"] == "ok"
+        end = await c.wait_for(rid, types=["end_of_execution"])
+        assert end["execution"]["error"]["name"] == "KeyboardInterrupt"
+        assert time.monotonic() - t0 < 3
+        # restart clears state
+        await c.execute("y = 5", kernel_id=kid)
+        r = await c.request(op="restart_kernel", kernel_id=kid)
+        assert r["type"] == "ok"
+        _, end = await c.execute("y", kernel_id=kid)
+        assert end["execution"]["error"]["name"] == "NameError"
+        # shutdown removes it
+        r = await c.request(op="shutdown_kernel", kernel_id=kid)
+        assert r["type"] == "ok"
+        r = await c.request(op="list_kernels")
+        assert kid not in [x["kernel_id"] for x in r["kernels"]]
+        _, end = await c.execute("1", kernel_id=kid)
+        assert end["type"] == "request_error" and end["code"] == "not_found"
+        await c.close()
+    run(go())
+
+
+def test_many_requests_in_flight_fifo_and_parallel_kernels(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        k2 = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+        await c.execute("n = 0")
+        await c.execute("n = 0", kernel_id=k2)
+        ids = []
+        for i in range(1000):
+            ids.append(await c.send(op="execute", code=f"n += 1; n", id=f"a{i}"))
+        for i in range(20):
+            ids.append(await c.send(op="execute", code=f"n += 1; n", id=f"b{i}", kernel_id=k2))
+        ends = {}
+        while len(ends) < len(ids):
+            m = await c.recv(timeout=120)
+            if m["type"] == "end_of_execution":
+                ends[m["id"]] = m
+            assert m["type"] != "request_error", m
+        # FIFO per kernel: the i-th request on a kernel saw n == i + 1.
+        for i in range(1000):
+            assert main_text(ends[f"a{i}"]["execution"]) == str(i + 1)
+        for i in range(20):
+            assert main_text(ends[f"b{i}"]["execution"]) == str(i + 1)
+        await c.close()
+    run(go())
+
+
+def test_different_kernels_run_in_parallel(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        ka = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+        kb = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+        t0 = time.monotonic()
+        ra = await c.send(op="execute", code="import time; time.sleep(1.5)", kernel_id=ka)
+        rb = await c.send(op="execute", code="import time; time.sleep(1.5)", kernel_id=kb)
+        await c.wait_for(ra, types=["end_of_execution"])
+        await c.wait_for(rb, types=["end_of_execution"])
+        assert time.monotonic() - t0 < 2.8
+        await c.close()
+    run(go())
+
+
+def test_timeout_ms(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        await c.execute("1")
+        t0 = time.monotonic()
+        events, end = await c.execute("import time; time.sleep(30)", timeout_ms=500)
+        assert time.monotonic() - t0 < 2
+        assert end["execution"]["error"]["name"] == "TimeoutError"
+        assert any(e["type"] == "error" and e["name"] == "TimeoutError" for e in events)
+        # The next cell runs normally: the interrupt landed on the timed-out one.
+        _, end = await c.execute("'fine'")
+        assert end["execution"]["error"] is None and main_text(end["execution"]) == "'fine'"
+        await c.close()
+    run(go())
+
+
+def test_disconnect_mid_cell_and_resume(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        sid = c.session["session_id"]
+        rid = await c.send(op="execute", code="import time\nfor i in range(6):\n    print(i, flush=True)\n    time.sleep(0.25)")
+        first = await c.wait_for(rid, types=["stdout"])
+        await c.ws.close()  # the client vanishes mid-stream
+        await asyncio.sleep(2.5)
+        c2 = await NativeClient.connect(server, session_id=sid)
+        assert c2.session["session_id"] == sid and c2.session["resumed"] is True
+        texts = [first["text"]]
+        while True:
+            m = await c2.wait_for(rid)
+            if m["type"] == "stdout":
+                texts.append(m["text"])
+            if m["type"] == "end_of_execution":
+                break
+        assert "".join(texts) == "".join(f"{i}\n" for i in range(6))
+        assert "".join(m["execution"]["logs"]["stdout"]) == "".join(f"{i}\n" for i in range(6))
+        # The same kernels come back: state is there.
+        await c2.execute("kept = 7")
+        await c2.close()
+        c3 = await NativeClient.connect(server, session_id=sid)
+        _, end = await c3.execute("kept")
+        assert main_text(end["execution"]) == "7"
+        await c3.close()
+    run(go())
+
+
+def test_newer_connection_replaces_older(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        sid = c.session["session_id"]
+        c2 = await NativeClient.connect(server, session_id=sid)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await c.recv(timeout=5)
+        assert "replaced" in info.value.reason
+        _, end = await c2.execute("'ok'")
+        assert main_text(end["execution"]) == "'ok'"
+        await c2.close()
+    run(go())
+
+
+def test_unknown_session_id_gives_a_new_session(server):
+    async def go():
+        c = await NativeClient.connect(server, session_id="no-such-session")
+        assert c.session["resumed"] is False and c.session["session_id"] != "no-such-session"
+        await c.close()
+    run(go())
+
+
+def test_keep_alive_is_capped(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        r = await c.request(op="keep_alive", seconds=10**9)
+        assert r["type"] == "ok" and r["seconds"] == 3600
+        r = await c.request(op="keep_alive", seconds=-1)
+        assert r["type"] == "request_error" and r["code"] == "bad_request"
+        await c.close()
+    run(go())
+
+
+def test_bad_input(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        await c.ws.send("this is not json")
+        m = await c.recv()
+        assert m["type"] == "request_error" and m["code"] == "bad_request" and m["id"] is None
+        await c.ws.send(b"\x00\x01binary")
+        m = await c.recv()
+        assert m["code"] == "bad_request" and "binary" in m["message"]
+        await c.ws.send("[1, 2]")
+        assert (await c.recv())["code"] == "bad_request"
+        await c.ws.send(json.dumps({"op": "execute", "code": "1"}))
+        m = await c.recv()
+        assert m["code"] == "bad_request" and "id" in m["message"]
+        await c.ws.send(json.dumps({"op": "execute", "code": "1", "id": [1]}))
+        m = await c.recv()
+        assert m["code"] == "bad_request" and m["id"] is None
+        cases = [
+            ({"id": 1}, "op"),
+            ({"id": 2, "op": 5}, "op"),
+            ({"id": 3, "op": "fly"}, "unknown op"),
+            ({"id": 4, "op": "execute"}, "code"),
+            ({"id": 5, "op": "execute", "code": 12}, "code"),
+            ({"id": 6, "op": "execute", "code": "1", "kernel_id": 7}, "kernel_id"),
+            ({"id": 7, "op": "execute", "code": "1", "timeout_ms": "soon"}, "timeout_ms"),
+            ({"id": 8, "op": "execute", "code": "1", "env_vars": {"A": 1}}, "env_vars"),
+            ({"id": 9, "op": "execute", "code": "1", "env_vars": {"A=B": "x"}}, "env_vars"),
+            ({"id": 10, "op": "interrupt_kernel"}, "kernel_id"),
+            ({"id": 11, "op": "start_kernel", "kernel_name": 3}, "kernel_name"),
+        ]
+        for req, word in cases:
+            await c.ws.send(json.dumps(req))
+            m = await c.wait_for(req["id"])
+            assert m["type"] == "request_error" and m["code"] == "bad_request", (req, m)
+            assert word in m["message"], (req, m)
+        for op in ("interrupt_kernel", "restart_kernel", "shutdown_kernel"):
+            m = await c.request(op=op, kernel_id="00000000-0000-0000-0000-000000000000")
+            assert m["code"] == "not_found"
+        m = await c.request(op="execute", code="1", kernel_id="nope")
+        assert m["code"] == "not_found"
+        m = await c.request(op="start_kernel", kernel_name="no-such-kernelspec")
+        assert m["code"] == "not_found"
+        m = await c.request(op="start_kernel", cwd="/no/such/dir")
+        assert m["code"] == "bad_request"
+        # The connection and the service are still fine.
+        _, end = await c.execute("'still here'")
+        assert main_text(end["execution"]) == "'still here'"
+        await c.close()
+    run(go())
+
+
+def test_huge_frame_is_refused_connection_survives(tmp_path):
+    srv = KBridge(tmp_path, "--max-message-bytes", "100000")
+    try:
+        async def go():
+            c = await NativeClient.connect(srv)
+            await c.ws.send(json.dumps({"op": "execute", "id": 1, "code": "x" * 200000}))
+            m = await c.recv()
+            assert m["type"] == "request_error" and m["code"] == "too_large"
+            _, end = await c.execute("'after'")
+            assert main_text(end["execution"]) == "'after'"
+            await c.close()
+        run(go())
+    finally:
+        srv.stop()
+
+
+def test_wrong_token_and_foreign_origin_and_host(server):
+    async def go():
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await websockets.connect(server.ws_url(token=False) + "?token=wrong")
+        assert info.value.status_code == 403
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await websockets.connect(server.ws_url(token=False))
+        assert info.value.status_code == 403
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await websockets.connect(server.ws_url(), origin="http://evil.example")
+        assert info.value.status_code == 403
+        # DNS rebinding: a Host that is not this server (raw request: websockets sets Host).
+        status = raw_upgrade(server, "/ws?token=" + server.token, host="evil.example:80")
+        assert status.startswith(b"HTTP/1.1 403")
+        assert raw_upgrade(server, "/ws?token=" + server.token).startswith(b"HTTP/1.1 101")
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await websockets.connect(server.ws_url(path="/nowhere"))
+        assert info.value.status_code == 404
+        # Header tokens work; a same-origin browser is fine.
+        for headers in ({"Authorization": f"token {server.token}"},
+                        {"Authorization": f"Bearer {server.token}"},
+                        {"X-Access-Token": server.token}):
+            ws = await websockets.connect(server.ws_url(token=False), extra_headers=headers)
+            assert json.loads(await ws.recv())["type"] == "session"
+            await ws.close()
+        ws = await websockets.connect(server.ws_url(), origin=f"http://127.0.0.1:{server.port}")
+        assert json.loads(await ws.recv())["type"] == "session"
+        await ws.close()
+    run(go())
+    assert server.alive()
+
+
+def test_http_checks(server):
+    def get(path, headers=None):
+        req = urllib.request.Request(server.http + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    status, body = get("/")
+    assert status == 200 and json.loads(body)["name"] == "kbridge"
+    token = f"?token={server.token}"
+    assert get("/ws" + token)[0] == 400
+    assert get("/nothing-here" + token)[0] == 404
+    assert get("/nothing-here")[0] == 403
+    assert get("/nothing-here", {"Authorization": f"token {server.token}"})[0] == 404
+    assert get("/", {"Host": "attacker.example"})[0] == 403
+    assert get("/", {"Origin": "http://attacker.example"})[0] == 403
+
+
+def test_allow_origin_and_empty_token(tmp_path):
+    srv = KBridge(tmp_path, "--allow-origin", "http://app.example", token="")
+    try:
+        assert "AUTHENTICATION IS DISABLED" in srv.logs()
+        async def go():
+            ws = await websockets.connect(srv.ws_url(), origin="http://app.example")
+            assert json.loads(await ws.recv())["type"] == "session"
+            await ws.close()
+            with pytest.raises(websockets.InvalidStatusCode):
+                await websockets.connect(srv.ws_url(), origin="http://other.example")
+        run(go())
+    finally:
+        srv.stop()
+
+
+def test_kernel_killed_mid_cell_other_clients_unaffected(server):
+    async def go():
+        a = await NativeClient.connect(server)
+        b = await NativeClient.connect(server)
+        ka = (await a.request(op="start_kernel"))["kernel"]["kernel_id"]
+        kb = (await b.request(op="start_kernel"))["kernel"]["kernel_id"]
+        rb = await b.send(op="execute", kernel_id=kb,
+                          code="import time\nfor i in range(10):\n    print(i, flush=True)\n    time.sleep(0.1)")
+        t0 = time.monotonic()
+        events, end = await a.execute("import os; os.kill(os.getpid(), 9)", kernel_id=ka)
+        assert time.monotonic() - t0 < 2
+        assert end["execution"]["error"]["name"] == "KernelDied"
+        endb = await b.wait_for(rb, types=["end_of_execution"])
+        assert "".join(endb["execution"]["logs"]["stdout"]) == "".join(f"{i}\n" for i in range(10))
+        # The crashed kernel restarts by itself and works again.
+        for _ in range(50):
+            r = await a.request(op="list_kernels")
+            state = [k["state"] for k in r["kernels"] if k["kernel_id"] == ka][0]
+            if state == "idle":
+                break
+            await asyncio.sleep(0.2)
+        _, end = await a.execute("'back'", kernel_id=ka)
+        assert main_text(end["execution"]) == "'back'"
+        await a.close()
+        await b.close()
+    run(go())
+
+
+def test_slow_client_is_disconnected_with_reason(tmp_path):
+    srv = KBridge(tmp_path, "--max-outbound-bytes", "2000000")
+    try:
+        async def go():
+            # A tiny receive buffer and no reading: the bridge must not buffer for us.
+            c = await NativeClient.connect(srv, max_queue=1, read_limit=2**12)
+            sock = c.ws.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.ws.transport.pause_reading()
+            await c.send(op="execute", code="import sys\nfor i in range(200):\n    sys.stdout.write('x' * 100000 + '\\n'); sys.stdout.flush()")
+            await asyncio.sleep(8)
+            c.ws.transport.resume_reading()
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    await c.ws.recv()
+            assert info.value.code == 1008
+            assert "too slow" in info.value.reason
+        run(go())
+        assert srv.alive()
+        assert "too slow" in srv.logs()
+    finally:
+        srv.stop()
+
+
+def test_retained_output_is_truncated_with_a_marker(tmp_path):
+    srv = KBridge(tmp_path, "--max-retained-output", "100000")
+    try:
+        async def go():
+            c = await NativeClient.connect(srv)
+            events, end = await c.execute("for i in range(3000): print('y' * 99)")
+            streamed = "".join(e["text"] for e in events if e["type"] == "stdout")
+            assert len(streamed) == 3000 * 100  # the stream itself is complete
+            ex = end["execution"]
+            assert ex["truncated"] is True
+            assert sum(len(s) for s in ex["logs"]["stdout"]) <= 100000
+            assert "truncated" in ex["logs"]["stderr"][-1]
+            await c.close()
+        run(go())
+    finally:
+        srv.stop()
+
+
+def test_twenty_concurrent_clients(server):
+    async def one(i):
+        c = await NativeClient.connect(server)
+        kid = (await c.request(op="start_kernel", timeout=120))["kernel"]["kernel_id"]
+        _, end = await c.execute(f"for j in range(2000): print({i}, j)", kernel_id=kid)
+        lines = "".join(end["execution"]["logs"]["stdout"]).splitlines()
+        assert lines == [f"{i} {j}" for j in range(2000)]
+        await c.request(op="shutdown_kernel", kernel_id=kid)
+        await c.close()
+        return i
+
+    async def go():
+        done = await asyncio.gather(*(one(i) for i in range(20)))
+        assert sorted(done) == list(range(20))
+    run(go())
+
+
+def test_session_expires_and_its_kernels_shut_down(tmp_path):
+    srv = KBridge(tmp_path, "--keep-alive", "1")
+    try:
+        async def go():
+            c = await NativeClient.connect(srv)
+            sid = c.session["session_id"]
+            _, end = await c.execute("import os; os.getpid()")
+            pid = int(main_text(end["execution"]))
+            await c.close()
+            await asyncio.sleep(3)
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            c2 = await NativeClient.connect(srv, session_id=sid)
+            assert c2.session["resumed"] is False
+            await c2.close()
+        run(go())
+    finally:
+        srv.stop()
+
+
+def test_sigterm_shuts_every_kernel_down(tmp_path):
+    srv = KBridge(tmp_path)
+    async def go():
+        c = await NativeClient.connect(srv)
+        for _ in range(3):
+            await c.request(op="start_kernel")
+        await c.execute("import time")
+        await c.close()
+    run(go())
+    srv.stop()  # asserts exit 0, no kernel process and no connection file left
+
+
+def test_request_examples_match_schema():
+    for req in ({"op": "execute", "id": 1, "code": "1"},
+                {"op": "start_kernel", "id": "a", "kernel_name": "python3", "cwd": "/", "env_vars": {"A": "b"}},
+                {"op": "keep_alive", "id": 2, "seconds": 10},
+                {"op": "list_kernels", "id": 3},
+                {"op": "interrupt_kernel", "id": 4, "kernel_id": "k"}):
+        validate_request(req)
