@@ -124,6 +124,7 @@ long long hreq_content_length(hreq_t *self)
 int hreq__body(hreq_t *self, const void *in, size_t len)
 {
     if (self->body_too_big) return KB_ETOOBIG;
+    if (len == 0) return KB_OK;  //  lws may announce an empty chunk with a NULL pointer
     if (self->body_len + len > self->max_body) {
         self->body_too_big = true;
         return KB_ETOOBIG;

@@ -41,6 +41,7 @@ struct _runner_t {
     runner_listener_t *listeners;
     char last_activity[32];
     bool destroyed;
+    bool shutdown_notified;
 };
 
 static void s_free_run(run_t *run)
@@ -211,7 +212,10 @@ static void s_on_kernel_event(kernel_t *kernel, kernel_event_t event, void *arg)
                  *kernel_exit_reason(kernel) ? kernel_exit_reason(kernel) : "gave up");
         s_fail_all(self, "KernelDead", reason);
         break;
-    case KERNEL_EV_SHUTDOWN: s_fail_all(self, "KernelShutdown", "The kernel was shut down"); break;
+    case KERNEL_EV_SHUTDOWN:
+        s_fail_all(self, "KernelShutdown", "The kernel was shut down");
+        self->shutdown_notified = true;
+        break;
     default: break;
     }
     for (runner_listener_t *l = self->listeners, *next; l; l = next) {
@@ -264,6 +268,13 @@ void runner_destroy(runner_t **self_p)
     *self_p = NULL;
     s_fail_all(self, "KernelShutdown", "The kernel was shut down");
     self->destroyed = true;
+    //  Listeners hold the kernel's sockets and signer: they must hear it is going, even
+    //  when it goes without a graceful shutdown.
+    if (!self->shutdown_notified)
+        for (runner_listener_t *l = self->listeners, *next; l; l = next) {
+            next = l->next;
+            if (l->on_event) l->on_event(l, KERNEL_EV_SHUTDOWN);
+        }
     kernel_destroy(&self->kernel);
     uv_close((uv_handle_t *) &self->timer, s_runner_closed);
     uv_close((uv_handle_t *) &self->kick, s_runner_closed);

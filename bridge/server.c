@@ -1,6 +1,7 @@
 /*  server - libwebsockets on the libuv loop; request checks and routing. */
 #include "server.h"
 #include "hreq.h"
+#include "jupyter.h"
 #include "lwsx.h"
 #include "native.h"
 #include "wsconn.h"
@@ -28,6 +29,7 @@ struct _server_t {
     bool auth;
     unsigned char token_hash[crypto_generichash_BYTES];
     native_t *native;
+    jupyter_t *jupyter;
     int connections;
     bool closed;
 };
@@ -154,6 +156,8 @@ static void s_dispatch(server_t *self, hreq_t *req)
         hreq_reply_json(req, 200, json_pack("{s:s, s:s, s:s, s:s}", "name", "kbridge",
                                             "version", PROJECT_VERSION, "websocket", "/ws",
                                             "jupyter", "/api"));
+    } else if (strncmp(path, "/api", 4) == 0 || strncmp(path, "/kernelspecs/", 13) == 0) {
+        jupyter_http(self->jupyter, req);
     } else if (strcmp(path, "/ws") == 0) {
         hreq_reply_json(req, 400, json_pack("{s:s, s:s, s:s}", "type", "request_error", "code",
                                             "bad_request", "message",
@@ -219,7 +223,9 @@ typedef enum { ROUTE_NONE, ROUTE_NATIVE, ROUTE_JUPYTER } ws_route_t;
 
 static ws_route_t s_ws_route(const char *path)
 {
+    char kernel_id[128];
     if (strcmp(path, "/ws") == 0) return ROUTE_NATIVE;
+    if (jupyter_channels_path(path, kernel_id, sizeof kernel_id)) return ROUTE_JUPYTER;
     return ROUTE_NONE;
 }
 
@@ -246,8 +252,13 @@ static int s_confirm_upgrade(server_t *self, struct lws *wsi)
     }
     if (!s_authorized(self, wsi))
         return s_refuse_upgrade(wsi, 403, "unauthorized", "a valid token is required");
-    if (s_ws_route(path) == ROUTE_NONE)
+    ws_route_t route = s_ws_route(path);
+    if (route == ROUTE_NONE)
         return s_refuse_upgrade(wsi, 404, "not_found", "no WebSocket endpoint here");
+    char kernel_id[128];
+    if (route == ROUTE_JUPYTER && (!jupyter_channels_path(path, kernel_id, sizeof kernel_id) ||
+                                   !jupyter_kernel_exists(self->jupyter, kernel_id)))
+        return s_refuse_upgrade(wsi, 404, "not_found", "Kernel does not exist");
     return 0;
 }
 
@@ -293,7 +304,15 @@ static int s_callback(struct lws *wsi, enum lws_callback_reasons reason, void *u
         pss->ws = wsconn_new(wsi, self->config->max_message_bytes, self->config->max_outbound_bytes);
         if (!pss->ws) return -1;
         self->connections++;
-        if (s_ws_route(path) == ROUTE_NATIVE) native_accept(self->native, pss->ws, wsi);
+        ws_route_t route = s_ws_route(path);
+        if (route == ROUTE_NATIVE)
+            native_accept(self->native, pss->ws, wsi);
+        else if (route == ROUTE_JUPYTER)
+            jupyter_accept(self->jupyter, pss->ws, wsi,
+                           strcmp(lws_get_protocol(wsi)->name, JUPYTER_SUBPROTOCOL) == 0 ? JWIRE_V1
+                                                                                        : JWIRE_LEGACY);
+        else
+            wsconn_close(pss->ws, 1011, "no endpoint");
         return 0;
     }
     case LWS_CALLBACK_RECEIVE: return pss->ws ? wsconn__receive(pss->ws, in, len) : 0;
@@ -335,7 +354,10 @@ server_t *server_new(uv_loop_t *loop, const server_config_t *config, registry_t 
         crypto_generichash(self->token_hash, sizeof self->token_hash,
                            (const unsigned char *) config->token, strlen(config->token), NULL, 0);
     self->native = native_new(self);
-    if (!self->native) {
+    self->jupyter = jupyter_new(self);
+    if (!self->native || !self->jupyter) {
+        native_destroy(&self->native);
+        jupyter_destroy(&self->jupyter);
         free(self);
         return NULL;
     }
@@ -366,6 +388,7 @@ server_t *server_new(uv_loop_t *loop, const server_config_t *config, registry_t 
     if (!self->context) {
         klog_error("cannot listen on %s:%d", info.iface, config->port);
         native_destroy(&self->native);
+        jupyter_destroy(&self->jupyter);
         free(self);
         return NULL;
     }
@@ -379,6 +402,7 @@ void server_close(server_t *self)
     if (self->closed) return;
     self->closed = true;
     native_destroy(&self->native);
+    jupyter_destroy(&self->jupyter);
     lws_context_destroy(self->context);  //  completes as the loop runs; NULLs self->context
 }
 

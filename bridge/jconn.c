@@ -1,0 +1,252 @@
+/*  jconn - a Jupyter kernel-channels WebSocket connection. */
+#include "jconn.h"
+#include "../kernelmgr/kberr.h"
+#include "../kernelmgr/klog.h"
+#include "../kernelmgr/kutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+//  Client messages held while the kernel is not ready.
+#define MAX_HELD 10000
+
+typedef struct held_s {
+    struct held_s *next;
+    jmsg_t *msg;
+    kchan_type_t channel;
+} held_t;
+
+struct _jconn_t {
+    kentry_t *entry;
+    wsconn_t *conn;
+    char session_id[128];
+    jwire_proto_t proto;
+    jconn_events_t events;
+    void *arg;
+    kchan_t *chan[KCH_COUNT];  //  shell, control, stdin
+    runner_listener_t listener;
+    held_t *held_head, *held_tail;
+    size_t held;
+    uint64_t generated;  //  counter for server-made msg_ids
+    bool detached;
+};
+
+static void s_send(jconn_t *self, kchan_type_t channel, jmsg_t *msg)
+{
+    if (!self->conn) return;
+    size_t len;
+    bool binary;
+    char *frame = jwire_encode(self->proto, channel, msg, &len, &binary);
+    if (frame) wsconn_send_buf(self->conn, frame, len, binary);
+}
+
+static void s_on_reply(kchan_t *chan, jmsg_t *msg, void *arg)
+{
+    s_send(arg, kchan_type(chan), msg);
+}
+
+//  A status message kbridge itself says on iopub, as Jupyter Server does.
+static void s_send_status(jconn_t *self, const char *state)
+{
+    jmsg_t *msg = jmsg_new("status", self->session_id, json_pack("{s:s}", "execution_state", state));
+    if (!msg) return;
+    //  Jupyter Server's own message ids: <session>_<server pid>_<n>.
+    char id[200];
+    snprintf(id, sizeof id, "%s_%d_%llu", self->session_id, (int) getpid(),
+             (unsigned long long) ++self->generated);
+    json_object_set_new(jmsg_header(msg), "msg_id", json_string(id));
+    s_send(self, KCH_IOPUB, msg);
+    jmsg_destroy(&msg);
+}
+
+static void s_forward(jconn_t *self, kchan_type_t channel, jmsg_t **msg_p)
+{
+    int rc = kchan_send(self->chan[channel], msg_p);
+    if (rc != KB_OK)
+        klog_warn("kernel %.8s: could not forward a client message on %s: %s",
+                  kentry_id(self->entry), kchan_type_name(channel), kb_strerror(rc));
+}
+
+static void s_flush_held(jconn_t *self)
+{
+    while (self->held_head) {
+        held_t *h = self->held_head;
+        self->held_head = h->next;
+        s_forward(self, h->channel, &h->msg);
+        free(h);
+    }
+    self->held_tail = NULL;
+    self->held = 0;
+}
+
+static void s_drop_held(jconn_t *self)
+{
+    while (self->held_head) {
+        held_t *h = self->held_head;
+        self->held_head = h->next;
+        jmsg_destroy(&h->msg);
+        free(h);
+    }
+    self->held_tail = NULL;
+    self->held = 0;
+}
+
+static void s_release_kernel_side(jconn_t *self)
+{
+    if (self->detached) return;
+    self->detached = true;
+    runner_unlisten(kentry_runner(self->entry), &self->listener);
+    kentry_connections_add(self->entry, -1);
+    for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
+    s_drop_held(self);
+}
+
+static void s_on_kernel_msg(runner_listener_t *l, kchan_type_t channel, jmsg_t *msg)
+{
+    if (channel == KCH_IOPUB) s_send(l->arg, KCH_IOPUB, msg);
+}
+
+static void s_on_kernel_event(runner_listener_t *l, kernel_event_t event)
+{
+    jconn_t *self = l->arg;
+    switch (event) {
+    case KERNEL_EV_READY: s_flush_held(self); break;
+    case KERNEL_EV_RESTARTING: s_send_status(self, "restarting"); break;
+    case KERNEL_EV_DEAD: s_send_status(self, "dead"); break;
+    case KERNEL_EV_SHUTDOWN:
+        //  The kernel's sockets and signer go away with it.
+        s_release_kernel_side(self);
+        if (self->conn) wsconn_close(self->conn, 1000, "kernel shut down");
+        break;
+    default: break;
+    }
+}
+
+static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool binary, void *arg)
+{
+    jconn_t *self = arg;
+    if (self->detached) return;
+    kchan_type_t channel;
+    char why[200];
+    jmsg_t *msg = jwire_decode(self->proto, data, len, binary, &channel, why, sizeof why);
+    if (!msg) {
+        klog_warn("kernel %.8s: closing a channels connection: %s", kentry_id(self->entry), why);
+        wsconn_close(conn, 1007, why);
+        return;
+    }
+    if (kentry_ready(self->entry) && !self->held_head) {
+        s_forward(self, channel, &msg);
+        return;
+    }
+    if (self->held >= MAX_HELD) {
+        jmsg_destroy(&msg);
+        wsconn_close(conn, 1013, "kernel not ready and too many messages waiting for it");
+        return;
+    }
+    held_t *h = malloc(sizeof *h);
+    if (!h) {
+        jmsg_destroy(&msg);
+        return;
+    }
+    h->msg = msg;
+    h->channel = channel;
+    h->next = NULL;
+    if (self->held_tail) self->held_tail->next = h;
+    else self->held_head = h;
+    self->held_tail = h;
+    self->held++;
+}
+
+static void s_on_too_large(wsconn_t *conn, size_t len, void *arg)
+{
+    (void) arg;
+    char why[120];
+    snprintf(why, sizeof why, "message of %zu bytes exceeds the size limit", len);
+    wsconn_close(conn, 1009, why);
+}
+
+static void s_free(jconn_t *self)
+{
+    s_release_kernel_side(self);
+    free(self);
+}
+
+static void s_on_close(wsconn_t *conn, void *arg)
+{
+    (void) conn;
+    jconn_t *self = arg;
+    self->conn = NULL;
+    if (self->events.on_gone) self->events.on_gone(self, self->arg);
+    s_free(self);
+}
+
+jconn_t *jconn_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const char *session_id, jwire_proto_t proto,
+                   const jconn_events_t *events, void *arg)
+{
+    jconn_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        wsconn_close(conn, 1011, "out of memory");
+        return NULL;
+    }
+    self->entry = entry;
+    self->conn = conn;
+    self->proto = proto;
+    if (events) self->events = *events;
+    self->arg = arg;
+    if (session_id && *session_id)
+        snprintf(self->session_id, sizeof self->session_id, "%s", session_id);
+    else
+        kb_uuid4(self->session_id);
+    kernel_t *kernel = kentry_kernel(entry);
+    static const kchan_type_t types[] = {KCH_SHELL, KCH_CONTROL, KCH_STDIN};
+    for (size_t i = 0; i < 3; i++) {
+        const char *endpoint = kernel_endpoint(kernel, types[i]);
+        self->chan[types[i]] = endpoint ? kchan_new(loop, types[i], endpoint, self->session_id,
+                                                    kernel_hmac(kernel), kentry_id(entry), s_on_reply,
+                                                    self)
+                                        : NULL;
+        if (!self->chan[types[i]]) {
+            for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
+            free(self);
+            wsconn_close(conn, 1011, "cannot connect to the kernel");
+            return NULL;
+        }
+    }
+    self->listener.on_msg = s_on_kernel_msg;
+    self->listener.on_event = s_on_kernel_event;
+    self->listener.arg = self;
+    runner_listen(kentry_runner(entry), &self->listener);
+    kentry_connections_add(entry, 1);
+    wsconn_events_t wev = {s_on_message, s_on_too_large, s_on_close};
+    wsconn_set_events(conn, &wev, self);
+    return self;
+}
+
+void jconn_close(jconn_t *self, int code, const char *reason)
+{
+    if (self->conn) wsconn_close(self->conn, code, reason);
+}
+
+void jconn_destroy(jconn_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    jconn_t *self = *self_p;
+    *self_p = NULL;
+    if (self->conn) {
+        wsconn_clear_events(self->conn);
+        wsconn_close(self->conn, 1001, "server shutting down");
+    }
+    s_free(self);
+}
+
+const char *jconn_session_id(const jconn_t *self)
+{
+    return self->session_id;
+}
+
+kentry_t *jconn_kentry(const jconn_t *self)
+{
+    return self->entry;
+}

@@ -1,0 +1,42 @@
+/*  jconn - one Jupyter kernel-channels WebSocket (/api/kernels/{id}/channels).
+
+    Like jupyter_server, each connection has its own shell, control and stdin DEALERs
+    whose ZeroMQ routing id is the client's session_id, so replies (and stdin's
+    input_request) reach only the connection that asked. iopub comes from the kernel's
+    one SUB, already proven live when the kernel became ready, and is fanned out to every
+    connection of the kernel. Client messages that arrive while the kernel is not ready
+    (starting, restarting) wait, so the first kernel_info never hangs.
+
+    The connection hears of automatic restarts and death through the runner and sends
+    the status messages Jupyter Server would: "restarting", then "dead" when the
+    restarts ran out.
+*/
+#ifndef JCONN_H
+#define JCONN_H
+
+#include "jwire.h"
+#include "kentry.h"
+#include "wsconn.h"
+
+typedef struct _jconn_t jconn_t;
+
+typedef struct {
+    //  The connection is gone (the client closed it, or it was closed for it); the owner
+    //  drops it from its lists. jconn frees itself after this call.
+    void (*on_gone)(jconn_t *conn, void *arg);
+} jconn_events_t;
+
+//  Serve conn for entry's kernel. session_id is the client's (NULL: one is made up).
+//  Returns NULL if the kernel's sockets could not be set up (conn is then closed).
+jconn_t *jconn_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const char *session_id, jwire_proto_t proto,
+                   const jconn_events_t *events, void *arg);
+
+//  Close with a code and reason (e.g. a newer connection with the same session id).
+void jconn_close(jconn_t *self, int code, const char *reason);
+//  The owner is going away first: detach from everything, close the WebSocket, free.
+void jconn_destroy(jconn_t **self_p);
+
+const char *jconn_session_id(const jconn_t *self);
+kentry_t *jconn_kentry(const jconn_t *self);
+
+#endif
