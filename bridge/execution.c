@@ -64,7 +64,7 @@ static void s_emit(execution_t *self, json_t *event)
 //  Account for n more retained bytes; false once the limit is passed.
 static bool s_retain(execution_t *self, size_t n)
 {
-    if (self->truncated) return false;
+    if (self->opts.stream_only || self->truncated) return false;
     if (self->opts.max_retained && self->retained + n > self->opts.max_retained) {
         self->truncated = true;
         char marker[160];

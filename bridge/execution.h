@@ -29,6 +29,7 @@ typedef struct {
     bool strip_text_quotes;  //  E2B: 'bar' -> bar in result text
     bool mime_top_level;     //  E2B: unknown MIME keys also at the result's top level
     size_t max_retained;     //  bytes of output kept in the object (0: unlimited)
+    bool stream_only;        //  keep no outputs in the object: the events are the product
 } execution_opts_t;
 
 //  Called for each event (borrowed; copy what you keep). The last call carries

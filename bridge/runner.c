@@ -302,7 +302,7 @@ static char *s_env_code(const char *language, json_t *vars, bool set)
     json_t *value;
     json_object_foreach(vars, key, value) json_array_append_new(keys, json_string(key));
     char *keys_lit = jx_dumps(keys, false, NULL);
-    char *vars_lit = jx_dumps(vars, false, NULL);
+    char *vars_lit = jx_dumps(vars, false, NULL);  //  also sizes the R buffers below
     json_decref(keys);
     char *code = NULL;
     if (keys_lit && vars_lit) {
@@ -314,39 +314,31 @@ static char *s_env_code(const char *language, json_t *vars, bool set)
                          "__import__('os').environ.update(%s)",
                          keys_lit, vars_lit);
         else {
-            //  R: c("K" = "V", ...) from the same literals.
-            size_t cap = strlen(vars_lit) * 2 + 64, at = 0;
-            char *pairs = malloc(cap);
-            if (pairs) {
-                pairs[0] = '\0';
+            //  R: c("K1", ...) to save, c("K1" = "V1", ...) to set, from the same literals.
+            size_t cap = strlen(vars_lit) * 2 + 64, at = 0, kat = 0;
+            char *pairs = malloc(cap), *names = malloc(cap);
+            n = -1;
+            if (pairs && names) {
+                pairs[0] = names[0] = '\0';
                 json_object_foreach(vars, key, value)
                 {
                     json_t *k = json_string(key);
                     char *kl = jx_dumps(k, false, NULL), *vl = jx_dumps(value, false, NULL);
                     json_decref(k);
                     if (kl && vl) {
-                        size_t need = strlen(kl) + strlen(vl) + 8;
-                        if (at + need >= cap) {
-                            cap = (at + need) * 2;
-                            char *grown = realloc(pairs, cap);
-                            if (!grown) break;
-                            pairs = grown;
-                        }
-                        at += (size_t) snprintf(pairs + at, cap - at, "%s%s = %s",
-                                                at ? ", " : "", kl, vl);
+                        at += (size_t) snprintf(pairs + at, cap - at, "%s%s = %s", at ? ", " : "", kl, vl);
+                        kat += (size_t) snprintf(names + kat, cap - kat, "%s%s", kat ? ", " : "", kl);
                     }
                     free(kl);
                     free(vl);
                 }
                 n = asprintf(&code,
                              "invisible(local({ options(kbridge.saved.env = Sys.getenv(c(%s), "
-                             "unset = NA, names = TRUE)); do.call(Sys.setenv, as.list(c(%s))) "
-                             "}))",
-                             pairs, pairs);
-                free(pairs);
-            } else
-                n = -1;
-            (void) keys_lit;
+                             "unset = NA, names = TRUE)); do.call(Sys.setenv, as.list(c(%s))) }))",
+                             names, pairs);
+            }
+            free(pairs);
+            free(names);
         }
         if (n < 0) code = NULL;
     }

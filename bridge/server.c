@@ -1,5 +1,6 @@
 /*  server - libwebsockets on the libuv loop; request checks and routing. */
 #include "server.h"
+#include "e2b.h"
 #include "hreq.h"
 #include "jupyter.h"
 #include "lwsx.h"
@@ -30,6 +31,7 @@ struct _server_t {
     unsigned char token_hash[crypto_generichash_BYTES];
     native_t *native;
     jupyter_t *jupyter;
+    e2b_t *e2b;
     int connections;
     bool closed;
 };
@@ -158,6 +160,8 @@ static void s_dispatch(server_t *self, hreq_t *req)
                                             "jupyter", "/api"));
     } else if (strncmp(path, "/api", 4) == 0 || strncmp(path, "/kernelspecs/", 13) == 0) {
         jupyter_http(self->jupyter, req);
+    } else if (e2b_route(path)) {
+        e2b_http(self->e2b, req);
     } else if (strcmp(path, "/ws") == 0) {
         hreq_reply_json(req, 400, json_pack("{s:s, s:s, s:s}", "type", "request_error", "code",
                                             "bad_request", "message",
@@ -355,9 +359,11 @@ server_t *server_new(uv_loop_t *loop, const server_config_t *config, registry_t 
                            (const unsigned char *) config->token, strlen(config->token), NULL, 0);
     self->native = native_new(self);
     self->jupyter = jupyter_new(self);
-    if (!self->native || !self->jupyter) {
+    self->e2b = e2b_new(self);
+    if (!self->native || !self->jupyter || !self->e2b) {
         native_destroy(&self->native);
         jupyter_destroy(&self->jupyter);
+        e2b_destroy(&self->e2b);
         free(self);
         return NULL;
     }
@@ -368,6 +374,8 @@ server_t *server_new(uv_loop_t *loop, const server_config_t *config, registry_t 
     info.port = config->port;
     info.iface = config->ip ? config->ip : "127.0.0.1";
     info.protocols = s_protocols;
+    //  IPv6 stays off for IPv4 addresses: with it on, lws 4.1 binds an IPv4 interface
+    //  address as "*" (every interface).
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
                    LWS_SERVER_OPTION_DISABLE_IPV6 * (strchr(info.iface, ':') == NULL);
     info.foreign_loops = foreign_loops;
@@ -389,6 +397,7 @@ server_t *server_new(uv_loop_t *loop, const server_config_t *config, registry_t 
         klog_error("cannot listen on %s:%d", info.iface, config->port);
         native_destroy(&self->native);
         jupyter_destroy(&self->jupyter);
+        e2b_destroy(&self->e2b);
         free(self);
         return NULL;
     }
@@ -403,6 +412,7 @@ void server_close(server_t *self)
     self->closed = true;
     native_destroy(&self->native);
     jupyter_destroy(&self->jupyter);
+    e2b_destroy(&self->e2b);
     lws_context_destroy(self->context);  //  completes as the loop runs; NULLs self->context
 }
 

@@ -340,8 +340,11 @@ static void s_on_heartbeat_timer(uv_timer_t *timer)
     }
     char ping[32];
     int n = snprintf(ping, sizeof ping, "ping %llu", (unsigned long long) ++self->hb_seq);
+    //  An empty delimiter frame first, as a REQ socket would send: kernels whose heartbeat
+    //  is a REP socket (IRkernel) need it, and ipykernel's ROUTER echo returns it as is.
     zmsg_t *msg = zmsg_new();
-    if (msg && zmsg_addmem(msg, ping, (size_t) n) == 0) zwatch_send(self->hb, &msg);
+    if (msg && zmsg_addmem(msg, "", 0) == 0 && zmsg_addmem(msg, ping, (size_t) n) == 0)
+        zwatch_send(self->hb, &msg);
     zmsg_destroy(&msg);
 }
 
@@ -350,6 +353,7 @@ static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg)
     (void) watch;
     kernel_t *self = arg;
     zframe_t *frame = zmsg_first(*msg_p);
+    if (frame && zframe_size(frame) == 0) frame = zmsg_next(*msg_p);  //  the delimiter
     unsigned long long seq = 0;
     char buf[32];
     if (frame && zframe_size(frame) < sizeof buf) {

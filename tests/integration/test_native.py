@@ -490,3 +490,14 @@ def test_request_examples_match_schema():
                 {"op": "list_kernels", "id": 3},
                 {"op": "interrupt_kernel", "id": 4, "kernel_id": "k"}):
         validate_request(req)
+
+
+def test_default_listener_is_loopback_only(server):
+    # A wildcard bind would expose code execution to the network; the default must not.
+    port_hex = "%04X" % server.port
+    local = []
+    for line in open("/proc/net/tcp").read().splitlines()[1:] + open("/proc/net/tcp6").read().splitlines()[1:]:
+        addr, state = line.split()[1], line.split()[3]
+        if addr.endswith(":" + port_hex) and state == "0A":  # LISTEN
+            local.append(addr.split(":")[0])
+    assert local == ["0100007F"], local

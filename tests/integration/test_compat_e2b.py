@@ -1,0 +1,27 @@
+"""Issue 5: the official E2B code-interpreter SDK (npm, pinned) against kbridge."""
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from kbharness import KBridge
+
+COMPAT = pathlib.Path(__file__).resolve().parents[1] / "compat"
+
+
+def test_e2b_sdk(tmp_path):
+    if not shutil.which("node"):
+        pytest.skip("node is not installed (scripts/setup.sh --test installs it)")
+    if not (COMPAT / "node_modules" / "@e2b" / "code-interpreter").is_dir():
+        pytest.skip("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
+    srv = KBridge(tmp_path)
+    try:
+        env = dict(os.environ, KBRIDGE_URL=srv.http, KBRIDGE_TOKEN=srv.token)
+        proc = subprocess.run(["node", "--test", "--test-reporter=spec", "e2b.test.mjs"], cwd=COMPAT,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:] + srv.logs()[-5000:]
+        assert "fail 0" in proc.stdout
+    finally:
+        srv.stop()
