@@ -1,6 +1,7 @@
 """Issue 3: the example client runs end to end against the real service."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -53,3 +54,18 @@ def test_client_api(server):
         assert info.value.code == "not_found"
         ex = kb.notebook.exec_cell("import time; time.sleep(10)", timeout=0.5)
         assert ex.error.name == "TimeoutError"
+
+
+def test_e2b_sdk_example(server):
+    node_modules = ROOT / "tests" / "compat" / "node_modules"
+    if not shutil.which("node") or not (node_modules / "@e2b" / "code-interpreter").is_dir():
+        pytest.skip("node or tests/compat/node_modules missing (scripts/test.sh installs them)")
+    env = dict(os.environ, NODE_PATH=str(node_modules), KBRIDGE_TOKEN=server.token, E2B_DEBUG="true",
+               E2B_SANDBOX_URL=server.http)
+    proc = subprocess.run(["node", str(ROOT / "examples" / "e2b_sdk.js")], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "x is 2" in out and "stdout: drawing" in out and "'png'" in out
+    assert "env var: hello from E2B" in out and "context cwd: /tmp" in out
+    assert "R says: [1] 6" in out and "error: ZeroDivisionError - division by zero" in out

@@ -1,0 +1,51 @@
+/*  libFuzzer target: Execution aggregation of arbitrary kernel message contents.
+
+    The input is split on 0xFF into (msg_type, content) pairs fed to one execution, which
+    is then serialized; whatever a kernel sends must neither crash it nor corrupt it.
+*/
+#include "bridge/execution.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *s_types[] = {"status", "execute_input", "stream", "display_data",
+                                "update_display_data", "execute_result", "error",
+                                "clear_output", "execute_reply"};
+
+static void s_sink(execution_t *ex, json_t *event, void *arg)
+{
+    (void) ex;
+    (void) event;
+    (void) arg;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    execution_opts_t opts = {.strip_text_quotes = size & 1, .mime_top_level = size & 2,
+                             .max_retained = size & 4 ? 64 : 0};
+    execution_t *ex = execution_new("req", &opts, s_sink, NULL);
+    const char *parent = "{\"msg_id\":\"req\"}";
+    size_t start = 0;
+    for (size_t i = 0; i <= size; i++) {
+        if (i < size && data[i] != 0xFF) continue;
+        if (i > start) {
+            uint8_t pick = data[start];
+            const char *type = s_types[pick % (sizeof s_types / sizeof *s_types)];
+            char hdr[160];
+            snprintf(hdr, sizeof hdr, "{\"msg_id\":\"m\",\"msg_type\":\"%s\",\"session\":\"s\",\"date\":\"d\"}", type);
+            const void *parts[4] = {hdr, parent, "{}", data + start + 1};
+            size_t lens[4] = {strlen(hdr), strlen(parent), 2, i - start - 1};
+            jmsg_t *msg = jmsg_new_raw(parts, lens, 0, NULL, NULL);
+            if (msg) execution_on_message(ex, pick & 0x80 ? KCH_SHELL : KCH_IOPUB, msg);
+            jmsg_destroy(&msg);
+        }
+        start = i + 1;
+    }
+    json_t *obj = execution_json(ex);
+    char *text = json_dumps(obj, JSON_COMPACT);
+    free(text);
+    json_decref(obj);
+    execution_destroy(&ex);
+    return 0;
+}
