@@ -47,6 +47,14 @@ static void s_on_reply(kchan_t *chan, jmsg_t *msg, void *arg)
     s_send(arg, kchan_type(chan), msg);
 }
 
+static void s_flush_held(jconn_t *self);
+
+static void s_on_connected(kchan_t *chan, void *arg)
+{
+    (void) chan;
+    s_flush_held(arg);
+}
+
 //  A status message kbridge itself says on iopub, as Jupyter Server does.
 static void s_send_status(jconn_t *self, const char *state)
 {
@@ -69,8 +77,18 @@ static void s_forward(jconn_t *self, kchan_type_t channel, jmsg_t **msg_p)
                   kentry_id(self->entry), kchan_type_name(channel), kb_strerror(rc));
 }
 
+//  Forwarding waits for the kernel to be ready and for this connection's own sockets to
+//  be connected: a kernel routes input_request to the stdin socket of the shell
+//  request's sender, and a ROUTER drops what it cannot route.
+static bool s_can_forward(jconn_t *self)
+{
+    return kentry_ready(self->entry) && kchan_connected(self->chan[KCH_SHELL]) &&
+           kchan_connected(self->chan[KCH_CONTROL]) && kchan_connected(self->chan[KCH_STDIN]);
+}
+
 static void s_flush_held(jconn_t *self)
 {
+    if (self->detached || !s_can_forward(self)) return;
     while (self->held_head) {
         held_t *h = self->held_head;
         self->held_head = h->next;
@@ -136,7 +154,7 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
         wsconn_close(conn, 1007, why);
         return;
     }
-    if (kentry_ready(self->entry) && !self->held_head) {
+    if (!self->held_head && s_can_forward(self)) {
         s_forward(self, channel, &msg);
         return;
     }
@@ -203,10 +221,10 @@ jconn_t *jconn_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const char 
     static const kchan_type_t types[] = {KCH_SHELL, KCH_CONTROL, KCH_STDIN};
     for (size_t i = 0; i < 3; i++) {
         const char *endpoint = kernel_endpoint(kernel, types[i]);
-        self->chan[types[i]] = endpoint ? kchan_new(loop, types[i], endpoint, self->session_id,
-                                                    kernel_hmac(kernel), kentry_id(entry), s_on_reply,
-                                                    self)
-                                        : NULL;
+        self->chan[types[i]] =
+            endpoint ? kchan_new_immediate(loop, types[i], endpoint, self->session_id, kernel_hmac(kernel),
+                                           kentry_id(entry), s_on_reply, s_on_connected, self)
+                     : NULL;
         if (!self->chan[types[i]]) {
             for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
             free(self);

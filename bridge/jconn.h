@@ -5,7 +5,8 @@
     input_request) reach only the connection that asked. iopub comes from the kernel's
     one SUB, already proven live when the kernel became ready, and is fanned out to every
     connection of the kernel. Client messages that arrive while the kernel is not ready
-    (starting, restarting) wait, so the first kernel_info never hangs.
+    (starting, restarting), or before the connection's own sockets are connected, wait:
+    the first kernel_info never hangs, and an input_request always has a route back.
 
     The connection hears of automatic restarts and death through the runner and sends
     the status messages Jupyter Server would: "restarting", then "dead" when the

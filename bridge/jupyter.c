@@ -37,6 +37,7 @@ typedef struct jlink_s {
 struct _jupyter_t {
     server_t *server;
     char started[32];
+    char last_request[32];
     jsess_t *sessions;
     jlink_t *conns;
     int nconns;
@@ -193,7 +194,10 @@ static json_t *s_parse_body(hreq_t *req, char *why, size_t size)
     return doc;
 }
 
-static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const char *path)
+//  session_name: the notebook path a session's kernel serves, given to it as
+//  JPY_SESSION_NAME as Jupyter Server does (NULL for a bare kernel).
+static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const char *path,
+                         const char *session_name)
 {
     char cwd[PATH_MAX];
     int has_cwd = s_cwd_for_path(path, cwd, sizeof cwd);
@@ -202,7 +206,9 @@ static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const c
         return NULL;
     }
     int err;
-    kentry_t *entry = registry_start(s_registry(self), name, has_cwd ? cwd : NULL, NULL, &err);
+    json_t *env = session_name && *session_name ? json_pack("{s:s}", "JPY_SESSION_NAME", session_name) : NULL;
+    kentry_t *entry = registry_start(s_registry(self), name, has_cwd ? cwd : NULL, env, &err);
+    json_decref(env);
     if (!entry) {
         char message[256];
         if (err == KB_ENOTFOUND) {
@@ -230,7 +236,7 @@ static void s_kernels_post(jupyter_t *self, hreq_t *req)
         hreq_reply_error(req, 400, "'name' and 'path' must be strings");
         return;
     }
-    kentry_t *entry = s_start(self, req, name, path);
+    kentry_t *entry = s_start(self, req, name, path, NULL);
     json_decref(body);
     if (!entry) return;
     char location[128];
@@ -389,7 +395,7 @@ static kentry_t *s_session_kernel(jupyter_t *self, hreq_t *req, json_t *body, co
         if (!entry) s_reply_not_found(req, "Kernel", kid);
         return entry;
     }
-    return s_start(self, req, name, path);
+    return s_start(self, req, name, path, path);
 }
 
 static void s_sessions_post(jupyter_t *self, hreq_t *req)
@@ -520,6 +526,7 @@ static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
 void jupyter_http(jupyter_t *self, hreq_t *req)
 {
     const char *path = hreq_path(req);
+    if (strcmp(path, "/api/status") != 0) kb_now_iso(self->last_request);
     hmethod_t m = hreq_method(req);
     //  Trailing slashes are tolerated, as Tornado does.
     char clean[1024];
@@ -529,15 +536,14 @@ void jupyter_http(jupyter_t *self, hreq_t *req)
     if (strcmp(clean, "/api") == 0 && m == HM_GET) {
         hreq_reply_json(req, 200, json_pack("{s:s, s:s}", "version", JUPYTER_API_VERSION, "kbridge", PROJECT_VERSION));
     } else if (strcmp(clean, "/api/status") == 0 && m == HM_GET) {
-        kentry_t **entries;
-        size_t count = registry_list(s_registry(self), &entries);
-        const char *last = self->started;
-        for (size_t i = 0; i < count; i++)
-            if (strcmp(runner_last_activity(kentry_runner(entries[i])), last) > 0)
-                last = runner_last_activity(kentry_runner(entries[i]));
+        //  As Jupyter Server: the latest of API activity and kernel activity, which stays
+        //  when the kernels are gone (idle culling reads it).
+        const char *last = self->last_request;
+        const char *kernels = registry_last_activity(s_registry(self));
+        if (strcmp(kernels, last) > 0) last = kernels;
         json_t *status = json_pack("{s:i, s:i, s:s, s:s}", "connections", self->nconns, "kernels",
-                                   (int) count, "last_activity", last, "started", self->started);
-        free(entries);
+                                   (int) registry_count(s_registry(self)), "last_activity", last,
+                                   "started", self->started);
         hreq_reply_json(req, 200, status);
     } else if (strcmp(clean, "/api/kernelspecs") == 0 && m == HM_GET) {
         s_kernelspecs(self, req);
@@ -628,6 +634,7 @@ jupyter_t *jupyter_new(server_t *server)
     if (!self) return NULL;
     self->server = server;
     kb_now_iso(self->started);
+    snprintf(self->last_request, sizeof self->last_request, "%s", self->started);
     return self;
 }
 

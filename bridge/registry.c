@@ -4,6 +4,7 @@
 #include "../kernelmgr/klog.h"
 #include "../kernelmgr/kutil.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,7 @@ struct _registry_t {
     kentry_t **dead;  //  shut down, to be reaped
     size_t ndead, dead_cap;
     uv_timer_t reaper, deadline;
+    char last_activity[32];  //  latest activity of kernels already gone
     bool closing;
     void (*all_done)(void *arg);
     void *all_done_arg;
@@ -40,6 +42,8 @@ static void s_reap(uv_timer_t *timer)
 static void s_on_shutdown(kentry_t *entry, void *arg)
 {
     registry_t *self = arg;
+    const char *seen = runner_last_activity(kentry_runner(entry));
+    if (strcmp(seen, self->last_activity) > 0) snprintf(self->last_activity, sizeof self->last_activity, "%s", seen);
     for (size_t i = 0; i < self->nlive; i++) {
         if (self->live[i] != entry) continue;
         memmove(&self->live[i], &self->live[i + 1], (self->nlive - i - 1) * sizeof *self->live);
@@ -169,6 +173,16 @@ size_t registry_list(registry_t *self, kentry_t ***entries)
 size_t registry_count(const registry_t *self)
 {
     return self->nlive;
+}
+
+const char *registry_last_activity(const registry_t *self)
+{
+    const char *latest = self->last_activity;
+    for (size_t i = 0; i < self->nlive; i++) {
+        const char *seen = runner_last_activity(kentry_runner(self->live[i]));
+        if (strcmp(seen, latest) > 0) latest = seen;
+    }
+    return latest;
 }
 
 const char *registry_default_kernel(const registry_t *self)

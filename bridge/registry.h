@@ -36,6 +36,9 @@ kentry_t *registry_find(registry_t *self, const char *kernel_id);
 size_t registry_list(registry_t *self, kentry_t ***entries);
 size_t registry_count(const registry_t *self);
 const char *registry_default_kernel(const registry_t *self);
+//  ISO-8601 time of the latest kernel activity, counting kernels since shut down ("" if
+//  there was none). Borrowed.
+const char *registry_last_activity(const registry_t *self);
 
 //  Shut every kernel down gracefully; done runs once all have (or after 8 s, when the
 //  stragglers are killed).

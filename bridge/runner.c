@@ -218,11 +218,12 @@ static void s_on_kernel_event(kernel_t *kernel, kernel_event_t event, void *arg)
         break;
     default: break;
     }
+    //  The owner first, so listeners see its state (kentry_ready...) already updated.
+    if (self->events.on_event) self->events.on_event(self, event, self->arg);
     for (runner_listener_t *l = self->listeners, *next; l; l = next) {
         next = l->next;
         if (l->on_event) l->on_event(l, event);
     }
-    if (self->events.on_event) self->events.on_event(self, event, self->arg);
 }
 
 runner_t *runner_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *opts,

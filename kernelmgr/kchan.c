@@ -9,6 +9,7 @@
 
 struct _kchan_t {
     kchan_type_t type;
+    kchan_connected_fn *on_connected;
     zwatch_t *watch;
     hmac_t *hmac;
     char *label;
@@ -50,9 +51,16 @@ static void s_on_zmsg(zwatch_t *watch, zmsg_t **zmsg_p, void *arg)
     jmsg_destroy(&msg);
 }
 
-kchan_t *kchan_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
-                   const char *routing_id, hmac_t *hmac, const char *label, kchan_fn *on_msg,
-                   void *arg)
+static void s_on_writable(zwatch_t *watch, void *arg)
+{
+    (void) watch;
+    kchan_t *self = arg;
+    if (self->on_connected) self->on_connected(self, self->arg);
+}
+
+static kchan_t *s_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
+                      const char *routing_id, hmac_t *hmac, const char *label, kchan_fn *on_msg,
+                      kchan_connected_fn *on_connected, bool immediate, void *arg)
 {
     if (type == KCH_HB || (unsigned) type >= KCH_COUNT) return NULL;
     kchan_t *self = calloc(1, sizeof *self);
@@ -74,6 +82,7 @@ kchan_t *kchan_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
         zsock_set_sndhwm(sock, 10000);
         zsock_set_rcvhwm(sock, 10000);
         if (routing_id) zsock_set_identity(sock, routing_id);
+        if (immediate) zsock_set_immediate(sock, 1);
     }
     if (zsock_connect(sock, "%s", endpoint) != 0) {
         klog_error("kernel %s: cannot connect %s to %s", self->label, s_names[type], endpoint);
@@ -82,11 +91,33 @@ kchan_t *kchan_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
     }
     self->watch = zwatch_new(loop, &sock, s_on_zmsg, self);
     if (!self->watch) goto fail;
+    self->on_connected = on_connected;
+    if (immediate) zwatch_set_on_writable(self->watch, s_on_writable);
     return self;
 fail:
     free(self->label);
     free(self);
     return NULL;
+}
+
+kchan_t *kchan_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
+                   const char *routing_id, hmac_t *hmac, const char *label, kchan_fn *on_msg,
+                   void *arg)
+{
+    return s_new(loop, type, endpoint, routing_id, hmac, label, on_msg, NULL, false, arg);
+}
+
+kchan_t *kchan_new_immediate(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
+                             const char *routing_id, hmac_t *hmac, const char *label,
+                             kchan_fn *on_msg, kchan_connected_fn *on_connected, void *arg)
+{
+    return s_new(loop, type, endpoint, routing_id, hmac, label, on_msg, on_connected,
+                 type != KCH_IOPUB, arg);
+}
+
+bool kchan_connected(const kchan_t *self)
+{
+    return zwatch_writable(self->watch);
 }
 
 void kchan_destroy(kchan_t **self_p)

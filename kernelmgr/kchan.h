@@ -42,6 +42,15 @@ kchan_t *kchan_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
                    const char *routing_id, hmac_t *hmac, const char *label, kchan_fn *on_msg,
                    void *arg);
 
+//  As kchan_new, for a DEALER that must not queue before it is connected (ZMQ_IMMEDIATE):
+//  sends fail with KB_EAGAIN until the connection is up, kchan_connected() says when it
+//  is, and on_connected runs each time it comes up.
+typedef void(kchan_connected_fn)(kchan_t *chan, void *arg);
+kchan_t *kchan_new_immediate(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
+                             const char *routing_id, hmac_t *hmac, const char *label,
+                             kchan_fn *on_msg, kchan_connected_fn *on_connected, void *arg);
+bool kchan_connected(const kchan_t *self);
+
 //  Close the socket. Safe from inside the channel's own callback. Nullifies *self_p.
 void kchan_destroy(kchan_t **self_p);
 

@@ -4,6 +4,7 @@
 #include "klog.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 typedef struct _hub_t hub_t;
@@ -18,6 +19,8 @@ struct _zwatch_t {
     zwatch_fn *on_msg;
     void *arg;
     uv_poll_t poll;
+    zwatch_writable_fn *on_writable;
+    bool writable;
     wlist_t *list;  //  the dirty list this watcher is on, or NULL
     zwatch_t *prev, *next;
     int in_callback;
@@ -107,12 +110,27 @@ static void s_release(zwatch_t *w)
     }
 }
 
+//  Note POLLOUT transitions; report false -> true to the owner.
+static void s_track_writable(zwatch_t *w, int events)
+{
+    bool writable = (events & ZMQ_POLLOUT) != 0;
+    if (writable == w->writable) return;
+    w->writable = writable;
+    if (writable && w->on_writable) {
+        w->in_callback = 1;
+        w->on_writable(w, w->arg);
+        w->in_callback = 0;
+    }
+}
+
 static void s_drain(zwatch_t *w)
 {
     for (int budget = ZWATCH_BUDGET; budget > 0; budget--) {
         //  Reading ZMQ_EVENTS also processes libzmq's command mailbox, which is what
         //  re-arms the fd; it must be read before each receive.
-        if (!(zsock_events(w->sock) & ZMQ_POLLIN)) return;
+        int events = zsock_events(w->sock);
+        s_track_writable(w, events);
+        if (w->dead || !(events & ZMQ_POLLIN)) return;
         zmsg_t *msg = zmsg_recv(w->sock);
         if (!msg) return;
         if (w->on_msg) {
@@ -220,4 +238,14 @@ int zwatch_send(zwatch_t *self, zmsg_t **msg_p)
 zsock_t *zwatch_sock(zwatch_t *self)
 {
     return self->sock;
+}
+
+void zwatch_set_on_writable(zwatch_t *self, zwatch_writable_fn *on_writable)
+{
+    self->on_writable = on_writable;
+}
+
+bool zwatch_writable(const zwatch_t *self)
+{
+    return self->writable;
 }

@@ -14,6 +14,7 @@
 #define ZWATCH_H
 
 #include <czmq.h>
+#include <stdbool.h>
 #include <uv.h>
 
 typedef struct _zwatch_t zwatch_t;
@@ -39,6 +40,14 @@ int zwatch_send(zwatch_t *self, zmsg_t **msg_p);
 
 //  The watched socket (borrowed), for socket options.
 zsock_t *zwatch_sock(zwatch_t *self);
+
+//  Called when the socket becomes writable (ZMQ_POLLOUT turns on). With ZMQ_IMMEDIATE a
+//  DEALER is writable only once a connection to its peer is complete, so this tells
+//  when messages can no longer be lost for want of a route back.
+typedef void(zwatch_writable_fn)(zwatch_t *watch, void *arg);
+void zwatch_set_on_writable(zwatch_t *self, zwatch_writable_fn *on_writable);
+//  The last POLLOUT state seen.
+bool zwatch_writable(const zwatch_t *self);
 
 //  Messages handled per watcher per loop turn before yielding to other work.
 #define ZWATCH_BUDGET 256
