@@ -44,24 +44,33 @@ static void s_stop(exec_state_t *st)
     runner_shutdown(st->runner);
 }
 
-static void s_on_event(execution_t *exec, json_t *event, void *arg)
+static void s_on_event(execution_t *exec, const char *type, const char *body, size_t len,
+                       void *arg)
 {
     exec_state_t *st = arg;
-    const char *type = json_string_value(json_object_get(event, "type"));
-    if (!type) return;
     if (strcmp(type, "stdout") == 0 || strcmp(type, "stderr") == 0) {
+        //  The body holds the text as JSON; decode it to pass it through.
+        char *object = malloc(len + 3);
+        if (!object) return;
+        object[0] = '{';
+        memcpy(object + 1, body, len);
+        object[len + 1] = '}';
+        json_t *event = jx_loadb(object, len + 2, NULL);
+        free(object);
         json_t *text = json_object_get(event, "text");
         fwrite(json_string_value(text), 1, json_string_length(text), stderr);
         fflush(stderr);
+        json_decref(event);
     } else if (strcmp(type, "end_of_execution") == 0) {
-        json_t *obj = execution_json(exec);
-        char *line = obj ? jx_dumps(obj, false, NULL) : NULL;
-        json_decref(obj);
-        if (line) {
-            printf("%s\n", line);
+        jbuf_t b;
+        jbuf_init(&b);
+        execution_write(exec, &b);
+        if (jbuf_text(&b)) {
+            fwrite(jbuf_text(&b), 1, b.len, stdout);
+            fputc('\n', stdout);
             fflush(stdout);
         }
-        free(line);
+        jbuf_free(&b);
         if (++st->finished == st->cells) s_stop(st);
     }
 }

@@ -1,5 +1,6 @@
 /*  e2b - /execute, /contexts and /health as the E2B code interpreter serves them. */
 #include "e2b.h"
+#include "jbuf.h"
 #include "execution.h"
 #include "kentry.h"
 #include "registry.h"
@@ -142,20 +143,23 @@ static void s_reply_422(hreq_t *req, const char *type, json_t *loc, const char *
 // ---------------------------------------------------------------------------------------
 //  /execute
 
-static void s_write_line(stream_t *st, json_t *event)
+//  One NDJSON line, sent as one chunk: everything non-ASCII escaped as \uXXXX, as
+//  Python's json.dumps does, so no line holds a byte a client could split inside a
+//  character or read as a line break.
+static void s_write_text(stream_t *st, const char *text, size_t len)
 {
-    //  Python's json.dumps: ", " and ": " separators, everything non-ASCII escaped, so a
-    //  line never holds a byte a client could split inside a character or read as a
-    //  line break.
-    size_t flags = JSON_ENSURE_ASCII | JSON_INDENT(0) | JSON_ENCODE_ANY;
-    size_t len = json_dumpb(event, NULL, 0, flags);
-    char *line = malloc(len + 1);
+    size_t n = jraw_ascii_len(text, len);
+    char *line = malloc(n + 1);
     if (!line) return;
-    json_dumpb(event, line, len, flags);
-    line[len] = '\n';
-    if (hreq_stream_write(st->req, line, len + 1) == KB_OK)
-        uv_timer_again(&st->keepalive);
+    jraw_to_ascii(text, len, line);
+    line[n] = '\n';
+    if (hreq_stream_write(st->req, line, n + 1) == KB_OK) uv_timer_again(&st->keepalive);
     free(line);
+}
+
+static void s_write_literal(stream_t *st, const char *line)
+{
+    s_write_text(st, line, strlen(line));
 }
 
 static void s_stream_closed(uv_handle_t *handle)
@@ -177,10 +181,7 @@ static void s_stream_free(stream_t *st)
 
 static void s_on_keepalive(uv_timer_t *timer)
 {
-    stream_t *st = timer->data;
-    json_t *ka = json_pack("{s:s}", "type", "keepalive");
-    s_write_line(st, ka);
-    json_decref(ka);
+    s_write_literal(timer->data, "{\"type\": \"keepalive\"}");
 }
 
 //  The client went away (its timeout, an abort): interrupt what it was running. The run
@@ -198,50 +199,31 @@ static void s_on_client_gone(hreq_t *req, void *arg)
     s_stream_free(st);
 }
 
-static void s_on_exec_event(execution_t *exec, json_t *event, void *arg)
+static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
+                            void *arg)
 {
     (void) exec;
     stream_t *st = arg;
-    const char *type = json_string_value(json_object_get(event, "type"));
-    if (!type) return;
     if (strcmp(type, "end_of_execution") == 0) {
         st->run = NULL;
-        json_t *end = json_pack("{s:s}", "type", "end_of_execution");
-        s_write_line(st, end);
-        json_decref(end);
+        s_write_literal(st, "{\"type\": \"end_of_execution\"}");
         hreq_stream_end(st->req);
         s_stream_free(st);
         return;
     }
-    if (strcmp(type, "result") == 0) {
-        //  update_display_data is not part of E2B's stream; display ids are ours.
-        if (json_is_true(json_object_get(event, "update"))) return;
-        json_t *copy = json_copy(event);
-        json_object_del(copy, "display_id");
-        //  is_main_result goes last, as pydantic orders it.
-        json_t *main = json_incref(json_object_get(copy, "is_main_result"));
-        json_object_del(copy, "is_main_result");
-        json_object_set_new(copy, "is_main_result", main ? main : json_false());
-        s_write_line(st, copy);
-        json_decref(copy);
-        return;
+    //  The execution already follows E2B's conventions (opts.e2b): only the type is added.
+    jbuf_t line;
+    jbuf_init(&line);
+    jbuf_adds(&line, "{\"type\":\"");
+    jbuf_adds(&line, type);
+    jbuf_add(&line, "\"", 1);
+    if (len) {
+        jbuf_add(&line, ",", 1);
+        jbuf_add(&line, body, len);
     }
-    if (strcmp(type, "stdout") == 0 || strcmp(type, "stderr") == 0) {
-        //  Jupyter dates end in "Z"; E2B's server re-serializes them as "+00:00".
-        json_t *copy = json_copy(event);
-        const char *ts = json_string_value(json_object_get(event, "timestamp"));
-        size_t n = ts ? strlen(ts) : 0;
-        if (n && ts[n - 1] == 'Z') {
-            char fixed[64];
-            snprintf(fixed, sizeof fixed, "%.*s+00:00", (int) (n - 1), ts);
-            json_object_set_new(copy, "timestamp", json_string(fixed));
-        }
-        s_write_line(st, copy);
-        json_decref(copy);
-        return;
-    }
-    if (strcmp(type, "number_of_executions") == 0 || strcmp(type, "error") == 0) s_write_line(st, event);
-    //  clear_output and anything else are not E2B events.
+    jbuf_add(&line, "}", 1);
+    if (jbuf_text(&line)) s_write_text(st, jbuf_text(&line), line.len);
+    jbuf_free(&line);
 }
 
 static void s_execute(e2b_t *self, hreq_t *req)
@@ -355,8 +337,7 @@ static void s_execute(e2b_t *self, hreq_t *req)
     run_opts_t opts;
     memset(&opts, 0, sizeof opts);
     opts.env_vars = env;
-    opts.exec.strip_text_quotes = true;
-    opts.exec.mime_top_level = true;
+    opts.exec.e2b = true;
     opts.exec.stream_only = true;
     int err;
     st->run = runner_execute(kentry_runner(entry), json_string_value(code), &opts, s_on_exec_event, st, &err);
@@ -367,11 +348,11 @@ static void s_execute(e2b_t *self, hreq_t *req)
                               err == KB_EINVAL ? "env_vars are not supported for this context's language"
                                                : kb_strerror(err),
                               "traceback", "");
-        s_write_line(st, e);
+        char *text = jx_dumps(e, true, NULL);
         json_decref(e);
-        json_t *end = json_pack("{s:s}", "type", "end_of_execution");
-        s_write_line(st, end);
-        json_decref(end);
+        if (text) s_write_literal(st, text);
+        free(text);
+        s_write_literal(st, "{\"type\": \"end_of_execution\"}");
         hreq_stream_end(req);
         s_stream_free(st);
     }

@@ -6,19 +6,68 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct {
+    char *text;  //  JSON text (a result object, or a string token for logs)
+    size_t len;
+    char *display_id;  //  results only
+} item_t;
+
+typedef struct {
+    item_t *items;
+    size_t count, cap;
+} items_t;
+
 struct _execution_t {
     char *msg_id;
     execution_opts_t opts;
     execution_fn *on_event;
     void *arg;
-    json_t *results;  //  array of result objects (without "type")
-    json_t *display_ids;  //  array parallel to results: display_id string or null
-    json_t *stdout_logs, *stderr_logs;
-    json_t *error;  //  {name, value, traceback} or NULL
+    items_t results, out, err;
+    json_t *error;            //  {name, value, traceback} or NULL
     int64_t execution_count;  //  -1 until known
     bool got_reply, got_idle, done, muted, truncated, clear_pending;
     size_t retained;
 };
+
+// ---------------------------------------------------------------------------------------
+//  Storage
+
+static void s_items_clear(items_t *list)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        free(list->items[i].text);
+        free(list->items[i].display_id);
+    }
+    list->count = 0;
+}
+
+static void s_items_free(items_t *list)
+{
+    s_items_clear(list);
+    free(list->items);
+    memset(list, 0, sizeof *list);
+}
+
+//  Append a copy of text (len bytes).
+static item_t *s_items_add(items_t *list, const char *text, size_t len)
+{
+    if (list->count == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 8;
+        item_t *grown = realloc(list->items, cap * sizeof *grown);
+        if (!grown) return NULL;
+        list->items = grown;
+        list->cap = cap;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) return NULL;
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    item_t *item = &list->items[list->count++];
+    item->text = copy;
+    item->len = len;
+    item->display_id = NULL;
+    return item;
+}
 
 execution_t *execution_new(const char *msg_id, const execution_opts_t *opts,
                            execution_fn *on_event, void *arg)
@@ -29,14 +78,8 @@ execution_t *execution_new(const char *msg_id, const execution_opts_t *opts,
     if (opts) self->opts = *opts;
     self->on_event = on_event;
     self->arg = arg;
-    self->results = json_array();
-    self->display_ids = json_array();
-    self->stdout_logs = json_array();
-    self->stderr_logs = json_array();
     self->execution_count = -1;
-    if (!self->msg_id || !self->results || !self->display_ids || !self->stdout_logs ||
-        !self->stderr_logs)
-        execution_destroy(&self);
+    if (!self->msg_id) execution_destroy(&self);
     return self;
 }
 
@@ -45,20 +88,20 @@ void execution_destroy(execution_t **self_p)
     if (!self_p || !*self_p) return;
     execution_t *self = *self_p;
     free(self->msg_id);
-    json_decref(self->results);
-    json_decref(self->display_ids);
-    json_decref(self->stdout_logs);
-    json_decref(self->stderr_logs);
+    s_items_free(&self->results);
+    s_items_free(&self->out);
+    s_items_free(&self->err);
     json_decref(self->error);
     free(self);
     *self_p = NULL;
 }
 
-//  Emits event (stolen).
-static void s_emit(execution_t *self, json_t *event)
+static void s_emit(execution_t *self, const char *type, jbuf_t *body)
 {
-    if (event && self->on_event && !self->muted) self->on_event(self, event, self->arg);
-    json_decref(event);
+    if (self->on_event && !self->muted) {
+        const char *text = body ? jbuf_text(body) : "";
+        if (text) self->on_event(self, type, text, body ? body->len : 0, self->arg);
+    }
 }
 
 //  Account for n more retained bytes; false once the limit is passed.
@@ -68,10 +111,10 @@ static bool s_retain(execution_t *self, size_t n)
     if (self->opts.max_retained && self->retained + n > self->opts.max_retained) {
         self->truncated = true;
         char marker[160];
-        snprintf(marker, sizeof marker,
-                 "[kbridge: output truncated, retained-output limit of %zu bytes reached]\n",
-                 self->opts.max_retained);
-        json_array_append_new(self->stderr_logs, json_string(marker));
+        int len = snprintf(marker, sizeof marker,
+                           "\"[kbridge: output truncated, retained-output limit of %zu bytes reached]\\n\"",
+                           self->opts.max_retained);
+        s_items_add(&self->err, marker, (size_t) len);
         return false;
     }
     self->retained += n;
@@ -82,107 +125,161 @@ static void s_apply_pending_clear(execution_t *self)
 {
     if (!self->clear_pending) return;
     self->clear_pending = false;
-    json_array_clear(self->results);
-    json_array_clear(self->display_ids);
-    json_array_clear(self->stdout_logs);
-    json_array_clear(self->stderr_logs);
+    s_items_clear(&self->results);
+    s_items_clear(&self->out);
+    s_items_clear(&self->err);
     self->retained = 0;
 }
 
-static size_t s_bundle_size(json_t *data)
+// ---------------------------------------------------------------------------------------
+//  Values
+
+//  A string token that failed validation (invalid UTF-8 from a kernel, say): decode what
+//  jansson accepts, else keep the printable ASCII and mark the rest U+FFFD.
+static void s_add_sanitized_string(jbuf_t *b, jraw_t v)
 {
-    size_t n = 0;
-    const char *key;
-    json_t *value;
-    json_object_foreach(data, key, value)
-    {
-        n += strlen(key);
-        n += json_is_string(value) ? json_string_length(value) : 64;
+    json_t *decoded = jraw_decode(v);
+    if (json_is_string(decoded)) {
+        jbuf_add_json(b, decoded);
+        json_decref(decoded);
+        return;
     }
-    return n;
+    json_decref(decoded);
+    jbuf_add(b, "\"", 1);
+    for (size_t i = 1; i + 1 < v.len; i++) {
+        unsigned char c = (unsigned char) v.p[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') jbuf_add(b, &c, 1);
+        else jbuf_adds(b, "\\ufffd");
+    }
+    jbuf_add(b, "\"", 1);
+}
+
+//  Add any raw value as valid JSON: strings spliced when valid, structures re-encoded by
+//  jansson (they are small: application/json payloads, e2b/chart).
+static void s_add_value(jbuf_t *b, jraw_t v)
+{
+    if (jraw_kind(v) == '"') {
+        if (jraw_string_valid(v)) jbuf_add_raw(b, v);
+        else s_add_sanitized_string(b, v);
+        return;
+    }
+    json_t *decoded = jraw_decode(v);
+    jbuf_add_json(b, decoded);  //  null if it did not parse
+    json_decref(decoded);
+}
+
+//  A MIME value for a textual field: a string, or (nbformat allows it) a list of strings.
+static void s_add_text_value(jbuf_t *b, jraw_t v, bool strip_quotes)
+{
+    if (jraw_kind(v) == '"' && !strip_quotes) {
+        s_add_value(b, v);
+        return;
+    }
+    json_t *decoded = jraw_decode(v);
+    if (json_is_array(decoded)) {
+        jbuf_t joined;
+        jbuf_init(&joined);
+        size_t i;
+        json_t *line;
+        json_array_foreach(decoded, i, line) if (json_is_string(line))
+            jbuf_add(&joined, json_string_value(line), json_string_length(line));
+        json_decref(decoded);
+        decoded = json_stringn_nocheck(jbuf_text(&joined) ? jbuf_text(&joined) : "", joined.len);
+        jbuf_free(&joined);
+    }
+    if (strip_quotes && json_is_string(decoded)) {
+        const char *s = json_string_value(decoded);
+        size_t n = json_string_length(decoded);
+        if (n >= 2 && ((s[0] == '\'' && s[n - 1] == '\'') || (s[0] == '"' && s[n - 1] == '"'))) {
+            json_t *stripped = json_stringn_nocheck(s + 1, n - 2);
+            json_decref(decoded);
+            decoded = stripped;
+        }
+    }
+    if (json_is_string(decoded)) jbuf_add_json(b, decoded);
+    else if (jraw_kind(v) == '"') s_add_sanitized_string(b, v);
+    else jbuf_adds(b, "null");
+    json_decref(decoded);
 }
 
 //  MIME type -> result field, in the E2B wire order.
 static const struct {
     const char *mime, *field;
+    bool textual;
 } s_fields[] = {
-    {"text/plain", "text"},       {"text/html", "html"},       {"text/markdown", "markdown"},
-    {"image/svg+xml", "svg"},     {"image/png", "png"},        {"image/jpeg", "jpeg"},
-    {"application/pdf", "pdf"},   {"text/latex", "latex"},     {"application/json", "json"},
-    {"application/javascript", "javascript"}, {"e2b/data", "data"}, {"e2b/chart", "chart"},
+    {"text/plain", "text", true},       {"text/html", "html", true},
+    {"text/markdown", "markdown", true}, {"image/svg+xml", "svg", true},
+    {"image/png", "png", true},         {"image/jpeg", "jpeg", true},
+    {"application/pdf", "pdf", true},   {"text/latex", "latex", true},
+    {"application/json", "json", false}, {"application/javascript", "javascript", true},
+    {"e2b/data", "data", false},        {"e2b/chart", "chart", false},
 };
 #define N_FIELDS (sizeof s_fields / sizeof *s_fields)
 
-static json_t *s_text_value(json_t *value, bool strip)
+static int s_field_of(jraw_t key)
 {
-    //  Jupyter allows a MIME value to be a list of lines.
-    if (json_is_array(value)) {
-        size_t i, total = 0;
-        json_t *line;
-        json_array_foreach(value, i, line) total += json_string_length(line);
-        char *buf = malloc(total + 1);
-        if (!buf) return json_null();
-        size_t at = 0;
-        json_array_foreach(value, i, line)
-        {
-            size_t n = json_string_length(line);
-            if (n) memcpy(buf + at, json_string_value(line), n);
-            at += n;
-        }
-        json_t *joined = json_stringn_nocheck(buf, at);
-        free(buf);
-        value = joined;
-    } else {
-        json_incref(value);
-    }
-    if (strip && json_is_string(value)) {
-        const char *s = json_string_value(value);
-        size_t n = json_string_length(value);
-        if (n >= 2 && ((s[0] == '\'' && s[n - 1] == '\'') || (s[0] == '"' && s[n - 1] == '"'))) {
-            json_t *stripped = json_stringn_nocheck(s + 1, n - 2);
-            json_decref(value);
-            value = stripped;
-        }
-    }
-    return value;
+    for (size_t f = 0; f < N_FIELDS; f++)
+        if (jraw_key_is(key, s_fields[f].mime)) return (int) f;
+    return -1;
 }
 
-json_t *execution_result_from_bundle(json_t *data, bool is_main, const execution_opts_t *opts)
+static bool s_is_field_name(jraw_t key)
 {
-    json_t *result = json_object();
-    json_t *extra = json_object();
-    if (!result || !extra) {
-        json_decref(result);
-        json_decref(extra);
-        return NULL;
-    }
-    for (size_t f = 0; f < N_FIELDS; f++) {
-        json_t *value = json_object_get(data, s_fields[f].mime);
-        if (!value) continue;
-        bool textual = !(strcmp(s_fields[f].field, "json") == 0 ||
-                         strcmp(s_fields[f].field, "data") == 0 ||
-                         strcmp(s_fields[f].field, "chart") == 0);
-        if (textual)
-            json_object_set_new(result, s_fields[f].field,
-                                s_text_value(value, f == 0 && opts && opts->strip_text_quotes));
-        else
-            json_object_set(result, s_fields[f].field, value);
-    }
-    const char *mime;
-    json_t *value;
-    json_object_foreach(data, mime, value)
-    {
-        bool known = false;
-        for (size_t f = 0; f < N_FIELDS && !known; f++) known = strcmp(mime, s_fields[f].mime) == 0;
-        if (known) continue;
-        json_object_set(extra, mime, value);
-    }
-    json_object_set_new(result, "extra", extra);
-    //  The JS SDK collects unknown *top-level* keys into formats(); Python reads extra.
-    if (opts && opts->mime_top_level) json_object_update_missing(result, extra);
-    json_object_set_new(result, "is_main_result", json_boolean(is_main));
-    return result;
+    static const char *reserved[] = {"type", "extra", "is_main_result", "display_id", "update"};
+    for (size_t f = 0; f < N_FIELDS; f++)
+        if (jraw_key_is(key, s_fields[f].field)) return true;
+    for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
+        if (jraw_key_is(key, reserved[i])) return true;
+    return false;
 }
+
+//  The members of a result object (no braces) from a MIME bundle's raw text. Returns the
+//  bundle's payload size, for retention accounting.
+static size_t s_result_members(execution_t *self, jraw_t data, bool is_main, jbuf_t *b)
+{
+    size_t size = 0, pos;
+    jraw_t key, value;
+    bool first = true;
+    for (size_t f = 0; f < N_FIELDS; f++) {
+        for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
+            if (!jraw_key_is(key, s_fields[f].mime)) continue;
+            if (!first) jbuf_add(b, ",", 1);
+            first = false;
+            jbuf_add(b, "\"", 1);
+            jbuf_adds(b, s_fields[f].field);
+            jbuf_add(b, "\":", 2);
+            if (s_fields[f].textual) s_add_text_value(b, value, f == 0 && self->opts.e2b);
+            else s_add_value(b, value);
+            size += value.len;
+            break;
+        }
+    }
+    //  Every other MIME type under extra (and, for E2B, at the top level as well).
+    for (int pass = 0; pass < (self->opts.e2b ? 2 : 1); pass++) {
+        if (pass == 0) {
+            if (!first) jbuf_add(b, ",", 1);
+            jbuf_adds(b, "\"extra\":{");
+        }
+        bool first_extra = true;
+        for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
+            if (s_field_of(key) >= 0 || !jraw_string_valid(key)) continue;
+            if (pass == 1 && s_is_field_name(key)) continue;
+            if (pass == 0 && !first_extra) jbuf_add(b, ",", 1);
+            if (pass == 1) jbuf_add(b, ",", 1);
+            first_extra = false;
+            jbuf_add_raw(b, key);
+            jbuf_add(b, ":", 1);
+            s_add_value(b, value);
+            if (pass == 0) size += value.len;
+        }
+        if (pass == 0) jbuf_add(b, "}", 1);
+    }
+    jbuf_adds(b, is_main ? ",\"is_main_result\":true" : ",\"is_main_result\":false");
+    return size;
+}
+
+// ---------------------------------------------------------------------------------------
+//  Traceback and errors
 
 char *execution_join_traceback(json_t *traceback)
 {
@@ -206,7 +303,7 @@ char *execution_join_traceback(json_t *traceback)
         for (size_t k = 0; k < n; k++) {
             if (s[k] == '\x1b' && k + 1 < n && s[k + 1] == '[') {
                 k += 2;
-                while (k < n && !((s[k] >= '@' && s[k] <= '~'))) k++;
+                while (k < n && !(s[k] >= '@' && s[k] <= '~')) k++;
                 continue;
             }
             out[at++] = s[k];
@@ -222,84 +319,148 @@ static void s_set_error(execution_t *self, const char *name, const char *value,
     json_decref(self->error);
     self->error = json_pack("{s:s, s:s, s:s}", "name", name ? name : "", "value",
                             value ? value : "", "traceback", traceback ? traceback : "");
-    json_t *event = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "name", name ? name : "",
-                              "value", value ? value : "", "traceback",
-                              traceback ? traceback : "");
-    s_emit(self, event);
+    jbuf_t body;
+    jbuf_init(&body);
+    const char *key;
+    json_t *v;
+    json_object_foreach(self->error, key, v)
+    {
+        if (body.len) jbuf_add(&body, ",", 1);
+        jbuf_add_string(&body, key, strlen(key));
+        jbuf_add(&body, ":", 1);
+        jbuf_add_json(&body, v);
+    }
+    s_emit(self, "error", &body);
+    jbuf_free(&body);
+}
+
+static void s_error_from(execution_t *self, json_t *content)
+{
+    const char *ename = "", *evalue = "";
+    jx_get_str(content, "ename", &ename, true);
+    jx_get_str(content, "evalue", &evalue, true);
+    char *tb = execution_join_traceback(json_object_get(content, "traceback"));
+    s_set_error(self, ename, evalue, tb ? tb : "");
+    free(tb);
 }
 
 static void s_finish(execution_t *self)
 {
     if (self->done) return;
     self->done = true;
-    s_emit(self, json_pack("{s:s}", "type", "end_of_execution"));
+    s_emit(self, "end_of_execution", NULL);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Messages
+
+static void s_timestamp(execution_t *self, jmsg_t *msg, jbuf_t *b)
+{
+    const char *date = "";
+    jx_get_str(jmsg_header(msg), "date", &date, true);
+    size_t n = strlen(date);
+    //  Jupyter dates end in "Z"; E2B's server re-serializes them as "+00:00".
+    if (self->opts.e2b && n && date[n - 1] == 'Z') {
+        char fixed[64];
+        int len = snprintf(fixed, sizeof fixed, "%.*s+00:00", (int) (n - 1), date);
+        jbuf_add_string(b, fixed, (size_t) len);
+    } else {
+        jbuf_add_string(b, date, n);
+    }
 }
 
 static void s_on_stream(execution_t *self, jmsg_t *msg)
 {
-    json_t *content = jmsg_content(msg);
-    const char *name = NULL, *text = NULL, *date = "";
-    size_t len = 0;
-    if (jx_get_str(content, "name", &name, false) || jx_get_strn(content, "text", &text, &len, false))
+    jraw_t content, name, text;
+    content.p = jmsg_raw(msg, JMSG_CONTENT, &content.len);
+    if (!content.p || jraw_member(content, "name", &name) || jraw_member(content, "text", &text) ||
+        jraw_kind(text) != '"')
         return;
-    jx_get_str(jmsg_header(msg), "date", &date, true);
-    bool is_err = strcmp(name, "stderr") == 0;
+    bool is_err = jraw_key_is(name, "stderr");
+    jbuf_t body;
+    jbuf_init(&body);
+    jbuf_reserve(&body, text.len + 96);
+    jbuf_adds(&body, "\"text\":");
+    size_t token_at = body.len;
+    s_add_value(&body, text);
+    size_t token_len = body.len - token_at;
     s_apply_pending_clear(self);
-    if (s_retain(self, len))
-        json_array_append_new(is_err ? self->stderr_logs : self->stdout_logs,
-                              json_stringn_nocheck(text, len));
-    json_t *event = json_object();
-    json_object_set_new(event, "type", json_string(is_err ? "stderr" : "stdout"));
-    json_object_set_new(event, "text", json_stringn_nocheck(text, len));
-    json_object_set_new(event, "timestamp", json_string(date));
-    s_emit(self, event);
+    if (jbuf_text(&body) && s_retain(self, token_len))
+        s_items_add(is_err ? &self->err : &self->out, jbuf_text(&body) + token_at, token_len);
+    jbuf_adds(&body, ",\"timestamp\":");
+    s_timestamp(self, msg, &body);
+    s_emit(self, is_err ? "stderr" : "stdout", &body);
+    jbuf_free(&body);
 }
 
 static void s_on_display(execution_t *self, jmsg_t *msg, bool is_main, bool update)
 {
-    json_t *content = jmsg_content(msg);
-    json_t *data = NULL, *transient = NULL;
-    if (jx_get_obj(content, "data", &data, false)) return;
-    jx_get_obj(content, "transient", &transient, true);
-    const char *display_id = NULL;
-    jx_get_str(transient, "display_id", &display_id, true);
-    json_t *result = execution_result_from_bundle(data, is_main, &self->opts);
-    if (!result) return;
-    if (update) {
-        if (!display_id) {
-            json_decref(result);
-            return;
-        }
-        size_t i;
-        json_t *id;
-        json_array_foreach(self->display_ids, i, id)
-        {
-            if (json_is_string(id) && strcmp(json_string_value(id), display_id) == 0)
-                json_array_set(self->results, i, result);
-        }
-    } else {
-        s_apply_pending_clear(self);
-        if (s_retain(self, s_bundle_size(data))) {
-            json_array_append(self->results, result);
-            json_array_append_new(self->display_ids,
-                                  display_id ? json_string(display_id) : json_null());
+    jraw_t content, data, transient;
+    content.p = jmsg_raw(msg, JMSG_CONTENT, &content.len);
+    if (!content.p || jraw_member(content, "data", &data) || jraw_kind(data) != '{') return;
+    char *display_id = NULL;
+    if (jraw_member(content, "transient", &transient) == 0 && jraw_kind(transient) == '{') {
+        json_t *t = jraw_decode(transient);
+        const char *id = NULL;
+        if (jx_get_str(t, "display_id", &id, true) == 0 && id) display_id = strdup(id);
+        json_decref(t);
+    }
+    if (update && !display_id) return;
+    jbuf_t body;
+    jbuf_init(&body);
+    jbuf_reserve(&body, data.len + 128);
+    size_t size = s_result_members(self, data, is_main, &body);
+    const char *members = jbuf_text(&body);
+    if (members) {
+        if (update) {
+            for (size_t i = 0; i < self->results.count; i++) {
+                item_t *r = &self->results.items[i];
+                if (!r->display_id || strcmp(r->display_id, display_id) != 0) continue;
+                char *text = malloc(body.len + 3);
+                if (!text) continue;
+                text[0] = '{';
+                memcpy(text + 1, members, body.len);
+                text[body.len + 1] = '}';
+                text[body.len + 2] = '\0';
+                free(r->text);
+                r->text = text;
+                r->len = body.len + 2;
+            }
+        } else {
+            s_apply_pending_clear(self);
+            if (s_retain(self, size)) {
+                jbuf_t obj;
+                jbuf_init(&obj);
+                jbuf_add(&obj, "{", 1);
+                jbuf_add(&obj, members, body.len);
+                jbuf_add(&obj, "}", 1);
+                item_t *r = jbuf_text(&obj) ? s_items_add(&self->results, jbuf_text(&obj), obj.len) : NULL;
+                if (r && display_id) r->display_id = strdup(display_id);
+                jbuf_free(&obj);
+            }
         }
     }
-    json_t *event = json_pack("{s:s}", "type", "result");
-    json_object_update(event, result);
-    json_decref(result);
-    if (display_id) json_object_set_new(event, "display_id", json_string(display_id));
-    if (update) json_object_set_new(event, "update", json_true());
-    s_emit(self, event);
+    if (!(update && self->opts.e2b)) {
+        //  E2B's stream knows no display ids and no updates.
+        if (display_id && !self->opts.e2b) {
+            jbuf_adds(&body, ",\"display_id\":");
+            jbuf_add_string(&body, display_id, strlen(display_id));
+        }
+        if (update) jbuf_adds(&body, ",\"update\":true");
+        s_emit(self, "result", &body);
+    }
+    jbuf_free(&body);
+    free(display_id);
 }
 
 void execution_on_message(execution_t *self, kchan_type_t channel, jmsg_t *msg)
 {
     if (self->got_reply && self->got_idle) return;
     const char *type = jmsg_type(msg);
-    json_t *content = jmsg_content(msg);
-    if (!type || !json_is_object(content)) return;
+    if (!type) return;
     if (channel == KCH_SHELL && strcmp(type, "execute_reply") == 0) {
+        json_t *content = jmsg_content(msg);
+        if (!json_is_object(content)) return;
         self->got_reply = true;
         const char *status = "ok";
         jx_get_str(content, "status", &status, true);
@@ -307,32 +468,19 @@ void execution_on_message(execution_t *self, kchan_type_t channel, jmsg_t *msg)
         if (jx_get_int(content, "execution_count", &count, true) == 0 && count >= 0 &&
             self->execution_count < 0)
             self->execution_count = count;
-        if (!self->done && strcmp(status, "error") == 0 && !self->error) {
-            const char *ename = "", *evalue = "";
-            jx_get_str(content, "ename", &ename, true);
-            jx_get_str(content, "evalue", &evalue, true);
-            char *tb = execution_join_traceback(json_object_get(content, "traceback"));
-            s_set_error(self, ename, evalue, tb ? tb : "");
-            free(tb);
-        } else if (!self->done && strcmp(status, "aborted") == 0) {
+        if (!self->done && strcmp(status, "error") == 0 && !self->error)
+            s_error_from(self, content);
+        else if (!self->done && strcmp(status, "aborted") == 0)
             s_set_error(self, "ExecutionAborted", "Execution was aborted", "");
-        }
     } else if (channel != KCH_IOPUB) {
         //  Other replies and stdin requests are not part of the Execution.
     } else if (strcmp(type, "status") == 0) {
         //  Tracked even after a forced end: the queue waits for the kernel to settle.
         const char *state = NULL;
-        jx_get_str(content, "execution_state", &state, true);
+        jx_get_str(jmsg_content(msg), "execution_state", &state, true);
         if (state && strcmp(state, "idle") == 0) self->got_idle = true;
     } else if (self->done) {
         //  Outputs after a forced end (timeout, requester gone) are dropped.
-    } else if (strcmp(type, "execute_input") == 0) {
-        int64_t count = -1;
-        if (jx_get_int(content, "execution_count", &count, true) == 0) {
-            self->execution_count = count;
-            s_emit(self, json_pack("{s:s, s:I}", "type", "number_of_executions",
-                                   "execution_count", (json_int_t) count));
-        }
     } else if (strcmp(type, "stream") == 0) {
         s_on_stream(self, msg);
     } else if (strcmp(type, "display_data") == 0) {
@@ -341,22 +489,28 @@ void execution_on_message(execution_t *self, kchan_type_t channel, jmsg_t *msg)
         s_on_display(self, msg, false, true);
     } else if (strcmp(type, "execute_result") == 0) {
         s_on_display(self, msg, true, false);
+    } else if (strcmp(type, "execute_input") == 0) {
+        int64_t count = -1;
+        if (jx_get_int(jmsg_content(msg), "execution_count", &count, true) == 0) {
+            self->execution_count = count;
+            char body[64];
+            int n = snprintf(body, sizeof body, "\"execution_count\":%lld", (long long) count);
+            if (self->on_event && !self->muted)
+                self->on_event(self, "number_of_executions", body, (size_t) n, self->arg);
+        }
     } else if (strcmp(type, "clear_output") == 0) {
         bool wait = false;
-        jx_get_bool(content, "wait", &wait, true);
+        jx_get_bool(jmsg_content(msg), "wait", &wait, true);
         self->clear_pending = true;
         if (!wait) s_apply_pending_clear(self);
-        s_emit(self, json_pack("{s:s, s:b}", "type", "clear_output", "wait", wait));
+        if (!self->opts.e2b && self->on_event && !self->muted) {
+            const char *body = wait ? "\"wait\":true" : "\"wait\":false";
+            self->on_event(self, "clear_output", body, strlen(body), self->arg);
+        }
     } else if (strcmp(type, "error") == 0) {
         //  Only the first kernel error is kept, as the E2B server does.
-        if (!self->error) {
-            const char *ename = "", *evalue = "";
-            jx_get_str(content, "ename", &ename, true);
-            jx_get_str(content, "evalue", &evalue, true);
-            char *tb = execution_join_traceback(json_object_get(content, "traceback"));
-            s_set_error(self, ename, evalue, tb ? tb : "");
-            free(tb);
-        }
+        json_t *content = jmsg_content(msg);
+        if (!self->error && json_is_object(content)) s_error_from(self, content);
     }
     if (self->got_reply && self->got_idle) s_finish(self);
 }
@@ -388,15 +542,43 @@ const char *execution_msg_id(const execution_t *self)
     return self->msg_id;
 }
 
+static void s_write_items(jbuf_t *b, const items_t *list)
+{
+    jbuf_add(b, "[", 1);
+    for (size_t i = 0; i < list->count; i++) {
+        if (i) jbuf_add(b, ",", 1);
+        jbuf_add(b, list->items[i].text, list->items[i].len);
+    }
+    jbuf_add(b, "]", 1);
+}
+
+void execution_write(const execution_t *self, jbuf_t *b)
+{
+    jbuf_adds(b, "{\"results\":");
+    s_write_items(b, &self->results);
+    jbuf_adds(b, ",\"logs\":{\"stdout\":");
+    s_write_items(b, &self->out);
+    jbuf_adds(b, ",\"stderr\":");
+    s_write_items(b, &self->err);
+    jbuf_adds(b, "},\"error\":");
+    jbuf_add_json(b, self->error);
+    if (self->execution_count >= 0) {
+        char count[40];
+        snprintf(count, sizeof count, ",\"execution_count\":%lld", (long long) self->execution_count);
+        jbuf_adds(b, count);
+    } else {
+        jbuf_adds(b, ",\"execution_count\":null");
+    }
+    if (self->truncated) jbuf_adds(b, ",\"truncated\":true");
+    jbuf_add(b, "}", 1);
+}
+
 json_t *execution_json(const execution_t *self)
 {
-    json_t *out = json_pack("{s:O, s:{s:O, s:O}, s:O}", "results", self->results, "logs",
-                            "stdout", self->stdout_logs, "stderr", self->stderr_logs, "error",
-                            self->error ? self->error : json_null());
-    if (!out) return NULL;
-    json_object_set_new(out, "execution_count", self->execution_count >= 0
-                                                    ? json_integer(self->execution_count)
-                                                    : json_null());
-    if (self->truncated) json_object_set_new(out, "truncated", json_true());
-    return out;
+    jbuf_t b;
+    jbuf_init(&b);
+    execution_write(self, &b);
+    json_t *obj = jbuf_text(&b) ? jx_loadb(jbuf_text(&b), b.len, NULL) : NULL;
+    jbuf_free(&b);
+    return obj;
 }

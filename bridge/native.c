@@ -1,5 +1,6 @@
 /*  native - the /ws protocol: sessions, ops, execution streaming. */
 #include "native.h"
+#include "jbuf.h"
 #include "kentry.h"
 #include "lwsx.h"
 #include "registry.h"
@@ -289,22 +290,33 @@ static void op_kernel_control(native_t *self, session_t *session, json_t *id, js
     }
 }
 
-static void s_on_exec_event(execution_t *exec, json_t *event, void *arg)
+static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
+                            void *arg)
 {
     nreq_t *req = arg;
-    const char *type = json_string_value(json_object_get(event, "type"));
-    bool end = type && strcmp(type, "end_of_execution") == 0;
-    json_t *msg = json_pack("{s:s, s:O}", "type", type, "id", req->id);
-    if (end) {
-        json_object_set_new(msg, "kernel_id", json_string(req->kernel_id));
-        json_object_set_new(msg, "execution", execution_json(exec));
-    } else {
-        const char *key;
-        json_t *value;
-        json_object_foreach(event, key, value) if (strcmp(key, "type") != 0) json_object_set(msg, key, value);
+    bool end = strcmp(type, "end_of_execution") == 0;
+    //  {"type": ..., "id": ..., <body>}: the body is spliced, never re-serialized.
+    jbuf_t b;
+    jbuf_init(&b);
+    jbuf_reserve(&b, len + 128);
+    jbuf_adds(&b, "{\"type\":\"");
+    jbuf_adds(&b, type);
+    jbuf_adds(&b, "\",\"id\":");
+    jbuf_add_json(&b, req->id);
+    if (len) {
+        jbuf_add(&b, ",", 1);
+        jbuf_add(&b, body, len);
     }
-    session_send(req->session, msg);
-    json_decref(msg);
+    if (end) {
+        jbuf_adds(&b, ",\"kernel_id\":");
+        jbuf_add_string(&b, req->kernel_id, strlen(req->kernel_id));
+        jbuf_adds(&b, ",\"execution\":");
+        execution_write(exec, &b);
+    }
+    jbuf_add(&b, "}", 1);
+    size_t frame_len;
+    char *frame = jbuf_take(&b, &frame_len);
+    if (frame) session_send_buf(req->session, frame, frame_len);
     if (end) {
         req->run = NULL;  //  the runner forgets the run after its end
         s_nreq_free(req);

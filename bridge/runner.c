@@ -68,14 +68,13 @@ static void s_fail_run(run_t *run, const char *name, const char *value)
     }
 }
 
-static void s_on_exec_event(execution_t *exec, json_t *event, void *arg)
+static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
+                            void *arg)
 {
-    (void) exec;
     run_t *run = arg;
     execution_fn *fn = run->on_event;
-    const char *type = json_string_value(json_object_get(event, "type"));
-    if (type && strcmp(type, "end_of_execution") == 0) run->on_event = NULL;
-    if (fn) fn(exec, event, run->arg);
+    if (strcmp(type, "end_of_execution") == 0) run->on_event = NULL;
+    if (fn) fn(exec, type, body, len, run->arg);
 }
 
 static void s_dispatch(runner_t *self);

@@ -1,5 +1,6 @@
 /*  session - native-API session state, delivery and keep-alive. */
 #include "session.h"
+#include "jbuf.h"
 #include "../kernelmgr/kberr.h"
 #include "../kernelmgr/klog.h"
 #include "../kernelmgr/kutil.h"
@@ -137,25 +138,31 @@ wsconn_t *session_conn(const session_t *self)
 
 void session_send(session_t *self, const json_t *message)
 {
+    jbuf_t b;
+    jbuf_init(&b);
+    jbuf_add_json(&b, message);
+    size_t len;
+    char *payload = jbuf_take(&b, &len);
+    if (payload) session_send_buf(self, payload, len);
+}
+
+void session_send_buf(session_t *self, char *buf, size_t len)
+{
     if (self->conn && !wsconn_closing(self->conn)) {
-        wsconn_send_json(self->conn, message);
+        wsconn_send_buf(self->conn, buf, len, false);
         return;
     }
-    size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
-    size_t len = json_dumpb(message, NULL, 0, flags);
     if (self->backlog_bytes + len > self->max_backlog) {
-        self->lost++;
-        return;
-    }
-    backlog_t *b = malloc(sizeof *b);
-    char *buf = wsconn_buf_alloc(len);
-    if (!b || !buf) {
-        free(b);
         wsconn_buf_free(buf);
         self->lost++;
         return;
     }
-    json_dumpb(message, buf, len, flags);
+    backlog_t *b = malloc(sizeof *b);
+    if (!b) {
+        wsconn_buf_free(buf);
+        self->lost++;
+        return;
+    }
     b->payload = buf;
     b->len = len;
     b->next = NULL;

@@ -50,6 +50,8 @@ wsconn_t *session_conn(const session_t *self);
 
 //  Deliver a message (borrowed) now or, while detached, later.
 void session_send(session_t *self, const json_t *message);
+//  The same for a frame already serialized into a wsconn buffer; takes ownership.
+void session_send_buf(session_t *self, char *payload, size_t len);
 
 void session_set_keep_alive(session_t *self, uint64_t ms);
 uint64_t session_keep_alive(const session_t *self);

@@ -1,10 +1,13 @@
 /*  wsconn - a WebSocket connection with bounded outbound buffering. */
 #include "wsconn.h"
+#include "jbuf.h"
 #include "../kernelmgr/kberr.h"
 #include "../kernelmgr/klog.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+#define CLOSE_FLUSH_SECS 30
 
 typedef struct frame_s {
     struct frame_s *next;
@@ -126,13 +129,12 @@ int wsconn_send(wsconn_t *self, const void *data, size_t len, bool binary)
 
 int wsconn_send_json(wsconn_t *self, const json_t *value)
 {
-    size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
-    size_t len = json_dumpb(value, NULL, 0, flags);
-    if (!len) return KB_EINVAL;
-    char *buf = wsconn_buf_alloc(len);
-    if (!buf) return KB_ENOMEM;
-    json_dumpb(value, buf, len, flags);
-    return wsconn_send_buf(self, buf, len, false);
+    jbuf_t b;
+    jbuf_init(&b);
+    jbuf_add_json(&b, value);
+    size_t len;
+    char *buf = jbuf_take(&b, &len);
+    return buf ? wsconn_send_buf(self, buf, len, false) : KB_ENOMEM;
 }
 
 void wsconn_close(wsconn_t *self, int code, const char *reason)
@@ -161,6 +163,7 @@ struct lws *wsconn_wsi(const wsconn_t *self)
 
 int wsconn__receive(wsconn_t *self, const void *in, size_t len)
 {
+    if (self->close_sent) return 0;  //  closing: what the client still sends is moot
     if (lws_is_first_fragment(self->wsi)) {
         self->in_len = 0;
         self->in_oversize = false;
@@ -221,8 +224,12 @@ int wsconn__writeable(wsconn_t *self)
     }
     if (self->closing && !self->close_sent) {
         //  lws 4.1's libuv path drops the socket without sending the close frame it was
-        //  asked for, so the frame is written here, and the connection is dropped only on
-        //  the next writeable callback, once lws has flushed it (or after 5 s regardless).
+        //  asked for, so the frame is written here. Then the closing handshake runs its
+        //  course: the client answers with its own close frame and lws closes the
+        //  connection. Closing at once instead risks a TCP reset that destroys the
+        //  client's unread data, close frame included. A client that stopped reading has
+        //  CLOSE_FLUSH_SECS to drain its socket and answer; our own queue is gone by then,
+        //  so waiting holds no more than the kernel's socket buffer.
         klog_debug("websocket: closing with %d (%s)", self->close_code, self->close_reason);
         unsigned char frame[LWS_PRE + 2 + sizeof self->close_reason];
         size_t rlen = strlen(self->close_reason);
@@ -233,11 +240,8 @@ int wsconn__writeable(wsconn_t *self)
         //  LWS_WRITE_CLOSE (4) is private in lws 4.1's headers; lws_write handles it.
         if (lws_write(self->wsi, frame + LWS_PRE, 2 + rlen, (enum lws_write_protocol) 4) < 0)
             return -1;
-        lws_set_timeout(self->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
-        s_request_write(self);
-        return 0;
+        lws_set_timeout(self->wsi, PENDING_TIMEOUT_CLOSE_SEND, CLOSE_FLUSH_SECS);
     }
-    if (self->close_sent) return -1;
     return 0;
 }
 

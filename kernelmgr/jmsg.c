@@ -11,10 +11,12 @@
 #define DELIMITER_LEN 9
 
 struct _jmsg_t {
-    //  For each part, raw bytes (owned, NUL-terminated for convenience) and/or JSON. When
-    //  both are present they describe the same value.
+    //  For each part, raw bytes and/or JSON. When both are present they describe the same
+    //  value. Raw bytes of a decoded message point into the received frames (kept in
+    //  frames[]) rather than into copies: at megabytes per message, copying is what costs.
     char *raw[4];
     size_t raw_len[4];
+    zframe_t *frames[4];
     json_t *json[4];
     bool parse_failed[4];
     zframe_t **buffers;
@@ -96,7 +98,8 @@ void jmsg_destroy(jmsg_t **self_p)
     if (!self_p || !*self_p) return;
     jmsg_t *self = *self_p;
     for (int i = 0; i < 4; i++) {
-        free(self->raw[i]);
+        if (self->frames[i]) zframe_destroy(&self->frames[i]);
+        else free(self->raw[i]);
         json_decref(self->json[i]);
     }
     for (size_t i = 0; i < self->nbuffers; i++)
@@ -147,28 +150,22 @@ jmsg_t *jmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
         *err = KB_ENOMEM;
         goto fail;
     }
-    for (int i = 0; i < 4; i++) {
-        self->raw[i] = s_copy_bytes(bytes[i], lens[i]);
-        self->raw_len[i] = lens[i];
-        if (!self->raw[i]) {
-            *err = KB_ENOMEM;
-            goto fail;
-        }
+    //  Buffers are the frames after the four parts (the list cursor is still at the last
+    //  part). Parts and buffers then move out of the message, which is destroyed.
+    size_t nbuffers = zmsg_size(zmsg);  //  upper bound
+    self->buffers = calloc(nbuffers ? nbuffers : 1, sizeof(zframe_t *));
+    if (!self->buffers) {
+        *err = KB_ENOMEM;
+        goto fail;
     }
-    size_t nbuffers = zmsg_size(zmsg);  //  upper bound; counted exactly below
-    zframe_t *buffer = zmsg_next(zmsg);
-    if (buffer) {
-        self->buffers = calloc(nbuffers, sizeof(zframe_t *));
-        if (!self->buffers) {
-            *err = KB_ENOMEM;
-            goto fail;
-        }
-        for (; buffer; buffer = zmsg_next(zmsg)) {
-            self->buffers[self->nbuffers++] = buffer;
-            //  Ownership moves to us; detach from zmsg without freeing.
-        }
-        for (size_t i = 0; i < self->nbuffers; i++)
-            zmsg_remove(zmsg, self->buffers[i]);
+    for (zframe_t *buffer = zmsg_next(zmsg); buffer; buffer = zmsg_next(zmsg))
+        self->buffers[self->nbuffers++] = buffer;
+    for (size_t i = 0; i < self->nbuffers; i++) zmsg_remove(zmsg, self->buffers[i]);
+    for (int i = 0; i < 4; i++) {
+        zmsg_remove(zmsg, parts[i]);
+        self->frames[i] = parts[i];
+        self->raw[i] = (char *) zframe_data(parts[i]);
+        self->raw_len[i] = lens[i];
     }
     json_t *header = jmsg_header(self), *parent = jmsg_parent(self);
     if (!json_is_object(header) || !json_is_object(parent)) goto fail;
@@ -223,19 +220,24 @@ done:
     return zmsg;
 }
 
+static void s_drop_raw(jmsg_t *self, int part)
+{
+    if (self->frames[part]) zframe_destroy(&self->frames[part]);
+    else free(self->raw[part]);
+    self->raw[part] = NULL;
+}
+
 void jmsg_set_parent(jmsg_t *self, json_t *parent)
 {
     json_decref(self->json[JMSG_PARENT]);
-    free(self->raw[JMSG_PARENT]);
-    self->raw[JMSG_PARENT] = NULL;
+    s_drop_raw(self, JMSG_PARENT);
     self->json[JMSG_PARENT] = parent ? json_deep_copy(parent) : json_object();
 }
 
 void jmsg_set_metadata(jmsg_t *self, json_t *metadata)
 {
     json_decref(self->json[JMSG_METADATA]);
-    free(self->raw[JMSG_METADATA]);
-    self->raw[JMSG_METADATA] = NULL;
+    s_drop_raw(self, JMSG_METADATA);
     self->json[JMSG_METADATA] = metadata ? metadata : json_object();
 }
 

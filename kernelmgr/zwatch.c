@@ -125,7 +125,8 @@ static void s_track_writable(zwatch_t *w, int events)
 
 static void s_drain(zwatch_t *w)
 {
-    for (int budget = ZWATCH_BUDGET; budget > 0; budget--) {
+    size_t bytes = 0;
+    for (int budget = ZWATCH_BUDGET; budget > 0 && bytes < ZWATCH_BYTE_BUDGET; budget--) {
         //  Reading ZMQ_EVENTS also processes libzmq's command mailbox, which is what
         //  re-arms the fd; it must be read before each receive.
         int events = zsock_events(w->sock);
@@ -133,6 +134,7 @@ static void s_drain(zwatch_t *w)
         if (w->dead || !(events & ZMQ_POLLIN)) return;
         zmsg_t *msg = zmsg_recv(w->sock);
         if (!msg) return;
+        bytes += zmsg_content_size(msg);
         if (w->on_msg) {
             w->in_callback = 1;
             w->on_msg(w, &msg, w->arg);
@@ -229,6 +231,8 @@ int zwatch_send(zwatch_t *self, zmsg_t **msg_p)
     }
     int rc = zmsg_send(msg_p, self->sock);
     int saved = errno;
+    //  czmq 4.2 keeps the message when the send fails; the contract here is "always taken".
+    zmsg_destroy(msg_p);
     //  A send may consume the fd edge that announced an incoming message.
     s_mark_dirty(self);
     if (rc == 0) return KB_OK;

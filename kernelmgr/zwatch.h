@@ -49,7 +49,10 @@ void zwatch_set_on_writable(zwatch_t *self, zwatch_writable_fn *on_writable);
 //  The last POLLOUT state seen.
 bool zwatch_writable(const zwatch_t *self);
 
-//  Messages handled per watcher per loop turn before yielding to other work.
+//  Messages, and bytes, handled per watcher per loop turn before yielding to other work:
+//  a kernel producing faster than clients read must not keep the loop from writing (or
+//  from serving other kernels) until its whole burst is in memory.
 #define ZWATCH_BUDGET 256
+#define ZWATCH_BYTE_BUDGET (1u << 20)
 
 #endif

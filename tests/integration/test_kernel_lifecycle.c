@@ -49,10 +49,11 @@ static void s_on_runner(runner_t *runner, kernel_event_t event, void *arg)
     if (event == KERNEL_EV_SHUTDOWN) c->shutdown++;
 }
 
-static void s_on_exec(execution_t *exec, json_t *event, void *arg)
+static void s_on_exec(execution_t *exec, const char *type, const char *body, size_t len, void *arg)
 {
+    (void) body;
+    (void) len;
     ctx_t *c = arg;
-    const char *type = json_string_value(json_object_get(event, "type"));
     if (strcmp(type, "end_of_execution") == 0) {
         json_decref(c->last);
         c->last = execution_json(exec);

@@ -8,17 +8,27 @@
 #include "bridge/execution.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
     json_t *events;
 } rec_t;
 
-static void s_record(execution_t *ex, json_t *event, void *arg)
+//  Events arrive as a type and JSON members; rebuilding {"type":..., members} and parsing
+//  it checks that what kbridge splices together is valid JSON.
+static void s_record(execution_t *ex, const char *type, const char *body, size_t len, void *arg)
 {
     (void) ex;
     rec_t *r = arg;
-    json_array_append(r->events, event);
+    char *text = NULL;
+    assert_true(asprintf(&text, "{\"type\":\"%s\"%s%.*s}", type, len ? "," : "", (int) len, body) > 0);
+    json_error_t err;
+    json_t *event = json_loads(text, JSON_ALLOW_NUL, &err);
+    if (!event) fprintf(stderr, "invalid event JSON: %s (%s)\n", text, err.text);
+    assert_non_null(event);
+    free(text);
+    json_array_append_new(r->events, event);
 }
 
 static jmsg_t *s_msg(const char *type, const char *parent, json_t *content)
@@ -86,32 +96,81 @@ static void test_done_needs_reply_and_idle(void **state)
     json_decref(r.events);
 }
 
+static json_t *s_result_of(execution_opts_t *opts, json_t *data, char **raw_event)
+{
+    rec_t r = {json_array()};
+    execution_t *ex = execution_new("req", opts, s_record, &r);
+    s_feed(ex, KCH_IOPUB, "execute_result", json_pack("{s:O, s:{}, s:i}", "data", data, "metadata", "execution_count", 1));
+    json_t *event = json_incref(json_array_get(r.events, 0));
+    *raw_event = json_dumps(event, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    execution_destroy(&ex);
+    json_decref(r.events);
+    return event;
+}
+
 static void test_result_fields_order_and_e2b_conventions(void **state)
 {
     (void) state;
-    json_t *data = json_pack("{s:s, s:s, s:s, s:{s:i}, s:{s:i}}", "image/png", "iVBOR",
+    json_t *data = json_pack("{s:s, s:s, s:s, s:{s:i}, s:{s:i}, s:[s, s]}", "image/png", "iVBOR",
                              "text/plain", "'bar'", "text/html", "<b>", "application/json", "a", 1,
-                             "application/x-custom", "z", 2);
-    json_t *plain = execution_result_from_bundle(data, true, NULL);
+                             "application/x-custom", "z", 2, "text/markdown", "# a", "b");
+    char *s;
+    json_t *plain = s_result_of(NULL, data, &s);
     assert_string_equal(json_string_value(json_object_get(plain, "text")), "'bar'");
+    assert_string_equal(json_string_value(json_object_get(plain, "markdown")), "# ab");  //  a list of lines
     assert_non_null(json_object_get(json_object_get(plain, "extra"), "application/x-custom"));
     assert_null(json_object_get(plain, "application/x-custom"));
-    char *s = json_dumps(plain, JSON_COMPACT);
-    //  Field order follows the E2B wire: text, html, ..., png, ..., json, ..., extra, is_main_result.
+    //  Field order follows the E2B wire: text, html, markdown, png, json, extra, is_main_result.
     assert_true(strstr(s, "\"text\"") < strstr(s, "\"html\""));
-    assert_true(strstr(s, "\"html\"") < strstr(s, "\"png\""));
+    assert_true(strstr(s, "\"html\"") < strstr(s, "\"markdown\""));
+    assert_true(strstr(s, "\"markdown\"") < strstr(s, "\"png\""));
     assert_true(strstr(s, "\"png\"") < strstr(s, "\"json\""));
     assert_true(strstr(s, "\"json\"") < strstr(s, "\"extra\""));
     assert_true(strstr(s, "\"extra\"") < strstr(s, "\"is_main_result\""));
     free(s);
-    execution_opts_t e2b = {.strip_text_quotes = true, .mime_top_level = true};
-    json_t *conv = execution_result_from_bundle(data, false, &e2b);
+    execution_opts_t e2b = {.e2b = true};
+    json_t *conv = s_result_of(&e2b, data, &s);
     assert_string_equal(json_string_value(json_object_get(conv, "text")), "bar");
     assert_non_null(json_object_get(conv, "application/x-custom"));
-    assert_true(json_is_false(json_object_get(conv, "is_main_result")));
+    assert_true(json_is_true(json_object_get(conv, "is_main_result")));
+    assert_true(strstr(s, "\"application/x-custom\"") < strstr(s, "\"is_main_result\""));
+    free(s);
     json_decref(plain);
     json_decref(conv);
     json_decref(data);
+}
+
+static void test_splices_are_valid_json(void **state)
+{
+    (void) state;
+    rec_t r = {json_array()};
+    execution_t *ex = execution_new("req", NULL, s_record, &r);
+    //  Escapes, unicode, NUL and invalid UTF-8 from a kernel all come out as valid JSON.
+    const char *header = "{\"msg_id\":\"k\",\"msg_type\":\"stream\",\"date\":\"d\"}";
+    const char *parent = "{\"msg_id\":\"req\"}";
+    const char *contents[] = {
+        "{\"name\":\"stdout\",\"text\":\"a\\\"b\\\\c\\n\\u0000\\ud83d\\ude00 \xc3\xa9\"}",
+        "{\"name\":\"stdout\",\"text\":\"bad \xff\xfe utf8\"}",
+        "{\"name\":\"stderr\",\"text\":\"raw\ncontrol\"}",
+        "{ \"text\" : \"spaced\" , \"name\" : \"stdout\" }",
+    };
+    for (size_t i = 0; i < sizeof contents / sizeof *contents; i++) {
+        const void *parts[4] = {header, parent, "{}", contents[i]};
+        size_t lens[4] = {strlen(header), strlen(parent), 2, strlen(contents[i])};
+        jmsg_t *m = jmsg_new_raw(parts, lens, 0, NULL, NULL);
+        execution_on_message(ex, KCH_IOPUB, m);
+        jmsg_destroy(&m);
+    }
+    assert_int_equal(json_array_size(r.events), 4);  //  s_record asserted each is valid
+    const char *first = json_string_value(json_object_get(json_array_get(r.events, 0), "text"));
+    assert_memory_equal(first, "a\"b\\c\n\0\xf0\x9f\x98\x80 \xc3\xa9", 15);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(r.events, 3), "text")), "spaced");
+    json_t *obj = execution_json(ex);
+    assert_non_null(obj);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(obj, "logs"), "stdout")), 3);
+    json_decref(obj);
+    execution_destroy(&ex);
+    json_decref(r.events);
 }
 
 static void test_errors_first_wins_and_abort(void **state)
@@ -229,6 +288,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_done_needs_reply_and_idle),
         cmocka_unit_test(test_result_fields_order_and_e2b_conventions),
+        cmocka_unit_test(test_splices_are_valid_json),
         cmocka_unit_test(test_errors_first_wins_and_abort),
         cmocka_unit_test(test_fail_and_settle_separately),
         cmocka_unit_test(test_display_update_clear_and_limit),

@@ -222,6 +222,27 @@ static void test_kchan_drops_forgeries(void **state)
     hmac_destroy(&genuine);
 }
 
+static void test_send_without_peer_is_refused_not_leaked(void **state)
+{
+    (void) state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hmac_t *h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    //  Nobody listens there: an IMMEDIATE DEALER has no route, so sends fail at once.
+    kchan_t *chan = kchan_new_immediate(&loop, KCH_SHELL, "tcp://127.0.0.1:9", "id", h, "test", NULL, NULL, NULL);
+    assert_non_null(chan);
+    assert_false(kchan_connected(chan));
+    for (int i = 0; i < 3; i++) {
+        jmsg_t *m = jmsg_new("kernel_info_request", "s", NULL);
+        assert_int_equal(kchan_send(chan, &m), KB_EAGAIN);
+        assert_null(m);
+    }
+    kchan_destroy(&chan);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    hmac_destroy(&h);
+}
+
 int main(void)
 {
     klog_set_level(KLOG_ERROR);
@@ -231,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_decode_rejects),
         cmocka_unit_test(test_encode_round_trip),
         cmocka_unit_test(test_kchan_drops_forgeries),
+        cmocka_unit_test(test_send_without_peer_is_refused_not_leaked),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -1,0 +1,251 @@
+/*  jraw - locate, validate and copy JSON values without decoding them. */
+#include "jraw.h"
+
+#include <stdint.h>
+#include <string.h>
+
+static const char *s_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+//  p at an opening quote: returns one past the closing quote, or NULL.
+static const char *s_skip_string(const char *p, const char *end)
+{
+    p++;
+    while (p < end) {
+        const char *q = memchr(p, '"', (size_t) (end - p));
+        if (!q) return NULL;
+        //  The quote closes the string unless preceded by an odd number of backslashes.
+        const char *b = q;
+        while (b > p && b[-1] == '\\') b--;
+        if (((q - b) & 1) == 0) return q + 1;
+        p = q + 1;
+    }
+    return NULL;
+}
+
+//  One past the end of the value starting at p, or NULL.
+static const char *s_skip_value(const char *p, const char *end)
+{
+    if (p >= end) return NULL;
+    if (*p == '"') return s_skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            char c = *p;
+            if (c == '"') {
+                p = s_skip_string(p, end);
+                if (!p) return NULL;
+                continue;
+            }
+            if (c == '{' || c == '[') depth++;
+            else if (c == '}' || c == ']') {
+                if (--depth == 0) return p + 1;
+            }
+            p++;
+        }
+        return NULL;
+    }
+    const char *start = p;
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' &&
+           *p != '\r' && *p != '\t')
+        p++;
+    return p > start ? p : NULL;
+}
+
+int jraw_next(jraw_t obj, size_t *pos, jraw_t *key, jraw_t *value)
+{
+    const char *end = obj.p + obj.len;
+    const char *p = obj.p + *pos;
+    if (*pos == 0) {
+        p = s_ws(p, end);
+        if (p >= end || *p != '{') return -1;
+        p++;
+    }
+    p = s_ws(p, end);
+    if (p < end && *p == ',') p = s_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        *pos = (size_t) (p + 1 - obj.p);
+        return 0;
+    }
+    if (p >= end || *p != '"') return -1;
+    const char *kend = s_skip_string(p, end);
+    if (!kend) return -1;
+    key->p = p;
+    key->len = (size_t) (kend - p);
+    p = s_ws(kend, end);
+    if (p >= end || *p != ':') return -1;
+    p = s_ws(p + 1, end);
+    const char *vend = s_skip_value(p, end);
+    if (!vend) return -1;
+    value->p = p;
+    value->len = (size_t) (vend - p);
+    p = s_ws(vend, end);
+    if (p >= end || (*p != ',' && *p != '}')) return -1;
+    *pos = (size_t) (p - obj.p);
+    return 1;
+}
+
+bool jraw_key_is(jraw_t key, const char *name)
+{
+    size_t n = strlen(name);
+    if (key.len == n + 2 && memcmp(key.p + 1, name, n) == 0) return true;
+    if (!memchr(key.p, '\\', key.len)) return false;
+    json_t *k = jraw_decode(key);
+    bool same = json_is_string(k) && json_string_length(k) == n && memcmp(json_string_value(k), name, n) == 0;
+    json_decref(k);
+    return same;
+}
+
+int jraw_member(jraw_t obj, const char *key, jraw_t *value)
+{
+    size_t pos = 0;
+    jraw_t k, v;
+    int rc;
+    while ((rc = jraw_next(obj, &pos, &k, &v)) == 1)
+        if (jraw_key_is(k, key)) {
+            *value = v;
+            return 0;
+        }
+    return -1;
+}
+
+static int s_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+//  True if none of the 8 bytes needs a closer look: all in 0x20..0x7F except '"' and '\\'.
+static inline bool s_plain8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t control = (w - ones * 0x20) & ~w;  //  bytes below 0x20 (or >= 0x80, caught below)
+    uint64_t quote = w ^ (ones * '"'), slash = w ^ (ones * '\\');
+    uint64_t zero_quote = (quote - ones) & ~quote, zero_slash = (slash - ones) & ~slash;
+    return ((control | zero_quote | zero_slash | w) & high) == 0;
+}
+
+bool jraw_string_valid(jraw_t v)
+{
+    const unsigned char *p = (const unsigned char *) v.p, *end = p + v.len;
+    if (v.len < 2 || p[0] != '"' || end[-1] != '"') return false;
+    p++;
+    end--;
+    while (p < end) {
+        //  Most text is plain ASCII: take it eight bytes at a time.
+        while (end - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (!s_plain8(w)) break;
+            p += 8;
+        }
+        if (p >= end) break;
+        unsigned char c = *p;
+        if (c >= 0x20 && c < 0x80 && c != '\\' && c != '"') {
+            p++;
+        } else if (c == '\\') {
+            if (p + 1 >= end) return false;
+            char e = (char) p[1];
+            if (e == 'u') {
+                if (p + 6 > end || !s_hex((char) p[2]) || !s_hex((char) p[3]) || !s_hex((char) p[4]) ||
+                    !s_hex((char) p[5]))
+                    return false;
+                p += 6;
+            } else if (strchr("\"\\/bfnrt", e) && e) {
+                p += 2;
+            } else {
+                return false;
+            }
+        } else if (c < 0x20 || c == '"') {
+            return false;  //  raw control character, or a quote that should have ended it
+        } else {
+            //  UTF-8: lead byte, then 1-3 continuation bytes; no overlongs or surrogates.
+            int n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : -1;
+            if (n < 0 || c > 0xF4 || p + n >= end) return false;
+            for (int i = 1; i <= n; i++)
+                if ((p[i] & 0xC0) != 0x80) return false;
+            if (c == 0xE0 && p[1] < 0xA0) return false;
+            if (c == 0xED && p[1] >= 0xA0) return false;
+            if (c == 0xF0 && p[1] < 0x90) return false;
+            if (c == 0xF4 && p[1] >= 0x90) return false;
+            p += n + 1;
+        }
+    }
+    return true;
+}
+
+json_t *jraw_decode(jraw_t v)
+{
+    return json_loadb(v.p, v.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+}
+
+static unsigned s_codepoint(const unsigned char *p, int *n)
+{
+    unsigned c = p[0];
+    if (c < 0xE0) {
+        *n = 2;
+        return ((c & 0x1F) << 6) | (p[1] & 0x3F);
+    }
+    if (c < 0xF0) {
+        *n = 3;
+        return ((c & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+    }
+    *n = 4;
+    return ((c & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
+}
+
+size_t jraw_ascii_len(const char *src, size_t len)
+{
+    const unsigned char *p = (const unsigned char *) src, *end = p + len;
+    size_t out = 0;
+    while (p < end) {
+        if (*p < 0x80) {
+            out++;
+            p++;
+            continue;
+        }
+        int n;
+        unsigned cp = s_codepoint(p, &n);
+        out += cp >= 0x10000 ? 12 : 6;
+        p += n;
+    }
+    return out;
+}
+
+size_t jraw_to_ascii(const char *src, size_t len, char *dst)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *) src, *end = p + len;
+    char *o = dst;
+    while (p < end) {
+        const unsigned char *run = p;
+        while (p < end && *p < 0x80) p++;
+        memcpy(o, run, (size_t) (p - run));
+        o += p - run;
+        if (p >= end) break;
+        int n;
+        unsigned cp = s_codepoint(p, &n);
+        p += n;
+        unsigned units[2];
+        int count = 1;
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            units[0] = 0xD800 + (cp >> 10);
+            units[1] = 0xDC00 + (cp & 0x3FF);
+            count = 2;
+        } else {
+            units[0] = cp;
+        }
+        for (int i = 0; i < count; i++) {
+            *o++ = '\\';
+            *o++ = 'u';
+            *o++ = hex[(units[i] >> 12) & 0xF];
+            *o++ = hex[(units[i] >> 8) & 0xF];
+            *o++ = hex[(units[i] >> 4) & 0xF];
+            *o++ = hex[units[i] & 0xF];
+        }
+    }
+    return (size_t) (o - dst);
+}

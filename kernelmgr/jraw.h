@@ -1,0 +1,57 @@
+/*  jraw - raw JSON fragments: locate, validate and copy values without decoding them.
+
+    Kernel output arrives as JSON text; most of it (stream text, base64 images, HTML) is
+    one long string that kbridge only has to pass on. Decoding it with jansson and
+    encoding it again costs ~26 ms per MB on one core; locating it and checking it is a
+    valid JSON string token costs well under 1 ms per MB. Everything structured and small
+    still goes through jansson.
+
+    The scanner trusts nothing: a span is returned only if it is a complete value, and
+    jraw_string_valid() checks a string token fully (escapes, no raw control characters,
+    well-formed UTF-8) before it is spliced into anything a client reads.
+*/
+#ifndef JRAW_H
+#define JRAW_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+//  A value's bytes inside a larger JSON text (borrowed).
+typedef struct {
+    const char *p;
+    size_t len;
+} jraw_t;
+
+//  The value of member key in the object text obj (top level only). Returns 0, or -1 if
+//  obj is not an object, the key is absent, or the text is malformed.
+int jraw_member(jraw_t obj, const char *key, jraw_t *value);
+
+//  Iterate the members of an object: start with *pos = 0; returns 1 with the key (raw
+//  string token, quotes included) and value, 0 at the end, -1 if malformed.
+int jraw_next(jraw_t obj, size_t *pos, jraw_t *key, jraw_t *value);
+
+//  The first byte of a value: '"', '{', '[', 't', 'f', 'n', or a number's first char.
+static inline char jraw_kind(jraw_t v)
+{
+    return v.len ? v.p[0] : '\0';
+}
+
+//  True if v is a complete, valid JSON string token: quotes, legal escapes, no raw
+//  control characters, well-formed UTF-8.
+bool jraw_string_valid(jraw_t v);
+
+//  True if the raw key token equals key (keys with escapes are decoded to compare).
+bool jraw_key_is(jraw_t key, const char *name);
+
+//  Decode any value with jansson (for small values). Caller owns return value.
+json_t *jraw_decode(jraw_t v);
+
+//  Copy src (valid JSON text) into dst escaping every non-ASCII character as \uXXXX
+//  (surrogate pairs above U+FFFF), as Python's json.dumps does by default. dst must hold
+//  6 * len bytes. Returns the bytes written.
+size_t jraw_to_ascii(const char *src, size_t len, char *dst);
+//  Bytes jraw_to_ascii will write for src.
+size_t jraw_ascii_len(const char *src, size_t len);
+
+#endif

@@ -1,0 +1,116 @@
+/*  Unit tests: raw JSON fragments (locate members, validate strings, ASCII escaping). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "kernelmgr/jraw.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static jraw_t R(const char *s)
+{
+    jraw_t r = {s, strlen(s)};
+    return r;
+}
+
+static bool s_valid_n(const char *s, size_t n)
+{
+    jraw_t r = {s, n};
+    return jraw_string_valid(r);
+}
+
+static void test_string_validation_agrees_with_jansson(void **state)
+{
+    (void) state;
+    //  Every offset of an offending byte inside runs long enough to use the 8-byte path.
+    char buf[64];
+    for (size_t len = 0; len < 40; len++) {
+        buf[0] = '"';
+        memset(buf + 1, 'a', len);
+        buf[len + 1] = '"';
+        assert_true(s_valid_n(buf, len + 2));
+        for (size_t at = 1; at <= len; at++) {
+            const unsigned char bad[] = {'"', '\\', 0x01, 0x1f, 0x80, 0xff, 0xc0};
+            for (size_t b = 0; b < sizeof bad; b++) {
+                char saved = buf[at];
+                buf[at] = (char) bad[b];
+                assert_false(s_valid_n(buf, len + 2));
+                buf[at] = saved;
+            }
+            char saved = buf[at];
+            buf[at] = 0x7f;  //  DEL is legal in a JSON string
+            assert_true(s_valid_n(buf, len + 2));
+            buf[at] = saved;
+        }
+    }
+    assert_true(jraw_string_valid(R("\"a\\\"b\\\\c\\/\\b\\f\\n\\r\\t\\u00e9\\uD83D\\uDE00\"")));
+    assert_false(jraw_string_valid(R("\"\\x\"")));
+    assert_false(jraw_string_valid(R("\"\\u12g4\"")));
+    assert_false(jraw_string_valid(R("\"\\u12\"")));
+    assert_false(jraw_string_valid(R("\"abc\\\"")));  //  the closing quote is escaped
+    assert_false(jraw_string_valid(R("\"abc")));
+    assert_false(jraw_string_valid(R("abc\"")));
+    assert_true(jraw_string_valid(R("\"\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"")));
+    assert_false(jraw_string_valid(R("\"\xc3\"")));           //  truncated
+    assert_false(jraw_string_valid(R("\"\xe2\x82\"")));       //  truncated
+    assert_false(jraw_string_valid(R("\"\xc1\xbf\"")));       //  overlong
+    assert_false(jraw_string_valid(R("\"\xe0\x80\xaf\"")));   //  overlong
+    assert_false(jraw_string_valid(R("\"\xed\xa0\x80\"")));   //  a UTF-8 encoded surrogate
+    assert_false(jraw_string_valid(R("\"\xf4\x90\x80\x80\""))); //  above U+10FFFF
+    assert_false(jraw_string_valid(R("\"a\nb\"")));           //  raw newline
+}
+
+static void test_members(void **state)
+{
+    (void) state;
+    jraw_t obj = R(" { \"name\" : \"stdout\", \"text\":\"a\\\"}b\", \"n\": [1, {\"x\": \"]\"}], "
+                   "\"t\": true, \"num\": -1.5e3, \"esc\\u0061ped\": 1 } ");
+    jraw_t v;
+    assert_int_equal(jraw_member(obj, "text", &v), 0);
+    assert_int_equal(v.len, strlen("\"a\\\"}b\""));
+    assert_memory_equal(v.p, "\"a\\\"}b\"", v.len);
+    assert_int_equal(jraw_member(obj, "n", &v), 0);
+    assert_memory_equal(v.p, "[1, {\"x\": \"]\"}]", v.len);
+    assert_int_equal(jraw_member(obj, "num", &v), 0);
+    assert_memory_equal(v.p, "-1.5e3", v.len);
+    assert_int_equal(jraw_member(obj, "escaped", &v), 0);  //  keys with escapes are decoded
+    assert_int_equal(jraw_member(obj, "missing", &v), -1);
+    size_t pos = 0, count = 0;
+    jraw_t k;
+    while (jraw_next(obj, &pos, &k, &v) == 1) count++;
+    assert_int_equal(count, 6);
+    //  Malformed texts are refused, never overrun.
+    const char *bad[] = {"", "[]", "{", "{\"a\"", "{\"a\":", "{\"a\":\"x", "{\"a\":[1,2}", "{a:1}", "{\"a\" 1}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(jraw_member(R(bad[i]), "a", &v), -1);
+    assert_int_equal(jraw_member(R("{}"), "a", &v), -1);
+}
+
+static void test_ascii(void **state)
+{
+    (void) state;
+    const char *src = "{\"t\":\"h\xc3\xa9llo \xe2\x80\xa8 \xf0\x9f\x98\x80\"}";
+    size_t n = jraw_ascii_len(src, strlen(src));
+    char *out = malloc(n + 1);
+    assert_int_equal(jraw_to_ascii(src, strlen(src), out), n);
+    out[n] = '\0';
+    assert_string_equal(out, "{\"t\":\"h\\u00e9llo \\u2028 \\ud83d\\ude00\"}");
+    json_t *back = json_loads(out, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(back, "t")), "h\xc3\xa9llo \xe2\x80\xa8 \xf0\x9f\x98\x80");
+    json_decref(back);
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_string_validation_agrees_with_jansson),
+        cmocka_unit_test(test_members),
+        cmocka_unit_test(test_ascii),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
