@@ -8,6 +8,7 @@
 */
 #include "commands.h"
 #include "runner.h"
+#include "../kernelmgr/hmac.h"
 #include "../kernelmgr/jx.h"
 #include "../kernelmgr/kberr.h"
 #include "../kernelmgr/klog.h"
@@ -32,7 +33,8 @@ typedef struct {
 static void s_usage(FILE *out)
 {
     fprintf(out, "usage: kbridge exec [--kernel NAME] [--cwd DIR] [--timeout-ms N] "
-                 "[--env K=V]... [--log-level LEVEL] CODE...\n"
+                 "[--env K=V]... [--signature-scheme hmac-sha256|hmac-sha512] [--log-level LEVEL] "
+                 "CODE...\n"
                  "Runs each CODE as a cell, in order, in one fresh kernel. Prints each\n"
                  "finished Execution as one JSON line on stdout; cell output goes to stderr.\n");
 }
@@ -120,15 +122,17 @@ int cmd_exec(int argc, char **argv)
         {"kernel", required_argument, NULL, 'k'},  {"cwd", required_argument, NULL, 'C'},
         {"timeout-ms", required_argument, NULL, 't'}, {"env", required_argument, NULL, 'e'},
         {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"signature-scheme", required_argument, NULL, 's'},
         {NULL, 0, NULL, 0}};
-    const char *kernel_name = kspec_default_name(), *cwd = NULL;
+    const char *kernel_name = kspec_default_name(), *cwd = NULL, *scheme = "hmac-sha256";
     uint64_t timeout_ms = 0;
     json_t *env = json_object();
     klog_set_level(KLOG_WARN);
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+k:C:t:e:l:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+k:C:t:e:l:s:h", longopts, NULL)) != -1) {
         switch (c) {
+        case 's': scheme = optarg; break;
         case 'k': kernel_name = optarg; break;
         case 'C': cwd = optarg; break;
         case 't': timeout_ms = strtoull(optarg, NULL, 10); break;
@@ -163,6 +167,13 @@ int cmd_exec(int argc, char **argv)
         json_decref(env);
         return 2;
     }
+    hmac_t *probe = hmac_new(scheme, "k", 1, NULL);
+    if (!probe) {
+        fprintf(stderr, "kbridge: unsupported signature scheme '%s' (hmac-sha256 or hmac-sha512)\n", scheme);
+        json_decref(env);
+        return 2;
+    }
+    hmac_destroy(&probe);
     int err;
     kspec_t *spec = kspec_find(kernel_name, &err);
     if (!spec) {
@@ -185,6 +196,7 @@ int cmd_exec(int argc, char **argv)
     kopts.env = env;
     kopts.runtime_dir = rundir_path(rundir);
     kopts.shim = kbridge_exe_path();
+    kopts.signature_scheme = scheme;
     runner_events_t revents = {s_on_runner_event};
     st.runner = runner_new(st.loop, spec, &kopts, &revents, &st, &err);
     kspec_destroy(&spec);

@@ -2,6 +2,7 @@
 #include "commands.h"
 #include "registry.h"
 #include "server.h"
+#include "../kernelmgr/hmac.h"
 #include "../kernelmgr/kberr.h"
 #include "../kernelmgr/klog.h"
 #include "../kernelmgr/kutil.h"
@@ -49,6 +50,7 @@ static void s_usage(FILE *out)
             "  --default-kernel NAME     kernelspec used when none is named (default python3)\n"
             "  --env K=V                 environment variable for every kernel (repeatable)\n"
             "  --kernel-transport T      tcp (default) or ipc\n"
+            "  --signature-scheme S      hmac-sha256 (default) or hmac-sha512\n"
             "  --no-autorestart          do not restart kernels that die\n"
             "  --keep-alive S            seconds a disconnected session lives (default 60)\n"
             "  --keep-alive-max S        most a client may ask for (default 3600)\n"
@@ -101,7 +103,7 @@ int cmd_serve(int argc, char **argv)
     enum {
         O_IP = 256, O_PORT, O_TOKEN, O_ALLOW_HOST, O_ALLOW_ORIGIN, O_DEFAULT_KERNEL, O_ENV,
         O_TRANSPORT, O_NO_AUTORESTART, O_KEEP_ALIVE, O_KEEP_ALIVE_MAX, O_MAX_MESSAGE, O_MAX_BODY,
-        O_MAX_OUTBOUND, O_MAX_RETAINED, O_LOG_LEVEL, O_HELP
+        O_MAX_OUTBOUND, O_MAX_RETAINED, O_LOG_LEVEL, O_SCHEME, O_HELP
     };
     static const struct option longopts[] = {
         {"ip", required_argument, NULL, O_IP},
@@ -120,6 +122,7 @@ int cmd_serve(int argc, char **argv)
         {"max-outbound-bytes", required_argument, NULL, O_MAX_OUTBOUND},
         {"max-retained-output", required_argument, NULL, O_MAX_RETAINED},
         {"log-level", required_argument, NULL, O_LOG_LEVEL},
+        {"signature-scheme", required_argument, NULL, O_SCHEME},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     server_config_t cfg;
@@ -137,6 +140,7 @@ int cmd_serve(int argc, char **argv)
     const char *token = getenv("KBRIDGE_TOKEN");
     const char *default_kernel = getenv("KBRIDGE_DEFAULT_KERNEL");
     const char *transport = "tcp";
+    const char *scheme = "hmac-sha256";
     bool autorestart = true;
     json_t *env = json_object();
     int rc = 2, c;
@@ -162,6 +166,7 @@ int cmd_serve(int argc, char **argv)
             break;
         }
         case O_TRANSPORT: transport = optarg; break;
+        case O_SCHEME: scheme = optarg; break;
         case O_NO_AUTORESTART: autorestart = false; break;
         case O_KEEP_ALIVE:
             if (s_size_arg(optarg, &n)) goto bad;
@@ -194,6 +199,12 @@ int cmd_serve(int argc, char **argv)
         goto done;
     }
     if (cfg.keep_alive_ms > cfg.keep_alive_max_ms) cfg.keep_alive_ms = cfg.keep_alive_max_ms;
+    hmac_t *probe = hmac_new(scheme, "k", 1, NULL);
+    if (!probe) {
+        fprintf(stderr, "kbridge: unsupported signature scheme '%s' (hmac-sha256 or hmac-sha512)\n", scheme);
+        goto done;
+    }
+    hmac_destroy(&probe);
 
     char generated[49];
     if (!token) {
@@ -222,7 +233,7 @@ int cmd_serve(int argc, char **argv)
     memset(&st, 0, sizeof st);
     st.loop = uv_default_loop();
     registry_config_t rcfg = {rundir_path(rundir), kbridge_exe_path(), env, transport, kernel_name,
-                              autorestart};
+                              autorestart, scheme};
     st.registry = registry_new(st.loop, &rcfg);
     st.server = st.registry ? server_new(st.loop, &cfg, st.registry) : NULL;
     if (!st.server) {

@@ -13,7 +13,7 @@
 struct _registry_t {
     uv_loop_t *loop;
     registry_config_t config;
-    char *runtime_dir, *shim, *transport, *default_kernel;
+    char *runtime_dir, *shim, *transport, *default_kernel, *scheme;
     json_t *env;
     kentry_t **live;
     size_t nlive, cap;
@@ -69,6 +69,7 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     self->runtime_dir = kb_strdup(config->runtime_dir);
     self->shim = kb_strdup(config->shim);
     self->transport = kb_strdup(config->transport ? config->transport : "tcp");
+    self->scheme = kb_strdup(config->signature_scheme);
     self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
     self->env = config->env ? json_deep_copy(config->env) : json_object();
     self->config.autorestart = config->autorestart;
@@ -85,6 +86,7 @@ static void s_free_registry(uv_handle_t *handle)
         free(self->runtime_dir);
         free(self->shim);
         free(self->transport);
+        free(self->scheme);
         free(self->default_kernel);
         json_decref(self->env);
         free(self->live);
@@ -128,6 +130,7 @@ kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *
     opts.cwd = cwd;
     opts.env = merged;
     opts.transport = self->transport;
+    opts.signature_scheme = self->scheme;
     opts.runtime_dir = self->runtime_dir;
     opts.shim = self->shim;
     opts.autorestart = self->config.autorestart;

@@ -17,6 +17,7 @@ typedef struct {
     const char *transport;       //  "tcp" or "ipc"
     const char *default_kernel;  //  kernelspec used when none is named
     bool autorestart;            //  restart kernels that die
+    const char *signature_scheme;  //  "hmac-sha256" (NULL) or "hmac-sha512"
 } registry_config_t;
 
 //  Caller owns return value and must destroy it when done.

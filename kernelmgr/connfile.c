@@ -19,6 +19,7 @@
 struct _connfile_t {
     char *path;
     char *transport;
+    char *scheme;
     char *ip;
     char key[37];
     int ports[KCH_COUNT];
@@ -51,12 +52,17 @@ static int s_pick_tcp_ports(const char *ip, int ports[KCH_COUNT])
 }
 
 connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *kernel_name,
-                         const char *transport, const char *ip, int *err)
+                         const char *transport, const char *ip, const char *scheme, int *err)
 {
     int dummy;
     if (!err) err = &dummy;
     *err = KB_ENOMEM;
     if (!transport) transport = "tcp";
+    if (!scheme) scheme = "hmac-sha256";
+    if (strcmp(scheme, "hmac-sha256") != 0 && strcmp(scheme, "hmac-sha512") != 0) {
+        *err = KB_ESCHEME;
+        return NULL;
+    }
     bool ipc = strcmp(transport, "ipc") == 0;
     if (!ipc && strcmp(transport, "tcp") != 0) {
         *err = KB_EINVAL;
@@ -65,6 +71,7 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
     connfile_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
     self->transport = strdup(transport);
+    self->scheme = strdup(scheme);
     if (asprintf(&self->path, "%s/kernel-%s.json", dir, kernel_id) < 0) self->path = NULL;
     if (ip)
         self->ip = strdup(ip);
@@ -72,7 +79,7 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
         if (asprintf(&self->ip, "%s/kernel-%s-ipc", dir, kernel_id) < 0) self->ip = NULL;
     } else
         self->ip = strdup("127.0.0.1");
-    if (!self->transport || !self->path || !self->ip) goto fail;
+    if (!self->transport || !self->scheme || !self->path || !self->ip) goto fail;
     kb_uuid4(self->key);
 
     if (ipc) {
@@ -96,7 +103,7 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
                             "stdin_port", self->ports[KCH_STDIN], "control_port",
                             self->ports[KCH_CONTROL], "hb_port", self->ports[KCH_HB], "ip",
                             self->ip, "key", self->key, "transport", transport,
-                            "signature_scheme", "hmac-sha256", "kernel_name",
+                            "signature_scheme", scheme, "kernel_name",
                             kernel_name ? kernel_name : "");
     size_t len = 0;
     char *text = doc ? jx_dumps(doc, false, &len) : NULL;
@@ -139,6 +146,7 @@ void connfile_destroy(connfile_t **self_p, bool remove_files)
     for (int i = 0; i < KCH_COUNT; i++) free(self->endpoints[i]);
     free(self->path);
     free(self->transport);
+    free(self->scheme);
     free(self->ip);
     sodium_memzero(self->key, sizeof self->key);
     free(self);
@@ -157,8 +165,7 @@ const char *connfile_key(const connfile_t *self)
 
 const char *connfile_scheme(const connfile_t *self)
 {
-    (void) self;
-    return "hmac-sha256";
+    return self->scheme;
 }
 
 const char *connfile_endpoint(const connfile_t *self, kchan_type_t channel)

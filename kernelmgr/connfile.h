@@ -15,11 +15,12 @@
 typedef struct _connfile_t connfile_t;
 
 //  Choose ports and a fresh random key and write dir/kernel-<kernel_id>.json. transport
-//  is "tcp" (ip defaults to 127.0.0.1) or "ipc" (ip defaults to a path in dir).
-//  Returns NULL on failure with *err set (KB_EINVAL for an unknown transport, KB_EIO).
+//  is "tcp" (ip defaults to 127.0.0.1) or "ipc" (ip defaults to a path in dir); scheme is
+//  "hmac-sha256" (NULL) or "hmac-sha512". Returns NULL on failure with *err set
+//  (KB_EINVAL for an unknown transport, KB_ESCHEME for an unknown scheme, KB_EIO).
 //  Caller owns return value and must destroy it when done.
 connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *kernel_name,
-                         const char *transport, const char *ip, int *err);
+                         const char *transport, const char *ip, const char *scheme, int *err);
 
 //  Forget the connection; with remove_files, also delete the file and any ipc socket
 //  files left behind. Nullifies *self_p.

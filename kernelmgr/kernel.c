@@ -625,7 +625,8 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     if (!self->spec || !self->env || (opts->cwd && !self->cwd) || (opts->shim && !self->shim))
         goto fail;
     const char *dir = opts->runtime_dir ? opts->runtime_dir : "/tmp";
-    self->conn = connfile_new(dir, self->id, kspec_name(spec), opts->transport, opts->ip, err);
+    self->conn = connfile_new(dir, self->id, kspec_name(spec), opts->transport, opts->ip,
+                              opts->signature_scheme, err);
     if (!self->conn) goto fail;
     const char *key = connfile_key(self->conn);
     self->hmac = hmac_new(connfile_scheme(self->conn), key, strlen(key), err);

@@ -63,6 +63,7 @@ typedef struct {
     json_t *env;              //  extra environment (object of strings); borrowed
     const char *transport;    //  "tcp" (default) or "ipc"
     const char *ip;           //  default 127.0.0.1 (tcp)
+    const char *signature_scheme;  //  "hmac-sha256" (default) or "hmac-sha512"
     const char *runtime_dir;  //  where the connection file goes (must exist)
     const char *shim;         //  kbridge executable for the parent-death shim, or NULL
     bool autorestart;         //  restart automatically after an unexpected death

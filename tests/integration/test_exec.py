@@ -214,3 +214,10 @@ def test_kernel_that_exits_at_once_fails_to_start(kenv, tmp_path):
 def test_usage_errors(kenv):
     assert subprocess.run([kbridge_bin(), "exec"], env=kenv, capture_output=True).returncode == 2
     assert subprocess.run([kbridge_bin(), "bogus"], env=kenv, capture_output=True).returncode == 2
+
+
+def test_signature_schemes(kenv):
+    rc, ex, _ = run_exec(kenv, "'signed with sha512'", args=["--signature-scheme", "hmac-sha512"])
+    assert rc == 0 and main_text(ex[0]) == "'signed with sha512'"
+    rc, ex, err = run_exec(kenv, "1", args=["--signature-scheme", "hmac-md5"])
+    assert rc == 2 and ex == [] and "unsupported signature scheme" in err

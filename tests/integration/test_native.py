@@ -504,3 +504,21 @@ def test_default_listener_is_loopback_only(server):
         if addr.endswith(":" + port_hex) and state == "0A":  # LISTEN
             local.append(addr.split(":")[0])
     assert local == ["0100007F"], local
+
+
+def test_signature_scheme_option(tmp_path):
+    import subprocess
+    from conftest import kbridge_bin
+    bad = subprocess.run([kbridge_bin(), "serve", "--port", "0", "--signature-scheme", "hmac-md5"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "unsupported signature scheme" in bad.stderr
+    srv = KBridge(tmp_path, "--signature-scheme", "hmac-sha512")
+    try:
+        async def go():
+            c = await NativeClient.connect(srv)
+            _, end = await c.execute("'sha512 works'")
+            assert main_text(end["execution"]) == "'sha512 works'"
+            await c.close()
+        run(go())
+    finally:
+        srv.stop()

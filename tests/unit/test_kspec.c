@@ -123,7 +123,7 @@ static void test_connection_file(void **state)
 {
     (void) state;
     int err;
-    connfile_t *cf = connfile_new(s_tmp, "kid", "python3", "tcp", NULL, &err);
+    connfile_t *cf = connfile_new(s_tmp, "kid", "python3", "tcp", NULL, NULL, &err);
     assert_non_null(cf);
     struct stat st;
     assert_int_equal(stat(connfile_path(cf), &st), 0);
@@ -148,12 +148,15 @@ static void test_connection_file(void **state)
     connfile_destroy(&cf, true);
     assert_int_not_equal(access(path, F_OK), 0);
 
-    cf = connfile_new(s_tmp, "kid2", "python3", "ipc", NULL, &err);
+    cf = connfile_new(s_tmp, "kid2", "python3", "ipc", NULL, "hmac-sha512", &err);
     assert_non_null(cf);
     assert_non_null(strstr(connfile_endpoint(cf, KCH_IOPUB), "ipc://"));
+    assert_string_equal(connfile_scheme(cf), "hmac-sha512");
     connfile_destroy(&cf, true);
-    assert_null(connfile_new(s_tmp, "kid3", "python3", "udp", NULL, &err));
+    assert_null(connfile_new(s_tmp, "kid3", "python3", "udp", NULL, NULL, &err));
     assert_int_equal(err, KB_EINVAL);
+    assert_null(connfile_new(s_tmp, "kid4", "python3", "tcp", NULL, "hmac-md5", &err));
+    assert_int_equal(err, KB_ESCHEME);
 }
 
 int main(void)
