@@ -1,5 +1,6 @@
 /*  e2b - /execute, /contexts and /health as the E2B code interpreter serves them. */
 #include "e2b.h"
+#include "hwait.h"
 #include "jbuf.h"
 #include "execution.h"
 #include "kentry.h"
@@ -395,59 +396,27 @@ static void s_contexts_post(e2b_t *self, hreq_t *req)
     else s_reply_after(req, entry, CTX_CREATE);
 }
 
-typedef struct {
-    kwait_t wait;
-    hreq_t *req;
-    ctx_op_t op;
-    char id[64];
-} ctx_pending_t;
-
-static void s_on_ctx_close(hreq_t *req, void *arg)
+static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op)
 {
-    (void) req;
-    ctx_pending_t *p = arg;
-    kentry_unwait(&p->wait);
-    hreq_release(&p->req);
-    free(p);
-}
-
-static void s_on_ctx_wait(kwait_t *wait, kentry_t *entry, kwait_result_t result)
-{
-    ctx_pending_t *p = wait->arg;
-    hreq_on_close(p->req, NULL, NULL);
     char why[300];
-    if (p->op == CTX_DELETE) {
-        hreq_reply(p->req, 200, "application/json", "null", 4);
+    if (op == CTX_DELETE) {
+        hreq_reply(req, 200, "application/json", "null", 4);
     } else if (result != KWAIT_READY) {
-        snprintf(why, sizeof why, "Failed to %s context %s: %s", p->op == CTX_CREATE ? "create" : "restart",
-                 p->id, kernel_exit_reason(kentry_kernel(entry)));
-        hreq_reply_text(p->req, 500, why);
-        if (p->op == CTX_CREATE) kentry_shutdown(entry);
-    } else if (p->op == CTX_CREATE) {
-        hreq_reply_json(p->req, 200, s_context_model(entry));
+        snprintf(why, sizeof why, "Failed to %s context %s: %s", op == CTX_CREATE ? "create" : "restart",
+                 kentry_id(entry), kernel_exit_reason(kentry_kernel(entry)));
+        hreq_reply_text(req, 500, why);
+        if (op == CTX_CREATE) kentry_shutdown(entry);
+    } else if (op == CTX_CREATE) {
+        hreq_reply_json(req, 200, s_context_model(entry));
     } else {
-        hreq_reply(p->req, 200, "application/json", "null", 4);
+        hreq_reply(req, 200, "application/json", "null", 4);
     }
-    hreq_release(&p->req);
-    free(p);
 }
 
 //  Answer req once entry has gone through its next transition.
 static void s_reply_after(hreq_t *req, kentry_t *entry, ctx_op_t op)
 {
-    ctx_pending_t *p = calloc(1, sizeof *p);
-    if (!p) {
-        hreq_reply_text(req, 500, "out of memory");
-        return;
-    }
-    p->req = req;
-    p->op = op;
-    snprintf(p->id, sizeof p->id, "%s", kentry_id(entry));
-    hreq_hold(req);
-    hreq_on_close(req, s_on_ctx_close, p);
-    p->wait.fn = s_on_ctx_wait;
-    p->wait.arg = p;
-    kentry_wait(entry, &p->wait);
+    hwait_start(req, entry, s_reply_transition, (int) op);
 }
 
 static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *action)

@@ -1,5 +1,6 @@
 /*  jupyter - Jupyter Server REST kernels/sessions API and channels WebSockets. */
 #include "jupyter.h"
+#include "hwait.h"
 #include "jconn.h"
 #include "kentry.h"
 #include "lwsx.h"
@@ -42,14 +43,6 @@ struct _jupyter_t {
     jlink_t *conns;
     int nconns;
 };
-
-//  A request waiting for a kernel transition (restart, delete).
-typedef struct {
-    kwait_t wait;
-    hreq_t *req;
-    jupyter_t *jupyter;
-    int kind;  //  0 restart, 1 delete
-} jpending_t;
 
 static registry_t *s_registry(jupyter_t *self)
 {
@@ -245,47 +238,19 @@ static void s_kernels_post(jupyter_t *self, hreq_t *req)
     hreq_reply_json(req, 201, kentry_model_jupyter(entry));
 }
 
-static void s_on_pending_close(hreq_t *req, void *arg)
-{
-    (void) req;
-    jpending_t *p = arg;
-    kentry_unwait(&p->wait);
-    hreq_release(&p->req);
-    free(p);
-}
+enum { WAIT_RESTART, WAIT_DELETE };
 
-static void s_on_pending_wait(kwait_t *wait, kentry_t *entry, kwait_result_t result)
+static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op)
 {
-    jpending_t *p = wait->arg;
-    hreq_on_close(p->req, NULL, NULL);
-    if (p->kind == 1) {
-        hreq_reply(p->req, 204, NULL, NULL, 0);
+    if (op == WAIT_DELETE) {
+        hreq_reply(req, 204, NULL, NULL, 0);
     } else if (result == KWAIT_READY) {
-        hreq_reply_json(p->req, 200, kentry_model_jupyter(entry));
+        hreq_reply_json(req, 200, kentry_model_jupyter(entry));
     } else {
         char message[256];
         snprintf(message, sizeof message, "Kernel restart failed: %s", kernel_exit_reason(kentry_kernel(entry)));
-        hreq_reply_error(p->req, 500, message);
+        hreq_reply_error(req, 500, message);
     }
-    hreq_release(&p->req);
-    free(p);
-}
-
-static void s_wait_then_reply(jupyter_t *self, hreq_t *req, kentry_t *entry, int kind)
-{
-    jpending_t *p = calloc(1, sizeof *p);
-    if (!p) {
-        hreq_reply_error(req, 500, "out of memory");
-        return;
-    }
-    p->jupyter = self;
-    p->kind = kind;
-    p->req = req;
-    hreq_hold(req);
-    hreq_on_close(req, s_on_pending_close, p);
-    p->wait.fn = s_on_pending_wait;
-    p->wait.arg = p;
-    kentry_wait(entry, &p->wait);
 }
 
 static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
@@ -321,14 +286,14 @@ static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
     if (*action == '\0' && m == HM_GET) {
         hreq_reply_json(req, 200, kentry_model_jupyter(entry));
     } else if (*action == '\0' && m == HM_DELETE) {
-        s_wait_then_reply(self, req, entry, 1);
+        hwait_start(req, entry, s_reply_transition, WAIT_DELETE);
         kentry_shutdown(entry);
     } else if (strcmp(action, "interrupt") == 0 && m == HM_POST) {
         int rc = runner_interrupt(kentry_runner(entry));
         if (rc) hreq_reply_error(req, 500, kb_strerror(rc));
         else hreq_reply(req, 204, NULL, NULL, 0);
     } else if (strcmp(action, "restart") == 0 && m == HM_POST) {
-        s_wait_then_reply(self, req, entry, 0);
+        hwait_start(req, entry, s_reply_transition, WAIT_RESTART);
         //  Refused only while shutting down; the waiter then hears of the shutdown.
         kentry_restart(entry);
     } else if (strcmp(action, "channels") == 0) {
@@ -510,7 +475,7 @@ static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
         json_decref(s->model);
         free(s);
         if (entry) {
-            s_wait_then_reply(self, req, entry, 1);
+            hwait_start(req, entry, s_reply_transition, WAIT_DELETE);
             kentry_shutdown(entry);
         } else {
             hreq_reply(req, 204, NULL, NULL, 0);
