@@ -69,8 +69,11 @@ struct _kernel_t {
     char language[64];
     char exit_reason[160];
 
-    //  readiness
+    //  readiness: a kernel_info_reply and an iopub message from the same kernel session
+    //  (the process's own id), so stale messages of a previous process do not count
     bool got_reply, got_iopub;
+    char reply_session[128], iopub_session[128];
+    char epoch[32];  //  when this readiness cycle began (ISO-8601, comparable as text)
     uint64_t ready_at;
     //  shutdown / restart
     bool shutting_down, restart_pending, shutdown_done;
@@ -324,6 +327,8 @@ static void s_on_nudge(uv_timer_t *timer)
 static void s_start_readiness(kernel_t *self)
 {
     self->got_reply = self->got_iopub = false;
+    self->reply_session[0] = self->iopub_session[0] = '\0';
+    kb_now_iso(self->epoch);
     self->ready_at = 0;
     uv_timer_start(&self->nudge_timer, s_on_nudge, 0, NUDGE_INTERVAL_MS);
 }
@@ -374,6 +379,7 @@ static void s_check_ready(kernel_t *self)
     if ((self->state != KERNEL_STARTING && self->state != KERNEL_RESTARTING) ||
         !self->got_reply || !self->got_iopub || self->shutting_down || self->restart_pending)
         return;
+    if (strcmp(self->reply_session, self->iopub_session) != 0) return;
     uv_timer_stop(&self->nudge_timer);
     uv_timer_stop(&self->deadline_timer);
     self->state = KERNEL_IDLE;
@@ -394,8 +400,12 @@ static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
     kernel_t *self = arg;
     kchan_type_t type = kchan_type(chan);
     const char *msg_type = jmsg_type(msg);
+    const char *session = "";
+    jx_get_str(jmsg_header(msg), "session", &session, true);
     if (type == KCH_IOPUB) {
         self->got_iopub = true;
+        if (strcmp(session, self->reply_session) == 0 || !self->got_reply)
+            snprintf(self->iopub_session, sizeof self->iopub_session, "%s", session);
         if (strcmp(msg_type, "status") == 0) {
             const char *state = NULL;
             jx_get_str(jmsg_content(msg), "execution_state", &state, true);
@@ -418,7 +428,14 @@ static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
             jx_get_str(li, "name", &lang, true);
             if (lang) snprintf(self->language, sizeof self->language, "%s", lang);
         }
-        self->got_reply = true;
+        //  A reply to a nudge of this cycle (our requests carry their send time) decides
+        //  which process is the live one; iopub from another session does not count.
+        const char *asked = "";
+        jx_get_str(jmsg_parent(msg), "date", &asked, true);
+        if (!self->got_reply && strcmp(asked, self->epoch) >= 0) {
+            snprintf(self->reply_session, sizeof self->reply_session, "%s", session);
+            self->got_reply = true;
+        }
     }
     if (!self->destroyed && self->events.on_msg) self->events.on_msg(self, type, msg, self->arg);
     if (!self->destroyed) s_check_ready(self);

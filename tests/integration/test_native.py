@@ -522,3 +522,18 @@ def test_signature_scheme_option(tmp_path):
         run(go())
     finally:
         srv.stop()
+
+
+def test_first_outputs_after_restart_are_not_lost(server):
+    # After a restart the kernel's SUB may still hold the old process's last messages;
+    # readiness must come from the new process, or its first outputs go missing.
+    async def go():
+        c = await NativeClient.connect(server)
+        kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+        for i in range(5):
+            assert (await c.request(op="restart_kernel", kernel_id=kid))["type"] == "ok"
+            _, end = await c.execute(f"print('first {i}')", kernel_id=kid)
+            assert end["execution"]["logs"]["stdout"] == [f"first {i}\n"], end
+        await c.request(op="shutdown_kernel", kernel_id=kid)
+        await c.close()
+    run(go())
