@@ -6,6 +6,7 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static void s_usage(FILE *out)
 {
@@ -21,6 +22,14 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "__kernel-shim") == 0) return cmd_kernel_shim(argc - 1, argv + 1);
     //  czmq must not install its own SIGINT/SIGTERM handlers: the loop handles signals.
     zsys_handler_set(NULL);
+    //  Each kernel holds five ZeroMQ sockets and each Jupyter channels connection three
+    //  more: lift the soft fd limit to the hard one (libzmq's own cap is raised when the
+    //  first kernel starts, see kernel.c).
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     if (sodium_init() < 0) {
         fprintf(stderr, "kbridge: libsodium failed to initialize\n");
         return 1;

@@ -595,9 +595,21 @@ static void s_timer_closed(uv_handle_t *handle)
     }
 }
 
+//  libzmq allows 1023 sockets per context by default; a kernel takes five and each Jupyter
+//  channels connection three more. The cap can only change before the first socket exists,
+//  and creating the context earlier would cost idle memory, so it is raised here, once.
+static void s_configure_zmq(void)
+{
+    static bool done;
+    if (done) return;
+    done = true;
+    zsys_set_max_sockets(4096);
+}
+
 kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *opts,
                      const kernel_events_t *events, void *arg, int *err)
 {
+    s_configure_zmq();
     int dummy;
     if (!err) err = &dummy;
     *err = KB_ENOMEM;
