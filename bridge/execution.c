@@ -1,5 +1,6 @@
 /*  execution - one execute_request's iopub/shell traffic as an Execution object. */
 #include "execution.h"
+#include <libwebsockets.h>
 #include "../kernelmgr/jx.h"
 
 #include <stdio.h>
@@ -134,24 +135,14 @@ static void s_apply_pending_clear(execution_t *self)
 // ---------------------------------------------------------------------------------------
 //  Values
 
-//  A string token that failed validation (invalid UTF-8 from a kernel, say): decode what
-//  jansson accepts, else keep the printable ASCII and mark the rest U+FFFD.
+//  A string token that failed validation (invalid UTF-8 from a kernel, a lone surrogate):
+//  keep what is well formed, mark the rest U+FFFD.
 static void s_add_sanitized_string(jbuf_t *b, jraw_t v)
 {
-    json_t *decoded = jraw_decode(v);
-    if (json_is_string(decoded)) {
-        jbuf_add_json(b, decoded);
-        json_decref(decoded);
-        return;
-    }
-    json_decref(decoded);
-    jbuf_add(b, "\"", 1);
-    for (size_t i = 1; i + 1 < v.len; i++) {
-        unsigned char c = (unsigned char) v.p[i];
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') jbuf_add(b, &c, 1);
-        else jbuf_adds(b, "\\ufffd");
-    }
-    jbuf_add(b, "\"", 1);
+    jbuf_reserve(b, 6 * v.len + 2);
+    if (b->failed) return;
+    b->len += jraw_sanitize_string(v, b->raw + LWS_PRE + b->len);
+    b->raw[LWS_PRE + b->len] = '\0';
 }
 
 //  Add any raw value as valid JSON: strings spliced when valid, structures re-encoded by

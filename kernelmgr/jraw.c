@@ -112,9 +112,23 @@ int jraw_member(jraw_t obj, const char *key, jraw_t *value)
     return -1;
 }
 
-static int s_hex(char c)
+static int s_hexval(char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+//  The code unit of a \uXXXX escape at p, or -1 if there is none.
+static int s_unit(const unsigned char *p, const unsigned char *end)
+{
+    if (end - p < 6 || p[0] != '\\' || p[1] != 'u') return -1;
+    int v = 0;
+    for (int i = 2; i < 6; i++) {
+        int h = s_hexval((char) p[i]);
+        if (h < 0) return -1;
+        v = v * 16 + h;
+    }
+    return v;
 }
 
 //  True if none of the 8 bytes needs a closer look: all in 0x20..0x7F except '"' and '\\'.
@@ -149,11 +163,18 @@ bool jraw_string_valid(jraw_t v)
             if (p + 1 >= end) return false;
             char e = (char) p[1];
             if (e == 'u') {
-                if (p + 6 > end || !s_hex((char) p[2]) || !s_hex((char) p[3]) || !s_hex((char) p[4]) ||
-                    !s_hex((char) p[5]))
-                    return false;
+                int unit = s_unit(p, end);
+                if (unit < 0) return false;
+                //  Surrogates must pair: a lone one is legal syntax that strict parsers
+                //  (jansson among them) refuse.
+                if (unit >= 0xDC00 && unit <= 0xDFFF) return false;
+                if (unit >= 0xD800 && unit <= 0xDBFF) {
+                    int low = s_unit(p + 6, end);
+                    if (low < 0xDC00 || low > 0xDFFF) return false;
+                    p += 6;
+                }
                 p += 6;
-            } else if (strchr("\"\\/bfnrt", e) && e) {
+            } else if (e && strchr("\"\\/bfnrt", e)) {
                 p += 2;
             } else {
                 return false;
@@ -174,6 +195,89 @@ bool jraw_string_valid(jraw_t v)
         }
     }
     return true;
+}
+
+//  Length of the UTF-8 sequence at p if it is well formed, else 0.
+static int s_utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0];
+    int n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : -1;
+    if (n < 0 || c > 0xF4 || p + n >= end) return 0;
+    for (int i = 1; i <= n; i++)
+        if ((p[i] & 0xC0) != 0x80) return 0;
+    if ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] >= 0xA0) || (c == 0xF0 && p[1] < 0x90) ||
+        (c == 0xF4 && p[1] >= 0x90))
+        return 0;
+    return n + 1;
+}
+
+size_t jraw_sanitize_string(jraw_t v, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *) v.p, *end = p + v.len;
+    char *o = out;
+    if (v.len >= 2 && p[0] == '"' && end[-1] == '"') {
+        p++;
+        end--;
+    }
+    *o++ = '"';
+    while (p < end) {
+        unsigned char c = *p;
+        if (c == '\\') {
+            int unit = s_unit(p, end);
+            if (unit >= 0xD800 && unit <= 0xDBFF) {
+                int low = s_unit(p + 6, end);
+                if (low >= 0xDC00 && low <= 0xDFFF) {
+                    memcpy(o, p, 12);
+                    o += 12;
+                    p += 12;
+                    continue;
+                }
+            }
+            if (unit >= 0 && !(unit >= 0xD800 && unit <= 0xDFFF)) {
+                memcpy(o, p, 6);
+                o += 6;
+                p += 6;
+            } else if (unit >= 0) {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+                p += 6;
+            } else if (p + 1 < end && p[1] && strchr("\"\\/bfnrt", (char) p[1])) {
+                memcpy(o, p, 2);
+                o += 2;
+                p += 2;
+            } else {
+                //  A broken escape: only the backslash is lost, what follows is text.
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+                p++;
+            }
+        } else if (c == '"' || c < 0x20) {
+            *o++ = '\\';
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 0xF];
+            p++;
+        } else if (c < 0x80) {
+            *o++ = (char) c;
+            p++;
+        } else {
+            int n = s_utf8_len(p, end);
+            if (n) {
+                memcpy(o, p, (size_t) n);
+                o += n;
+                p += n;
+            } else {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+                p++;
+            }
+        }
+    }
+    *o++ = '"';
+    return (size_t) (o - out);
 }
 
 json_t *jraw_decode(jraw_t v)

@@ -37,9 +37,14 @@ static inline char jraw_kind(jraw_t v)
     return v.len ? v.p[0] : '\0';
 }
 
-//  True if v is a complete, valid JSON string token: quotes, legal escapes, no raw
-//  control characters, well-formed UTF-8.
+//  True if v is a complete, valid JSON string token: quotes, legal escapes (surrogate
+//  escapes in pairs), no raw control characters, well-formed UTF-8.
 bool jraw_string_valid(jraw_t v);
+
+//  Write a valid JSON string token for a string token that is not: what is well formed is
+//  kept, broken escapes, lone surrogates and bytes that are not UTF-8 become U+FFFD, raw
+//  control characters are escaped. out must hold 6 * v.len + 2 bytes. Returns the length.
+size_t jraw_sanitize_string(jraw_t v, char *out);
 
 //  True if the raw key token equals key (keys with escapes are decoded to compare).
 bool jraw_key_is(jraw_t key, const char *name);

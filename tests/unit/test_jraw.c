@@ -62,6 +62,48 @@ static void test_string_validation_agrees_with_jansson(void **state)
     assert_false(jraw_string_valid(R("\"\xed\xa0\x80\"")));   //  a UTF-8 encoded surrogate
     assert_false(jraw_string_valid(R("\"\xf4\x90\x80\x80\""))); //  above U+10FFFF
     assert_false(jraw_string_valid(R("\"a\nb\"")));           //  raw newline
+    //  Surrogate escapes must pair: jansson refuses a lone one, so splicing it would
+    //  hand clients a document their parser rejects.
+    assert_false(jraw_string_valid(R("\"\\ud800\"")));
+    assert_false(jraw_string_valid(R("\"\\udc00\"")));
+    assert_false(jraw_string_valid(R("\"\\ud800x\"")));
+    assert_false(jraw_string_valid(R("\"\\ud800\\u0041\"")));
+    assert_false(jraw_string_valid(R("\"\\ud800\\ud800\"")));
+    assert_true(jraw_string_valid(R("\"\\uD800\\uDC00\"")));
+}
+
+//  Decode a sanitized token with jansson: it must parse, and give back expected.
+static void s_check_sanitized(const char *token, const char *expected)
+{
+    jraw_t v = R(token);
+    char *out = malloc(6 * v.len + 2 + 1);
+    size_t n = jraw_sanitize_string(v, out);
+    out[n] = '\0';
+    jraw_t o = {out, n};
+    assert_true(jraw_string_valid(o));
+    char doc[512];
+    snprintf(doc, sizeof doc, "[%s]", out);
+    json_error_t err;
+    json_t *arr = json_loads(doc, 0, &err);
+    if (!arr) fail_msg("jansson refused %s: %s", out, err.text);
+    assert_string_equal(json_string_value(json_array_get(arr, 0)), expected);
+    json_decref(arr);
+    free(out);
+}
+
+static void test_sanitize(void **state)
+{
+    (void) state;
+    //  Valid content survives; only the broken parts become U+FFFD.
+    s_check_sanitized("\"ok \\n \\u00e9 \\ud83d\\ude00\"", "ok \n \xc3\xa9 \xf0\x9f\x98\x80");
+    s_check_sanitized("\"a\\ud800b\"", "a\xef\xbf\xbd" "b");
+    s_check_sanitized("\"a\\udc00\"", "a\xef\xbf\xbd");
+    s_check_sanitized("\"\\ud800\\ud800\\udc00\"", "\xef\xbf\xbd\xf0\x90\x80\x80");
+    s_check_sanitized("\"x\xff\xc3y\"", "x\xef\xbf\xbd\xef\xbf\xbdy");
+    s_check_sanitized("\"tab\there\x01\"", "tab\there\x01");
+    s_check_sanitized("\"bad \\q escape\"", "bad \xef\xbf\xbdq escape");
+    s_check_sanitized("\"short \\u12\"", "short \xef\xbf\xbd" "u12");
+    s_check_sanitized("\"\xed\xa0\x80 enc surrogate\"", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd enc surrogate");
 }
 
 static void test_members(void **state)
@@ -109,6 +151,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_string_validation_agrees_with_jansson),
+        cmocka_unit_test(test_sanitize),
         cmocka_unit_test(test_members),
         cmocka_unit_test(test_ascii),
     };
