@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,19 +24,46 @@ struct _connfile_t {
     char *ip;
     char key[37];
     int ports[KCH_COUNT];
+    bool ports_held;  //  marked taken in s_ports_taken until destroyed
     char *endpoints[KCH_COUNT];
 };
 
-//  Bind KCH_COUNT sockets to port 0 together so the kernel gets distinct free ports.
+//  Ports handed to kernels that still hold them. The OS may give a port we just released
+//  to the next bind(0) while the kernel it was chosen for is still starting (and has not
+//  bound it yet): with 20 kernels starting at once that happened in tests. Nobody else in
+//  this process picks ports, so a bitmap is enough (jupyter_client keeps a LocalPortCache
+//  for the same reason).
+static uint8_t s_ports_taken[65536 / 8];
+
+static bool s_port_taken(int port)
+{
+    return s_ports_taken[port >> 3] & (1u << (port & 7));
+}
+
+static void s_port_mark(int port, bool taken)
+{
+    if (port <= 0 || port > 65535) return;
+    if (taken) s_ports_taken[port >> 3] |= (uint8_t) (1u << (port & 7));
+    else s_ports_taken[port >> 3] &= (uint8_t) ~(1u << (port & 7));
+}
+
+//  Bind sockets to port 0 until KCH_COUNT distinct ports not already handed to another
+//  kernel are held, all open together so they differ from each other too.
 static int s_pick_tcp_ports(const char *ip, int ports[KCH_COUNT])
 {
-    int fds[KCH_COUNT];
-    int rc = KB_OK, opened = 0;
+    enum { MAX_TRIES = KCH_COUNT + 64 };
+    int fds[MAX_TRIES];
+    int rc = KB_OK, opened = 0, found = 0;
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     if (inet_pton(AF_INET, ip, &addr.sin_addr) != 1) return KB_EINVAL;
-    for (; opened < KCH_COUNT; opened++) {
+    while (found < KCH_COUNT) {
+        if (opened == MAX_TRIES) {
+            errno = EADDRINUSE;
+            rc = KB_EIO;
+            break;
+        }
         fds[opened] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         socklen_t len = sizeof addr;
         addr.sin_port = 0;
@@ -45,9 +73,14 @@ static int s_pick_tcp_ports(const char *ip, int ports[KCH_COUNT])
             rc = KB_EIO;
             break;
         }
-        ports[opened] = ntohs(addr.sin_port);
+        int port = ntohs(addr.sin_port);
+        opened++;
+        //  A taken port stays bound here until the end, so the next bind(0) differs.
+        if (!s_port_taken(port)) ports[found++] = port;
     }
     for (int i = 0; i < opened; i++) close(fds[i]);
+    if (rc == KB_OK)
+        for (int i = 0; i < KCH_COUNT; i++) s_port_mark(ports[i], true);
     return rc;
 }
 
@@ -87,7 +120,8 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
     } else if ((*err = s_pick_tcp_ports(self->ip, self->ports)) != KB_OK) {
         klog_error("cannot choose ports on %s: %s", self->ip, strerror(errno));
         goto fail;
-    }
+    } else
+        self->ports_held = true;
     for (int i = 0; i < KCH_COUNT; i++) {
         int n = ipc ? asprintf(&self->endpoints[i], "ipc://%s-%d", self->ip, self->ports[i])
                     : asprintf(&self->endpoints[i], "tcp://%s:%d", self->ip, self->ports[i]);
@@ -143,6 +177,8 @@ void connfile_destroy(connfile_t **self_p, bool remove_files)
                 unlink(file);
             }
     }
+    if (self->ports_held)
+        for (int i = 0; i < KCH_COUNT; i++) s_port_mark(self->ports[i], false);
     for (int i = 0; i < KCH_COUNT; i++) free(self->endpoints[i]);
     free(self->path);
     free(self->transport);

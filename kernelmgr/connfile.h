@@ -1,8 +1,10 @@
 /*  connfile - a kernel's connection file: transport, ports, HMAC key.
 
     Written with mode 0600 before the kernel starts; the kernel binds every endpoint and
-    kbridge connects. TCP ports are chosen by binding port 0 (racy, as in jupyter_client,
-    but all five are held open together so they never collide with each other). For the
+    kbridge connects. TCP ports are chosen by binding port 0 (racy against other programs,
+    as in jupyter_client, but all five are held open together so they differ, and a port
+    stays reserved in this process until its connfile is destroyed, so two kernels
+    starting at once never get the same one). For the
     ipc transport, "ip" is a path prefix and endpoints are ipc://{ip}-{port}.
 */
 #ifndef CONNFILE_H

@@ -159,6 +159,35 @@ static void test_connection_file(void **state)
     assert_int_equal(err, KB_ESCHEME);
 }
 
+//  Kernels starting together must not share ports: a port released by one connfile's
+//  probe used to be handed by bind(0) to the next while the first kernel had yet to bind
+//  it. 300 live connfiles (1,500 ports) collide almost surely if nothing prevents it.
+static void test_live_connfiles_never_share_ports(void **state)
+{
+    (void) state;
+    enum { N = 300 };
+    static connfile_t *files[N];
+    static unsigned char seen[65536];
+    memset(seen, 0, sizeof seen);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            char id[32];
+            snprintf(id, sizeof id, "many-%d", i);
+            int err;
+            files[i] = connfile_new(s_tmp, id, "python3", "tcp", NULL, NULL, &err);
+            assert_non_null(files[i]);
+            for (int c = 0; c < KCH_COUNT; c++) {
+                int port = atoi(strrchr(connfile_endpoint(files[i], (kchan_type_t) c), ':') + 1);
+                assert_true(port > 0 && port < 65536);
+                if (seen[port] == round + 1) fail_msg("port %d handed out twice", port);
+                seen[port] = (unsigned char) (round + 1);
+            }
+        }
+        //  Destroyed files give their ports back: the second round must not run dry.
+        for (int i = 0; i < N; i++) connfile_destroy(&files[i], true);
+    }
+}
+
 int main(void)
 {
     klog_set_level(KLOG_QUIET);
@@ -166,6 +195,7 @@ int main(void)
         cmocka_unit_test(test_find_template_env),
         cmocka_unit_test(test_names_and_invalid_specs),
         cmocka_unit_test(test_connection_file),
+        cmocka_unit_test(test_live_connfiles_never_share_ports),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
