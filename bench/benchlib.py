@@ -32,6 +32,7 @@ import os
 import tempfile
 import platform
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -253,6 +254,24 @@ def pss_kb(pid: int) -> int:
 def children(pid: int):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
+
+
+def stop_server(proc, timeout: float = 20.0):
+    """SIGTERM a server (it shuts its kernels down), then SIGKILL it and its children."""
+    if proc.poll() is not None:
+        return
+    kids = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for k in set(kids) | set(children(proc.pid)):
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait(5)
 
 
 def cpu_s(pid: int) -> float:

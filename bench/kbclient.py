@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -54,19 +53,7 @@ class KBridgeHandle(ServerHandle):
         """SIGTERM: kbridge shuts its kernels down (shutdown_request, then signals)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            kids = B.children(self.proc.pid)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                for k in kids:
-                    try:
-                        os.kill(k, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                self.proc.kill()
-                self.proc.wait(5)
+        B.stop_server(self.proc)
         if self.workdir and os.path.isdir(self.workdir):
             shutil.rmtree(self.workdir, ignore_errors=True)
 

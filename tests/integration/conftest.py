@@ -6,7 +6,6 @@ may still mention it and no file may be left in it: nothing orphaned.
 """
 import os
 import pathlib
-import subprocess
 import time
 
 import pytest

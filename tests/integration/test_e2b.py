@@ -6,7 +6,6 @@ JSON, one whole line per chunk, no blank lines, keepalives, the body ending afte
 end_of_execution), and every kind of bad input is sent.
 """
 import json
-import os
 import socket
 import threading
 import time
@@ -14,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from kbharness import KBridge, NativeClient, run
+from kbharness import KBridge
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,8 @@
 """Issue 2: `kbridge exec` against a real ipykernel, end to end."""
 import json
-import os
 import signal
 import subprocess
 import time
-
-import pytest
 
 from conftest import kbridge_bin
 

@@ -7,13 +7,12 @@ also decoded with Jupyter Server's own deserializers.
 import asyncio
 import json
 import struct
-import time
 import urllib.request
 
 import pytest
 import websockets
 
-from jws import Channels, V1, execute_msg, make_msg, v1_encode, v1_frame
+from jws import Channels, V1, execute_msg, make_msg, v1_frame
 from kbharness import KBridge, NativeClient, run
 
 
@@ -143,7 +142,7 @@ def test_sessions(server, tmp_path):
 
 @pytest.mark.parametrize("proto", ["v1", "legacy"])
 def test_channels_execute_and_reference_deserializers(server, proto):
-    from jupyter_server.base.zmqhandlers import deserialize_binary_message, deserialize_msg_from_ws_v1
+    from jupyter_server.base.zmqhandlers import deserialize_msg_from_ws_v1
     kid = start_kernel(server)["id"]
 
     async def go():

@@ -5,7 +5,6 @@ Every server message is validated against schema/native.schema.json (kbharness).
 import asyncio
 import json
 import os
-import signal
 import socket
 import time
 import urllib.request
@@ -120,9 +119,9 @@ def test_many_requests_in_flight_fifo_and_parallel_kernels(server):
         await c.execute("n = 0", kernel_id=k2)
         ids = []
         for i in range(1000):
-            ids.append(await c.send(op="execute", code=f"n += 1; n", id=f"a{i}"))
+            ids.append(await c.send(op="execute", code="n += 1; n", id=f"a{i}"))
         for i in range(20):
-            ids.append(await c.send(op="execute", code=f"n += 1; n", id=f"b{i}", kernel_id=k2))
+            ids.append(await c.send(op="execute", code="n += 1; n", id=f"b{i}", kernel_id=k2))
         ends = {}
         while len(ends) < len(ids):
             m = await c.recv(timeout=120)
