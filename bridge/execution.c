@@ -513,6 +513,13 @@ void execution_fail(execution_t *self, const char *name, const char *value)
     s_finish(self);
 }
 
+void execution_end_unreplied(execution_t *self, const char *name, const char *value)
+{
+    if (self->done) return;
+    if (!self->error) s_set_error(self, name, value, "");
+    s_finish(self);
+}
+
 void execution_mute(execution_t *self)
 {
     self->muted = true;
@@ -526,6 +533,11 @@ bool execution_done(const execution_t *self)
 bool execution_settled(const execution_t *self)
 {
     return self->got_reply && self->got_idle;
+}
+
+bool execution_idle_unreplied(const execution_t *self)
+{
+    return self->got_idle && !self->got_reply;
 }
 
 const char *execution_msg_id(const execution_t *self)

@@ -60,6 +60,11 @@ void execution_on_message(execution_t *self, kchan_type_t channel, jmsg_t *msg);
 //  a timeout, a restart): reports an error event and the end. No-op once done.
 void execution_fail(execution_t *self, const char *name, const char *value);
 
+//  End an execution the kernel went idle on without ever replying to (ipykernel does that
+//  when an interrupt lands outside the cell's code, or a handler raises): the error is
+//  name/value unless the kernel already reported one. No-op once done.
+void execution_end_unreplied(execution_t *self, const char *name, const char *value);
+
 //  Stop reporting events (the requester left); aggregation goes on.
 void execution_mute(execution_t *self);
 
@@ -67,6 +72,8 @@ bool execution_done(const execution_t *self);
 //  True once the kernel itself finished the request (reply and idle both seen), which
 //  can come after execution_fail() ended it for the requester.
 bool execution_settled(const execution_t *self);
+//  True if status idle arrived for the request but its reply has not.
+bool execution_idle_unreplied(const execution_t *self);
 const char *execution_msg_id(const execution_t *self);
 
 //  Append the Execution object to b: {"results", "logs": {"stdout", "stderr"}, "error",

@@ -13,6 +13,12 @@
 //  After an interrupt, how long the queue waits for the interrupted request to settle
 //  before it gives up on it and moves on.
 #define DRAIN_TIMEOUT_MS 10000
+//  A kernel sends execute_reply before its status idle, so once idle is in, the reply is
+//  at most a loop turn behind. ipykernel never sends one when an interrupt lands outside
+//  the cell's code (between execute_input and the code, or in its own machinery after)
+//  or a handler raises: after this long the run ends without it, instead of hanging the
+//  queue.
+#define REPLY_GRACE_MS 2000
 
 struct _run_t {
     runner_t *runner;
@@ -35,7 +41,9 @@ struct _runner_t {
     run_t *head, *tail;
     run_t *current;
     bool draining;
+    bool interrupted;  //  the kernel was interrupted while the current run ran
     uv_timer_t timer;  //  the current run's timeout, then its drain deadline
+    uv_timer_t grace;  //  the current run went idle without a reply: REPLY_GRACE_MS
     uv_timer_t kick;   //  dispatches on the next loop turn, never inside runner_execute
     int open_handles;
     runner_listener_t *listeners;
@@ -86,8 +94,26 @@ static void s_complete_current(runner_t *self)
     self->current = NULL;
     self->draining = false;
     uv_timer_stop(&self->timer);
+    uv_timer_stop(&self->grace);
     s_free_run(run);
     s_dispatch(self);
+}
+
+static void s_on_reply_grace(uv_timer_t *timer)
+{
+    runner_t *self = timer->data;
+    run_t *run = self->current;
+    if (!run) return;
+    klog_warn("kernel %.8s: went idle without an execute_reply%s; ending the run",
+              kernel_id(self->kernel), self->interrupted ? " (interrupted)" : "");
+    if (self->interrupted)
+        execution_end_unreplied(run->exec, "KeyboardInterrupt",
+                                "The kernel was interrupted outside the cell's code "
+                                "and sent no execute_reply");
+    else
+        execution_end_unreplied(run->exec, "KernelError",
+                                "The kernel went idle without sending execute_reply");
+    s_complete_current(self);
 }
 
 static void s_on_drain_timeout(uv_timer_t *timer)
@@ -102,6 +128,7 @@ static void s_start_drain(runner_t *self)
 {
     if (self->draining) return;
     self->draining = true;
+    self->interrupted = true;
     kernel_interrupt(self->kernel);
     uv_timer_start(&self->timer, s_on_drain_timeout, DRAIN_TIMEOUT_MS, 0);
 }
@@ -156,6 +183,7 @@ static void s_dispatch(runner_t *self)
             continue;
         }
         self->current = run;
+        self->interrupted = false;
         if (run->timeout_ms) uv_timer_start(&self->timer, s_on_run_timeout, run->timeout_ms, 0);
     }
 }
@@ -167,6 +195,7 @@ static void s_fail_all(runner_t *self, const char *name, const char *value)
     self->current = NULL;
     self->draining = false;
     uv_timer_stop(&self->timer);
+    uv_timer_stop(&self->grace);
     if (run) {
         s_fail_run(run, name, value);
         s_free_run(run);
@@ -189,6 +218,9 @@ static void s_on_kernel_msg(kernel_t *kernel, kchan_type_t channel, jmsg_t *msg,
     if (run && parent && strcmp(parent, execution_msg_id(run->exec)) == 0) {
         execution_on_message(run->exec, channel, msg);
         if (self->current == run && execution_settled(run->exec)) s_complete_current(self);
+        else if (self->current == run && execution_idle_unreplied(run->exec) &&
+                 !uv_is_active((uv_handle_t *) &self->grace))
+            uv_timer_start(&self->grace, s_on_reply_grace, REPLY_GRACE_MS, 0);
     }
     for (runner_listener_t *l = self->listeners, *next; l; l = next) {
         next = l->next;
@@ -244,9 +276,10 @@ runner_t *runner_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
         return NULL;
     }
     uv_timer_init(loop, &self->timer);
+    uv_timer_init(loop, &self->grace);
     uv_timer_init(loop, &self->kick);
-    self->timer.data = self->kick.data = self;
-    self->open_handles = 2;
+    self->timer.data = self->grace.data = self->kick.data = self;
+    self->open_handles = 3;
     return self;
 }
 
@@ -277,6 +310,7 @@ void runner_destroy(runner_t **self_p)
         }
     kernel_destroy(&self->kernel);
     uv_close((uv_handle_t *) &self->timer, s_runner_closed);
+    uv_close((uv_handle_t *) &self->grace, s_runner_closed);
     uv_close((uv_handle_t *) &self->kick, s_runner_closed);
 }
 
@@ -437,6 +471,7 @@ void run_cancel(run_t *run)
 
 int runner_interrupt(runner_t *self)
 {
+    if (self->current) self->interrupted = true;
     return kernel_interrupt(self->kernel);
 }
 

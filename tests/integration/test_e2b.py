@@ -155,6 +155,27 @@ def test_client_gone_interrupts_and_next_run_is_clean(server):
     assert lines[-2]["text"] == "clean"
 
 
+def test_client_gone_while_ipykernel_swallows_the_interrupt(server):
+    # The interrupt lands in ipykernel's own code (see SLOW_AFTER_INPUT in test_native):
+    # no execute_reply ever comes, and the next run must still start promptly.
+    from test_native import SLOW_AFTER_INPUT
+    ctx = raw_post(server, "/contexts", "{}").lines()[0]
+    assert [l for l in execute(server, SLOW_AFTER_INPUT, context_id=ctx["id"]) if l["type"] == "error"] == []
+    s, f, status, _ = raw_post(server, "/execute", json.dumps(
+        {"code": "'slow to start'", "context_id": ctx["id"]}), read=False)
+    assert status == 200
+    time.sleep(1)
+    f.close()
+    s.close()
+    t0 = time.monotonic()
+    lines = execute(server, "'next'", context_id=ctx["id"])
+    # ipykernel itself takes 3 s in _slow for this run too; without a reply the queue
+    # used to wait out the whole 10 s drain deadline.
+    assert time.monotonic() - t0 < 8.5
+    assert [l for l in lines if l["type"] == "error"] == []
+    assert lines[-2]["text"] == "next"
+
+
 def test_env_vars_and_global_env(server):
     lines = execute(server, "import os; (os.environ['A'], os.environ['KB_GLOBAL'])",
                     env_vars={"A": "x'\"\\\n\u2713", "KB_GLOBAL": "overridden"})

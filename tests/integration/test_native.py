@@ -168,6 +168,43 @@ def test_timeout_ms(server):
     run(go())
 
 
+# Makes ipykernel spend 3 s in its own code after publishing execute_input and before the
+# cell runs: an interrupt there is swallowed by ipykernel ("KeyboardInterrupt caught in
+# kernel"), which then goes idle without ever sending execute_reply.
+SLOW_AFTER_INPUT = (
+    "import time as _t\n"
+    "_k = get_ipython().kernel\n"
+    "_orig = _k._publish_execute_input\n"
+    "def _slow(*a, **kw):\n"
+    "    _orig(*a, **kw)\n"
+    "    _t.sleep(3)\n"
+    "_k._publish_execute_input = _slow\n")
+
+
+def test_interrupt_outside_the_cells_code_ends_the_run(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+        _, end = await c.execute(SLOW_AFTER_INPUT, kernel_id=kid)
+        assert end["execution"]["error"] is None
+        rid = await c.send(op="execute", code="'never runs'", kernel_id=kid)
+        queued = await c.send(op="execute", code="'queued behind it'", kernel_id=kid)
+        await c.wait_for(rid, types=["number_of_executions"])
+        t0 = time.monotonic()
+        assert (await c.request(op="interrupt_kernel", kernel_id=kid))["type"] == "ok"
+        end = await c.wait_for(rid, types=["end_of_execution"], timeout=15)
+        assert time.monotonic() - t0 < 6
+        assert end["execution"]["error"]["name"] == "KeyboardInterrupt"
+        assert end["execution"]["results"] == []
+        # The queue moved on: the next cell ran (after ipykernel's 3 s in _slow).
+        end = await c.wait_for(queued, types=["end_of_execution"], timeout=15)
+        assert end["execution"]["error"] is None
+        assert main_text(end["execution"]) == "'queued behind it'"
+        await c.request(op="shutdown_kernel", kernel_id=kid)
+        await c.close()
+    run(go())
+
+
 def test_disconnect_mid_cell_and_resume(server):
     async def go():
         c = await NativeClient.connect(server)
