@@ -21,6 +21,15 @@ extern char **environ;
 
 #define NUDGE_INTERVAL_MS 500
 #define HB_INTERVAL_MS 3000
+//  A process-directed SIGINT goes to any thread of the kernel that does not block it.
+//  When it lands on one of ipykernel's helper threads, Python sets its flag there but the
+//  main thread, blocked in a system call (time.sleep, a lock, a read), is not woken and
+//  the cell runs on: under load that lost 2 interrupts in 6 here, and 6 in 12 through
+//  jupyter_client, which signals the same way. If the kernel shows no sign of the
+//  interrupt (still busy, no error, no idle) after this long, it is repeated to the main
+//  thread itself, a few times at most.
+#define INTERRUPT_RETRY_MS 1000
+#define INTERRUPT_RETRIES 3
 #define HB_MISSES_DEAD 3
 #define SHUTDOWN_WAIT_MS 2500   //  jupyter_client: shutdown_wait_time / 2, per stage
 #define KILL_WAIT_MS 5000
@@ -83,7 +92,11 @@ struct _kernel_t {
     uint64_t hb_seq, hb_acked;
     int hb_misses;
 
-    uv_timer_t nudge_timer, deadline_timer, kill_timer, hb_timer, defer_timer;
+    //  interrupt follow-up (signal mode)
+    bool interrupt_landed;
+    int interrupt_retries;
+
+    uv_timer_t nudge_timer, deadline_timer, kill_timer, hb_timer, defer_timer, interrupt_timer;
     int open_timers;
     bool destroyed;
 };
@@ -209,6 +222,7 @@ static char **s_build_env(kernel_t *self)
 
 static int s_spawn(kernel_t *self)
 {
+    uv_timer_stop(&self->interrupt_timer);  //  it was for the previous process
     char **argv = kspec_format_argv(self->spec, connfile_path(self->conn));
     if (!argv) return KB_ENOMEM;
     if (!s_find_executable(argv[0])) {
@@ -406,9 +420,11 @@ static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
         self->got_iopub = true;
         if (strcmp(session, self->reply_session) == 0 || !self->got_reply)
             snprintf(self->iopub_session, sizeof self->iopub_session, "%s", session);
+        if (strcmp(msg_type, "error") == 0) self->interrupt_landed = true;
         if (strcmp(msg_type, "status") == 0) {
             const char *state = NULL;
             jx_get_str(jmsg_content(msg), "execution_state", &state, true);
+            if (state && strcmp(state, "idle") == 0) self->interrupt_landed = true;
             kernel_state_t next = self->state;
             if (state && strcmp(state, "busy") == 0) next = KERNEL_BUSY;
             if (state && strcmp(state, "idle") == 0) next = KERNEL_IDLE;
@@ -645,7 +661,7 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->arg = arg;
     snprintf(self->language, sizeof self->language, "%s", kspec_language(spec));
     uv_timer_t *timers[] = {&self->nudge_timer, &self->deadline_timer, &self->kill_timer,
-                            &self->hb_timer, &self->defer_timer};
+                            &self->hb_timer, &self->defer_timer, &self->interrupt_timer};
     for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
         uv_timer_init(loop, timers[i]);
         timers[i]->data = self;
@@ -704,7 +720,7 @@ void kernel_destroy(kernel_t **self_p)
     //  The struct is freed once every timer handle has closed, after this loop turn, so
     //  callers up the stack that still hold it stay safe.
     uv_timer_t *timers[] = {&self->nudge_timer, &self->deadline_timer, &self->kill_timer,
-                            &self->hb_timer, &self->defer_timer};
+                            &self->hb_timer, &self->defer_timer, &self->interrupt_timer};
     for (size_t i = 0; i < sizeof timers / sizeof *timers; i++)
         uv_close((uv_handle_t *) timers[i], s_timer_closed);
 }
@@ -727,6 +743,23 @@ int kernel_send(kernel_t *self, kchan_type_t channel, jmsg_t **msg_p)
     return kchan_send(self->chan[channel], msg_p);
 }
 
+static void s_on_interrupt_timer(uv_timer_t *timer)
+{
+    kernel_t *self = timer->data;
+    if (self->interrupt_landed || self->state != KERNEL_BUSY || !self->proc ||
+        self->proc->exited || self->interrupt_retries >= INTERRUPT_RETRIES) {
+        uv_timer_stop(timer);
+        return;
+    }
+    self->interrupt_retries++;
+    klog_info("kernel %s: no sign of the interrupt after %d ms; signalling its main thread",
+              self->label, self->interrupt_retries * INTERRUPT_RETRY_MS);
+    //  The main thread's tid is the pid; a signal directed at it interrupts its system call.
+    //  If the first signal did reach Python and it is just slow to show it (a long C call),
+    //  the flag is still set and the two make one KeyboardInterrupt.
+    if (tgkill(self->proc->pid, self->proc->pid, SIGINT) != 0) uv_timer_stop(timer);
+}
+
 int kernel_interrupt(kernel_t *self)
 {
     if (!self->proc || self->proc->exited) return KB_EDEAD;
@@ -734,7 +767,12 @@ int kernel_interrupt(kernel_t *self)
         jmsg_t *msg = kernel_msg_new(self, "interrupt_request", NULL);
         return msg ? kernel_send(self, KCH_CONTROL, &msg) : KB_ENOMEM;
     }
-    return uv_kill(-self->proc->pid, SIGINT) == 0 ? KB_OK : KB_EDEAD;
+    if (uv_kill(-self->proc->pid, SIGINT) != 0) return KB_EDEAD;
+    self->interrupt_landed = false;
+    self->interrupt_retries = 0;
+    uv_timer_start(&self->interrupt_timer, s_on_interrupt_timer, INTERRUPT_RETRY_MS,
+                   INTERRUPT_RETRY_MS);
+    return KB_OK;
 }
 
 int kernel_restart(kernel_t *self)

@@ -88,7 +88,10 @@ void kernel_destroy(kernel_t **self_p);
 int kernel_send(kernel_t *self, kchan_type_t channel, jmsg_t **msg_p);
 
 //  Interrupt: SIGINT to the process group, or interrupt_request on control when the
-//  kernelspec's interrupt_mode is "message". Returns 0 or KB_EDEAD.
+//  kernelspec's interrupt_mode is "message". In signal mode, while the kernel stays busy
+//  with no error and no idle, SIGINT is repeated to its main thread every second, three
+//  times at most (a process-directed signal can land on a helper thread and leave the
+//  main thread asleep). Returns 0 or KB_EDEAD.
 int kernel_interrupt(kernel_t *self);
 
 //  Restart: a graceful shutdown with restart=true, then the same argv on the same ports.
