@@ -133,7 +133,12 @@ static void s_drain(zwatch_t *w)
         s_track_writable(w, events);
         if (w->dead || !(events & ZMQ_POLLIN)) return;
         zmsg_t *msg = zmsg_recv(w->sock);
-        if (!msg) return;
+        if (!msg) {
+            //  EINTR from libzmq's command processing: the input is still there, and its
+            //  edge is spent, so nothing else would bring us back for it.
+            if (!w->dead && (zsock_events(w->sock) & ZMQ_POLLIN)) s_mark_dirty(w);
+            return;
+        }
         bytes += zmsg_content_size(msg);
         if (w->on_msg) {
             w->in_callback = 1;
