@@ -1,5 +1,7 @@
 /*  hreq - HTTP request/response over libwebsockets, buffered or chunked. */
 #include "hreq.h"
+#include "bufq.h"
+#include "wsconn.h"
 #include "lwsx.h"
 #include "../kernelmgr/jx.h"
 #include "../kernelmgr/kberr.h"
@@ -10,12 +12,6 @@
 #include <string.h>
 
 #define WRITE_SLICE 65536
-
-typedef struct chunk_s {
-    struct chunk_s *next;
-    unsigned char *buf;  //  malloc'd with LWS_PRE headroom before data
-    size_t len;
-} chunk_t;
 
 struct _hreq_t {
     struct lws *wsi;
@@ -34,8 +30,7 @@ struct _hreq_t {
     char *content_type;
     unsigned char *reply_body;  //  buffered reply, with LWS_PRE headroom
     size_t reply_len, reply_sent;
-    chunk_t *head, *tail;
-    size_t queued;
+    bufq_t chunks;  //  streamed body, framed as HTTP/1.1 chunks, not yet written
     void (*on_close)(hreq_t *, void *);
     void *on_close_arg;
 };
@@ -196,50 +191,26 @@ static int s_queue_chunk(hreq_t *self, const void *data, size_t len, bool last)
     int hn = last ? snprintf(head, sizeof head, "0\r\n\r\n")
                   : snprintf(head, sizeof head, "%zx\r\n", len);
     size_t total = (size_t) hn + (last ? 0 : len + 2);
-    chunk_t *c = malloc(sizeof *c);
-    unsigned char *buf = malloc(LWS_PRE + total);
-    if (!c || !buf) {
-        free(c);
-        free(buf);
-        return KB_ENOMEM;
-    }
-    memcpy(buf + LWS_PRE, head, (size_t) hn);
+    char *buf = wsconn_buf_alloc(total);
+    if (!buf) return KB_ENOMEM;
+    memcpy(buf, head, (size_t) hn);
     if (!last) {
-        memcpy(buf + LWS_PRE + hn, data, len);
-        memcpy(buf + LWS_PRE + hn + len, "\r\n", 2);
+        memcpy(buf + hn, data, len);
+        memcpy(buf + hn + len, "\r\n", 2);
     }
-    c->buf = buf;
-    c->len = total;
-    c->next = NULL;
-    if (self->tail) self->tail->next = c;
-    else self->head = c;
-    self->tail = c;
-    self->queued += total;
-    s_want_write(self);
-    return KB_OK;
-}
-
-static void s_drop_chunks(hreq_t *self)
-{
-    chunk_t *c = self->head;
-    while (c) {
-        chunk_t *next = c->next;
-        free(c->buf);
-        free(c);
-        c = next;
-    }
-    self->head = self->tail = NULL;
-    self->queued = 0;
+    int rc = bufq_push(&self->chunks, buf, total, false);
+    if (rc == KB_OK) s_want_write(self);
+    return rc;
 }
 
 int hreq_stream_write(hreq_t *self, const void *data, size_t len)
 {
     if (self->gone || self->stream_ended || !self->streaming) return KB_ECLOSED;
     if (len == 0) return KB_OK;  //  an empty chunk would end the body
-    if (self->queued + len > self->max_outbound) {
+    if (bufq_bytes(&self->chunks) + len > self->max_outbound) {
         klog_warn("http client too slow: %zu bytes queued, limit %zu; disconnecting",
-                  self->queued + len, self->max_outbound);
-        s_drop_chunks(self);
+                  bufq_bytes(&self->chunks) + len, self->max_outbound);
+        bufq_clear(&self->chunks);
         self->stream_ended = true;
         self->abort = true;  //  the writeable callback closes the connection
         s_want_write(self);
@@ -267,7 +238,7 @@ void hreq_hold(hreq_t *self)
 
 static void s_free(hreq_t *self)
 {
-    s_drop_chunks(self);
+    bufq_clear(&self->chunks);
     free(self->path);
     free(self->body);
     free(self->content_type);
@@ -348,17 +319,14 @@ int hreq__writeable(hreq_t *self)
             }
         }
     } else {
-        while (self->head && !lws_send_pipe_choked(self->wsi)) {
-            chunk_t *c = self->head;
-            if (lws_write(self->wsi, c->buf + LWS_PRE, c->len, LWS_WRITE_HTTP) < (int) c->len)
+        while (self->chunks.head && !lws_send_pipe_choked(self->wsi)) {
+            bufq_item_t *c = self->chunks.head;
+            if (lws_write(self->wsi, (unsigned char *) c->payload, c->len, LWS_WRITE_HTTP) <
+                (int) c->len)
                 return -1;
-            self->head = c->next;
-            if (!self->head) self->tail = NULL;
-            self->queued -= c->len;
-            free(c->buf);
-            free(c);
+            bufq_drop_head(&self->chunks);
         }
-        if (self->head) {
+        if (self->chunks.head) {
             s_want_write(self);
             return 0;
         }

@@ -1,5 +1,6 @@
 /*  session - native-API session state, delivery and keep-alive. */
 #include "session.h"
+#include "bufq.h"
 #include "jbuf.h"
 #include "../kernelmgr/kberr.h"
 #include "../kernelmgr/klog.h"
@@ -7,12 +8,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct backlog_s {
-    struct backlog_s *next;
-    char *payload;  //  from wsconn_buf_alloc
-    size_t len;
-} backlog_t;
 
 struct _session_t {
     char id[37];
@@ -23,8 +18,7 @@ struct _session_t {
     void *arg;
     wsconn_t *conn;
     uv_timer_t expiry;
-    backlog_t *head, *tail;
-    size_t backlog_bytes;
+    bufq_t backlog;  //  events for the client while no connection is attached
     uint64_t lost;
     spending_t *pending;
     json_t *kernels;
@@ -55,19 +49,6 @@ session_t *session_new(uv_loop_t *loop, uint64_t keep_alive_ms, size_t max_backl
     return self;
 }
 
-static void s_drop_backlog(session_t *self)
-{
-    backlog_t *b = self->head;
-    while (b) {
-        backlog_t *next = b->next;
-        wsconn_buf_free(b->payload);
-        free(b);
-        b = next;
-    }
-    self->head = self->tail = NULL;
-    self->backlog_bytes = 0;
-}
-
 static void s_free_session(uv_handle_t *handle)
 {
     free(handle->data);
@@ -85,7 +66,7 @@ void session_destroy(session_t **self_p)
     }
     if (self->conn) wsconn_close(self->conn, 1000, "session closed");
     self->conn = NULL;
-    s_drop_backlog(self);
+    bufq_clear(&self->backlog);
     json_decref(self->kernels);
     free(self->default_kernel);
     uv_timer_stop(&self->expiry);
@@ -111,17 +92,11 @@ void session_attach(session_t *self, wsconn_t *conn)
         json_decref(note);
         self->lost = 0;
     }
-    while (self->head) {
-        backlog_t *b = self->head;
-        self->head = b->next;
-        if (wsconn_send_buf(conn, b->payload, b->len, false) != KB_OK) {
-            free(b);
-            break;
-        }
-        free(b);
-    }
-    if (!self->head) self->tail = NULL;
-    s_drop_backlog(self);
+    size_t len;
+    char *payload;
+    while ((payload = bufq_pop(&self->backlog, &len)))
+        if (wsconn_send_buf(conn, payload, len, false) != KB_OK) break;
+    bufq_clear(&self->backlog);
 }
 
 void session_detach(session_t *self, wsconn_t *conn)
@@ -152,24 +127,12 @@ void session_send_buf(session_t *self, char *buf, size_t len)
         wsconn_send_buf(self->conn, buf, len, false);
         return;
     }
-    if (self->backlog_bytes + len > self->max_backlog) {
+    if (bufq_bytes(&self->backlog) + len > self->max_backlog) {
         wsconn_buf_free(buf);
         self->lost++;
         return;
     }
-    backlog_t *b = malloc(sizeof *b);
-    if (!b) {
-        wsconn_buf_free(buf);
-        self->lost++;
-        return;
-    }
-    b->payload = buf;
-    b->len = len;
-    b->next = NULL;
-    if (self->tail) self->tail->next = b;
-    else self->head = b;
-    self->tail = b;
-    self->backlog_bytes += len;
+    if (bufq_push(&self->backlog, buf, len, false) != KB_OK) self->lost++;
 }
 
 void session_set_keep_alive(session_t *self, uint64_t ms)

@@ -1,5 +1,6 @@
 /*  wsconn - a WebSocket connection with bounded outbound buffering. */
 #include "wsconn.h"
+#include "bufq.h"
 #include "jbuf.h"
 #include "../kernelmgr/kberr.h"
 #include "../kernelmgr/klog.h"
@@ -8,13 +9,6 @@
 #include <string.h>
 
 #define CLOSE_FLUSH_SECS 30
-
-typedef struct frame_s {
-    struct frame_s *next;
-    char *payload;
-    size_t len;
-    bool binary;
-} frame_t;
 
 struct _wsconn_t {
     struct lws *wsi;
@@ -26,8 +20,7 @@ struct _wsconn_t {
     size_t in_len, in_cap;
     bool in_oversize;
     //  outbound
-    frame_t *head, *tail;
-    size_t queued;
+    bufq_t out;  //  frames not yet handed to the socket
     bool closing, close_sent;
     int close_code;
     char close_reason[124];  //  a close frame holds 125 bytes including the code
@@ -73,50 +66,25 @@ static void s_request_write(wsconn_t *self)
     lws_callback_on_writable(self->wsi);
 }
 
-static void s_drop_queue(wsconn_t *self)
-{
-    frame_t *f = self->head;
-    while (f) {
-        frame_t *next = f->next;
-        wsconn_buf_free(f->payload);
-        free(f);
-        f = next;
-    }
-    self->head = self->tail = NULL;
-    self->queued = 0;
-}
-
 int wsconn_send_buf(wsconn_t *self, char *payload, size_t len, bool binary)
 {
     if (self->closing) {
         wsconn_buf_free(payload);
         return KB_ECLOSED;
     }
-    if (self->queued + len > self->max_outbound) {
+    if (bufq_bytes(&self->out) + len > self->max_outbound) {
         wsconn_buf_free(payload);
         klog_warn("websocket client too slow: %zu bytes queued, limit %zu; disconnecting",
-                  self->queued + len, self->max_outbound);
+                  bufq_bytes(&self->out) + len, self->max_outbound);
         //  What is queued would only delay the close the client needs to see.
-        s_drop_queue(self);
+        bufq_clear(&self->out);
         wsconn_close(self, LWS_CLOSE_STATUS_POLICY_VIOLATION,
                      "client too slow: outbound buffer limit exceeded");
         return KB_ETOOBIG;
     }
-    frame_t *f = malloc(sizeof *f);
-    if (!f) {
-        wsconn_buf_free(payload);
-        return KB_ENOMEM;
-    }
-    f->next = NULL;
-    f->payload = payload;
-    f->len = len;
-    f->binary = binary;
-    if (self->tail) self->tail->next = f;
-    else self->head = f;
-    self->tail = f;
-    self->queued += len;
-    s_request_write(self);
-    return KB_OK;
+    int rc = bufq_push(&self->out, payload, len, binary);
+    if (rc == KB_OK) s_request_write(self);
+    return rc;
 }
 
 int wsconn_send(wsconn_t *self, const void *data, size_t len, bool binary)
@@ -153,7 +121,7 @@ bool wsconn_closing(const wsconn_t *self)
 
 size_t wsconn_queued(const wsconn_t *self)
 {
-    return self->queued;
+    return bufq_bytes(&self->out);
 }
 
 struct lws *wsconn_wsi(const wsconn_t *self)
@@ -207,18 +175,14 @@ int wsconn__receive(wsconn_t *self, const void *in, size_t len)
 
 int wsconn__writeable(wsconn_t *self)
 {
-    while (self->head && !lws_send_pipe_choked(self->wsi)) {
-        frame_t *f = self->head;
+    while (self->out.head && !lws_send_pipe_choked(self->wsi)) {
+        bufq_item_t *f = self->out.head;
         int n = lws_write(self->wsi, (unsigned char *) f->payload, f->len,
                           f->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-        self->head = f->next;
-        if (!self->head) self->tail = NULL;
-        self->queued -= f->len;
-        wsconn_buf_free(f->payload);
-        free(f);
+        bufq_drop_head(&self->out);
         if (n < 0) return -1;
     }
-    if (self->head) {
+    if (self->out.head) {
         s_request_write(self);
         return 0;
     }
@@ -248,7 +212,7 @@ int wsconn__writeable(wsconn_t *self)
 void wsconn__closed(wsconn_t *self)
 {
     if (self->events.on_close) self->events.on_close(self, self->arg);
-    s_drop_queue(self);
+    bufq_clear(&self->out);
     free(self->in);
     free(self);
 }
