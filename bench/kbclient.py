@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -49,13 +48,6 @@ class KBridgeHandle(ServerHandle):
         super().__init__(*a, **kw)
         self.banner = banner
 
-    def stop(self):
-        """SIGTERM: kbridge shuts its kernels down (shutdown_request, then signals)."""
-        if self.proc is None:
-            return
-        B.stop_server(self.proc)
-        if self.workdir and os.path.isdir(self.workdir):
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_kbridge(binary: str, extra_args=(), log_dir=None) -> KBridgeHandle:

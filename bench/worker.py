@@ -171,6 +171,13 @@ class AsyncTarget(Target):
             return {"rec": rec_of(r), "cpu": c, "machine": cpu.machine}
         return self.run(go())
 
+    def close(self):  # subclasses set self.cl (a client) and self.server (its ServerHandle)
+        try:
+            self.run(self.cl.close(), 10)
+        except Exception:
+            pass
+        self.server.stop()
+
 
 class JSTarget(AsyncTarget):
     def __init__(self, name):
@@ -215,12 +222,6 @@ class JSTarget(AsyncTarget):
             return out
         return self.run(go())
 
-    def close(self):
-        try:
-            self.run(self.cl.close(), 10)
-        except Exception:
-            pass
-        self.server.stop()
 
 
 class KBTarget(AsyncTarget):
@@ -310,12 +311,6 @@ class KBTarget(AsyncTarget):
             srv.stop()
         return out
 
-    def close(self):
-        try:
-            self.run(self.cl.close(), 10)
-        except Exception:
-            pass
-        self.server.stop()
 
 
 TARGETS = {
