@@ -88,21 +88,6 @@ const char *hreq_path(const hreq_t *self)
     return self->path;
 }
 
-int hreq_query(hreq_t *self, const char *name, char *out, size_t size)
-{
-    return lwsx_query(self->wsi, name, out, size);
-}
-
-int hreq_header(hreq_t *self, enum lws_token_indexes token, char *out, size_t size)
-{
-    return lwsx_header(self->wsi, token, out, size);
-}
-
-int hreq_header_custom(hreq_t *self, const char *name, char *out, size_t size)
-{
-    return lwsx_header_custom(self->wsi, name, out, size);
-}
-
 const char *hreq_body(const hreq_t *self, size_t *len)
 {
     if (len) *len = self->body_len;
@@ -112,7 +97,7 @@ const char *hreq_body(const hreq_t *self, size_t *len)
 long long hreq_content_length(hreq_t *self)
 {
     char buf[32];
-    if (hreq_header(self, WSI_TOKEN_HTTP_CONTENT_LENGTH, buf, sizeof buf) < 0) return -1;
+    if (lwsx_header(self->wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, buf, sizeof buf) < 0) return -1;
     return atoll(buf);
 }
 
@@ -259,11 +244,6 @@ void hreq_on_close(hreq_t *self, void (*fn)(hreq_t *, void *), void *arg)
 {
     self->on_close = fn;
     self->on_close_arg = arg;
-}
-
-bool hreq_gone(const hreq_t *self)
-{
-    return self->gone;
 }
 
 static int s_write_headers(hreq_t *self)

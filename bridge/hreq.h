@@ -29,13 +29,6 @@ hmethod_t hreq_method(const hreq_t *self);
 const char *hreq_method_name(const hreq_t *self);
 //  The path, without the query string (borrowed).
 const char *hreq_path(const hreq_t *self);
-//  Query parameter value (URL-decoded) into out. Returns 0 if present (a parameter with no
-//  value gives ""), -1 if absent.
-int hreq_query(hreq_t *self, const char *name, char *out, size_t size);
-//  Header value into out; custom names are lowercase with a trailing colon
-//  ("x-access-token:"). Returns the length, or -1 if absent.
-int hreq_header(hreq_t *self, enum lws_token_indexes token, char *out, size_t size);
-int hreq_header_custom(hreq_t *self, const char *name, char *out, size_t size);
 //  The request body (borrowed, NUL-terminated), possibly empty.
 const char *hreq_body(const hreq_t *self, size_t *len);
 //  Content-Length as sent, or -1 without one.
@@ -65,7 +58,6 @@ void hreq_hold(hreq_t *self);
 void hreq_release(hreq_t **self_p);
 //  Called once if the client disconnects before the response completed.
 void hreq_on_close(hreq_t *self, void (*fn)(hreq_t *req, void *arg), void *arg);
-bool hreq_gone(const hreq_t *self);
 
 //  lws plumbing, for the server callback only. bind records where the connection keeps
 //  its current request, so completion and close can clear it.

@@ -588,11 +588,6 @@ void jupyter_accept(jupyter_t *self, wsconn_t *conn, struct lws *wsi, jwire_prot
     self->nconns++;
 }
 
-int jupyter_connections(const jupyter_t *self)
-{
-    return self->nconns;
-}
-
 jupyter_t *jupyter_new(server_t *server)
 {
     jupyter_t *self = calloc(1, sizeof *self);

@@ -31,7 +31,5 @@ bool jupyter_channels_path(const char *path, char *kernel_id, size_t size);
 bool jupyter_kernel_exists(jupyter_t *self, const char *kernel_id);
 //  Take over an established channels WebSocket.
 void jupyter_accept(jupyter_t *self, wsconn_t *conn, struct lws *wsi, jwire_proto_t proto);
-//  Open channels connections.
-int jupyter_connections(const jupyter_t *self);
 
 #endif

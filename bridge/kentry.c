@@ -166,17 +166,13 @@ void kentry_connections_add(kentry_t *self, int delta)
     self->connections += delta;
 }
 
-int kentry_connections(const kentry_t *self)
-{
-    return self->connections;
-}
-
 json_t *kentry_tags(kentry_t *self)
 {
     return self->tags;
 }
 
-const char *kentry_state_name(const kentry_t *self)
+//  "starting", "idle", "busy", "restarting", "dead"
+static const char *s_state_name(const kentry_t *self)
 {
     if (self->shutting_down) return "dead";
     return kernel_state_name(kernel_state(kentry_kernel(self)));
@@ -187,7 +183,7 @@ json_t *kentry_model_native(const kentry_t *self)
     kernel_t *k = kentry_kernel(self);
     return json_pack("{s:s, s:s, s:s, s:s, s:s}", "kernel_id", kernel_id(k), "kernel_name",
                      kernel_name(k), "language", kernel_language(k), "cwd", self->cwd, "state",
-                     kentry_state_name(self));
+                     s_state_name(self));
 }
 
 json_t *kentry_model_jupyter(const kentry_t *self)
@@ -195,5 +191,5 @@ json_t *kentry_model_jupyter(const kentry_t *self)
     kernel_t *k = kentry_kernel(self);
     return json_pack("{s:s, s:s, s:s, s:s, s:i}", "id", kernel_id(k), "name", kernel_name(k),
                      "last_activity", runner_last_activity(self->runner), "execution_state",
-                     kentry_state_name(self), "connections", self->connections);
+                     s_state_name(self), "connections", self->connections);
 }

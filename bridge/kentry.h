@@ -54,7 +54,6 @@ void kentry_shutdown(kentry_t *self);
 
 //  Count of Jupyter WebSocket connections (for the kernel model).
 void kentry_connections_add(kentry_t *self, int delta);
-int kentry_connections(const kentry_t *self);
 
 //  Free-form tags other APIs keep on a kernel (e.g. "e2b_language"). Borrowed object.
 json_t *kentry_tags(kentry_t *self);
@@ -63,7 +62,5 @@ json_t *kentry_tags(kentry_t *self);
 json_t *kentry_model_native(const kentry_t *self);
 //  {id, name, last_activity, execution_state, connections}
 json_t *kentry_model_jupyter(const kentry_t *self);
-//  "starting", "idle", "busy", "restarting", "dead"
-const char *kentry_state_name(const kentry_t *self);
 
 #endif

@@ -25,7 +25,6 @@ typedef struct sess_link_s {
 struct _native_t {
     server_t *server;
     sess_link_t *sessions;
-    size_t count;
     uv_timer_t reaper;
     sess_link_t *expired;  //  sessions to destroy on the next loop turn
 };
@@ -34,7 +33,6 @@ struct _native_t {
 typedef struct {
     native_t *native;
     session_t *session;
-    wsconn_t *conn;
 } nconn_t;
 
 //  An asynchronous request of a session.
@@ -43,7 +41,6 @@ typedef enum { NREQ_EXECUTE, NREQ_START, NREQ_RESTART, NREQ_SHUTDOWN } nreq_kind
 typedef struct {
     spending_t pending;  //  first: the session's tracking link
     nreq_kind_t kind;
-    native_t *native;
     session_t *session;
     json_t *id;
     char kernel_id[64];
@@ -77,10 +74,10 @@ static void s_error(session_t *session, json_t *id, const char *code, const char
 }
 
 //  Before a session exists (or outside one): straight to the connection.
-static void s_conn_error(wsconn_t *conn, json_t *id, const char *code, const char *message)
+static void s_conn_error(wsconn_t *conn, const char *code, const char *message)
 {
-    json_t *msg = json_pack("{s:s, s:O, s:s, s:s}", "type", "request_error", "id",
-                            id ? id : json_null(), "code", code, "message", message);
+    json_t *msg = json_pack("{s:s, s:n, s:s, s:s}", "type", "request_error", "id", "code", code,
+                            "message", message);
     wsconn_send_json(conn, msg);
     json_decref(msg);
 }
@@ -128,7 +125,6 @@ static nreq_t *s_nreq_new(native_t *native, session_t *session, nreq_kind_t kind
     nreq_t *req = calloc(1, sizeof *req);
     if (!req) return NULL;
     req->kind = kind;
-    req->native = native;
     req->session = session;
     req->id = json_incref(id);
     req->pending.cancel = s_nreq_cancel;
@@ -408,7 +404,7 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
     nconn_t *nc = arg;
     session_t *session = nc->session;
     if (binary) {
-        s_conn_error(conn, NULL, "bad_request", "binary frames are not accepted: send JSON text");
+        s_conn_error(conn, "bad_request", "binary frames are not accepted: send JSON text");
         return;
     }
     json_error_t jerr;
@@ -416,15 +412,15 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
     if (!req) {
         char message[256];
         snprintf(message, sizeof message, "malformed JSON: %s", jerr.text);
-        s_conn_error(conn, NULL, "bad_request", message);
+        s_conn_error(conn, "bad_request", message);
         return;
     }
     json_t *id = json_object_get(req, "id");
     const char *op = NULL;
     if (!json_is_object(req)) {
-        s_conn_error(conn, NULL, "bad_request", "a request must be a JSON object");
+        s_conn_error(conn, "bad_request", "a request must be a JSON object");
     } else if (!id || !(json_is_string(id) || json_is_integer(id))) {
-        s_conn_error(conn, NULL, "bad_request", "field 'id' is required: a string or an integer");
+        s_conn_error(conn, "bad_request", "field 'id' is required: a string or an integer");
     } else if (jx_get_str(req, "op", &op, false)) {
         s_error(session, id, "bad_request", "field 'op' is required: a string");
     } else if (strcmp(op, "execute") == 0) {
@@ -449,7 +445,7 @@ static void s_on_too_large(wsconn_t *conn, size_t len, void *arg)
     (void) arg;
     char message[128];
     snprintf(message, sizeof message, "message of %zu bytes exceeds the limit", len);
-    s_conn_error(conn, NULL, "too_large", message);
+    s_conn_error(conn, "too_large", message);
 }
 
 static void s_on_close(wsconn_t *conn, void *arg)
@@ -483,7 +479,6 @@ static void s_destroy_session(native_t *self, session_t *session)
         sess_link_t *l = *p;
         *p = l->next;
         free(l);
-        self->count--;
         break;
     }
     session_destroy(&session);
@@ -521,7 +516,6 @@ void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi)
         return;
     }
     nc->native = self;
-    nc->conn = conn;
     char wanted[64];
     session_t *session = NULL;
     bool resumed = false;
@@ -545,7 +539,6 @@ void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi)
         l->session = session;
         l->next = self->sessions;
         self->sessions = l;
-        self->count++;
     }
     nc->session = session;
     wsconn_events_t events = {s_on_message, s_on_too_large, s_on_close};
@@ -594,7 +587,3 @@ void native_destroy(native_t **self_p)
     uv_close((uv_handle_t *) &self->reaper, s_free_native);
 }
 
-size_t native_sessions(const native_t *self)
-{
-    return self->count;
-}

@@ -25,7 +25,4 @@ void native_destroy(native_t **self_p);
 //  Take over a newly established /ws connection (reads ?session_id= from wsi).
 void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi);
 
-//  Sessions alive (attached or within their keep-alive window).
-size_t native_sessions(const native_t *self);
-
 #endif

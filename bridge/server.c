@@ -32,7 +32,6 @@ struct _server_t {
     native_t *native;
     jupyter_t *jupyter;
     e2b_t *e2b;
-    int connections;
     bool closed;
 };
 
@@ -307,7 +306,6 @@ static int s_callback(struct lws *wsi, enum lws_callback_reasons reason, void *u
         lwsx_path(wsi, path, sizeof path);
         pss->ws = wsconn_new(wsi, self->config->max_message_bytes, self->config->max_outbound_bytes);
         if (!pss->ws) return -1;
-        self->connections++;
         ws_route_t route = s_ws_route(path);
         if (route == ROUTE_NATIVE)
             native_accept(self->native, pss->ws, wsi);
@@ -323,7 +321,6 @@ static int s_callback(struct lws *wsi, enum lws_callback_reasons reason, void *u
     case LWS_CALLBACK_SERVER_WRITEABLE: return pss->ws ? wsconn__writeable(pss->ws) : 0;
     case LWS_CALLBACK_CLOSED:
         if (pss->ws) {
-            self->connections--;
             wsconn__closed(pss->ws);
             pss->ws = NULL;
         }
@@ -446,7 +443,3 @@ uv_loop_t *server_loop(const server_t *self)
     return self->loop;
 }
 
-int server_connections(const server_t *self)
-{
-    return self->connections;
-}

@@ -48,7 +48,5 @@ int server_port(const server_t *self);
 const server_config_t *server_config(const server_t *self);
 registry_t *server_registry(const server_t *self);
 uv_loop_t *server_loop(const server_t *self);
-//  Open WebSocket connections (all APIs).
-int server_connections(const server_t *self);
 
 #endif

@@ -87,14 +87,6 @@ int wsconn_send_buf(wsconn_t *self, char *payload, size_t len, bool binary)
     return rc;
 }
 
-int wsconn_send(wsconn_t *self, const void *data, size_t len, bool binary)
-{
-    char *buf = wsconn_buf_alloc(len);
-    if (!buf) return KB_ENOMEM;
-    if (len) memcpy(buf, data, len);
-    return wsconn_send_buf(self, buf, len, binary);
-}
-
 int wsconn_send_json(wsconn_t *self, const json_t *value)
 {
     jbuf_t b;
@@ -117,16 +109,6 @@ void wsconn_close(wsconn_t *self, int code, const char *reason)
 bool wsconn_closing(const wsconn_t *self)
 {
     return self->closing;
-}
-
-size_t wsconn_queued(const wsconn_t *self)
-{
-    return bufq_bytes(&self->out);
-}
-
-struct lws *wsconn_wsi(const wsconn_t *self)
-{
-    return self->wsi;
 }
 
 int wsconn__receive(wsconn_t *self, const void *in, size_t len)

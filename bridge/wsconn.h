@@ -45,17 +45,12 @@ void wsconn_buf_free(char *payload);
 //  Returns 0, KB_ECLOSED (closing: dropped), or KB_ETOOBIG (over the outbound limit:
 //  dropped, and the connection is being closed with a reason).
 int wsconn_send_buf(wsconn_t *self, char *payload, size_t len, bool binary);
-//  Copy and queue.
-int wsconn_send(wsconn_t *self, const void *data, size_t len, bool binary);
 //  Serialize compactly (UTF-8) and queue as a text frame. value is borrowed.
 int wsconn_send_json(wsconn_t *self, const json_t *value);
 
 //  Close with a status code and reason, after the frames already queued are written.
 void wsconn_close(wsconn_t *self, int code, const char *reason);
 bool wsconn_closing(const wsconn_t *self);
-//  Bytes queued and not yet handed to the socket.
-size_t wsconn_queued(const wsconn_t *self);
-struct lws *wsconn_wsi(const wsconn_t *self);
 
 //  lws plumbing, for the server callback only.
 int wsconn__receive(wsconn_t *self, const void *in, size_t len);
