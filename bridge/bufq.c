@@ -1,6 +1,6 @@
 /*  bufq - a FIFO of outgoing wire buffers. */
 #include "bufq.h"
-#include "../kernelmgr/kberr.h"
+#include "../base/kberr.h"
 #include "wsconn.h"
 
 #include <stdlib.h>

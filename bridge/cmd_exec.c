@@ -9,9 +9,9 @@
 #include "commands.h"
 #include "runner.h"
 #include "../kernelmgr/hmac.h"
-#include "../kernelmgr/jx.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 #include "../kernelmgr/rundir.h"
 
 #include <getopt.h>

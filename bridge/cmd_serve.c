@@ -3,9 +3,9 @@
 #include "registry.h"
 #include "server.h"
 #include "../kernelmgr/hmac.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
-#include "../kernelmgr/kutil.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 #include "../kernelmgr/rundir.h"
 
 #include <getopt.h>

@@ -6,9 +6,9 @@
 #include "kentry.h"
 #include "registry.h"
 #include "server.h"
-#include "../kernelmgr/jx.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <ctype.h>
 #include <stdio.h>

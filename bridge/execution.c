@@ -1,7 +1,7 @@
 /*  execution - one execute_request's iopub/shell traffic as an Execution object. */
 #include "execution.h"
 #include <libwebsockets.h>
-#include "../kernelmgr/jx.h"
+#include "../base/jx.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,9 +3,9 @@
 #include "bufq.h"
 #include "wsconn.h"
 #include "lwsx.h"
-#include "../kernelmgr/jx.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <stdio.h>
 #include <stdlib.h>

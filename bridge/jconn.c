@@ -1,8 +1,8 @@
 /*  jconn - a Jupyter kernel-channels WebSocket connection. */
 #include "jconn.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
-#include "../kernelmgr/kutil.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>

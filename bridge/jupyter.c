@@ -6,10 +6,10 @@
 #include "lwsx.h"
 #include "registry.h"
 #include "server.h"
-#include "../kernelmgr/jx.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
-#include "../kernelmgr/kutil.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 
 #include <fcntl.h>
 #include <libgen.h>

@@ -1,7 +1,7 @@
 /*  jwire - Jupyter kernel WebSocket framings (v1 binary and legacy JSON). */
 #include "jwire.h"
 #include "wsconn.h"
-#include "../kernelmgr/jx.h"
+#include "../base/jx.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /*  kentry - a kernel with its service-level metadata and waiters. */
 #include "kentry.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <stdlib.h>
 #include <string.h>

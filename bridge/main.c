@@ -1,6 +1,6 @@
 /*  kbridge - a Jupyter-kernel bridge service. Dispatches to the subcommands. */
 #include "commands.h"
-#include "../kernelmgr/klog.h"
+#include "../base/klog.h"
 
 #include <czmq.h>
 #include <sodium.h>

@@ -1,8 +1,8 @@
 /*  registry - the service's kernels by id. */
 #include "registry.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
-#include "../kernelmgr/kutil.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,9 +1,9 @@
 /*  runner - a kernel plus a FIFO of executions on it. */
 #include "runner.h"
-#include "../kernelmgr/jx.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
-#include "../kernelmgr/kutil.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,8 +6,8 @@
 #include "lwsx.h"
 #include "native.h"
 #include "wsconn.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <arpa/inet.h>
 #include <sodium.h>

@@ -2,9 +2,9 @@
 #include "session.h"
 #include "bufq.h"
 #include "jbuf.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
-#include "../kernelmgr/kutil.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -2,8 +2,8 @@
 #include "wsconn.h"
 #include "bufq.h"
 #include "jbuf.h"
-#include "../kernelmgr/kberr.h"
-#include "../kernelmgr/klog.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,9 +1,9 @@
 /*  connfile - choose ports, write and remove the kernel connection file. */
 #include "connfile.h"
-#include "jx.h"
-#include "kberr.h"
-#include "klog.h"
-#include "kutil.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -1,6 +1,6 @@
 /*  hmac - HMAC-SHA256/512 signing and verification with replay protection. */
 #include "hmac.h"
-#include "kberr.h"
+#include "../base/kberr.h"
 
 #include <sodium.h>
 #include <stdlib.h>

@@ -1,8 +1,8 @@
 /*  jmsg - Jupyter message model and wire (de)serialization. */
 #include "jmsg.h"
-#include "jx.h"
-#include "kberr.h"
-#include "kutil.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/kutil.h"
 
 #include <stdlib.h>
 #include <string.h>

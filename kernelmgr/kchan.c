@@ -1,7 +1,7 @@
 /*  kchan - a verified, decoding socket on one kernel channel. */
 #include "kchan.h"
-#include "kberr.h"
-#include "klog.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 #include "zwatch.h"
 
 #include <stdlib.h>

@@ -1,10 +1,10 @@
 /*  kernel - a Jupyter kernel process, its channels and its lifecycle. */
 #include "kernel.h"
 #include "connfile.h"
-#include "jx.h"
-#include "kberr.h"
-#include "klog.h"
-#include "kutil.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
+#include "../base/kutil.h"
 #include "zwatch.h"
 
 #include <errno.h>

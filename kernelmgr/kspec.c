@@ -1,8 +1,8 @@
 /*  kspec - kernelspec discovery and argv templating. */
 #include "kspec.h"
-#include "jx.h"
-#include "kberr.h"
-#include "klog.h"
+#include "../base/jx.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <ctype.h>
 #include <dirent.h>

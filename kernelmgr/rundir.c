@@ -1,6 +1,6 @@
 /*  rundir - per-instance runtime directory, with stale-instance cleanup. */
 #include "rundir.h"
-#include "klog.h"
+#include "../base/klog.h"
 
 #include <dirent.h>
 #include <errno.h>

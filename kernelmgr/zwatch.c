@@ -1,7 +1,7 @@
 /*  zwatch - ZeroMQ sockets on a libuv loop, edge-triggering handled in one place. */
 #include "zwatch.h"
-#include "kberr.h"
-#include "klog.h"
+#include "../base/kberr.h"
+#include "../base/klog.h"
 
 #include <errno.h>
 #include <stdbool.h>

@@ -1,5 +1,5 @@
 # Fails the build if any source other than kernelmgr/zwatch.c sends or receives on ZeroMQ.
-file(GLOB_RECURSE _sources ${ROOT}/kernelmgr/*.c ${ROOT}/bridge/*.c)
+file(GLOB_RECURSE _sources ${ROOT}/base/*.c ${ROOT}/sandbox/*.c ${ROOT}/kernelmgr/*.c ${ROOT}/bridge/*.c)
 foreach(_file IN LISTS _sources)
   if(_file MATCHES "/kernelmgr/zwatch\\.c$")
     continue()

@@ -12,9 +12,9 @@
 #include <cmocka.h>
 
 #include "bridge/runner.h"
-#include "kernelmgr/jx.h"
-#include "kernelmgr/kberr.h"
-#include "kernelmgr/klog.h"
+#include "base/jx.h"
+#include "base/kberr.h"
+#include "base/klog.h"
 #include "kernelmgr/rundir.h"
 
 #include <dirent.h>

@@ -6,7 +6,7 @@
 #include <cmocka.h>
 
 #include "kernelmgr/hmac.h"
-#include "kernelmgr/kberr.h"
+#include "base/kberr.h"
 
 #include <stdio.h>
 #include <string.h>

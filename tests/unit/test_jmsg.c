@@ -7,9 +7,9 @@
 #include <cmocka.h>
 
 #include "kernelmgr/jmsg.h"
-#include "kernelmgr/kberr.h"
+#include "base/kberr.h"
 #include "kernelmgr/kchan.h"
-#include "kernelmgr/klog.h"
+#include "base/klog.h"
 
 #include <string.h>
 

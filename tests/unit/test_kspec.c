@@ -6,9 +6,9 @@
 #include <cmocka.h>
 
 #include "kernelmgr/connfile.h"
-#include "kernelmgr/jx.h"
-#include "kernelmgr/kberr.h"
-#include "kernelmgr/klog.h"
+#include "base/jx.h"
+#include "base/kberr.h"
+#include "base/klog.h"
 #include "kernelmgr/kspec.h"
 
 #include <stdio.h>

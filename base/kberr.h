@@ -1,6 +1,6 @@
 /*  kberr - the one error enum of kbridge, and its strerror.
 
-    Every fallible function returns 0 or a negative kb_err_t. Constructors return NULL
+    Fallible functions that return int return 0 or a negative kb_err_t. Constructors return NULL
     and, where the reason matters to a caller, report it through an `int *err` out
     parameter. assert() is kept for contract violations only.
 */
@@ -25,7 +25,13 @@ typedef enum {
     KB_EMISSING = -14,  //  a required JSON field is absent
     KB_ETYPE = -15,     //  a JSON field has the wrong type
     KB_ECLOSED = -16,   //  the object is shutting down or gone
-    KB_ERR_MIN_ = -17
+    KB_EEXIST = -17,    //  it already exists
+    KB_EACCES = -18,    //  permission denied
+    KB_ENOTDIR = -19,   //  a path component is not a directory
+    KB_EISDIR = -20,    //  it is a directory
+    KB_ENOSPC = -21,    //  no space left (disk or quota)
+    KB_ELIMIT = -22,    //  a configured cap was reached (kernels, sandboxes, connections, pids)
+    KB_ERR_MIN_ = -23
 } kb_err_t;
 
 //  Returns a static, human-readable description of err. Never NULL.
