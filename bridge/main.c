@@ -1,5 +1,5 @@
 /*  kbridge - a Jupyter-kernel bridge service. Dispatches to the subcommands. */
-#include "commands.h"
+#include "cli/commands.h"
 #include "../base/klog.h"
 
 #include <czmq.h>

@@ -37,7 +37,7 @@ static void s_on_zmsg(zwatch_t *watch, zmsg_t **zmsg_p, void *arg)
     (void) watch;
     kchan_t *self = arg;
     int err;
-    jmsg_t *msg = jmsg_decode(zmsg_p, self->hmac, &err);
+    kmsg_t *msg = kmsg_decode(zmsg_p, self->hmac, &err);
     if (!msg) {
         self->rejected++;
         //  Logged sparingly: a peer sending garbage must not flood the log either.
@@ -48,7 +48,7 @@ static void s_on_zmsg(zwatch_t *watch, zmsg_t **zmsg_p, void *arg)
         return;
     }
     if (self->on_msg) self->on_msg(self, msg, self->arg);
-    jmsg_destroy(&msg);
+    kmsg_destroy(&msg);
 }
 
 static void s_on_writable(zwatch_t *watch, void *arg)
@@ -132,13 +132,13 @@ void kchan_destroy(kchan_t **self_p)
     *self_p = NULL;
 }
 
-int kchan_send(kchan_t *self, jmsg_t **msg_p)
+int kchan_send(kchan_t *self, kmsg_t **msg_p)
 {
     if (self->type == KCH_IOPUB) {
-        jmsg_destroy(msg_p);
+        kmsg_destroy(msg_p);
         return KB_EINVAL;
     }
-    zmsg_t *zmsg = jmsg_encode(msg_p, self->hmac);
+    zmsg_t *zmsg = kmsg_encode(msg_p, self->hmac);
     if (!zmsg) return KB_EINVAL;
     return zwatch_send(self->watch, &zmsg);
 }

@@ -10,7 +10,7 @@
 #define KCHAN_H
 
 #include "hmac.h"
-#include "jmsg.h"
+#include "kmsg.h"
 
 #include <stdint.h>
 #include <uv.h>
@@ -32,7 +32,7 @@ int kchan_type_parse(const char *name, size_t len);
 typedef struct _kchan_t kchan_t;
 
 //  Called for each verified message. msg is borrowed for the duration of the call.
-typedef void(kchan_fn)(kchan_t *chan, jmsg_t *msg, void *arg);
+typedef void(kchan_fn)(kchan_t *chan, kmsg_t *msg, void *arg);
 
 //  Connect a socket for channel type (not KCH_HB) to endpoint. routing_id may be NULL
 //  (libzmq picks one). hmac is borrowed and must outlive the channel. label names the
@@ -56,7 +56,7 @@ void kchan_destroy(kchan_t **self_p);
 
 //  Sign and send a message. Takes ownership of *msg_p and nullifies it. Returns 0,
 //  KB_EAGAIN (high-water mark: the message was dropped), KB_EINVAL or KB_EIO.
-int kchan_send(kchan_t *self, jmsg_t **msg_p);
+int kchan_send(kchan_t *self, kmsg_t **msg_p);
 
 kchan_type_t kchan_type(const kchan_t *self);
 //  Messages dropped on receive because they failed verification or decoding.

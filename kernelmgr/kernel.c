@@ -327,7 +327,7 @@ static void s_release_proc(kernel_t *self, bool kill_now)
 
 static void s_send_kernel_info(kernel_t *self)
 {
-    jmsg_t *msg = kernel_msg_new(self, "kernel_info_request", NULL);
+    kmsg_t *msg = kernel_msg_new(self, "kernel_info_request", NULL);
     if (msg) kernel_send(self, KCH_SHELL, &msg);
 }
 
@@ -409,13 +409,13 @@ static void s_check_ready(kernel_t *self)
 // ---------------------------------------------------------------------------------------
 //  Messages
 
-static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
+static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg)
 {
     kernel_t *self = arg;
     kchan_type_t type = kchan_type(chan);
-    const char *msg_type = jmsg_type(msg);
+    const char *msg_type = kmsg_type(msg);
     const char *session = "";
-    jx_get_str(jmsg_header(msg), "session", &session, true);
+    jx_get_str(kmsg_header(msg), "session", &session, true);
     if (type == KCH_IOPUB) {
         self->got_iopub = true;
         if (strcmp(session, self->reply_session) == 0 || !self->got_reply)
@@ -423,7 +423,7 @@ static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
         if (strcmp(msg_type, "error") == 0) self->interrupt_landed = true;
         if (strcmp(msg_type, "status") == 0) {
             const char *state = NULL;
-            jx_get_str(jmsg_content(msg), "execution_state", &state, true);
+            jx_get_str(kmsg_content(msg), "execution_state", &state, true);
             if (state && strcmp(state, "idle") == 0) self->interrupt_landed = true;
             kernel_state_t next = self->state;
             if (state && strcmp(state, "busy") == 0) next = KERNEL_BUSY;
@@ -434,7 +434,7 @@ static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
             }
         }
     } else if (type == KCH_SHELL && strcmp(msg_type, "kernel_info_reply") == 0) {
-        json_t *content = jmsg_content(msg);
+        json_t *content = kmsg_content(msg);
         if (json_is_object(content)) {
             json_decref(self->info);
             self->info = json_incref(content);
@@ -447,7 +447,7 @@ static void s_on_channel(kchan_t *chan, jmsg_t *msg, void *arg)
         //  A reply to a nudge of this cycle (our requests carry their send time) decides
         //  which process is the live one; iopub from another session does not count.
         const char *asked = "";
-        jx_get_str(jmsg_parent(msg), "date", &asked, true);
+        jx_get_str(kmsg_parent(msg), "date", &asked, true);
         if (!self->got_reply && strcmp(asked, self->epoch) >= 0) {
             snprintf(self->reply_session, sizeof self->reply_session, "%s", session);
             self->got_reply = true;
@@ -505,7 +505,7 @@ static void s_request_exit(kernel_t *self, bool restart)
     uv_timer_stop(&self->deadline_timer);
     uv_timer_stop(&self->hb_timer);
     if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_SIGNAL) s_signal_group(self, SIGINT);
-    jmsg_t *msg = kernel_msg_new(self, "shutdown_request", json_pack("{s:b}", "restart", restart));
+    kmsg_t *msg = kernel_msg_new(self, "shutdown_request", json_pack("{s:b}", "restart", restart));
     if (msg) kernel_send(self, KCH_CONTROL, &msg);
     self->kill_stage = 0;
     uv_timer_start(&self->kill_timer, s_on_kill_timer, SHUTDOWN_WAIT_MS, 0);
@@ -725,19 +725,19 @@ void kernel_destroy(kernel_t **self_p)
         uv_close((uv_handle_t *) timers[i], s_timer_closed);
 }
 
-int kernel_send(kernel_t *self, kchan_type_t channel, jmsg_t **msg_p)
+int kernel_send(kernel_t *self, kchan_type_t channel, kmsg_t **msg_p)
 {
     if (self->destroyed || self->shutdown_done) {
-        jmsg_destroy(msg_p);
+        kmsg_destroy(msg_p);
         return KB_ECLOSED;
     }
     if (channel == KCH_IOPUB || channel == KCH_HB || (unsigned) channel >= KCH_COUNT ||
         !self->chan[channel]) {
-        jmsg_destroy(msg_p);
+        kmsg_destroy(msg_p);
         return KB_EINVAL;
     }
     if (self->state == KERNEL_DEAD) {
-        jmsg_destroy(msg_p);
+        kmsg_destroy(msg_p);
         return KB_EDEAD;
     }
     return kchan_send(self->chan[channel], msg_p);
@@ -764,7 +764,7 @@ int kernel_interrupt(kernel_t *self)
 {
     if (!self->proc || self->proc->exited) return KB_EDEAD;
     if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_MESSAGE) {
-        jmsg_t *msg = kernel_msg_new(self, "interrupt_request", NULL);
+        kmsg_t *msg = kernel_msg_new(self, "interrupt_request", NULL);
         return msg ? kernel_send(self, KCH_CONTROL, &msg) : KB_ENOMEM;
     }
     if (uv_kill(-self->proc->pid, SIGINT) != 0) return KB_EDEAD;
@@ -803,9 +803,9 @@ void kernel_shutdown(kernel_t *self)
         uv_timer_start(&self->defer_timer, s_on_deferred_shutdown, 0, 0);
 }
 
-jmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content)
+kmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content)
 {
-    return jmsg_new(msg_type, self->session, content);
+    return kmsg_new(msg_type, self->session, content);
 }
 
 const char *kernel_id(const kernel_t *self)

@@ -20,7 +20,7 @@
 #ifndef KERNEL_H
 #define KERNEL_H
 
-#include "jmsg.h"
+#include "kmsg.h"
 #include "kchan.h"
 #include "kspec.h"
 
@@ -53,7 +53,7 @@ typedef enum {
 
 typedef struct {
     //  Every verified message from shell, iopub, stdin or control. msg is borrowed.
-    void (*on_msg)(kernel_t *kernel, kchan_type_t channel, jmsg_t *msg, void *arg);
+    void (*on_msg)(kernel_t *kernel, kchan_type_t channel, kmsg_t *msg, void *arg);
     void (*on_event)(kernel_t *kernel, kernel_event_t event, void *arg);
 } kernel_events_t;
 
@@ -85,7 +85,7 @@ void kernel_destroy(kernel_t **self_p);
 
 //  Sign and send msg on channel (shell, control or stdin). Takes ownership of *msg_p.
 //  Returns 0, KB_EDEAD (no process), KB_ECLOSED (shutting down), KB_EAGAIN (socket full).
-int kernel_send(kernel_t *self, kchan_type_t channel, jmsg_t **msg_p);
+int kernel_send(kernel_t *self, kchan_type_t channel, kmsg_t **msg_p);
 
 //  Interrupt: SIGINT to the process group, or interrupt_request on control when the
 //  kernelspec's interrupt_mode is "message". In signal mode, while the kernel stays busy
@@ -105,7 +105,7 @@ void kernel_shutdown(kernel_t *self);
 
 //  A message of msg_type for this kernel, in kbridge's own client session.
 //  Caller owns return value.
-jmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content);
+kmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content);
 
 //  Borrowed accessors.
 const char *kernel_id(const kernel_t *self);

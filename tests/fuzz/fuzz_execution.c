@@ -3,7 +3,7 @@
     The input is split on 0xFF into (msg_type, content) pairs fed to one execution, which
     is then serialized; whatever a kernel sends must neither crash it nor corrupt it.
 */
-#include "bridge/execution.h"
+#include "bridge/kernels/execution.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -44,9 +44,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             snprintf(hdr, sizeof hdr, "{\"msg_id\":\"m\",\"msg_type\":\"%s\",\"session\":\"s\",\"date\":\"d\"}", type);
             const void *parts[4] = {hdr, parent, "{}", data + start + 1};
             size_t lens[4] = {strlen(hdr), strlen(parent), 2, i - start - 1};
-            jmsg_t *msg = jmsg_new_raw(parts, lens, 0, NULL, NULL);
+            kmsg_t *msg = kmsg_new_raw(parts, lens, 0, NULL, NULL);
             if (msg) execution_on_message(ex, pick & 0x80 ? KCH_SHELL : KCH_IOPUB, msg);
-            jmsg_destroy(&msg);
+            kmsg_destroy(&msg);
         }
         start = i + 1;
     }

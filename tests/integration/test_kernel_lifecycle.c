@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "bridge/runner.h"
+#include "bridge/kernels/runner.h"
 #include "base/jx.h"
 #include "base/kberr.h"
 #include "base/klog.h"

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "bridge/execution.h"
+#include "bridge/kernels/execution.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +31,7 @@ static void s_record(execution_t *ex, const char *type, const char *body, size_t
     json_array_append_new(r->events, event);
 }
 
-static jmsg_t *s_msg(const char *type, const char *parent, json_t *content)
+static kmsg_t *s_msg(const char *type, const char *parent, json_t *content)
 {
     char header[256], par[128];
     snprintf(header, sizeof header,
@@ -43,16 +43,16 @@ static jmsg_t *s_msg(const char *type, const char *parent, json_t *content)
     json_decref(content);
     const void *parts[4] = {header, par, "{}", body};
     size_t lens[4] = {strlen(header), strlen(par), 2, strlen(body)};
-    jmsg_t *m = jmsg_new_raw(parts, lens, 0, NULL, NULL);
+    kmsg_t *m = kmsg_new_raw(parts, lens, 0, NULL, NULL);
     free(body);
     return m;
 }
 
 static void s_feed(execution_t *ex, kchan_type_t ch, const char *type, json_t *content)
 {
-    jmsg_t *m = s_msg(type, "req", content);
+    kmsg_t *m = s_msg(type, "req", content);
     execution_on_message(ex, ch, m);
-    jmsg_destroy(&m);
+    kmsg_destroy(&m);
 }
 
 static const char *s_type(rec_t *r, size_t i)
@@ -157,9 +157,9 @@ static void test_splices_are_valid_json(void **state)
     for (size_t i = 0; i < sizeof contents / sizeof *contents; i++) {
         const void *parts[4] = {header, parent, "{}", contents[i]};
         size_t lens[4] = {strlen(header), strlen(parent), 2, strlen(contents[i])};
-        jmsg_t *m = jmsg_new_raw(parts, lens, 0, NULL, NULL);
+        kmsg_t *m = kmsg_new_raw(parts, lens, 0, NULL, NULL);
         execution_on_message(ex, KCH_IOPUB, m);
-        jmsg_destroy(&m);
+        kmsg_destroy(&m);
     }
     assert_int_equal(json_array_size(r.events), 4);  //  s_record asserted each is valid
     const char *first = json_string_value(json_object_get(json_array_get(r.events, 0), "text"));

@@ -1,0 +1,233 @@
+/*  cmd_exec - `kbridge exec`: run cells in one fresh kernel, print Executions as JSON.
+
+    Each CODE argument is a cell, run in order in the same kernel. Stream output is
+    passed through to stderr as it arrives; each finished Execution is printed as one
+    JSON line on stdout. SIGINT interrupts the running cell (twice quits). Exit status: 0 when every cell ran (a cell's own error is data
+    in its Execution), 1 when the kernel could not be started, 2 on bad usage, 3 when
+    the kernel died, 130 when interrupted.
+*/
+#include "commands.h"
+#include "../kernels/runner.h"
+#include "../../kernelmgr/hmac.h"
+#include "../../base/jx.h"
+#include "../../base/kberr.h"
+#include "../../base/klog.h"
+#include "../../kernelmgr/rundir.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uv_loop_t *loop;
+    runner_t *runner;
+    int cells, finished;
+    int status;
+    bool ready, stopping;
+    uint64_t last_sigint;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t reaper;
+} exec_state_t;
+
+static void s_usage(FILE *out)
+{
+    fprintf(out, "usage: kbridge exec [--kernel NAME] [--cwd DIR] [--timeout-ms N] "
+                 "[--env K=V]... [--signature-scheme hmac-sha256|hmac-sha512] [--log-level LEVEL] "
+                 "CODE...\n"
+                 "Runs each CODE as a cell, in order, in one fresh kernel. Prints each\n"
+                 "finished Execution as one JSON line on stdout; cell output goes to stderr.\n");
+}
+
+static void s_stop(exec_state_t *st)
+{
+    if (st->stopping) return;
+    st->stopping = true;
+    runner_shutdown(st->runner);
+}
+
+static void s_on_event(execution_t *exec, const char *type, const char *body, size_t len,
+                       void *arg)
+{
+    exec_state_t *st = arg;
+    if (strcmp(type, "stdout") == 0 || strcmp(type, "stderr") == 0) {
+        //  The body holds the text as JSON; decode it to pass it through.
+        char *object = malloc(len + 3);
+        if (!object) return;
+        object[0] = '{';
+        memcpy(object + 1, body, len);
+        object[len + 1] = '}';
+        json_t *event = jx_loadb(object, len + 2, NULL);
+        free(object);
+        json_t *text = json_object_get(event, "text");
+        fwrite(json_string_value(text), 1, json_string_length(text), stderr);
+        fflush(stderr);
+        json_decref(event);
+    } else if (strcmp(type, "end_of_execution") == 0) {
+        jbuf_t b;
+        jbuf_init(&b);
+        execution_write(exec, &b);
+        if (jbuf_text(&b)) {
+            fwrite(jbuf_text(&b), 1, b.len, stdout);
+            fputc('\n', stdout);
+            fflush(stdout);
+        }
+        jbuf_free(&b);
+        if (++st->finished == st->cells) s_stop(st);
+    }
+}
+
+static void s_on_reap(uv_timer_t *timer)
+{
+    exec_state_t *st = timer->data;
+    runner_destroy(&st->runner);
+    uv_close((uv_handle_t *) &st->sigint, NULL);
+    uv_close((uv_handle_t *) &st->sigterm, NULL);
+    uv_close((uv_handle_t *) &st->reaper, NULL);
+}
+
+static void s_on_runner_event(runner_t *runner, kernel_event_t event, void *arg)
+{
+    exec_state_t *st = arg;
+    if (event == KERNEL_EV_READY) st->ready = true;
+    if ((event == KERNEL_EV_DIED || event == KERNEL_EV_DEAD) && st->status == 0) {
+        st->status = st->ready ? 3 : 1;
+        if (!st->ready)
+            fprintf(stderr, "kbridge: the kernel could not be started: %s\n",
+                    kernel_exit_reason(runner_kernel(runner)));
+    }
+    if (event == KERNEL_EV_DEAD) s_stop(st);
+    //  Destroy from a fresh loop turn, never from inside the runner's own callback.
+    if (event == KERNEL_EV_SHUTDOWN) uv_timer_start(&st->reaper, s_on_reap, 0, 0);
+}
+
+//  SIGINT interrupts the running cell, as in a notebook; a second one within two
+//  seconds, or SIGTERM, shuts the kernel down and exits.
+static void s_on_signal(uv_signal_t *handle, int signum)
+{
+    exec_state_t *st = handle->data;
+    uint64_t now = uv_now(st->loop);
+    if (signum == SIGINT && !st->stopping && (!st->last_sigint || now - st->last_sigint > 2000)) {
+        st->last_sigint = now;
+        runner_interrupt(st->runner);
+        return;
+    }
+    if (st->status == 0) st->status = 130;
+    s_stop(st);
+}
+
+int cmd_exec(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"kernel", required_argument, NULL, 'k'},  {"cwd", required_argument, NULL, 'C'},
+        {"timeout-ms", required_argument, NULL, 't'}, {"env", required_argument, NULL, 'e'},
+        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"signature-scheme", required_argument, NULL, 's'},
+        {NULL, 0, NULL, 0}};
+    const char *kernel_name = kspec_default_name(), *cwd = NULL, *scheme = "hmac-sha256";
+    uint64_t timeout_ms = 0;
+    json_t *env = json_object();
+    klog_set_level(KLOG_WARN);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "+k:C:t:e:l:s:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's': scheme = optarg; break;
+        case 'k': kernel_name = optarg; break;
+        case 'C': cwd = optarg; break;
+        case 't': timeout_ms = strtoull(optarg, NULL, 10); break;
+        case 'e': {
+            const char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg) {
+                fprintf(stderr, "kbridge: --env wants KEY=VALUE, got '%s'\n", optarg);
+                json_decref(env);
+                return 2;
+            }
+            char *key = strndup(optarg, (size_t) (eq - optarg));
+            json_object_set_new(env, key, json_string(eq + 1));
+            free(key);
+            break;
+        }
+        case 'l': {
+            int level = klog_parse_level(optarg);
+            if (level < 0) {
+                fprintf(stderr, "kbridge: unknown log level '%s'\n", optarg);
+                json_decref(env);
+                return 2;
+            }
+            klog_set_level((klog_level_t) level);
+            break;
+        }
+        case 'h': s_usage(stdout); json_decref(env); return 0;
+        default: s_usage(stderr); json_decref(env); return 2;
+        }
+    }
+    if (optind >= argc) {
+        s_usage(stderr);
+        json_decref(env);
+        return 2;
+    }
+    hmac_t *probe = hmac_new(scheme, "k", 1, NULL);
+    if (!probe) {
+        fprintf(stderr, "kbridge: unsupported signature scheme '%s' (hmac-sha256 or hmac-sha512)\n", scheme);
+        json_decref(env);
+        return 2;
+    }
+    hmac_destroy(&probe);
+    int err;
+    kspec_t *spec = kspec_find(kernel_name, &err);
+    if (!spec) {
+        fprintf(stderr, "kbridge: no such kernel '%s'\n", kernel_name);
+        json_decref(env);
+        return 1;
+    }
+    rundir_t *rundir = rundir_new(NULL);
+    if (!rundir) {
+        kspec_destroy(&spec);
+        json_decref(env);
+        return 1;
+    }
+    exec_state_t st;
+    memset(&st, 0, sizeof st);
+    st.loop = uv_default_loop();
+    kernel_opts_t kopts;
+    memset(&kopts, 0, sizeof kopts);
+    kopts.cwd = cwd;
+    kopts.env = env;
+    kopts.runtime_dir = rundir_path(rundir);
+    kopts.shim = kbridge_exe_path();
+    kopts.signature_scheme = scheme;
+    runner_events_t revents = {s_on_runner_event};
+    st.runner = runner_new(st.loop, spec, &kopts, &revents, &st, &err);
+    kspec_destroy(&spec);
+    json_decref(env);
+    if (!st.runner) {
+        fprintf(stderr, "kbridge: the kernel could not be started: %s\n", kb_strerror(err));
+        rundir_destroy(&rundir);
+        uv_run(st.loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    uv_signal_init(st.loop, &st.sigint);
+    uv_signal_init(st.loop, &st.sigterm);
+    uv_timer_init(st.loop, &st.reaper);
+    st.sigint.data = st.sigterm.data = st.reaper.data = &st;
+    uv_signal_start(&st.sigint, s_on_signal, SIGINT);
+    uv_signal_start(&st.sigterm, s_on_signal, SIGTERM);
+
+    run_opts_t ropts;
+    memset(&ropts, 0, sizeof ropts);
+    ropts.timeout_ms = timeout_ms;
+    st.cells = argc - optind;
+    for (int i = optind; i < argc; i++) {
+        if (!runner_execute(st.runner, argv[i], &ropts, s_on_event, &st, &err)) {
+            fprintf(stderr, "kbridge: cannot queue cell: %s\n", kb_strerror(err));
+            st.status = 1;
+            s_stop(&st);
+            break;
+        }
+    }
+    uv_run(st.loop, UV_RUN_DEFAULT);
+    rundir_destroy(&rundir);
+    if (uv_loop_close(st.loop) != 0) klog_debug("loop closed with handles still open");
+    return st.status;
+}

@@ -1,0 +1,503 @@
+/*  e2b - /execute, /contexts and /health as the E2B code interpreter serves them. */
+#include "e2b.h"
+#include "../kernels/hwait.h"
+#include "../buf/jbuf.h"
+#include "../kernels/execution.h"
+#include "../kernels/kentry.h"
+#include "../kernels/registry.h"
+#include "../http/server.h"
+#include "../../base/jx.h"
+#include "../../base/kberr.h"
+#include "../../base/klog.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define KEEPALIVE_MS 5000
+
+//  A streaming /execute.
+typedef struct stream_s {
+    struct stream_s *prev, *next;
+    e2b_t *e2b;
+    hreq_t *req;
+    run_t *run;
+    uv_timer_t keepalive;
+    bool ended;
+} stream_t;
+
+struct _e2b_t {
+    server_t *server;
+    stream_t *streams;
+};
+
+static registry_t *s_registry(e2b_t *self)
+{
+    return server_registry(self->server);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Languages and contexts
+
+//  E2B's normalization: lower-case, trimmed, js -> javascript, ts -> typescript.
+static void s_normalize_language(const char *in, char *out, size_t size)
+{
+    while (*in && isspace((unsigned char) *in)) in++;
+    size_t n = strlen(in);
+    while (n && isspace((unsigned char) in[n - 1])) n--;
+    if (n >= size) n = size - 1;
+    for (size_t i = 0; i < n; i++) out[i] = (char) tolower((unsigned char) in[i]);
+    out[n] = '\0';
+    if (strcmp(out, "js") == 0) snprintf(out, size, "javascript");
+    if (strcmp(out, "ts") == 0) snprintf(out, size, "typescript");
+}
+
+//  The kernelspec for an E2B language: the default kernel for python, otherwise the first
+//  installed spec whose language matches (typescript runs on the javascript kernel).
+static char *s_kernel_for_language(e2b_t *self, const char *language)
+{
+    const char *want = strcmp(language, "typescript") == 0 ? "javascript" : language;
+    kspec_t *def = kspec_find(registry_default_kernel(s_registry(self)), NULL);
+    char *name = NULL;
+    if (def && strcasecmp(kspec_language(def), want) == 0) name = strdup(kspec_name(def));
+    kspec_destroy(&def);
+    if (name) return name;
+    kspec_t **specs;
+    size_t n = kspec_list(&specs);
+    for (size_t i = 0; i < n && !name; i++)
+        if (strcasecmp(kspec_language(specs[i]), want) == 0) name = strdup(kspec_name(specs[i]));
+    kspec_list_destroy(&specs, n);
+    return name;
+}
+
+static const char *s_context_language(kentry_t *entry)
+{
+    const char *tag = json_string_value(json_object_get(kentry_tags(entry), "e2b_language"));
+    return tag ? tag : kernel_language(kentry_kernel(entry));
+}
+
+static json_t *s_context_model(kentry_t *entry)
+{
+    char language[64];
+    s_normalize_language(s_context_language(entry), language, sizeof language);
+    json_t *native = kentry_model_native(entry);
+    json_t *model = json_pack("{s:s, s:s, s:O}", "id", kentry_id(entry), "language", language, "cwd",
+                              json_object_get(native, "cwd"));
+    json_decref(native);
+    return model;
+}
+
+static kentry_t *s_live(e2b_t *self, const char *id)
+{
+    kentry_t *entry = id ? registry_find(s_registry(self), id) : NULL;
+    return entry && !kentry_shutting_down(entry) ? entry : NULL;
+}
+
+//  Start a context for language in cwd. On failure, *why says what went wrong.
+static kentry_t *s_create_context(e2b_t *self, const char *language, const char *cwd, char *why,
+                                  size_t size)
+{
+    char *kernel = s_kernel_for_language(self, language);
+    if (!kernel) {
+        snprintf(why, size, "No kernel is installed for language '%s'", language);
+        return NULL;
+    }
+    int err;
+    kentry_t *entry = registry_start(s_registry(self), kernel, cwd, NULL, &err);
+    if (!entry)
+        snprintf(why, size, "Failed to start the %s kernel for language '%s': %s", kernel, language,
+                 err == KB_EINVAL ? "cwd is not a directory" : kb_strerror(err));
+    free(kernel);
+    if (entry) json_object_set_new(kentry_tags(entry), "e2b_language", json_string(language));
+    return entry;
+}
+
+//  The default context of a language, created on first use.
+static kentry_t *s_default_context(e2b_t *self, const char *language, char *why, size_t size)
+{
+    kentry_t **entries;
+    size_t n = registry_list(s_registry(self), &entries);
+    kentry_t *found = NULL;
+    for (size_t i = 0; i < n && !found; i++) {
+        const char *tag = json_string_value(json_object_get(kentry_tags(entries[i]), "e2b_default"));
+        if (tag && strcmp(tag, language) == 0 && !kentry_shutting_down(entries[i])) found = entries[i];
+    }
+    free(entries);
+    if (found) return found;
+    found = s_create_context(self, language, NULL, why, size);
+    if (found) json_object_set_new(kentry_tags(found), "e2b_default", json_string(language));
+    return found;
+}
+
+// ---------------------------------------------------------------------------------------
+//  FastAPI-style validation errors
+
+static void s_reply_422(hreq_t *req, const char *type, json_t *loc, const char *msg, json_t *input)
+{
+    json_t *detail = json_pack("{s:s, s:o, s:s, s:o}", "type", type, "loc", loc, "msg", msg, "input",
+                               input ? input : json_null());
+    hreq_reply_json(req, 422, json_pack("{s:[o]}", "detail", detail));
+}
+
+// ---------------------------------------------------------------------------------------
+//  /execute
+
+//  One NDJSON line, sent as one chunk: everything non-ASCII escaped as \uXXXX, as
+//  Python's json.dumps does, so no line holds a byte a client could split inside a
+//  character or read as a line break.
+static void s_write_text(stream_t *st, const char *text, size_t len)
+{
+    size_t n = jraw_ascii_len(text, len);
+    char *line = malloc(n + 1);
+    if (!line) return;
+    jraw_to_ascii(text, len, line);
+    line[n] = '\n';
+    if (hreq_stream_write(st->req, line, n + 1) == KB_OK) uv_timer_again(&st->keepalive);
+    free(line);
+}
+
+static void s_write_literal(stream_t *st, const char *line)
+{
+    s_write_text(st, line, strlen(line));
+}
+
+static void s_stream_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void s_stream_free(stream_t *st)
+{
+    e2b_t *self = st->e2b;
+    if (st->prev) st->prev->next = st->next;
+    else if (self->streams == st) self->streams = st->next;
+    if (st->next) st->next->prev = st->prev;
+    hreq_on_close(st->req, NULL, NULL);
+    hreq_release(&st->req);
+    uv_timer_stop(&st->keepalive);
+    uv_close((uv_handle_t *) &st->keepalive, s_stream_closed);
+}
+
+static void s_on_keepalive(uv_timer_t *timer)
+{
+    s_write_literal(timer->data, "{\"type\": \"keepalive\"}");
+}
+
+//  The client went away (its timeout, an abort): interrupt what it was running. The run
+//  queue waits for the interrupted request to settle before the next run is sent.
+static void s_on_client_gone(hreq_t *req, void *arg)
+{
+    (void) req;
+    stream_t *st = arg;
+    if (st->run) {
+        run_t *run = st->run;
+        st->run = NULL;
+        klog_info("e2b: client left mid-execution; interrupting");
+        run_cancel(run);
+    }
+    s_stream_free(st);
+}
+
+static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
+                            void *arg)
+{
+    (void) exec;
+    stream_t *st = arg;
+    if (strcmp(type, "end_of_execution") == 0) {
+        st->run = NULL;
+        s_write_literal(st, "{\"type\": \"end_of_execution\"}");
+        hreq_stream_end(st->req);
+        s_stream_free(st);
+        return;
+    }
+    //  The execution already follows E2B's conventions (opts.e2b): only the type is added.
+    jbuf_t line;
+    jbuf_init(&line);
+    jbuf_adds(&line, "{\"type\":\"");
+    jbuf_adds(&line, type);
+    jbuf_add(&line, "\"", 1);
+    if (len) {
+        jbuf_add(&line, ",", 1);
+        jbuf_add(&line, body, len);
+    }
+    jbuf_add(&line, "}", 1);
+    if (jbuf_text(&line)) s_write_text(st, jbuf_text(&line), line.len);
+    jbuf_free(&line);
+}
+
+static void s_execute(e2b_t *self, hreq_t *req)
+{
+    size_t blen;
+    const char *body = hreq_body(req, &blen);
+    json_error_t jerr;
+    json_t *doc = jx_loadb(body, blen, &jerr);
+    if (!doc) {
+        json_t *detail = json_pack("{s:s, s:[s, i], s:s, s:{}, s:{s:s}}", "type", "json_invalid", "loc",
+                                   "body", jerr.position, "msg", "JSON decode error", "input", "ctx",
+                                   "error", jerr.text);
+        hreq_reply_json(req, 422, json_pack("{s:[o]}", "detail", detail));
+        return;
+    }
+    if (!json_is_object(doc)) {
+        s_reply_422(req, "model_attributes_type", json_pack("[s]", "body"),
+                    "Input should be a valid dictionary or object to extract fields from", json_incref(doc));
+        json_decref(doc);
+        return;
+    }
+    json_t *code = json_object_get(doc, "code");
+    if (!code) {
+        s_reply_422(req, "missing", json_pack("[s, s]", "body", "code"), "Field required", json_incref(doc));
+        json_decref(doc);
+        return;
+    }
+    static const char *strings[] = {"code", "context_id", "language"};
+    for (int i = 0; i < 3; i++) {
+        json_t *v = json_object_get(doc, strings[i]);
+        if (v && !json_is_string(v) && !(i > 0 && json_is_null(v))) {
+            s_reply_422(req, "string_type", json_pack("[s, s]", "body", strings[i]),
+                        "Input should be a valid string", json_incref(v));
+            json_decref(doc);
+            return;
+        }
+    }
+    json_t *env = json_object_get(doc, "env_vars");
+    if (json_is_null(env)) env = NULL;
+    if (env && !json_is_object(env)) {
+        s_reply_422(req, "dict_type", json_pack("[s, s]", "body", "env_vars"),
+                    "Input should be a valid dictionary", json_incref(env));
+        json_decref(doc);
+        return;
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(env, key, value)
+    {
+        if (!json_is_string(value)) {
+            s_reply_422(req, "string_type", json_pack("[s, s, s]", "body", "env_vars", key),
+                        "Input should be a valid string", json_incref(value));
+            json_decref(doc);
+            return;
+        }
+        if (!*key || strchr(key, '=') || memchr(json_string_value(value), '\0', json_string_length(value))) {
+            s_reply_422(req, "value_error", json_pack("[s, s, s]", "body", "env_vars", key),
+                        "Value error, environment variable names must be non-empty without '=', "
+                        "values without NUL",
+                        json_incref(value));
+            json_decref(doc);
+            return;
+        }
+    }
+    const char *context_id = json_string_value(json_object_get(doc, "context_id"));
+    const char *language = json_string_value(json_object_get(doc, "language"));
+    if (context_id && language) {
+        hreq_reply_text(req, 400, "Only one of context_id or language can be provided");
+        json_decref(doc);
+        return;
+    }
+    kentry_t *entry;
+    char why[300];
+    if (context_id) {
+        entry = s_live(self, context_id);
+        if (!entry) {
+            snprintf(why, sizeof why, "Context %.200s not found", context_id);
+            hreq_reply_text(req, 404, why);
+            json_decref(doc);
+            return;
+        }
+    } else {
+        char lang[64];
+        s_normalize_language(language ? language : "python", lang, sizeof lang);
+        entry = s_default_context(self, lang, why, sizeof why);
+        if (!entry) {
+            hreq_reply_text(req, 500, why);
+            json_decref(doc);
+            return;
+        }
+    }
+    stream_t *st = calloc(1, sizeof *st);
+    if (!st) {
+        hreq_reply_text(req, 500, "out of memory");
+        json_decref(doc);
+        return;
+    }
+    st->e2b = self;
+    st->req = req;
+    hreq_hold(req);
+    uv_timer_init(server_loop(self->server), &st->keepalive);
+    st->keepalive.data = st;
+    st->next = self->streams;
+    if (self->streams) self->streams->prev = st;
+    self->streams = st;
+    //  Headers at once, before waiting for the context: the SDK's request timeout only
+    //  covers the wait for them.
+    hreq_stream_begin(req, 200, NULL);
+    hreq_on_close(req, s_on_client_gone, st);
+    uv_timer_start(&st->keepalive, s_on_keepalive, KEEPALIVE_MS, KEEPALIVE_MS);
+    run_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.env_vars = env;
+    opts.exec.e2b = true;
+    opts.exec.stream_only = true;
+    int err;
+    st->run = runner_execute(kentry_runner(entry), json_string_value(code), &opts, s_on_exec_event, st, &err);
+    json_decref(doc);
+    if (!st->run) {
+        json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "name",
+                              err == KB_EINVAL ? "ValueError" : "ContextError", "value",
+                              err == KB_EINVAL ? "env_vars are not supported for this context's language"
+                                               : kb_strerror(err),
+                              "traceback", "");
+        char *text = jx_dumps(e, true, NULL);
+        json_decref(e);
+        if (text) s_write_literal(st, text);
+        free(text);
+        s_write_literal(st, "{\"type\": \"end_of_execution\"}");
+        hreq_stream_end(req);
+        s_stream_free(st);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+//  /contexts
+
+typedef enum { CTX_CREATE, CTX_RESTART, CTX_DELETE } ctx_op_t;
+static void s_reply_after(hreq_t *req, kentry_t *entry, ctx_op_t op);
+
+static void s_contexts_post(e2b_t *self, hreq_t *req)
+{
+    size_t blen;
+    const char *body = hreq_body(req, &blen);
+    json_t *doc = blen ? jx_loadb(body, blen, NULL) : json_object();
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        s_reply_422(req, "model_attributes_type", json_pack("[s]", "body"),
+                    "Input should be a valid dictionary or object to extract fields from", NULL);
+        return;
+    }
+    json_t *lang = json_object_get(doc, "language"), *cwd = json_object_get(doc, "cwd");
+    if ((lang && !json_is_null(lang) && !json_is_string(lang)) || (cwd && !json_is_null(cwd) && !json_is_string(cwd))) {
+        s_reply_422(req, "string_type", json_pack("[s, s]", "body", lang && !json_is_string(lang) ? "language" : "cwd"),
+                    "Input should be a valid string", NULL);
+        json_decref(doc);
+        return;
+    }
+    char language[64], why[300];
+    s_normalize_language(json_is_string(lang) ? json_string_value(lang) : "python", language, sizeof language);
+    kentry_t *entry = s_create_context(self, language, json_string_value(cwd), why, sizeof why);
+    json_decref(doc);
+    if (!entry) {
+        hreq_reply_text(req, 500, why);
+        return;
+    }
+    //  Ready when answered, as upstream's context creation is.
+    if (kentry_ready(entry)) hreq_reply_json(req, 200, s_context_model(entry));
+    else s_reply_after(req, entry, CTX_CREATE);
+}
+
+static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op)
+{
+    char why[300];
+    if (op == CTX_DELETE) {
+        hreq_reply(req, 200, "application/json", "null", 4);
+    } else if (result != KWAIT_READY) {
+        snprintf(why, sizeof why, "Failed to %s context %s: %s", op == CTX_CREATE ? "create" : "restart",
+                 kentry_id(entry), kernel_exit_reason(kentry_kernel(entry)));
+        hreq_reply_text(req, 500, why);
+        if (op == CTX_CREATE) kentry_shutdown(entry);
+    } else if (op == CTX_CREATE) {
+        hreq_reply_json(req, 200, s_context_model(entry));
+    } else {
+        hreq_reply(req, 200, "application/json", "null", 4);
+    }
+}
+
+//  Answer req once entry has gone through its next transition.
+static void s_reply_after(hreq_t *req, kentry_t *entry, ctx_op_t op)
+{
+    hwait_start(req, entry, s_reply_transition, (int) op);
+}
+
+static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *action)
+{
+    kentry_t *entry = s_live(self, id);
+    if (!entry) {
+        char why[300];
+        snprintf(why, sizeof why, "Context %.200s not found", id);
+        hreq_reply_text(req, 404, why);
+        return;
+    }
+    bool restart = strcmp(action, "restart") == 0 && hreq_method(req) == HM_POST;
+    bool remove = *action == '\0' && hreq_method(req) == HM_DELETE;
+    if (!restart && !remove) {
+        hreq_reply_text(req, 405, "Method Not Allowed");
+        return;
+    }
+    s_reply_after(req, entry, restart ? CTX_RESTART : CTX_DELETE);
+    if (restart) kentry_restart(entry);
+    else kentry_shutdown(entry);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Routing
+
+bool e2b_route(const char *path)
+{
+    return strcmp(path, "/execute") == 0 || strcmp(path, "/health") == 0 ||
+           strcmp(path, "/contexts") == 0 || strncmp(path, "/contexts/", 10) == 0;
+}
+
+void e2b_http(e2b_t *self, hreq_t *req)
+{
+    const char *path = hreq_path(req);
+    hmethod_t m = hreq_method(req);
+    if (strcmp(path, "/health") == 0) {
+        hreq_reply(req, 200, "application/json", "\"OK\"", 4);
+    } else if (strcmp(path, "/execute") == 0) {
+        if (m == HM_POST) s_execute(self, req);
+        else hreq_reply_text(req, 405, "Method Not Allowed");
+    } else if (strcmp(path, "/contexts") == 0) {
+        if (m == HM_POST) {
+            s_contexts_post(self, req);
+        } else if (m == HM_GET) {
+            kentry_t **entries;
+            size_t n = registry_list(s_registry(self), &entries);
+            json_t *list = json_array();
+            for (size_t i = 0; i < n; i++)
+                if (!kentry_shutting_down(entries[i])) json_array_append_new(list, s_context_model(entries[i]));
+            free(entries);
+            hreq_reply_json(req, 200, list);
+        } else {
+            hreq_reply_text(req, 405, "Method Not Allowed");
+        }
+    } else {
+        char id[128];
+        const char *rest = path + 10;
+        const char *slash = strchr(rest, '/');
+        size_t n = slash ? (size_t) (slash - rest) : strlen(rest);
+        snprintf(id, sizeof id, "%.*s", (int) (n < sizeof id ? n : sizeof id - 1), rest);
+        s_context(self, req, id, slash ? slash + 1 : "");
+    }
+}
+
+e2b_t *e2b_new(server_t *server)
+{
+    e2b_t *self = calloc(1, sizeof *self);
+    if (self) self->server = server;
+    return self;
+}
+
+void e2b_destroy(e2b_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    e2b_t *self = *self_p;
+    *self_p = NULL;
+    while (self->streams) {
+        stream_t *st = self->streams;
+        if (st->run) run_cancel(st->run);
+        st->run = NULL;
+        s_stream_free(st);
+    }
+    free(self);
+}

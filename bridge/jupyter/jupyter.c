@@ -1,0 +1,619 @@
+/*  jupyter - Jupyter Server REST kernels/sessions API and channels WebSockets. */
+#include "jupyter.h"
+#include "../kernels/hwait.h"
+#include "channels.h"
+#include "../kernels/kentry.h"
+#include "../http/lwsx.h"
+#include "../kernels/registry.h"
+#include "../http/server.h"
+#include "../../base/jx.h"
+#include "../../base/kberr.h"
+#include "../../base/klog.h"
+#include "../../base/kutil.h"
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+//  The Jupyter Server REST API version these routes follow.
+#define JUPYTER_API_VERSION "2.0.0"
+
+typedef struct jsess_s {
+    struct jsess_s *next;
+    char id[37];
+    char kernel_id[64];
+    json_t *model;  //  {path, name, type}
+} jsess_t;
+
+typedef struct jlink_s {
+    struct jlink_s *next;
+    channels_t *conn;
+} jlink_t;
+
+struct _jupyter_t {
+    server_t *server;
+    char started[32];
+    char last_request[32];
+    jsess_t *sessions;
+    jlink_t *conns;
+    int nconns;
+};
+
+static registry_t *s_registry(jupyter_t *self)
+{
+    return server_registry(self->server);
+}
+
+static kentry_t *s_kernel(jupyter_t *self, const char *id)
+{
+    kentry_t *entry = registry_find(s_registry(self), id);
+    return entry && !kentry_shutting_down(entry) ? entry : NULL;
+}
+
+// ---------------------------------------------------------------------------------------
+//  Kernelspecs
+
+static json_t *s_spec_model(const kspec_t *spec)
+{
+    json_t *resources = json_object();
+    const char *key;
+    json_t *file;
+    json_object_foreach(kspec_resources(spec), key, file)
+    {
+        char url[512];
+        snprintf(url, sizeof url, "/kernelspecs/%s/%s", kspec_name(spec), json_string_value(file));
+        json_object_set_new(resources, key, json_string(url));
+    }
+    return json_pack("{s:s, s:O, s:o}", "name", kspec_name(spec), "spec", kspec_json(spec),
+                     "resources", resources);
+}
+
+static void s_kernelspecs(jupyter_t *self, hreq_t *req)
+{
+    kspec_t **specs;
+    size_t n = kspec_list(&specs);
+    json_t *all = json_object();
+    for (size_t i = 0; i < n; i++) json_object_set_new(all, kspec_name(specs[i]), s_spec_model(specs[i]));
+    kspec_list_destroy(&specs, n);
+    hreq_reply_json(req, 200, json_pack("{s:s, s:o}", "default", registry_default_kernel(s_registry(self)),
+                                        "kernelspecs", all));
+}
+
+//  /kernelspecs/{name}/{file}: only files the spec lists as resources are served.
+static void s_kernelspec_file(hreq_t *req, const char *rest)
+{
+    char name[256];
+    const char *slash = strchr(rest, '/');
+    if (!slash || (size_t) (slash - rest) >= sizeof name) {
+        hreq_reply_error(req, 404, "Not Found");
+        return;
+    }
+    snprintf(name, sizeof name, "%.*s", (int) (slash - rest), rest);
+    const char *file = slash + 1;
+    kspec_t *spec = kspec_find(name, NULL);
+    bool listed = false;
+    const char *key;
+    json_t *value;
+    if (spec)
+        json_object_foreach(kspec_resources(spec), key, value) listed |= strcmp(json_string_value(value), file) == 0;
+    if (!listed) {
+        kspec_destroy(&spec);
+        hreq_reply_error(req, 404, "Not Found");
+        return;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", kspec_resource_dir(spec), file);
+    kspec_destroy(&spec);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        hreq_reply_error(req, 404, "Not Found");
+        return;
+    }
+    char *data = NULL;
+    size_t len = 0, cap = 0, n;
+    char chunk[8192];
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && len < (4u << 20)) {
+        if (len + n > cap) {
+            cap = (len + n) * 2;
+            char *grown = realloc(data, cap);
+            if (!grown) break;
+            data = grown;
+        }
+        memcpy(data + len, chunk, n);
+        len += n;
+    }
+    fclose(f);
+    const char *dot = strrchr(file, '.');
+    const char *type = !dot ? "application/octet-stream"
+                     : strcmp(dot, ".png") == 0 ? "image/png"
+                     : strcmp(dot, ".svg") == 0 ? "image/svg+xml"
+                     : strcmp(dot, ".js") == 0 ? "application/javascript"
+                     : strcmp(dot, ".css") == 0 ? "text/css" : "application/octet-stream";
+    hreq_reply(req, 200, type, data ? data : "", len);
+    free(data);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Kernels
+
+static void s_reply_not_found(hreq_t *req, const char *what, const char *id)
+{
+    char message[256];
+    snprintf(message, sizeof message, "%s does not exist: %.100s", what, id);
+    hreq_reply_error(req, 404, message);
+}
+
+//  The cwd for a kernel started for a notebook path: the path's directory under ours.
+static int s_cwd_for_path(const char *path, char *cwd, size_t size)
+{
+    if (!path || !*path) return 0;
+    if (path[0] == '/' || strstr(path, "..")) return -1;
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    struct stat st;
+    if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(cwd, size, "%s", buf);
+        return 1;
+    }
+    char *dir = dirname(buf);
+    if (strcmp(dir, ".") != 0 && stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(cwd, size, "%s", dir);
+        return 1;
+    }
+    return 0;
+}
+
+static json_t *s_parse_body(hreq_t *req, char *why, size_t size)
+{
+    size_t len;
+    const char *body = hreq_body(req, &len);
+    //  Bodies are JSON whatever Content-Type says (JupyterLab sends text/plain); an empty
+    //  body is an empty object.
+    while (len && (*body == ' ' || *body == '\n' || *body == '\r' || *body == '\t')) body++, len--;
+    if (len == 0) return json_object();
+    json_error_t jerr;
+    json_t *doc = jx_loadb(body, len, &jerr);
+    if (!doc) snprintf(why, size, "Invalid JSON in request body: %s", jerr.text);
+    else if (!json_is_object(doc)) {
+        snprintf(why, size, "Request body must be a JSON object");
+        json_decref(doc);
+        doc = NULL;
+    }
+    return doc;
+}
+
+//  session_name: the notebook path a session's kernel serves, given to it as
+//  JPY_SESSION_NAME as Jupyter Server does (NULL for a bare kernel).
+static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const char *path,
+                         const char *session_name)
+{
+    char cwd[PATH_MAX];
+    int has_cwd = s_cwd_for_path(path, cwd, sizeof cwd);
+    if (has_cwd < 0) {
+        hreq_reply_error(req, 400, "path must be relative to the server's directory");
+        return NULL;
+    }
+    int err;
+    json_t *env = session_name && *session_name ? json_pack("{s:s}", "JPY_SESSION_NAME", session_name) : NULL;
+    kentry_t *entry = registry_start(s_registry(self), name, has_cwd ? cwd : NULL, env, &err);
+    json_decref(env);
+    if (!entry) {
+        char message[256];
+        if (err == KB_ENOTFOUND) {
+            snprintf(message, sizeof message, "No such kernel named %.64s", name ? name : "(default)");
+            hreq_reply_error(req, 404, message);
+        } else {
+            snprintf(message, sizeof message, "Kernel failed to start: %s", kb_strerror(err));
+            hreq_reply_error(req, 500, message);
+        }
+    }
+    return entry;
+}
+
+static void s_kernels_post(jupyter_t *self, hreq_t *req)
+{
+    char why[256];
+    json_t *body = s_parse_body(req, why, sizeof why);
+    if (!body) {
+        hreq_reply_error(req, 400, why);
+        return;
+    }
+    const char *name = NULL, *path = NULL;
+    if (jx_get_str(body, "name", &name, true) || jx_get_str(body, "path", &path, true)) {
+        json_decref(body);
+        hreq_reply_error(req, 400, "'name' and 'path' must be strings");
+        return;
+    }
+    kentry_t *entry = s_start(self, req, name, path, NULL);
+    json_decref(body);
+    if (!entry) return;
+    char location[128];
+    snprintf(location, sizeof location, "/api/kernels/%s", kentry_id(entry));
+    hreq_add_header(req, "location:", location);
+    hreq_reply_json(req, 201, kentry_model_jupyter(entry));
+}
+
+enum { WAIT_RESTART, WAIT_DELETE };
+
+static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op)
+{
+    if (op == WAIT_DELETE) {
+        hreq_reply(req, 204, NULL, NULL, 0);
+    } else if (result == KWAIT_READY) {
+        hreq_reply_json(req, 200, kentry_model_jupyter(entry));
+    } else {
+        char message[256];
+        snprintf(message, sizeof message, "Kernel restart failed: %s", kernel_exit_reason(kentry_kernel(entry)));
+        hreq_reply_error(req, 500, message);
+    }
+}
+
+static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
+{
+    hmethod_t m = hreq_method(req);
+    if (*rest == '\0') {
+        if (m == HM_GET) {
+            kentry_t **entries;
+            size_t n = registry_list(s_registry(self), &entries);
+            json_t *list = json_array();
+            for (size_t i = 0; i < n; i++)
+                if (!kentry_shutting_down(entries[i]))
+                    json_array_append_new(list, kentry_model_jupyter(entries[i]));
+            free(entries);
+            hreq_reply_json(req, 200, list);
+        } else if (m == HM_POST) {
+            s_kernels_post(self, req);
+        } else {
+            hreq_reply_error(req, 405, "Method Not Allowed");
+        }
+        return;
+    }
+    char id[128];
+    const char *slash = strchr(rest, '/');
+    size_t idlen = slash ? (size_t) (slash - rest) : strlen(rest);
+    snprintf(id, sizeof id, "%.*s", (int) (idlen < sizeof id ? idlen : sizeof id - 1), rest);
+    const char *action = slash ? slash + 1 : "";
+    kentry_t *entry = kb_is_kernel_id(id) ? s_kernel(self, id) : NULL;
+    if (!entry) {
+        s_reply_not_found(req, "Kernel", id);
+        return;
+    }
+    if (*action == '\0' && m == HM_GET) {
+        hreq_reply_json(req, 200, kentry_model_jupyter(entry));
+    } else if (*action == '\0' && m == HM_DELETE) {
+        hwait_start(req, entry, s_reply_transition, WAIT_DELETE);
+        kentry_shutdown(entry);
+    } else if (strcmp(action, "interrupt") == 0 && m == HM_POST) {
+        int rc = runner_interrupt(kentry_runner(entry));
+        if (rc) hreq_reply_error(req, 500, kb_strerror(rc));
+        else hreq_reply(req, 204, NULL, NULL, 0);
+    } else if (strcmp(action, "restart") == 0 && m == HM_POST) {
+        hwait_start(req, entry, s_reply_transition, WAIT_RESTART);
+        //  Refused only while shutting down; the waiter then hears of the shutdown.
+        kentry_restart(entry);
+    } else if (strcmp(action, "channels") == 0) {
+        hreq_reply_error(req, 400, "channels is a WebSocket endpoint: send an Upgrade");
+    } else if (*action == '\0' || strcmp(action, "interrupt") == 0 || strcmp(action, "restart") == 0) {
+        hreq_reply_error(req, 405, "Method Not Allowed");
+    } else {
+        hreq_reply_error(req, 404, "Not Found");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+//  Sessions
+
+static void s_prune_sessions(jupyter_t *self)
+{
+    for (jsess_t **p = &self->sessions; *p;) {
+        if (!s_kernel(self, (*p)->kernel_id)) {
+            jsess_t *gone = *p;
+            *p = gone->next;
+            json_decref(gone->model);
+            free(gone);
+        } else {
+            p = &(*p)->next;
+        }
+    }
+}
+
+static json_t *s_session_model(jupyter_t *self, jsess_t *s)
+{
+    json_t *model = json_deep_copy(s->model);
+    json_object_set_new(model, "id", json_string(s->id));
+    kentry_t *entry = s_kernel(self, s->kernel_id);
+    json_object_set_new(model, "kernel", entry ? kentry_model_jupyter(entry) : json_null());
+    const char *type = json_string_value(json_object_get(s->model, "type"));
+    if (type && strcmp(type, "notebook") == 0)
+        json_object_set_new(model, "notebook", json_pack("{s:O, s:O}", "path", json_object_get(s->model, "path"),
+                                                         "name", json_object_get(s->model, "name")));
+    return model;
+}
+
+static jsess_t *s_find_session(jupyter_t *self, const char *id)
+{
+    for (jsess_t *s = self->sessions; s; s = s->next)
+        if (strcmp(s->id, id) == 0) return s;
+    return NULL;
+}
+
+//  Pick the kernel for a session from {"kernel": {"id"} or {"name"}}: attach or start.
+static kentry_t *s_session_kernel(jupyter_t *self, hreq_t *req, json_t *body, const char *path)
+{
+    json_t *kernel = NULL;
+    if (jx_get_obj(body, "kernel", &kernel, true)) {
+        hreq_reply_error(req, 400, "'kernel' must be an object");
+        return NULL;
+    }
+    const char *kid = NULL, *name = NULL;
+    if (jx_get_str(kernel, "id", &kid, true) || jx_get_str(kernel, "name", &name, true)) {
+        hreq_reply_error(req, 400, "kernel 'id' and 'name' must be strings");
+        return NULL;
+    }
+    if (kid) {
+        kentry_t *entry = s_kernel(self, kid);
+        if (!entry) s_reply_not_found(req, "Kernel", kid);
+        return entry;
+    }
+    return s_start(self, req, name, path, path);
+}
+
+static void s_sessions_post(jupyter_t *self, hreq_t *req)
+{
+    char why[256];
+    json_t *body = s_parse_body(req, why, sizeof why);
+    if (!body) {
+        hreq_reply_error(req, 400, why);
+        return;
+    }
+    const char *path = NULL, *name = NULL, *type = "notebook";
+    if (jx_get_str(body, "path", &path, true) || jx_get_str(body, "name", &name, true) ||
+        jx_get_str(body, "type", &type, true)) {
+        json_decref(body);
+        hreq_reply_error(req, 400, "'path', 'name' and 'type' must be strings");
+        return;
+    }
+    s_prune_sessions(self);
+    //  As Jupyter Server: a session for a path that already has one is that session.
+    jsess_t *s = NULL;
+    for (jsess_t *it = self->sessions; it && path; it = it->next) {
+        const char *p = json_string_value(json_object_get(it->model, "path"));
+        if (p && strcmp(p, path) == 0) s = it;
+    }
+    if (!s) {
+        kentry_t *entry = s_session_kernel(self, req, body, path);
+        if (!entry) {
+            json_decref(body);
+            return;
+        }
+        s = calloc(1, sizeof *s);
+        if (!s) {
+            json_decref(body);
+            hreq_reply_error(req, 500, "out of memory");
+            return;
+        }
+        kb_uuid4(s->id);
+        snprintf(s->kernel_id, sizeof s->kernel_id, "%s", kentry_id(entry));
+        s->model = json_pack("{s:s, s:s, s:s}", "path", path ? path : "", "name", name ? name : "",
+                             "type", type);
+        s->next = self->sessions;
+        self->sessions = s;
+    }
+    json_decref(body);
+    char location[128];
+    snprintf(location, sizeof location, "/api/sessions/%s", s->id);
+    hreq_add_header(req, "location:", location);
+    hreq_reply_json(req, 201, s_session_model(self, s));
+}
+
+static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
+{
+    hmethod_t m = hreq_method(req);
+    s_prune_sessions(self);
+    if (*rest == '\0') {
+        if (m == HM_GET) {
+            json_t *list = json_array();
+            for (jsess_t *s = self->sessions; s; s = s->next) json_array_append_new(list, s_session_model(self, s));
+            hreq_reply_json(req, 200, list);
+        } else if (m == HM_POST) {
+            s_sessions_post(self, req);
+        } else {
+            hreq_reply_error(req, 405, "Method Not Allowed");
+        }
+        return;
+    }
+    jsess_t *s = s_find_session(self, rest);
+    if (!s) {
+        s_reply_not_found(req, "Session", rest);
+        return;
+    }
+    if (m == HM_GET) {
+        hreq_reply_json(req, 200, s_session_model(self, s));
+    } else if (m == HM_PATCH) {
+        char why[256];
+        json_t *body = s_parse_body(req, why, sizeof why);
+        if (!body) {
+            hreq_reply_error(req, 400, why);
+            return;
+        }
+        static const char *fields[] = {"path", "name", "type"};
+        for (int i = 0; i < 3; i++) {
+            json_t *v = json_object_get(body, fields[i]);
+            if (v && !json_is_string(v)) {
+                json_decref(body);
+                hreq_reply_error(req, 400, "'path', 'name' and 'type' must be strings");
+                return;
+            }
+            if (v) json_object_set(s->model, fields[i], v);
+        }
+        json_t *kernel = json_object_get(body, "kernel");
+        if (kernel) {
+            //  A new kernel replaces the old one, which is shut down (as Jupyter Server).
+            kentry_t *old = s_kernel(self, s->kernel_id);
+            kentry_t *entry = s_session_kernel(self, req, body, json_string_value(json_object_get(s->model, "path")));
+            if (!entry) {
+                json_decref(body);
+                return;
+            }
+            snprintf(s->kernel_id, sizeof s->kernel_id, "%s", kentry_id(entry));
+            if (old && old != entry) kentry_shutdown(old);
+        }
+        json_decref(body);
+        hreq_reply_json(req, 200, s_session_model(self, s));
+    } else if (m == HM_DELETE) {
+        kentry_t *entry = s_kernel(self, s->kernel_id);
+        for (jsess_t **p = &self->sessions; *p; p = &(*p)->next)
+            if (*p == s) {
+                *p = s->next;
+                break;
+            }
+        json_decref(s->model);
+        free(s);
+        if (entry) {
+            hwait_start(req, entry, s_reply_transition, WAIT_DELETE);
+            kentry_shutdown(entry);
+        } else {
+            hreq_reply(req, 204, NULL, NULL, 0);
+        }
+    } else {
+        hreq_reply_error(req, 405, "Method Not Allowed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+//  Routing
+
+void jupyter_http(jupyter_t *self, hreq_t *req)
+{
+    const char *path = hreq_path(req);
+    if (strcmp(path, "/api/status") != 0) kb_now_iso(self->last_request);
+    hmethod_t m = hreq_method(req);
+    //  Trailing slashes are tolerated, as Tornado does.
+    char clean[1024];
+    snprintf(clean, sizeof clean, "%s", path);
+    size_t n = strlen(clean);
+    while (n > 1 && clean[n - 1] == '/') clean[--n] = '\0';
+    if (strcmp(clean, "/api") == 0 && m == HM_GET) {
+        hreq_reply_json(req, 200, json_pack("{s:s, s:s}", "version", JUPYTER_API_VERSION, "kbridge", PROJECT_VERSION));
+    } else if (strcmp(clean, "/api/status") == 0 && m == HM_GET) {
+        //  As Jupyter Server: the latest of API activity and kernel activity, which stays
+        //  when the kernels are gone (idle culling reads it).
+        const char *last = self->last_request;
+        const char *kernels = registry_last_activity(s_registry(self));
+        if (strcmp(kernels, last) > 0) last = kernels;
+        json_t *status = json_pack("{s:i, s:i, s:s, s:s}", "connections", self->nconns, "kernels",
+                                   (int) registry_count(s_registry(self)), "last_activity", last,
+                                   "started", self->started);
+        hreq_reply_json(req, 200, status);
+    } else if (strcmp(clean, "/api/kernelspecs") == 0 && m == HM_GET) {
+        s_kernelspecs(self, req);
+    } else if (strncmp(clean, "/api/kernelspecs/", 17) == 0 && m == HM_GET) {
+        kspec_t *spec = kspec_find(clean + 17, NULL);
+        if (!spec) s_reply_not_found(req, "Kernel spec", clean + 17);
+        else hreq_reply_json(req, 200, s_spec_model(spec));
+        kspec_destroy(&spec);
+    } else if (strncmp(clean, "/kernelspecs/", 13) == 0 && m == HM_GET) {
+        s_kernelspec_file(req, clean + 13);
+    } else if (strcmp(clean, "/api/kernels") == 0 || strncmp(clean, "/api/kernels/", 13) == 0) {
+        s_kernels(self, req, clean[12] == '/' ? clean + 13 : "");
+    } else if (strcmp(clean, "/api/sessions") == 0 || strncmp(clean, "/api/sessions/", 14) == 0) {
+        s_sessions(self, req, clean[13] == '/' ? clean + 14 : "");
+    } else {
+        hreq_reply_error(req, 404, "Not Found");
+    }
+}
+
+bool jupyter_channels_path(const char *path, char *kernel_id, size_t size)
+{
+    if (strncmp(path, "/api/kernels/", 13) != 0) return false;
+    const char *id = path + 13;
+    const char *slash = strchr(id, '/');
+    if (!slash || strcmp(slash, "/channels") != 0) return false;
+    size_t n = (size_t) (slash - id);
+    if (n == 0 || n >= size) return false;
+    snprintf(kernel_id, size, "%.*s", (int) n, id);
+    return true;
+}
+
+bool jupyter_kernel_exists(jupyter_t *self, const char *kernel_id)
+{
+    return kb_is_kernel_id(kernel_id) && s_kernel(self, kernel_id) != NULL;
+}
+
+static void s_on_conn_gone(channels_t *conn, void *arg)
+{
+    jupyter_t *self = arg;
+    for (jlink_t **p = &self->conns; *p; p = &(*p)->next)
+        if ((*p)->conn == conn) {
+            jlink_t *l = *p;
+            *p = l->next;
+            free(l);
+            self->nconns--;
+            return;
+        }
+}
+
+void jupyter_accept(jupyter_t *self, wsconn_t *conn, struct lws *wsi, wsframing_proto_t proto)
+{
+    char path[512], kernel_id[128], session_id[128];
+    kentry_t *entry = NULL;
+    if (lwsx_path(wsi, path, sizeof path) >= 0 && jupyter_channels_path(path, kernel_id, sizeof kernel_id))
+        entry = s_kernel(self, kernel_id);
+    if (!entry) {
+        wsconn_close(conn, 1011, "kernel gone");
+        return;
+    }
+    if (lwsx_query(wsi, "session_id", session_id, sizeof session_id) != 0) session_id[0] = '\0';
+    //  One connection per (kernel, session_id): two DEALERs with one routing id collide.
+    for (jlink_t *l = self->conns; l && *session_id; l = l->next)
+        if (channels_kentry(l->conn) == entry && strcmp(channels_session_id(l->conn), session_id) == 0) {
+            klog_info("kernel %.8s: replacing stale connection for session %s", kernel_id, session_id);
+            channels_close(l->conn, 1000, "replaced by a newer connection with the same session_id");
+        }
+    jlink_t *link = malloc(sizeof *link);
+    channels_events_t events = {s_on_conn_gone};
+    channels_t *jc = link ? channels_new(server_loop(self->server), entry, conn, session_id, proto, &events, self) : NULL;
+    if (!jc) {
+        free(link);
+        return;
+    }
+    link->conn = jc;
+    link->next = self->conns;
+    self->conns = link;
+    self->nconns++;
+}
+
+jupyter_t *jupyter_new(server_t *server)
+{
+    jupyter_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->server = server;
+    kb_now_iso(self->started);
+    snprintf(self->last_request, sizeof self->last_request, "%s", self->started);
+    return self;
+}
+
+void jupyter_destroy(jupyter_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    jupyter_t *self = *self_p;
+    *self_p = NULL;
+    while (self->conns) {
+        jlink_t *l = self->conns;
+        self->conns = l->next;
+        channels_destroy(&l->conn);
+        free(l);
+    }
+    while (self->sessions) {
+        jsess_t *s = self->sessions;
+        self->sessions = s->next;
+        json_decref(s->model);
+        free(s);
+    }
+    free(self);
+}

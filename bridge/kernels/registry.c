@@ -1,0 +1,218 @@
+/*  registry - the service's kernels by id. */
+#include "registry.h"
+#include "../../base/kberr.h"
+#include "../../base/klog.h"
+#include "../../base/kutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SHUTDOWN_ALL_DEADLINE_MS 8000
+
+struct _registry_t {
+    uv_loop_t *loop;
+    registry_config_t config;
+    char *runtime_dir, *shim, *transport, *default_kernel, *scheme;
+    json_t *env;
+    kentry_t **live;
+    size_t nlive, cap;
+    kentry_t **dead;  //  shut down, to be reaped
+    size_t ndead, dead_cap;
+    uv_timer_t reaper, deadline;
+    char last_activity[32];  //  latest activity of kernels already gone
+    bool closing;
+    void (*all_done)(void *arg);
+    void *all_done_arg;
+};
+
+static void s_reap(uv_timer_t *timer)
+{
+    registry_t *self = timer->data;
+    for (size_t i = 0; i < self->ndead; i++) kentry_destroy(&self->dead[i]);
+    self->ndead = 0;
+    if (self->all_done && self->nlive == 0) {
+        uv_timer_stop(&self->deadline);
+        void (*done)(void *) = self->all_done;
+        self->all_done = NULL;
+        done(self->all_done_arg);
+    }
+}
+
+static void s_on_shutdown(kentry_t *entry, void *arg)
+{
+    registry_t *self = arg;
+    const char *seen = runner_last_activity(kentry_runner(entry));
+    if (strcmp(seen, self->last_activity) > 0) snprintf(self->last_activity, sizeof self->last_activity, "%s", seen);
+    for (size_t i = 0; i < self->nlive; i++) {
+        if (self->live[i] != entry) continue;
+        memmove(&self->live[i], &self->live[i + 1], (self->nlive - i - 1) * sizeof *self->live);
+        self->nlive--;
+        break;
+    }
+    if (self->ndead == self->dead_cap) {
+        size_t cap = self->dead_cap ? self->dead_cap * 2 : 8;
+        kentry_t **grown = realloc(self->dead, cap * sizeof *grown);
+        if (!grown) return;  //  leaks one entry rather than freeing it inside its callback
+        self->dead = grown;
+        self->dead_cap = cap;
+    }
+    self->dead[self->ndead++] = entry;
+    uv_timer_start(&self->reaper, s_reap, 0, 0);
+}
+
+registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
+{
+    registry_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->loop = loop;
+    self->runtime_dir = kb_strdup(config->runtime_dir);
+    self->shim = kb_strdup(config->shim);
+    self->transport = kb_strdup(config->transport ? config->transport : "tcp");
+    self->scheme = kb_strdup(config->signature_scheme);
+    self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
+    self->env = config->env ? json_deep_copy(config->env) : json_object();
+    self->config.autorestart = config->autorestart;
+    uv_timer_init(loop, &self->reaper);
+    uv_timer_init(loop, &self->deadline);
+    self->reaper.data = self->deadline.data = self;
+    return self;
+}
+
+static void s_free_registry(uv_handle_t *handle)
+{
+    registry_t *self = handle->data;
+    if (handle == (uv_handle_t *) &self->deadline) {
+        free(self->runtime_dir);
+        free(self->shim);
+        free(self->transport);
+        free(self->scheme);
+        free(self->default_kernel);
+        json_decref(self->env);
+        free(self->live);
+        free(self->dead);
+        free(self);
+    }
+}
+
+void registry_destroy(registry_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    registry_t *self = *self_p;
+    *self_p = NULL;
+    self->closing = true;
+    self->all_done = NULL;
+    for (size_t i = 0; i < self->ndead; i++) kentry_destroy(&self->dead[i]);
+    self->ndead = 0;
+    while (self->nlive) {
+        kentry_t *entry = self->live[--self->nlive];
+        kentry_destroy(&entry);
+    }
+    uv_close((uv_handle_t *) &self->reaper, NULL);
+    uv_close((uv_handle_t *) &self->deadline, s_free_registry);
+}
+
+kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *cwd,
+                         json_t *env, int *err)
+{
+    int dummy;
+    if (!err) err = &dummy;
+    if (self->closing || self->all_done) {
+        *err = KB_ECLOSED;
+        return NULL;
+    }
+    kspec_t *spec = kspec_find(kernel_name ? kernel_name : self->default_kernel, err);
+    if (!spec) return NULL;
+    json_t *merged = json_deep_copy(self->env);
+    if (env) json_object_update(merged, env);
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.cwd = cwd;
+    opts.env = merged;
+    opts.transport = self->transport;
+    opts.signature_scheme = self->scheme;
+    opts.runtime_dir = self->runtime_dir;
+    opts.shim = self->shim;
+    opts.autorestart = self->config.autorestart;
+    kentry_events_t events = {s_on_shutdown};
+    kentry_t *entry = kentry_new(self->loop, spec, &opts, &events, self, err);
+    kspec_destroy(&spec);
+    json_decref(merged);
+    if (!entry) return NULL;
+    if (self->nlive == self->cap) {
+        size_t cap = self->cap ? self->cap * 2 : 16;
+        kentry_t **grown = realloc(self->live, cap * sizeof *grown);
+        if (!grown) {
+            kentry_destroy(&entry);
+            *err = KB_ENOMEM;
+            return NULL;
+        }
+        self->live = grown;
+        self->cap = cap;
+    }
+    self->live[self->nlive++] = entry;
+    *err = KB_OK;
+    return entry;
+}
+
+kentry_t *registry_find(registry_t *self, const char *kernel_id)
+{
+    if (!kernel_id) return NULL;
+    for (size_t i = 0; i < self->nlive; i++)
+        if (strcmp(kentry_id(self->live[i]), kernel_id) == 0) return self->live[i];
+    return NULL;
+}
+
+size_t registry_list(registry_t *self, kentry_t ***entries)
+{
+    *entries = NULL;
+    if (!self->nlive) return 0;
+    *entries = malloc(self->nlive * sizeof **entries);
+    if (!*entries) return 0;
+    memcpy(*entries, self->live, self->nlive * sizeof **entries);
+    return self->nlive;
+}
+
+size_t registry_count(const registry_t *self)
+{
+    return self->nlive;
+}
+
+const char *registry_last_activity(const registry_t *self)
+{
+    const char *latest = self->last_activity;
+    for (size_t i = 0; i < self->nlive; i++) {
+        const char *seen = runner_last_activity(kentry_runner(self->live[i]));
+        if (strcmp(seen, latest) > 0) latest = seen;
+    }
+    return latest;
+}
+
+const char *registry_default_kernel(const registry_t *self)
+{
+    return self->default_kernel;
+}
+
+static void s_on_deadline(uv_timer_t *timer)
+{
+    registry_t *self = timer->data;
+    klog_warn("%zu kernel(s) did not shut down in time; killing them", self->nlive);
+    while (self->nlive) {
+        kentry_t *entry = self->live[--self->nlive];
+        kentry_destroy(&entry);
+    }
+    uv_timer_start(&self->reaper, s_reap, 0, 0);
+}
+
+void registry_shutdown_all(registry_t *self, void (*done)(void *arg), void *arg)
+{
+    self->all_done = done;
+    self->all_done_arg = arg;
+    kentry_t **entries;
+    size_t n = registry_list(self, &entries);
+    for (size_t i = 0; i < n; i++) kentry_shutdown(entries[i]);
+    free(entries);
+    uv_timer_start(&self->deadline, s_on_deadline, SHUTDOWN_ALL_DEADLINE_MS, 0);
+    //  With no kernels at all, finish from the next loop turn.
+    uv_timer_start(&self->reaper, s_reap, 0, 0);
+}

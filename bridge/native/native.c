@@ -1,0 +1,589 @@
+/*  native - the /ws protocol: sessions, ops, execution streaming. */
+#include "native.h"
+#include "../buf/jbuf.h"
+#include "../kernels/kentry.h"
+#include "../http/lwsx.h"
+#include "../kernels/registry.h"
+#include "../http/server.h"
+#include "session.h"
+#include "../../base/jx.h"
+#include "../../base/kberr.h"
+#include "../../base/klog.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+//  Executions queued on one kernel before new ones are refused with "busy".
+#define MAX_QUEUED_PER_KERNEL 10000
+
+typedef struct sess_link_s {
+    struct sess_link_s *next;
+    session_t *session;
+} sess_link_t;
+
+struct _native_t {
+    server_t *server;
+    sess_link_t *sessions;
+    uv_timer_t reaper;
+    sess_link_t *expired;  //  sessions to destroy on the next loop turn
+};
+
+//  One connection's view: which session it serves.
+typedef struct {
+    native_t *native;
+    session_t *session;
+} nconn_t;
+
+//  An asynchronous request of a session.
+typedef enum { NREQ_EXECUTE, NREQ_START, NREQ_RESTART, NREQ_SHUTDOWN } nreq_kind_t;
+
+typedef struct {
+    spending_t pending;  //  first: the session's tracking link
+    nreq_kind_t kind;
+    session_t *session;
+    json_t *id;
+    char kernel_id[64];
+    run_t *run;
+    kwait_t wait;
+} nreq_t;
+
+// ---------------------------------------------------------------------------------------
+//  Replies
+
+static void s_reply(session_t *session, const char *type, json_t *id, json_t *fields)
+{
+    json_t *msg = json_pack("{s:s, s:O}", "type", type, "id", id ? id : json_null());
+    if (fields) json_object_update(msg, fields);
+    json_decref(fields);
+    session_send(session, msg);
+    json_decref(msg);
+}
+
+static void s_error(session_t *session, json_t *id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void s_error(session_t *session, json_t *id, const char *code, const char *fmt, ...)
+{
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    s_reply(session, "request_error", id, json_pack("{s:s, s:s}", "code", code, "message", message));
+}
+
+//  Before a session exists (or outside one): straight to the connection.
+static void s_conn_error(wsconn_t *conn, const char *code, const char *message)
+{
+    json_t *msg = json_pack("{s:s, s:n, s:s, s:s}", "type", "request_error", "id", "code", code,
+                            "message", message);
+    wsconn_send_json(conn, msg);
+    json_decref(msg);
+}
+
+static const char *s_code_for(int err)
+{
+    switch (err) {
+    case KB_ENOTFOUND: return "not_found";
+    case KB_EDEAD: return "kernel_dead";
+    case KB_ETOOBIG: return "too_large";
+    case KB_EBUSY: return "busy";
+    case KB_ETIMEDOUT: return "timeout";
+    case KB_EINVAL:
+    case KB_EMISSING:
+    case KB_ETYPE: return "bad_request";
+    default: return "internal";
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+//  Pending requests
+
+static void s_nreq_free(nreq_t *req)
+{
+    session_untrack(&req->pending);
+    kentry_unwait(&req->wait);
+    json_decref(req->id);
+    free(req);
+}
+
+static void s_nreq_cancel(spending_t *pending)
+{
+    nreq_t *req = (nreq_t *) pending;
+    if (req->run) {
+        run_t *run = req->run;
+        req->run = NULL;
+        run_cancel(run);
+    }
+    s_nreq_free(req);
+}
+
+static nreq_t *s_nreq_new(native_t *native, session_t *session, nreq_kind_t kind, json_t *id,
+                          const char *kernel_id)
+{
+    nreq_t *req = calloc(1, sizeof *req);
+    if (!req) return NULL;
+    req->kind = kind;
+    req->session = session;
+    req->id = json_incref(id);
+    req->pending.cancel = s_nreq_cancel;
+    req->wait.arg = req;
+    snprintf(req->kernel_id, sizeof req->kernel_id, "%s", kernel_id ? kernel_id : "");
+    session_track(session, &req->pending);
+    return req;
+}
+
+// ---------------------------------------------------------------------------------------
+//  Kernels
+
+static kentry_t *s_find(native_t *self, const char *kernel_id)
+{
+    kentry_t *entry = registry_find(server_registry(self->server), kernel_id);
+    return entry && !kentry_shutting_down(entry) ? entry : NULL;
+}
+
+//  Validate env_vars: an object of strings, keys without '=' or NUL, values without NUL.
+static int s_check_env(json_t *env, char *why, size_t size)
+{
+    if (!env) return KB_OK;
+    const char *key;
+    json_t *value;
+    json_object_foreach(env, key, value)
+    {
+        if (!json_is_string(value)) {
+            snprintf(why, size, "env_vars['%s'] must be a string", key);
+            return KB_EINVAL;
+        }
+        if (!*key || strchr(key, '=') || memchr(json_string_value(value), '\0', json_string_length(value))) {
+            snprintf(why, size, "env_vars['%s']: names must be non-empty without '=', values without NUL", key);
+            return KB_EINVAL;
+        }
+    }
+    return KB_OK;
+}
+
+static void s_on_kernel_wait(kwait_t *wait, kentry_t *entry, kwait_result_t result)
+{
+    nreq_t *req = wait->arg;
+    session_t *session = req->session;
+    if (result == KWAIT_READY) {
+        if (req->kind == NREQ_START)
+            s_reply(session, "kernel", req->id, json_pack("{s:o}", "kernel", kentry_model_native(entry)));
+        else
+            s_reply(session, "ok", req->id, json_pack("{s:s}", "kernel_id", req->kernel_id));
+    } else if (result == KWAIT_DEAD) {
+        s_error(session, req->id, "kernel_dead", "kernel %s is dead: %s", req->kernel_id,
+                kernel_exit_reason(kentry_kernel(entry)));
+    } else if (req->kind == NREQ_SHUTDOWN) {
+        s_reply(session, "ok", req->id, json_pack("{s:s}", "kernel_id", req->kernel_id));
+    } else {
+        s_error(session, req->id, "kernel_dead", "kernel %s was shut down", req->kernel_id);
+    }
+    s_nreq_free(req);
+}
+
+static kentry_t *s_start_kernel(native_t *self, session_t *session, json_t *id,
+                                const char *name, const char *cwd, json_t *env)
+{
+    int err;
+    kentry_t *entry = registry_start(server_registry(self->server), name, cwd, env, &err);
+    if (!entry) {
+        if (err == KB_ENOTFOUND)
+            s_error(session, id, "not_found", "no kernelspec named '%s'",
+                    name ? name : registry_default_kernel(server_registry(self->server)));
+        else if (err == KB_EINVAL)
+            s_error(session, id, "bad_request", "cwd '%s' is not a directory", cwd ? cwd : "");
+        else
+            s_error(session, id, err == KB_ESPAWN ? "kernel_dead" : "internal",
+                    "the kernel could not be started: %s", kb_strerror(err));
+        return NULL;
+    }
+    session_own_kernel(session, kentry_id(entry));
+    return entry;
+}
+
+// ---------------------------------------------------------------------------------------
+//  Ops
+
+static void op_start_kernel(native_t *self, session_t *session, json_t *id, json_t *req)
+{
+    const char *name = NULL, *cwd = NULL;
+    json_t *env = NULL;
+    char why[256];
+    int rc;
+    if ((rc = jx_get_str(req, "kernel_name", &name, true)) ||
+        (rc = jx_get_str(req, "cwd", &cwd, true)) || (rc = jx_get_obj(req, "env_vars", &env, true))) {
+        s_error(session, id, "bad_request", "kernel_name and cwd must be strings, env_vars an object");
+        return;
+    }
+    if (s_check_env(env, why, sizeof why)) {
+        s_error(session, id, "bad_request", "%s", why);
+        return;
+    }
+    kentry_t *entry = s_start_kernel(self, session, id, name, cwd, env);
+    if (!entry) return;
+    nreq_t *nreq = s_nreq_new(self, session, NREQ_START, id, kentry_id(entry));
+    if (!nreq) return;
+    nreq->wait.fn = s_on_kernel_wait;
+    kentry_wait(entry, &nreq->wait);
+}
+
+static void op_list_kernels(native_t *self, session_t *session, json_t *id)
+{
+    kentry_t **entries;
+    size_t n = registry_list(server_registry(self->server), &entries);
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *model = kentry_model_native(entries[i]);
+        json_object_set_new(model, "owned", json_boolean(session_owns_kernel(session, kentry_id(entries[i]))));
+        json_array_append_new(list, model);
+    }
+    free(entries);
+    s_reply(session, "kernels", id, json_pack("{s:o}", "kernels", list));
+}
+
+static kentry_t *s_require_kernel(native_t *self, session_t *session, json_t *id, json_t *req)
+{
+    const char *kernel_id = NULL;
+    int rc = jx_get_str(req, "kernel_id", &kernel_id, false);
+    if (rc) {
+        char why[128];
+        s_error(session, id, "bad_request", "%s", jx_describe(rc, "kernel_id", "a string", why, sizeof why));
+        return NULL;
+    }
+    kentry_t *entry = s_find(self, kernel_id);
+    if (!entry) s_error(session, id, "not_found", "no kernel with id '%s'", kernel_id);
+    return entry;
+}
+
+static void op_kernel_control(native_t *self, session_t *session, json_t *id, json_t *req,
+                              const char *op)
+{
+    kentry_t *entry = s_require_kernel(self, session, id, req);
+    if (!entry) return;
+    const char *kid = kentry_id(entry);
+    if (strcmp(op, "interrupt_kernel") == 0) {
+        int rc = runner_interrupt(kentry_runner(entry));
+        if (rc) s_error(session, id, s_code_for(rc), "cannot interrupt kernel %s: %s", kid, kb_strerror(rc));
+        else s_reply(session, "ok", id, json_pack("{s:s}", "kernel_id", kid));
+        return;
+    }
+    nreq_kind_t kind = strcmp(op, "restart_kernel") == 0 ? NREQ_RESTART : NREQ_SHUTDOWN;
+    nreq_t *nreq = s_nreq_new(self, session, kind, id, kid);
+    if (!nreq) return;
+    nreq->wait.fn = s_on_kernel_wait;
+    kentry_wait(entry, &nreq->wait);
+    if (kind == NREQ_RESTART) {
+        int rc = kentry_restart(entry);
+        if (rc) {
+            s_error(session, id, s_code_for(rc), "cannot restart kernel %s: %s", kid, kb_strerror(rc));
+            s_nreq_free(nreq);
+        }
+    } else {
+        session_disown_kernel(session, kid);
+        kentry_shutdown(entry);
+    }
+}
+
+static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
+                            void *arg)
+{
+    nreq_t *req = arg;
+    bool end = strcmp(type, "end_of_execution") == 0;
+    //  {"type": ..., "id": ..., <body>}: the body is spliced, never re-serialized.
+    jbuf_t b;
+    jbuf_init(&b);
+    jbuf_reserve(&b, len + 128);
+    jbuf_adds(&b, "{\"type\":\"");
+    jbuf_adds(&b, type);
+    jbuf_adds(&b, "\",\"id\":");
+    jbuf_add_json(&b, req->id);
+    if (len) {
+        jbuf_add(&b, ",", 1);
+        jbuf_add(&b, body, len);
+    }
+    if (end) {
+        jbuf_adds(&b, ",\"kernel_id\":");
+        jbuf_add_string(&b, req->kernel_id, strlen(req->kernel_id));
+        jbuf_adds(&b, ",\"execution\":");
+        execution_write(exec, &b);
+    }
+    jbuf_add(&b, "}", 1);
+    size_t frame_len;
+    char *frame = jbuf_take(&b, &frame_len);
+    if (frame) session_send_buf(req->session, frame, frame_len);
+    if (end) {
+        req->run = NULL;  //  the runner forgets the run after its end
+        s_nreq_free(req);
+    }
+}
+
+static void op_execute(native_t *self, session_t *session, json_t *id, json_t *req)
+{
+    const char *code = NULL, *kernel_id = NULL;
+    json_t *env = NULL;
+    int64_t timeout_ms = 0;
+    char why[256];
+    int rc;
+    if ((rc = jx_get_str(req, "code", &code, false))) {
+        s_error(session, id, "bad_request", "%s", jx_describe(rc, "code", "a string", why, sizeof why));
+        return;
+    }
+    if ((rc = jx_get_str(req, "kernel_id", &kernel_id, true)) ||
+        (rc = jx_get_obj(req, "env_vars", &env, true)) ||
+        (rc = jx_get_int(req, "timeout_ms", &timeout_ms, true)) || timeout_ms < 0) {
+        s_error(session, id, "bad_request",
+                "kernel_id must be a string, env_vars an object of strings, timeout_ms a "
+                "non-negative integer");
+        return;
+    }
+    if (s_check_env(env, why, sizeof why)) {
+        s_error(session, id, "bad_request", "%s", why);
+        return;
+    }
+    kentry_t *entry;
+    if (kernel_id) {
+        entry = s_find(self, kernel_id);
+        if (!entry) {
+            s_error(session, id, "not_found", "no kernel with id '%s'", kernel_id);
+            return;
+        }
+    } else {
+        entry = s_find(self, session_default_kernel(session));
+        if (!entry) {
+            entry = s_start_kernel(self, session, id, NULL, NULL, NULL);
+            if (!entry) return;
+            session_set_default_kernel(session, kentry_id(entry));
+        }
+    }
+    if (runner_pending(kentry_runner(entry)) >= MAX_QUEUED_PER_KERNEL) {
+        s_error(session, id, "busy", "kernel %s has %d executions queued", kentry_id(entry),
+                MAX_QUEUED_PER_KERNEL);
+        return;
+    }
+    nreq_t *nreq = s_nreq_new(self, session, NREQ_EXECUTE, id, kentry_id(entry));
+    if (!nreq) return;
+    run_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.env_vars = env;
+    opts.timeout_ms = (uint64_t) timeout_ms;
+    opts.exec.max_retained = server_config(self->server)->max_retained_output;
+    int err;
+    nreq->run = runner_execute(kentry_runner(entry), code, &opts, s_on_exec_event, nreq, &err);
+    if (!nreq->run) {
+        if (err == KB_EINVAL)
+            s_error(session, id, "bad_request", "env_vars are not supported for %s kernels",
+                    kernel_language(kentry_kernel(entry)));
+        else
+            s_error(session, id, s_code_for(err), "cannot execute on kernel %s: %s",
+                    kentry_id(entry), kb_strerror(err));
+        s_nreq_free(nreq);
+    }
+}
+
+static void op_keep_alive(native_t *self, session_t *session, json_t *id, json_t *req)
+{
+    int64_t seconds = -1;
+    if (jx_get_int(req, "seconds", &seconds, false) || seconds < 0) {
+        s_error(session, id, "bad_request", "seconds must be a non-negative integer");
+        return;
+    }
+    uint64_t max = server_config(self->server)->keep_alive_max_ms;
+    uint64_t ms = (uint64_t) seconds * 1000u;
+    if (ms > max) ms = max;
+    session_set_keep_alive(session, ms);
+    s_reply(session, "ok", id, json_pack("{s:I}", "seconds", (json_int_t) (ms / 1000u)));
+}
+
+// ---------------------------------------------------------------------------------------
+//  Connections
+
+static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool binary, void *arg)
+{
+    nconn_t *nc = arg;
+    session_t *session = nc->session;
+    if (binary) {
+        s_conn_error(conn, "bad_request", "binary frames are not accepted: send JSON text");
+        return;
+    }
+    json_error_t jerr;
+    json_t *req = jx_loadb(data, len, &jerr);
+    if (!req) {
+        char message[256];
+        snprintf(message, sizeof message, "malformed JSON: %s", jerr.text);
+        s_conn_error(conn, "bad_request", message);
+        return;
+    }
+    json_t *id = json_object_get(req, "id");
+    const char *op = NULL;
+    if (!json_is_object(req)) {
+        s_conn_error(conn, "bad_request", "a request must be a JSON object");
+    } else if (!id || !(json_is_string(id) || json_is_integer(id))) {
+        s_conn_error(conn, "bad_request", "field 'id' is required: a string or an integer");
+    } else if (jx_get_str(req, "op", &op, false)) {
+        s_error(session, id, "bad_request", "field 'op' is required: a string");
+    } else if (strcmp(op, "execute") == 0) {
+        op_execute(nc->native, session, id, req);
+    } else if (strcmp(op, "start_kernel") == 0) {
+        op_start_kernel(nc->native, session, id, req);
+    } else if (strcmp(op, "list_kernels") == 0) {
+        op_list_kernels(nc->native, session, id);
+    } else if (strcmp(op, "interrupt_kernel") == 0 || strcmp(op, "restart_kernel") == 0 ||
+               strcmp(op, "shutdown_kernel") == 0) {
+        op_kernel_control(nc->native, session, id, req, op);
+    } else if (strcmp(op, "keep_alive") == 0) {
+        op_keep_alive(nc->native, session, id, req);
+    } else {
+        s_error(session, id, "bad_request", "unknown op '%.64s'", op);
+    }
+    json_decref(req);
+}
+
+static void s_on_too_large(wsconn_t *conn, size_t len, void *arg)
+{
+    (void) arg;
+    char message[128];
+    snprintf(message, sizeof message, "message of %zu bytes exceeds the limit", len);
+    s_conn_error(conn, "too_large", message);
+}
+
+static void s_on_close(wsconn_t *conn, void *arg)
+{
+    nconn_t *nc = arg;
+    session_detach(nc->session, conn);
+    free(nc);
+}
+
+static session_t *s_find_session(native_t *self, const char *id)
+{
+    for (sess_link_t *l = self->sessions; l; l = l->next)
+        if (strcmp(session_id(l->session), id) == 0) return l->session;
+    return NULL;
+}
+
+static void s_destroy_session(native_t *self, session_t *session)
+{
+    //  Shut down what the session started; kernels of other APIs stay.
+    json_t *kernels = json_deep_copy(session_kernels(session));
+    size_t i;
+    json_t *kid;
+    json_array_foreach(kernels, i, kid)
+    {
+        kentry_t *entry = registry_find(server_registry(self->server), json_string_value(kid));
+        if (entry) kentry_shutdown(entry);
+    }
+    json_decref(kernels);
+    for (sess_link_t **p = &self->sessions; *p; p = &(*p)->next) {
+        if ((*p)->session != session) continue;
+        sess_link_t *l = *p;
+        *p = l->next;
+        free(l);
+        break;
+    }
+    session_destroy(&session);
+}
+
+static void s_reap(uv_timer_t *timer)
+{
+    native_t *self = timer->data;
+    while (self->expired) {
+        sess_link_t *l = self->expired;
+        self->expired = l->next;
+        session_t *s = l->session;
+        free(l);
+        //  It may have been reattached since it expired.
+        if (s_find_session(self, session_id(s)) == s && !session_conn(s)) s_destroy_session(self, s);
+    }
+}
+
+static void s_on_expire(session_t *session, void *arg)
+{
+    native_t *self = arg;
+    sess_link_t *l = malloc(sizeof *l);
+    if (!l) return;
+    l->session = session;
+    l->next = self->expired;
+    self->expired = l;
+    uv_timer_start(&self->reaper, s_reap, 0, 0);
+}
+
+void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi)
+{
+    nconn_t *nc = calloc(1, sizeof *nc);
+    if (!nc) {
+        wsconn_close(conn, 1011, "out of memory");
+        return;
+    }
+    nc->native = self;
+    char wanted[64];
+    session_t *session = NULL;
+    bool resumed = false;
+    if (lwsx_query(wsi, "session_id", wanted, sizeof wanted) == 0 && *wanted) {
+        session = s_find_session(self, wanted);
+        resumed = session != NULL;
+    }
+    if (!session) {
+        const server_config_t *cfg = server_config(self->server);
+        session_events_t events = {s_on_expire};
+        session = session_new(server_loop(self->server), cfg->keep_alive_ms, cfg->max_outbound_bytes,
+                              &events, self);
+        sess_link_t *l = malloc(sizeof *l);
+        if (!session || !l) {
+            session_destroy(&session);
+            free(l);
+            free(nc);
+            wsconn_close(conn, 1011, "out of memory");
+            return;
+        }
+        l->session = session;
+        l->next = self->sessions;
+        self->sessions = l;
+    }
+    nc->session = session;
+    wsconn_events_t events = {s_on_message, s_on_too_large, s_on_close};
+    wsconn_set_events(conn, &events, nc);
+    //  The session message goes first, before any backlog.
+    json_t *hello = json_pack("{s:s, s:s, s:b, s:I}", "type", "session", "session_id",
+                              session_id(session), "resumed", resumed, "keep_alive",
+                              (json_int_t) (session_keep_alive(session) / 1000u));
+    wsconn_send_json(conn, hello);
+    json_decref(hello);
+    session_attach(session, conn);
+}
+
+native_t *native_new(server_t *server)
+{
+    native_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->server = server;
+    uv_timer_init(server_loop(server), &self->reaper);
+    self->reaper.data = self;
+    return self;
+}
+
+static void s_free_native(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+void native_destroy(native_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    native_t *self = *self_p;
+    *self_p = NULL;
+    while (self->expired) {
+        sess_link_t *l = self->expired;
+        self->expired = l->next;
+        free(l);
+    }
+    while (self->sessions) {
+        session_t *session = self->sessions->session;
+        //  Connections may outlive us by a loop turn while lws closes them.
+        wsconn_t *conn = session_conn(session);
+        if (conn) free(wsconn_clear_events(conn));
+        s_destroy_session(self, session);
+    }
+    uv_close((uv_handle_t *) &self->reaper, s_free_native);
+}
+

@@ -1,0 +1,260 @@
+/*  Unit tests: wire decoding (delimiter search, verify-before-parse, malformed frames),
+    encoding, and a kchan dropping forged messages from a fake kernel over real ZeroMQ. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "kernelmgr/kmsg.h"
+#include "base/kberr.h"
+#include "kernelmgr/kchan.h"
+#include "base/klog.h"
+
+#include <string.h>
+
+static const char *KEY = "0b13b46b-e5ef6f6c8045d1580c9e4d54";
+
+static zmsg_t *s_wire(hmac_t *h, int nids, const char *parts[4], const char *sig_override,
+                      int nbuffers)
+{
+    zmsg_t *z = zmsg_new();
+    for (int i = 0; i < nids; i++) zmsg_addstrf(z, "identity-%d", i);
+    zmsg_addstr(z, "<IDS|MSG>");
+    const void *p[4];
+    size_t l[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = parts[i];
+        l[i] = strlen(parts[i]);
+    }
+    char sig[HMAC_HEX_MAX + 1];
+    hmac_sign(h, p, l, sig);
+    zmsg_addstr(z, sig_override ? sig_override : sig);
+    for (int i = 0; i < 4; i++) zmsg_addstr(z, parts[i]);
+    for (int i = 0; i < nbuffers; i++) zmsg_addmem(z, "\x00\x01\x02", 3);
+    return z;
+}
+
+static const char *GOOD[4] = {
+    "{\"msg_id\":\"m1\",\"msg_type\":\"stream\",\"session\":\"s\",\"username\":\"u\",\"version\":\"5.3\",\"date\":\"d\"}",
+    "{\"msg_id\":\"parent-1\"}", "{}", "{\"name\":\"stdout\",\"text\":\"hi\\u0000there\\n\"}"};
+
+static void test_decode_good_with_identities_and_buffers(void **state)
+{
+    (void) state;
+    hmac_t *h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    for (int nids = 0; nids < 3; nids++) {
+        zmsg_t *z = s_wire(h, nids, GOOD, NULL, 2);
+        int err;
+        kmsg_t *m = kmsg_decode(&z, h, &err);
+        assert_null(z);
+        assert_non_null(m);
+        assert_int_equal(err, KB_OK);
+        assert_string_equal(kmsg_type(m), "stream");
+        assert_string_equal(kmsg_id(m), "m1");
+        assert_string_equal(kmsg_parent_id(m), "parent-1");
+        //  \u0000 inside kernel output survives.
+        json_t *text = json_object_get(kmsg_content(m), "text");
+        assert_int_equal(json_string_length(text), 9);
+        assert_int_equal(kmsg_buffer_count(m), 2);
+        size_t len;
+        const char *raw = kmsg_raw(m, KMSG_CONTENT, &len);
+        assert_int_equal(len, strlen(GOOD[3]));
+        assert_memory_equal(raw, GOOD[3], len);
+        kmsg_destroy(&m);
+        //  Each message verifies once: a new nids gives the same signature, so rebuild h.
+        hmac_destroy(&h);
+        h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    }
+    hmac_destroy(&h);
+}
+
+static void test_decode_rejects(void **state)
+{
+    (void) state;
+    hmac_t *h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    int err;
+    //  No delimiter at all.
+    zmsg_t *z = zmsg_new();
+    zmsg_addstr(z, "just a frame");
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EPROTO);
+    //  Too few frames after the delimiter.
+    z = zmsg_new();
+    zmsg_addstr(z, "<IDS|MSG>");
+    zmsg_addstr(z, "sig");
+    zmsg_addstr(z, "{}");
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EPROTO);
+    //  Wrong and short signatures: KB_EAUTH, and nothing was parsed.
+    z = s_wire(h, 1, GOOD, "deadbeef", 0);
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EAUTH);
+    z = s_wire(h, 1, GOOD, "0000000000000000000000000000000000000000000000000000000000000000", 0);
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EAUTH);
+    //  Correctly signed garbage is a protocol error, not a crash.
+    const char *bad_json[4] = {"{not json", "{}", "{}", "{}"};
+    z = s_wire(h, 0, bad_json, NULL, 0);
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EPROTO);
+    const char *no_type[4] = {"{\"msg_id\":\"x\"}", "{}", "{}", "{}"};
+    z = s_wire(h, 0, no_type, NULL, 0);
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EPROTO);
+    const char *array_parent[4] = {GOOD[0], "[]", "{}", "{}"};
+    z = s_wire(h, 0, array_parent, NULL, 0);
+    assert_null(kmsg_decode(&z, h, &err));
+    //  Replay of a genuine message.
+    z = s_wire(h, 0, GOOD, NULL, 0);
+    kmsg_t *m = kmsg_decode(&z, h, &err);
+    assert_non_null(m);
+    kmsg_destroy(&m);
+    z = s_wire(h, 0, GOOD, NULL, 0);
+    assert_null(kmsg_decode(&z, h, &err));
+    assert_int_equal(err, KB_EAUTH);
+    hmac_destroy(&h);
+}
+
+static void test_encode_round_trip(void **state)
+{
+    (void) state;
+    hmac_t *tx = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    hmac_t *rx = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    kmsg_t *m = kmsg_new("execute_request", "sess", json_pack("{s:s}", "code", "1+1"));
+    json_t *parent = json_pack("{s:s}", "msg_id", "p");
+    kmsg_set_parent(m, parent);
+    json_decref(parent);
+    char id[64];
+    snprintf(id, sizeof id, "%s", kmsg_id(m));
+    zmsg_t *z = kmsg_encode(&m, tx);
+    assert_null(m);
+    assert_int_equal(zmsg_size(z), 6);
+    int err;
+    kmsg_t *back = kmsg_decode(&z, rx, &err);
+    assert_non_null(back);
+    assert_string_equal(kmsg_id(back), id);
+    assert_string_equal(kmsg_type(back), "execute_request");
+    assert_string_equal(kmsg_parent_id(back), "p");
+    json_t *h = kmsg_header(back);
+    const char *fields[] = {"msg_id", "msg_type", "session", "username", "version", "date"};
+    for (int i = 0; i < 6; i++) assert_true(json_is_string(json_object_get(h, fields[i])));
+    kmsg_destroy(&back);
+    hmac_destroy(&tx);
+    hmac_destroy(&rx);
+}
+
+typedef struct {
+    int received;
+    char last_type[64];
+} sink_t;
+
+static void s_on_msg(kchan_t *chan, kmsg_t *msg, void *arg)
+{
+    (void) chan;
+    sink_t *s = arg;
+    s->received++;
+    snprintf(s->last_type, sizeof s->last_type, "%s", kmsg_type(msg));
+}
+
+static void s_stop(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
+static void test_kchan_drops_forgeries(void **state)
+{
+    (void) state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hmac_t *h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    hmac_t *forger = hmac_new("hmac-sha256", "wrong key", 9, NULL);
+    zsock_t *pub = zsock_new_pub("tcp://127.0.0.1:*");
+    assert_non_null(pub);
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", zsock_endpoint(pub) ? atoi(strrchr(zsock_endpoint(pub), ':') + 1) : 0);
+    sink_t sink = {0, ""};
+    kchan_t *sub = kchan_new(&loop, KCH_IOPUB, endpoint, NULL, h, "test", s_on_msg, &sink);
+    assert_non_null(sub);
+    uv_timer_t t;
+    uv_timer_init(&loop, &t);
+    //  Slow joiner: publish until the subscription has landed.
+    hmac_t *genuine = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    for (int i = 0; i < 100 && sink.received == 0; i++) {
+        kmsg_t *m = kmsg_new("status", "s", json_pack("{s:s}", "execution_state", "idle"));
+        zmsg_t *z = kmsg_encode(&m, genuine);
+        zmsg_pushstr(z, "kernel.topic");
+        zmsg_send(&z, pub);
+        uv_timer_start(&t, s_stop, 20, 0);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    assert_true(sink.received > 0);
+    int before = sink.received;
+    //  Forged (wrong key), truncated, delimiter-less and empty-signature messages.
+    zmsg_t *z = s_wire(forger, 1, GOOD, NULL, 0);
+    zmsg_send(&z, pub);
+    z = zmsg_new();
+    zmsg_addstr(z, "<IDS|MSG>");
+    zmsg_send(&z, pub);
+    z = zmsg_new();
+    zmsg_addstr(z, "garbage");
+    zmsg_send(&z, pub);
+    z = s_wire(genuine, 1, GOOD, "", 0);
+    zmsg_send(&z, pub);
+    //  Then a genuine one, which must still arrive.
+    kmsg_t *m = kmsg_new("stream", "s", json_pack("{s:s, s:s}", "name", "stdout", "text", "ok"));
+    z = kmsg_encode(&m, genuine);
+    zmsg_send(&z, pub);
+    for (int i = 0; i < 50 && sink.received == before; i++) {
+        uv_timer_start(&t, s_stop, 20, 0);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    assert_int_equal(sink.received, before + 1);
+    assert_string_equal(sink.last_type, "stream");
+    assert_int_equal(kchan_rejected(sub), 4);
+    kchan_destroy(&sub);
+    uv_close((uv_handle_t *) &t, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    zsock_destroy(&pub);
+    hmac_destroy(&h);
+    hmac_destroy(&forger);
+    hmac_destroy(&genuine);
+}
+
+static void test_send_without_peer_is_refused_not_leaked(void **state)
+{
+    (void) state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hmac_t *h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    //  Nobody listens there: an IMMEDIATE DEALER has no route, so sends fail at once.
+    kchan_t *chan = kchan_new_immediate(&loop, KCH_SHELL, "tcp://127.0.0.1:9", "id", h, "test", NULL, NULL, NULL);
+    assert_non_null(chan);
+    assert_false(kchan_connected(chan));
+    for (int i = 0; i < 3; i++) {
+        kmsg_t *m = kmsg_new("kernel_info_request", "s", NULL);
+        assert_int_equal(kchan_send(chan, &m), KB_EAGAIN);
+        assert_null(m);
+    }
+    kchan_destroy(&chan);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    hmac_destroy(&h);
+}
+
+int main(void)
+{
+    klog_set_level(KLOG_ERROR);
+    zsys_handler_set(NULL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_good_with_identities_and_buffers),
+        cmocka_unit_test(test_decode_rejects),
+        cmocka_unit_test(test_encode_round_trip),
+        cmocka_unit_test(test_kchan_drops_forgeries),
+        cmocka_unit_test(test_send_without_peer_is_refused_not_leaked),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    zsys_shutdown();
+    return rc;
+}
