@@ -1,5 +1,6 @@
 /*  klog - leveled logging to stderr. */
 #include "klog.h"
+#include "kutil.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -51,4 +52,22 @@ void klog(klog_level_t level, const char *fmt, ...)
     if (n >= 0 && (size_t) n < sizeof line) vsnprintf(line + n, sizeof line - (size_t) n, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s\n", line);
+}
+
+bool klog_limit_pass(klog_limit_t *limit, uint64_t *suppressed_out)
+{
+    uint64_t now = kb_now_ms();
+    if (limit->last_ms && now - limit->last_ms < 1000) {
+        limit->suppressed++;
+        return false;
+    }
+    limit->last_ms = now;
+    *suppressed_out = limit->suppressed;
+    limit->suppressed = 0;
+    return true;
+}
+
+void klog_suppressed_note(klog_level_t level, uint64_t count)
+{
+    klog(level, "(%llu similar lines suppressed in the last second)", (unsigned long long) count);
 }

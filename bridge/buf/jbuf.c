@@ -1,7 +1,7 @@
-/*  jbuf - JSON text builder with LWS_PRE headroom. */
+/*  jbuf - JSON text builder in a wire buffer. */
 #include "jbuf.h"
+#include "wbuf.h"
 
-#include <libwebsockets.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,23 +12,23 @@ void jbuf_init(jbuf_t *b)
 
 void jbuf_free(jbuf_t *b)
 {
-    free(b->raw);
+    wbuf_free(b->text_);
     memset(b, 0, sizeof *b);
 }
 
 static bool s_reserve(jbuf_t *b, size_t more)
 {
     if (b->failed) return false;
-    if (b->len + more + 1 <= b->cap) return true;
-    size_t cap = b->cap ? b->cap : 256;
+    if (b->len + more + 1 <= b->cap_) return true;
+    size_t cap = b->cap_ ? b->cap_ : 256;
     while (cap < b->len + more + 1) cap *= 2;
-    char *grown = realloc(b->raw, LWS_PRE + cap);
+    char *grown = wbuf_realloc(b->text_, cap);
     if (!grown) {
         b->failed = true;
         return false;
     }
-    b->raw = grown;
-    b->cap = cap;
+    b->text_ = grown;
+    b->cap_ = cap;
     return true;
 }
 
@@ -37,18 +37,30 @@ void jbuf_reserve(jbuf_t *b, size_t more)
     s_reserve(b, more);
 }
 
+char *jbuf_space(jbuf_t *b, size_t max)
+{
+    return s_reserve(b, max) ? b->text_ + b->len : NULL;
+}
+
+void jbuf_commit(jbuf_t *b, size_t n)
+{
+    if (b->failed || !b->text_) return;
+    b->len += n;
+    b->text_[b->len] = '\0';
+}
+
 const char *jbuf_text(const jbuf_t *b)
 {
     if (b->failed) return NULL;
-    return b->raw ? b->raw + LWS_PRE : "";
+    return b->text_ ? b->text_ : "";
 }
 
 void jbuf_add(jbuf_t *b, const void *data, size_t len)
 {
     if (!s_reserve(b, len)) return;
-    memcpy(b->raw + LWS_PRE + b->len, data, len);
+    memcpy(b->text_ + b->len, data, len);
     b->len += len;
-    b->raw[LWS_PRE + b->len] = '\0';
+    b->text_[b->len] = '\0';
 }
 
 void jbuf_adds(jbuf_t *b, const char *text)
@@ -89,7 +101,7 @@ char *jbuf_take(jbuf_t *b, size_t *len)
         jbuf_free(b);
         return NULL;
     }
-    char *text = b->raw + LWS_PRE;
+    char *text = b->text_;
     *len = b->len;
     memset(b, 0, sizeof *b);
     return text;

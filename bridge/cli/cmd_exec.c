@@ -8,6 +8,7 @@
 */
 #include "commands.h"
 #include "../kernels/runner.h"
+#include "../../kernelmgr/jraw.h"
 #include "../../kernelmgr/hmac.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
@@ -46,24 +47,16 @@ static void s_stop(exec_state_t *st)
     runner_shutdown(st->runner);
 }
 
-static void s_on_event(execution_t *exec, const char *type, const char *body, size_t len,
-                       void *arg)
+static void s_on_event(execution_t *exec, const exec_event_t *ev, void *arg)
 {
     exec_state_t *st = arg;
-    if (strcmp(type, "stdout") == 0 || strcmp(type, "stderr") == 0) {
-        //  The body holds the text as JSON; decode it to pass it through.
-        char *object = malloc(len + 3);
-        if (!object) return;
-        object[0] = '{';
-        memcpy(object + 1, body, len);
-        object[len + 1] = '}';
-        json_t *event = jx_loadb(object, len + 2, NULL);
-        free(object);
-        json_t *text = json_object_get(event, "text");
+    if (ev->kind == EXEC_EV_STREAM) {
+        //  The text as the kernel sent it, decoded to pass it through.
+        json_t *text = jraw_decode(ev->text);
         fwrite(json_string_value(text), 1, json_string_length(text), stderr);
         fflush(stderr);
-        json_decref(event);
-    } else if (strcmp(type, "end_of_execution") == 0) {
+        json_decref(text);
+    } else if (ev->kind == EXEC_EV_END) {
         jbuf_t b;
         jbuf_init(&b);
         execution_write(exec, &b);

@@ -2,6 +2,7 @@
 #include "commands.h"
 #include "../kernels/registry.h"
 #include "../http/server.h"
+#include "../config.h"
 #include "../../kernelmgr/hmac.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -125,7 +126,7 @@ int cmd_serve(int argc, char **argv)
         {"signature-scheme", required_argument, NULL, O_SCHEME},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
-    server_config_t cfg;
+    config_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.ip = "127.0.0.1";
     cfg.port = 49999;
@@ -133,6 +134,10 @@ int cmd_serve(int argc, char **argv)
     cfg.max_body_bytes = 16u << 20;
     cfg.max_outbound_bytes = 64u << 20;
     cfg.max_retained_output = 4u << 20;
+    cfg.max_buffered_bytes = 1024u << 20;
+    cfg.max_pending_per_peer = 32;
+    cfg.header_timeout_ms = 10000;
+    cfg.idle_timeout_ms = 75000;
     cfg.keep_alive_ms = 60000;
     cfg.keep_alive_max_ms = 3600000;
     cfg.allowed_hosts = json_array();
@@ -235,9 +240,11 @@ int cmd_serve(int argc, char **argv)
     registry_config_t rcfg = {rundir_path(rundir), kbridge_exe_path(), env, transport, kernel_name,
                               autorestart, scheme};
     st.registry = registry_new(st.loop, &rcfg);
-    st.server = st.registry ? server_new(st.loop, &cfg, st.registry) : NULL;
+    char why[256] = "out of memory";
+    api_ctx_t ctx = {st.loop, st.registry, &cfg};
+    st.server = st.registry ? server_new(&ctx, why, sizeof why) : NULL;
     if (!st.server) {
-        fprintf(stderr, "kbridge: cannot listen on %s:%d\n", cfg.ip, cfg.port);
+        fprintf(stderr, "kbridge: %s\n", why);
         registry_destroy(&st.registry);
         uv_run(st.loop, UV_RUN_DEFAULT);
         rundir_destroy(&rundir);

@@ -1,11 +1,13 @@
 /*  e2b - /execute, /contexts and /health as the E2B code interpreter serves them. */
 #include "e2b.h"
-#include "../kernels/hwait.h"
+#include "../apikit/hwait.h"
 #include "../buf/jbuf.h"
+#include "e2b_events.h"
+#include "../buf/wbuf.h"
 #include "../kernels/execution.h"
 #include "../kernels/kentry.h"
 #include "../kernels/registry.h"
-#include "../http/server.h"
+#include "../http/api.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -18,6 +20,8 @@
 
 #define KEEPALIVE_MS 5000
 
+typedef struct _e2b_t e2b_t;
+
 //  A streaming /execute.
 typedef struct stream_s {
     struct stream_s *prev, *next;
@@ -28,14 +32,17 @@ typedef struct stream_s {
     bool ended;
 } stream_t;
 
+
 struct _e2b_t {
-    server_t *server;
+    uv_loop_t *loop;
+    registry_t *registry;
+    const config_t *config;
     stream_t *streams;
 };
 
 static registry_t *s_registry(e2b_t *self)
 {
-    return server_registry(self->server);
+    return self->registry;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -200,31 +207,18 @@ static void s_on_client_gone(hreq_t *req, void *arg)
     s_stream_free(st);
 }
 
-static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
-                            void *arg)
+static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg)
 {
     (void) exec;
     stream_t *st = arg;
-    if (strcmp(type, "end_of_execution") == 0) {
+    size_t len;
+    char *line = e2b_event_line(ev, &len);
+    if (line && hreq_stream_write_buf(st->req, line, len) == KB_OK) uv_timer_again(&st->keepalive);
+    if (ev->kind == EXEC_EV_END) {
         st->run = NULL;
-        s_write_literal(st, "{\"type\": \"end_of_execution\"}");
         hreq_stream_end(st->req);
         s_stream_free(st);
-        return;
     }
-    //  The execution already follows E2B's conventions (opts.e2b): only the type is added.
-    jbuf_t line;
-    jbuf_init(&line);
-    jbuf_adds(&line, "{\"type\":\"");
-    jbuf_adds(&line, type);
-    jbuf_add(&line, "\"", 1);
-    if (len) {
-        jbuf_add(&line, ",", 1);
-        jbuf_add(&line, body, len);
-    }
-    jbuf_add(&line, "}", 1);
-    if (jbuf_text(&line)) s_write_text(st, jbuf_text(&line), line.len);
-    jbuf_free(&line);
 }
 
 static void s_execute(e2b_t *self, hreq_t *req)
@@ -325,7 +319,7 @@ static void s_execute(e2b_t *self, hreq_t *req)
     st->e2b = self;
     st->req = req;
     hreq_hold(req);
-    uv_timer_init(server_loop(self->server), &st->keepalive);
+    uv_timer_init(self->loop, &st->keepalive);
     st->keepalive.data = st;
     st->next = self->streams;
     if (self->streams) self->streams->prev = st;
@@ -338,8 +332,8 @@ static void s_execute(e2b_t *self, hreq_t *req)
     run_opts_t opts;
     memset(&opts, 0, sizeof opts);
     opts.env_vars = env;
-    opts.exec.e2b = true;
     opts.exec.stream_only = true;
+    opts.exec.raw_events = true;  //  rendered by e2b_events
     int err;
     st->run = runner_execute(kentry_runner(entry), json_string_value(code), &opts, s_on_exec_event, st, &err);
     json_decref(doc);
@@ -442,14 +436,17 @@ static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *acti
 // ---------------------------------------------------------------------------------------
 //  Routing
 
-bool e2b_route(const char *path)
+static bool s_claims(void *api, hreq_t *req)
 {
+    (void) api;
+    const char *path = hreq_path(req);
     return strcmp(path, "/execute") == 0 || strcmp(path, "/health") == 0 ||
            strcmp(path, "/contexts") == 0 || strncmp(path, "/contexts/", 10) == 0;
 }
 
-void e2b_http(e2b_t *self, hreq_t *req)
+static void s_http(void *api, hreq_t *req)
 {
+    e2b_t *self = api;
     const char *path = hreq_path(req);
     hmethod_t m = hreq_method(req);
     if (strcmp(path, "/health") == 0) {
@@ -481,18 +478,21 @@ void e2b_http(e2b_t *self, hreq_t *req)
     }
 }
 
-e2b_t *e2b_new(server_t *server)
+static void *s_create(const api_ctx_t *ctx)
 {
     e2b_t *self = calloc(1, sizeof *self);
-    if (self) self->server = server;
+    if (!self) return NULL;
+    self->loop = ctx->loop;
+    self->registry = ctx->registry;
+    self->config = ctx->config;
     return self;
 }
 
-void e2b_destroy(e2b_t **self_p)
+static void s_destroy(void **api_p)
 {
-    if (!self_p || !*self_p) return;
-    e2b_t *self = *self_p;
-    *self_p = NULL;
+    if (!api_p || !*api_p) return;
+    e2b_t *self = *api_p;
+    *api_p = NULL;
     while (self->streams) {
         stream_t *st = self->streams;
         if (st->run) run_cancel(st->run);
@@ -501,3 +501,18 @@ void e2b_destroy(e2b_t **self_p)
     }
     free(self);
 }
+
+static bool s_is_public(void *api, hreq_t *req)
+{
+    (void) api;
+    return strcmp(hreq_path(req), "/health") == 0;
+}
+
+const api_desc_t e2b_api = {
+    .name = "e2b",
+    .create = s_create,
+    .destroy = s_destroy,
+    .claims = s_claims,
+    .is_public = s_is_public,
+    .http = s_http,
+};

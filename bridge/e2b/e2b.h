@@ -4,23 +4,15 @@
     POST /execute streams NDJSON (ASCII-only JSON, one event per chunk, a keepalive after
     5 s of silence, then {"type": "end_of_execution"} and the end of the body). Contexts
     (/contexts) are kbridge kernels, visible in the other APIs. GET /health answers "OK".
-    The wire contract is ../shared/reference/e2b.md as captured from the real SDKs.
+    The wire contract is E2B's code-interpreter server as the official SDKs use it
+    (tests/compat/e2b.test.mjs runs the real @e2b/code-interpreter against it).
 */
 #ifndef E2B_H
 #define E2B_H
 
-#include "../http/hreq.h"
+#include "../http/api.h"
 
-typedef struct _server_t server_t;
-typedef struct _e2b_t e2b_t;
-
-//  Caller owns return value and must destroy it when done.
-e2b_t *e2b_new(server_t *server);
-//  Cancel streaming executions and forget default contexts. Nullifies *self_p.
-void e2b_destroy(e2b_t **self_p);
-
-//  True if path is one of the E2B routes (/execute, /contexts..., /health).
-bool e2b_route(const char *path);
-void e2b_http(e2b_t *self, hreq_t *req);
+//  The descriptor the server's table lists (bridge/apis.c).
+extern const api_desc_t e2b_api;
 
 #endif

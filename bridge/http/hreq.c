@@ -1,74 +1,126 @@
-/*  hreq - HTTP request/response over libwebsockets, buffered or chunked. */
+/*  hreq - HTTP/1.1 exchanges on a connection, and the request object. */
 #include "hreq.h"
-#include "../buf/bufq.h"
-#include "wsconn.h"
-#include "lwsx.h"
+#include "hchunk.h"
+#include "hutil.h"
+#include "../buf/wbuf.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
+#include "../../base/kutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-#define WRITE_SLICE 65536
+//  After a response, up to this much unread request body is read and dropped so the
+//  connection can stay open; a longer rest closes it.
+#define DISCARD_MAX 65536
+//  Pipelined bytes read ahead of the current exchange before reading pauses.
+#define AHEAD_MAX 65536
+//  Body bytes handed to a streaming consumer per call, so a pause takes effect soon.
+#define BODY_SLICE 65536
+#define MAX_NOTES 4
+
+typedef struct _hserve_t hserve_t;
+
+typedef enum { BODY_UNCLAIMED, BODY_BUFFER, BODY_STREAM, BODY_DISCARD, BODY_DONE } body_mode_t;
 
 struct _hreq_t {
-    struct lws *wsi;
+    hserve_t *hs;    //  NULL once the exchange is over for the connection
+    hconn_t *conn;   //  valid while hs is
+    char peer[64];
     int refs;
+    hhead_t head;
     hmethod_t method;
-    char *path;
-    size_t max_body, max_outbound;
+    char *path, *raw_path;
+    const char *query;
+    uint64_t started;
+    //  body
+    hbody_t framing;
+    uint64_t body_left;  //  HBODY_LENGTH: bytes still to come
+    hchunk_t chunk;
+    body_mode_t body_mode;
+    bool body_paused, body_failed, sent_continue;
     char *body;
-    size_t body_len;
-    bool body_too_big;
-    json_t *headers;  //  extra response headers, name -> value
-    //  response state
-    bool replied, headers_sent, streaming, stream_ended, abort, gone;
-    hreq_t **slot;  //  the connection's pointer to its current request
+    size_t body_len, body_max;
+    hreq_body_fn *body_done;
+    hreq_body_events_t body_events;
+    void *body_arg;
+    int body_err;  //  set while a chunk feed fails
+    //  response
+    bool replied, response_done, streaming, chunked, fixed, close_after, gone;
+    uint64_t fixed_left;  //  begin_length: bytes still to send
     int status;
-    char *content_type;
-    unsigned char *reply_body;  //  buffered reply, with LWS_PRE headroom
-    size_t reply_len, reply_sent;
-    bufq_t chunks;  //  streamed body, framed as HTTP/1.1 chunks, not yet written
+    json_t *headers;  //  extra response headers, name -> value
+    uint64_t bytes_sent;
     void (*on_close)(hreq_t *, void *);
     void *on_close_arg;
+    void (*on_drain)(hreq_t *, void *);
+    void *on_drain_arg;
+    const void *note_keys[MAX_NOTES];
+    void *note_values[MAX_NOTES];
+};
+
+struct _hserve_t {
+    hconn_t *conn;
+    hserve_config_t config;
+    hserve_events_t events;
+    void *arg;
+    hreq_t *cur;
+    size_t scanned;
+    bool pending;     //  a head has begun (or the connection is new) and is not complete
+    bool idle;        //  between exchanges, nothing of the next head yet
+    bool detached;    //  handed to another protocol: freed after the current read
+    bool in_read;
 };
 
 static const struct {
-    enum lws_token_indexes token;
-    hmethod_t method;
     const char *name;
+    hmethod_t method;
 } s_methods[] = {
-    {WSI_TOKEN_GET_URI, HM_GET, "GET"},         {WSI_TOKEN_POST_URI, HM_POST, "POST"},
-    {WSI_TOKEN_PUT_URI, HM_PUT, "PUT"},         {WSI_TOKEN_PATCH_URI, HM_PATCH, "PATCH"},
-    {WSI_TOKEN_DELETE_URI, HM_DELETE, "DELETE"}, {WSI_TOKEN_OPTIONS_URI, HM_OPTIONS, "OPTIONS"},
-    {WSI_TOKEN_HEAD_URI, HM_HEAD, "HEAD"},
+    {"GET", HM_GET},     {"POST", HM_POST},       {"PUT", HM_PUT},   {"PATCH", HM_PATCH},
+    {"DELETE", HM_DELETE}, {"OPTIONS", HM_OPTIONS}, {"HEAD", HM_HEAD},
 };
 
-hreq_t *hreq_new(struct lws *wsi, const char *uri, size_t max_body, size_t max_outbound)
+static void s_finish_exchange(hserve_t *hs);
+static void s_reply_and_close(hserve_t *hs, int status, const char *why);
+
+// ---------------------------------------------------------------------------------------
+//  The request object
+
+static void s_free(hreq_t *self)
 {
-    hreq_t *self = calloc(1, sizeof *self);
-    if (!self) return NULL;
-    self->wsi = wsi;
-    self->refs = 1;
-    self->max_body = max_body;
-    self->max_outbound = max_outbound;
-    self->method = HM_OTHER;
-    for (size_t i = 0; i < sizeof s_methods / sizeof *s_methods; i++)
-        if (lws_hdr_total_length(wsi, s_methods[i].token) > 0) {
-            self->method = s_methods[i].method;
-            break;
-        }
-    self->path = strdup(uri ? uri : "/");
-    self->headers = json_object();
-    self->body = malloc(1);
-    if (!self->path || !self->headers || !self->body) {
-        hreq__closed(self);
-        return NULL;
+    hparse_free(&self->head);
+    free(self->path);
+    free(self->raw_path);
+    free(self->body);
+    json_decref(self->headers);
+    free(self);
+}
+
+void hreq_hold(hreq_t *self)
+{
+    self->refs++;
+}
+
+void hreq_release(hreq_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    hreq_t *self = *self_p;
+    *self_p = NULL;
+    if (--self->refs == 0) s_free(self);
+}
+
+static void s_gone(hreq_t *self)
+{
+    if (self->gone) return;
+    self->gone = true;
+    if (self->on_close) {
+        void (*fn)(hreq_t *, void *) = self->on_close;
+        self->on_close = NULL;
+        fn(self, self->on_close_arg);
     }
-    self->body[0] = '\0';
-    return self;
 }
 
 hmethod_t hreq_method(const hreq_t *self)
@@ -78,9 +130,7 @@ hmethod_t hreq_method(const hreq_t *self)
 
 const char *hreq_method_name(const hreq_t *self)
 {
-    for (size_t i = 0; i < sizeof s_methods / sizeof *s_methods; i++)
-        if (s_methods[i].method == self->method) return s_methods[i].name;
-    return "?";
+    return self->head.method ? self->head.method : "?";
 }
 
 const char *hreq_path(const hreq_t *self)
@@ -88,44 +138,321 @@ const char *hreq_path(const hreq_t *self)
     return self->path;
 }
 
+const char *hreq_raw_path(const hreq_t *self)
+{
+    return self->raw_path;
+}
+
+const char *hreq_query_string(const hreq_t *self)
+{
+    return self->query ? self->query : "";
+}
+
+int hreq_query(const hreq_t *self, const char *name, char *out, size_t size)
+{
+    return hutil_query(self->query, name, out, size);
+}
+
+const char *hreq_header(const hreq_t *self, const char *name)
+{
+    return hparse_header(&self->head, name);
+}
+
+const hhead_t *hreq_head(const hreq_t *self)
+{
+    return &self->head;
+}
+
+const char *hreq_peer(const hreq_t *self)
+{
+    return self->peer;
+}
+
+hconn_t *hreq_conn(const hreq_t *self)
+{
+    return self->hs ? self->conn : NULL;
+}
+
+bool hreq_is_websocket(const hreq_t *self)
+{
+    return self->method == HM_GET && hparse_header_has_token(&self->head, "upgrade", "websocket") &&
+           hparse_header_has_token(&self->head, "connection", "upgrade");
+}
+
+uint64_t hreq_started(const hreq_t *self)
+{
+    return self->started;
+}
+
+bool hreq_has_body(const hreq_t *self)
+{
+    return self->framing != HBODY_NONE;
+}
+
+int64_t hreq_body_length(const hreq_t *self)
+{
+    if (self->framing == HBODY_LENGTH) {
+        uint64_t n;
+        const char *v = hparse_header(&self->head, "content-length");
+        n = v ? strtoull(v, NULL, 10) : 0;
+        return (int64_t) n;
+    }
+    return self->framing == HBODY_NONE ? 0 : -1;
+}
+
+void hreq_set_note(hreq_t *self, const void *key, void *value)
+{
+    for (int i = 0; i < MAX_NOTES; i++)
+        if (!self->note_keys[i] || self->note_keys[i] == key) {
+            self->note_keys[i] = key;
+            self->note_values[i] = value;
+            return;
+        }
+}
+
+void *hreq_note(const hreq_t *self, const void *key)
+{
+    for (int i = 0; i < MAX_NOTES; i++)
+        if (self->note_keys[i] == key) return self->note_values[i];
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------------------
+//  Body
+
+static void s_send_continue(hreq_t *self)
+{
+    if (self->sent_continue || self->replied || !self->hs) return;
+    self->sent_continue = true;
+    const char *expect = hparse_header(&self->head, "expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0 && self->framing != HBODY_NONE)
+        hconn_write_copy(self->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+}
+
+//  Deliver a piece of body to whoever wants it.
+static void s_body_piece(const char *data, size_t len, void *arg)
+{
+    hreq_t *self = arg;
+    if (!len) return;
+    switch (self->body_mode) {
+    case BODY_BUFFER: {
+        if (self->body_failed) return;
+        if (self->body_len + len > self->body_max) {
+            self->body_failed = true;
+            self->body_err = KB_ETOOBIG;
+            return;
+        }
+        char *grown = realloc(self->body, self->body_len + len + 1);
+        if (!grown) {
+            self->body_failed = true;
+            self->body_err = KB_ENOMEM;
+            return;
+        }
+        self->body = grown;
+        memcpy(self->body + self->body_len, data, len);
+        self->body_len += len;
+        self->body[self->body_len] = '\0';
+        break;
+    }
+    case BODY_STREAM:
+        if (self->body_events.on_data) self->body_events.on_data(self, data, len, self->body_arg);
+        break;
+    default: break;
+    }
+}
+
+//  The body ended (err 0) or failed: tell whoever reads it, once.
+static void s_body_end(hreq_t *self, int err)
+{
+    body_mode_t mode = self->body_mode;
+    self->body_mode = BODY_DONE;
+    if (mode == BODY_BUFFER) {
+        if (!err && self->body_failed) err = self->body_err;
+        hreq_body_fn *done = self->body_done;
+        self->body_done = NULL;
+        if (done) done(self, err, self->body_arg);
+    } else if (mode == BODY_STREAM) {
+        void (*end)(hreq_t *, int, void *) = self->body_events.on_end;
+        self->body_events.on_end = NULL;
+        if (end) end(self, err, self->body_arg);
+    }
+}
+
+//  Feed body bytes from the connection. Returns how many were used, or -1 when the
+//  coding is malformed (the connection is being closed).
+static long s_feed_body(hreq_t *self, char *data, size_t len)
+{
+    if (self->body_mode == BODY_DONE || self->body_mode == BODY_UNCLAIMED) return 0;
+    if (self->body_mode == BODY_STREAM && self->body_paused) return 0;
+    size_t slice = self->body_mode == BODY_STREAM && len > BODY_SLICE ? BODY_SLICE : len;
+    size_t used = 0;
+    if (self->framing == HBODY_LENGTH) {
+        size_t n = slice;
+        if ((uint64_t) n > self->body_left) n = (size_t) self->body_left;
+        s_body_piece(data, n, self);
+        self->body_left -= n;
+        used = n;
+        if (self->body_left == 0) s_body_end(self, 0);
+    } else if (self->framing == HBODY_CHUNKED) {
+        long n = hchunk_feed(&self->chunk, data, slice, s_body_piece, self);
+        if (n < 0) {
+            klog_debug("request body: %s", self->chunk.why);
+            s_body_end(self, KB_EPROTO);
+            return -1;
+        }
+        used = (size_t) n;
+        if (self->chunk.done) s_body_end(self, 0);
+    } else {
+        s_body_end(self, 0);
+    }
+    //  Buffered bodies over their limit end at once: the rest is never read.
+    if (self->body_mode == BODY_BUFFER && self->body_failed) s_body_end(self, self->body_err);
+    return (long) used;
+}
+
+static void s_start_body(hreq_t *self)
+{
+    s_send_continue(self);
+    if (self->framing == HBODY_NONE) {
+        s_body_end(self, 0);
+        return;
+    }
+    if (self->hs) {
+        hconn_set_timer(self->conn, self->hs->config.idle_timeout_ms);
+        hconn_resume_read(self->conn);
+    }
+}
+
+void hreq_read_body(hreq_t *self, size_t max, hreq_body_fn *done, void *arg)
+{
+    if (self->body_mode != BODY_UNCLAIMED) {
+        if (done) done(self, KB_EINVAL, arg);
+        return;
+    }
+    self->body_mode = BODY_BUFFER;
+    self->body_max = max;
+    self->body_done = done;
+    self->body_arg = arg;
+    if (self->framing == HBODY_LENGTH && self->body_left > max) {
+        //  Known to be too large: no need to read it.
+        self->body_mode = BODY_DONE;
+        if (done) done(self, KB_ETOOBIG, arg);
+        return;
+    }
+    if (!self->body) {
+        self->body = malloc(1);
+        if (self->body) self->body[0] = '\0';
+    }
+    if (!self->hs && self->framing != HBODY_NONE) {
+        s_body_end(self, KB_ECLOSED);
+        return;
+    }
+    s_start_body(self);
+}
+
 const char *hreq_body(const hreq_t *self, size_t *len)
 {
     if (len) *len = self->body_len;
-    return self->body;
+    return self->body ? self->body : "";
 }
 
-long long hreq_content_length(hreq_t *self)
+void hreq_body_stream(hreq_t *self, const hreq_body_events_t *events, void *arg)
 {
-    char buf[32];
-    if (lwsx_header(self->wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, buf, sizeof buf) < 0) return -1;
-    return atoll(buf);
-}
-
-int hreq__body(hreq_t *self, const void *in, size_t len)
-{
-    if (self->body_too_big) return KB_ETOOBIG;
-    if (len == 0) return KB_OK;  //  lws may announce an empty chunk with a NULL pointer
-    if (self->body_len + len > self->max_body) {
-        self->body_too_big = true;
-        return KB_ETOOBIG;
+    if (self->body_mode != BODY_UNCLAIMED) return;
+    self->body_mode = BODY_STREAM;
+    self->body_events = *events;
+    self->body_arg = arg;
+    if (!self->hs && self->framing != HBODY_NONE) {
+        s_body_end(self, KB_ECLOSED);
+        return;
     }
-    char *grown = realloc(self->body, self->body_len + len + 1);
-    if (!grown) return KB_ENOMEM;
-    self->body = grown;
-    memcpy(self->body + self->body_len, in, len);
-    self->body_len += len;
-    self->body[self->body_len] = '\0';
-    return KB_OK;
+    s_start_body(self);
 }
+
+void hreq_body_pause(hreq_t *self)
+{
+    if (self->body_mode != BODY_STREAM) return;
+    self->body_paused = true;
+    if (self->hs) hconn_pause_read(self->conn);
+}
+
+void hreq_body_resume(hreq_t *self)
+{
+    if (!self->body_paused) return;
+    self->body_paused = false;
+    if (self->hs) hconn_resume_read(self->conn);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Response
 
 void hreq_add_header(hreq_t *self, const char *name, const char *value)
 {
-    json_object_set_new(self->headers, name, json_string(value));
+    char clean[128];
+    size_t n = strlen(name);
+    if (n && name[n - 1] == ':') n--;
+    if (n >= sizeof clean) return;
+    for (size_t i = 0; i < n; i++) clean[i] = name[i];
+    clean[n] = '\0';
+    json_object_set_new(self->headers, clean, json_string(value ? value : ""));
 }
 
-static void s_want_write(hreq_t *self)
+//  Whether the connection can be reused after this response.
+static bool s_keep_alive(hreq_t *self)
 {
-    if (!self->gone) lws_callback_on_writable(self->wsi);
+    if (self->close_after || !self->hs) return false;
+    if (!hparse_keep_alive(&self->head)) return false;
+    switch (self->body_mode) {
+    case BODY_DONE: return true;
+    case BODY_UNCLAIMED:
+    case BODY_DISCARD:
+        //  The rest of an unread body is skipped if it is short and its length known.
+        return self->framing == HBODY_NONE ||
+               (self->framing == HBODY_LENGTH && self->body_left <= DISCARD_MAX);
+    default: return false;
+    }
+}
+
+//  The status line and headers. length < 0: no Content-Length (chunked or until close).
+static int s_write_head(hreq_t *self, int status, const char *content_type, int64_t length,
+                        bool chunked)
+{
+    if (!self->hs) return KB_ECLOSED;
+    bool keep = s_keep_alive(self);
+    if (!keep) self->close_after = true;
+    size_t cap = 512;
+    const char *name;
+    json_t *value;
+    json_object_foreach(self->headers, name, value) cap += strlen(name) + json_string_length(value) + 4;
+    if (content_type) cap += strlen(content_type);
+    char *buf = wbuf_alloc(cap);
+    if (!buf) return KB_ENOMEM;
+    const char *reason = hparse_reason(status);
+    int n = snprintf(buf, cap, "HTTP/1.%d %d %s\r\nServer: kbridge\r\n",
+                     self->head.version_minor == 0 ? 0 : 1, status, *reason ? reason : "Status");
+    size_t at = (size_t) n;
+    if (content_type)
+        at += (size_t) snprintf(buf + at, cap - at, "Content-Type: %s\r\n", content_type);
+    if (chunked)
+        at += (size_t) snprintf(buf + at, cap - at, "Transfer-Encoding: chunked\r\n");
+    else if (length >= 0 && status != 204 && status != 304 && status / 100 != 1)
+        at += (size_t) snprintf(buf + at, cap - at, "Content-Length: %lld\r\n", (long long) length);
+    json_object_foreach(self->headers, name, value)
+        at += (size_t) snprintf(buf + at, cap - at, "%s: %s\r\n", name, json_string_value(value));
+    if (!keep)
+        at += (size_t) snprintf(buf + at, cap - at, "Connection: close\r\n");
+    else if (self->head.version_minor == 0)
+        at += (size_t) snprintf(buf + at, cap - at, "Connection: keep-alive\r\n");
+    at += (size_t) snprintf(buf + at, cap - at, "\r\n");
+    return hconn_write(self->conn, buf, buf, at);
+}
+
+//  The response is complete: the exchange ends once the body is settled too.
+static void s_response_done(hreq_t *self)
+{
+    self->response_done = true;
+    hserve_t *hs = self->hs;
+    if (hs && hs->cur == self) s_finish_exchange(hs);
 }
 
 void hreq_reply(hreq_t *self, int status, const char *content_type, const void *body, size_t len)
@@ -133,13 +460,13 @@ void hreq_reply(hreq_t *self, int status, const char *content_type, const void *
     if (self->replied || self->gone) return;
     self->replied = true;
     self->status = status;
-    self->content_type = content_type ? strdup(content_type) : NULL;
-    self->reply_body = malloc(LWS_PRE + len + 1);
-    if (self->reply_body) {
-        if (len) memcpy(self->reply_body + LWS_PRE, body, len);
-        self->reply_len = len;
+    if (!self->hs) return;
+    if (s_write_head(self, status, content_type, (int64_t) len, false) == KB_OK && len &&
+        self->method != HM_HEAD && status != 204 && status != 304) {
+        hconn_write_copy(self->conn, body, len);
+        self->bytes_sent += len;
     }
-    s_want_write(self);
+    s_response_done(self);
 }
 
 void hreq_reply_json(hreq_t *self, int status, json_t *body)
@@ -166,49 +493,99 @@ void hreq_stream_begin(hreq_t *self, int status, const char *content_type)
     if (self->replied || self->gone) return;
     self->replied = self->streaming = true;
     self->status = status;
-    self->content_type = content_type ? strdup(content_type) : NULL;
-    s_want_write(self);
+    self->chunked = self->head.version_minor >= 1;
+    if (!self->chunked) self->close_after = true;  //  HTTP/1.0: the end is the close
+    s_write_head(self, status, content_type, -1, self->chunked);
 }
 
-static int s_queue_chunk(hreq_t *self, const void *data, size_t len, bool last)
+void hreq_stream_begin_length(hreq_t *self, int status, const char *content_type, uint64_t length)
 {
-    char head[24];
-    int hn = last ? snprintf(head, sizeof head, "0\r\n\r\n")
-                  : snprintf(head, sizeof head, "%zx\r\n", len);
-    size_t total = (size_t) hn + (last ? 0 : len + 2);
-    char *buf = wsconn_buf_alloc(total);
-    if (!buf) return KB_ENOMEM;
-    memcpy(buf, head, (size_t) hn);
-    if (!last) {
-        memcpy(buf + hn, data, len);
-        memcpy(buf + hn + len, "\r\n", 2);
+    if (self->replied || self->gone) return;
+    self->replied = self->streaming = self->fixed = true;
+    self->status = status;
+    self->fixed_left = length;
+    s_write_head(self, status, content_type, (int64_t) length, false);
+    if (self->method == HM_HEAD) self->fixed_left = 0;
+}
+
+static int s_too_slow(hreq_t *self)
+{
+    klog_warn("http client %s too slow: %zu bytes queued, limit %zu; disconnecting",
+              hconn_peer(self->conn), hconn_queued(self->conn), self->hs->config.max_outbound);
+    self->close_after = true;
+    hconn_discard_queued(self->conn);
+    hconn_close(self->conn, false);
+    return KB_ETOOBIG;
+}
+
+int hreq_stream_write_buf(hreq_t *self, char *payload, size_t len)
+{
+    if (!self->hs || self->gone || !self->streaming || self->response_done) {
+        wbuf_free(payload);
+        return KB_ECLOSED;
     }
-    int rc = bufq_push(&self->chunks, buf, total, false);
-    if (rc == KB_OK) s_want_write(self);
+    if (len == 0 || self->method == HM_HEAD) {
+        wbuf_free(payload);
+        return KB_OK;
+    }
+    if (hconn_queued(self->conn) + len > self->hs->config.max_outbound) {
+        wbuf_free(payload);
+        return s_too_slow(self);
+    }
+    const char *data = payload;
+    size_t wire = len;
+    if (self->chunked) {
+        //  The chunk-size line goes in the headroom, the CRLF in the tailroom.
+        char head[24];
+        int hn = snprintf(head, sizeof head, "%zx\r\n", len);
+        memcpy(payload - hn, head, (size_t) hn);
+        memcpy(payload + len, "\r\n", 2);
+        data = payload - hn;
+        wire = (size_t) hn + len + 2;
+    } else if (self->fixed) {
+        if ((uint64_t) len > self->fixed_left) len = wire = (size_t) self->fixed_left;
+        self->fixed_left -= len;
+        if (len == 0) {
+            wbuf_free(payload);
+            return KB_OK;
+        }
+    }
+    self->bytes_sent += len;
+    int rc = hconn_write(self->conn, payload, data, wire);
+    if (rc == KB_OK && self->on_drain && hconn_queued(self->conn) >= 256 * 1024)
+        hconn_want_drain(self->conn);
     return rc;
 }
 
 int hreq_stream_write(hreq_t *self, const void *data, size_t len)
 {
-    if (self->gone || self->stream_ended || !self->streaming) return KB_ECLOSED;
     if (len == 0) return KB_OK;  //  an empty chunk would end the body
-    if (bufq_bytes(&self->chunks) + len > self->max_outbound) {
-        klog_warn("http client too slow: %zu bytes queued, limit %zu; disconnecting",
-                  bufq_bytes(&self->chunks) + len, self->max_outbound);
-        bufq_clear(&self->chunks);
-        self->stream_ended = true;
-        self->abort = true;  //  the writeable callback closes the connection
-        s_want_write(self);
-        return KB_ETOOBIG;
-    }
-    return s_queue_chunk(self, data, len, false);
+    char *p = wbuf_dup(data, len);
+    if (!p) return KB_ENOMEM;
+    return hreq_stream_write_buf(self, p, len);
 }
 
 void hreq_stream_end(hreq_t *self)
 {
-    if (self->gone || self->stream_ended || !self->streaming) return;
-    self->stream_ended = true;
-    s_queue_chunk(self, NULL, 0, true);
+    if (!self->streaming || self->response_done) return;
+    if (self->hs && !self->gone && self->chunked && self->method != HM_HEAD)
+        hconn_write_copy(self->conn, "0\r\n\r\n", 5);
+    //  A fixed-length body cut short leaves the client waiting for the rest: only closing
+    //  tells it.
+    if (self->fixed && self->fixed_left) self->close_after = true;
+    s_response_done(self);
+}
+
+size_t hreq_stream_queued(const hreq_t *self)
+{
+    return self->hs ? hconn_queued(self->conn) : 0;
+}
+
+void hreq_on_drain(hreq_t *self, void (*fn)(hreq_t *req, void *arg), void *arg)
+{
+    self->on_drain = fn;
+    self->on_drain_arg = arg;
+    if (fn && self->hs) hconn_want_drain(self->conn);
 }
 
 bool hreq_replied(const hreq_t *self)
@@ -216,28 +593,14 @@ bool hreq_replied(const hreq_t *self)
     return self->replied;
 }
 
-void hreq_hold(hreq_t *self)
+int hreq_status(const hreq_t *self)
 {
-    self->refs++;
+    return self->status;
 }
 
-static void s_free(hreq_t *self)
+uint64_t hreq_bytes_sent(const hreq_t *self)
 {
-    bufq_clear(&self->chunks);
-    free(self->path);
-    free(self->body);
-    free(self->content_type);
-    free(self->reply_body);
-    json_decref(self->headers);
-    free(self);
-}
-
-void hreq_release(hreq_t **self_p)
-{
-    if (!self_p || !*self_p) return;
-    hreq_t *self = *self_p;
-    *self_p = NULL;
-    if (--self->refs == 0) s_free(self);
+    return self->bytes_sent;
 }
 
 void hreq_on_close(hreq_t *self, void (*fn)(hreq_t *, void *), void *arg)
@@ -246,97 +609,312 @@ void hreq_on_close(hreq_t *self, void (*fn)(hreq_t *, void *), void *arg)
     self->on_close_arg = arg;
 }
 
-static int s_write_headers(hreq_t *self)
+bool hreq_gone(const hreq_t *self)
 {
-    unsigned char buf[LWS_PRE + 4096];
-    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
-    if (lws_add_http_header_status(self->wsi, (unsigned) self->status, &p, end)) return -1;
-    if (self->content_type &&
-        lws_add_http_header_by_token(self->wsi, WSI_TOKEN_HTTP_CONTENT_TYPE,
-                                     (unsigned char *) self->content_type,
-                                     (int) strlen(self->content_type), &p, end))
-        return -1;
-    if (self->streaming) {
-        if (lws_add_http_header_by_token(self->wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING,
-                                         (unsigned char *) "chunked", 7, &p, end))
-            return -1;
-    } else if (self->status != 204 && self->status != 304 &&
-               lws_add_http_header_content_length(self->wsi, self->reply_len, &p, end)) {
-        return -1;
-    }
-    const char *name;
-    json_t *value;
-    json_object_foreach(self->headers, name, value)
-    {
-        if (lws_add_http_header_by_name(self->wsi, (const unsigned char *) name,
-                                        (const unsigned char *) json_string_value(value),
-                                        (int) json_string_length(value), &p, end))
-            return -1;
-    }
-    if (lws_finalize_write_http_header(self->wsi, start, &p, end)) return -1;
-    self->headers_sent = true;
-    return 0;
+    return self->gone;
 }
 
-int hreq__writeable(hreq_t *self)
+// ---------------------------------------------------------------------------------------
+//  The connection's HTTP side
+
+static void s_set_pending(hserve_t *hs, bool pending)
 {
-    if (self->abort) return -1;
-    if (!self->replied || self->gone) return 0;
-    if (!self->headers_sent && s_write_headers(self) != 0) return -1;
-    if (!self->streaming) {
-        size_t left = self->reply_len - self->reply_sent;
-        if (left > 0 && self->method != HM_HEAD) {
-            size_t n = left > WRITE_SLICE ? WRITE_SLICE : left;
-            bool final = n == left;
-            //  The LWS_PRE bytes before each slice are already-sent body: lws may use them.
-            if (lws_write(self->wsi, self->reply_body + LWS_PRE + self->reply_sent, n,
-                          final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) < (int) n)
-                return -1;
-            self->reply_sent += n;
-            if (!final) {
-                s_want_write(self);
-                return 0;
+    if (hs->pending == pending) return;
+    hs->pending = pending;
+    if (hs->events.on_pending) hs->events.on_pending(hs->conn, pending, hs->arg);
+}
+
+static void s_wait_head(hserve_t *hs, bool fresh)
+{
+    hs->scanned = 0;
+    hs->idle = !fresh;
+    //  A new connection owes a head at once; an idle kept-alive one only once it starts.
+    s_set_pending(hs, fresh);
+    hconn_set_timer(hs->conn, fresh ? hs->config.header_timeout_ms : hs->config.idle_timeout_ms);
+}
+
+//  The current exchange is over if both its response and its body are.
+static void s_finish_exchange(hserve_t *hs)
+{
+    hreq_t *req = hs->cur;
+    if (!req || !req->response_done) return;
+    if (req->body_mode != BODY_DONE) {
+        if (s_keep_alive(req) && !req->close_after) {
+            req->body_mode = BODY_DISCARD;
+            if (req->framing == HBODY_NONE || req->body_left == 0) req->body_mode = BODY_DONE;
+            else {
+                hconn_resume_read(hs->conn);
+                return;  //  finished when the rest has been skipped
             }
-        }
-    } else {
-        while (self->chunks.head && !lws_send_pipe_choked(self->wsi)) {
-            bufq_item_t *c = self->chunks.head;
-            if (lws_write(self->wsi, (unsigned char *) c->payload, c->len, LWS_WRITE_HTTP) <
-                (int) c->len)
-                return -1;
-            bufq_drop_head(&self->chunks);
-        }
-        if (self->chunks.head) {
-            s_want_write(self);
-            return 0;
-        }
-        if (!self->stream_ended) return 0;
-    }
-    //  Response complete: the connection waits for its next request (keep-alive) or
-    //  closes. Its reference to this request goes now; the next one gets a new hreq.
-    self->gone = true;
-    if (self->slot) *self->slot = NULL;
-    int close = lws_http_transaction_completed(self->wsi);
-    hreq_release(&self);
-    return close ? -1 : 0;
-}
-
-void hreq__closed(hreq_t *self)
-{
-    if (self->slot) *self->slot = NULL;
-    if (!self->gone) {
-        self->gone = true;
-        if (self->on_close) {
-            void (*fn)(hreq_t *, void *) = self->on_close;
-            self->on_close = NULL;
-            fn(self, self->on_close_arg);
+        } else {
+            req->close_after = true;
         }
     }
-    hreq_release(&self);
+    hs->cur = NULL;
+    req->hs = NULL;
+    if (hs->events.on_done) hs->events.on_done(req, hs->arg);
+    bool close = req->close_after;
+    hreq_release(&req);
+    if (close) {
+        hconn_close(hs->conn, true);
+        return;
+    }
+    s_wait_head(hs, false);
+    //  Pipelined bytes already here are parsed from the next loop turn.
+    hconn_resume_read(hs->conn);
 }
 
-void hreq__bind(hreq_t *self, hreq_t **slot)
+static void s_reply_and_close(hserve_t *hs, int status, const char *why)
 {
-    self->slot = slot;
-    *slot = self;
+    char body[512], clean[256];
+    size_t k = 0;
+    for (; why[k] && k + 1 < sizeof clean; k++) clean[k] = why[k] == '"' || why[k] == '\\' ? '\'' : why[k];
+    clean[k] = '\0';
+    why = clean;
+    const char *reason = hparse_reason(status);
+    int blen = snprintf(body, sizeof body, "{\"message\":\"%s\",\"reason\":null}", why);
+    char head[256];
+    int hn = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nServer: kbridge\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                      status, reason, blen);
+    hconn_write_copy(hs->conn, head, (size_t) hn);
+    hconn_write_copy(hs->conn, body, (size_t) blen);
+    hconn_close(hs->conn, true);
+}
+
+static hmethod_t s_method(const char *name)
+{
+    for (size_t i = 0; i < sizeof s_methods / sizeof *s_methods; i++)
+        if (strcmp(s_methods[i].name, name) == 0) return s_methods[i].method;
+    return HM_OTHER;
+}
+
+//  A complete head of n bytes: parse it and hand it over. Returns false if the
+//  connection is being closed.
+static bool s_on_head(hserve_t *hs, const char *data, size_t n)
+{
+    char why[200];
+    hreq_t *req = calloc(1, sizeof *req);
+    if (!req) {
+        s_reply_and_close(hs, 503, "out of memory");
+        return false;
+    }
+    req->refs = 1;
+    req->conn = hs->conn;
+    snprintf(req->peer, sizeof req->peer, "%s", hconn_peer(hs->conn));
+    req->started = kb_now_ms();
+    req->headers = json_object();
+    int status = hparse_request(data, n, &req->head, why, sizeof why);
+    if (!status) status = hparse_request_body(&req->head, &req->framing, &req->body_left, why, sizeof why);
+    if (!status && req->head.method) {
+        const char *target = req->head.target;
+        const char *q = strchr(target, '?');
+        size_t plen = q ? (size_t) (q - target) : strlen(target);
+        req->query = q ? q + 1 : NULL;
+        req->raw_path = strndup(target, plen);
+        req->path = malloc(plen + 1);
+        if (!req->raw_path || !req->path || !req->headers) {
+            status = 503;
+            snprintf(why, sizeof why, "out of memory");
+        } else if (hutil_decode(target, plen, false, req->path, plen + 1) < 0) {
+            status = 400;
+            snprintf(why, sizeof why, "malformed percent-encoding in the path");
+        }
+    }
+    if (status) {
+        klog_debug("connection %s: refusing a request: %d %s", hconn_peer(hs->conn), status, why);
+        s_free(req);
+        s_reply_and_close(hs, status, why);
+        return false;
+    }
+    req->method = s_method(req->head.method);
+    if (req->framing == HBODY_CHUNKED) hchunk_init(&req->chunk);
+    req->hs = hs;
+    hs->cur = req;
+    hs->idle = false;
+    s_set_pending(hs, false);
+    hconn_set_timer(hs->conn, 0);
+    //  Nothing more is read until the handler claims the body (or the exchange ends).
+    hconn_pause_read(hs->conn);
+    hreq_hold(req);
+    if (hs->events.on_request) hs->events.on_request(req, hs->arg);
+    if (req->hs && !req->replied && req->body_mode == BODY_UNCLAIMED && req->framing == HBODY_NONE)
+        req->body_mode = BODY_DONE;  //  nothing to claim
+    bool alive = !hconn_closing(hs->conn);
+    hreq_release(&req);
+    return alive;
+}
+
+static size_t s_serve(hserve_t *hs, char *data, size_t len);
+
+static size_t s_on_read(hconn_t *conn, char *data, size_t len, void *arg)
+{
+    (void) conn;
+    hserve_t *hs = arg;
+    hs->in_read = true;
+    size_t used = s_serve(hs, data, len);
+    hs->in_read = false;
+    if (hs->detached) free(hs);
+    return used;
+}
+
+static size_t s_serve(hserve_t *hs, char *data, size_t len)
+{
+    size_t used = 0;
+    while (used < len && !hs->detached && !hconn_closing(hs->conn)) {
+        hreq_t *req = hs->cur;
+        if (req) {
+            if (req->body_mode == BODY_DISCARD) {
+                size_t n = len - used;
+                if ((uint64_t) n > req->body_left) n = (size_t) req->body_left;
+                req->body_left -= n;
+                used += n;
+                if (req->body_left == 0) {
+                    req->body_mode = BODY_DONE;
+                    s_finish_exchange(hs);
+                }
+                continue;
+            }
+            if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM) {
+                hconn_set_timer(hs->conn, hs->config.idle_timeout_ms);
+                long n = s_feed_body(req, data + used, len - used);
+                if (n < 0) {
+                    if (!req->replied) {
+                        req->close_after = true;
+                        hreq_reply_error(req, 400, "malformed chunked request body");
+                    }
+                    hconn_close(hs->conn, true);
+                    return len;
+                }
+                used += (size_t) n;
+                if (req->body_mode == BODY_DONE) {
+                    hconn_set_timer(hs->conn, 0);
+                    s_finish_exchange(hs);
+                }
+                if (n == 0) break;  //  paused
+                continue;
+            }
+            //  The body is unclaimed, or done and the response is still under way: what
+            //  follows waits, and reading stops once enough of it has piled up.
+            if (len - used >= AHEAD_MAX || req->body_mode == BODY_UNCLAIMED) hconn_pause_read(hs->conn);
+            break;
+        }
+        //  Between requests, stray CRLFs are skipped (RFC 9112 2.2).
+        while (used < len && hs->scanned == 0 && (data[used] == '\r' || data[used] == '\n')) used++;
+        if (used == len) break;
+        if (hs->idle) {
+            hs->idle = false;
+            s_set_pending(hs, true);
+            hconn_set_timer(hs->conn, hs->config.header_timeout_ms);
+        }
+        long n = hparse_head_length(data + used, len - used, hs->config.max_head, &hs->scanned);
+        if (n == 0) break;
+        if (n < 0) {
+            s_reply_and_close(hs, 431, "the request head is too large");
+            return len;
+        }
+        hs->scanned = 0;
+        size_t head_at = used;
+        used += (size_t) n;
+        if (!s_on_head(hs, data + head_at, (size_t) n)) return len;
+    }
+    return used;
+}
+
+static void s_on_eof(hconn_t *conn, void *arg)
+{
+    hserve_t *hs = arg;
+    hreq_t *req = hs->cur;
+    if (req) {
+        if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM)
+            s_body_end(req, KB_ECLOSED);
+        if (!req->response_done) s_gone(req);
+    }
+    hconn_close(conn, true);
+}
+
+static void s_on_timer(hconn_t *conn, void *arg)
+{
+    hserve_t *hs = arg;
+    hreq_t *req = hs->cur;
+    if (!req) {
+        if (hs->idle) {
+            hconn_close(conn, false);
+        } else {
+            klog_debug("connection %s: no complete request head in %llu ms", hconn_peer(conn),
+                       (unsigned long long) hs->config.header_timeout_ms);
+            s_reply_and_close(hs, 408, "the request head did not arrive in time");
+        }
+        return;
+    }
+    //  A body that stalled.
+    if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM) {
+        req->close_after = true;
+        s_body_end(req, KB_ETIMEDOUT);
+        if (!req->replied) hreq_reply_error(req, 408, "the request body stalled");
+        hconn_close(conn, true);
+    }
+}
+
+static void s_on_close(hconn_t *conn, void *arg)
+{
+    (void) conn;
+    hserve_t *hs = arg;
+    s_set_pending(hs, false);
+    hreq_t *req = hs->cur;
+    hs->cur = NULL;
+    if (req) {
+        req->hs = NULL;
+        if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM)
+            s_body_end(req, KB_ECLOSED);
+        if (!req->response_done) s_gone(req);
+        if (hs->events.on_done) hs->events.on_done(req, hs->arg);
+        hreq_release(&req);
+    }
+    if (hs->events.on_gone) hs->events.on_gone(hs->conn, hs->arg);
+    free(hs);
+}
+
+static void s_on_drain(hconn_t *conn, void *arg)
+{
+    (void) conn;
+    hserve_t *hs = arg;
+    hreq_t *req = hs->cur;
+    if (req && req->on_drain) req->on_drain(req, req->on_drain_arg);
+}
+
+static const hconn_driver_t s_driver = {s_on_read, s_on_eof, s_on_drain, s_on_timer, s_on_close, NULL};
+
+int hserve_start(hconn_t *conn, const hserve_config_t *config, const hserve_events_t *events,
+                 void *arg)
+{
+    hserve_t *hs = calloc(1, sizeof *hs);
+    if (!hs) return KB_ENOMEM;
+    hs->conn = conn;
+    hs->config = *config;
+    if (events) hs->events = *events;
+    hs->arg = arg;
+    hconn_set_driver(conn, &s_driver, hs);
+    s_wait_head(hs, true);
+    return KB_OK;
+}
+
+hconn_t *hreq_detach(hreq_t *self)
+{
+    hserve_t *hs = self->hs;
+    if (!hs) return NULL;
+    hconn_t *conn = hs->conn;
+    hs->detached = true;
+    hs->cur = NULL;
+    self->hs = NULL;
+    self->replied = self->response_done = true;
+    self->body_mode = BODY_DONE;
+    if (hs->events.on_done) hs->events.on_done(self, hs->arg);
+    hreq_release(&self);  //  the connection's reference
+    hconn_set_timer(conn, 0);
+    s_set_pending(hs, false);
+    if (hs->events.on_gone) hs->events.on_gone(conn, hs->arg);
+    if (!hs->in_read) free(hs);
+    return conn;
 }

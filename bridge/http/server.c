@@ -1,69 +1,44 @@
-/*  server - libwebsockets on the libuv loop; request checks and routing. */
+/*  server - the listener, connection caps, request checks and routing. */
 #include "server.h"
-#include "../e2b/e2b.h"
-#include "hreq.h"
-#include "../jupyter/jupyter.h"
-#include "lwsx.h"
-#include "../native/native.h"
-#include "wsconn.h"
+#include "hutil.h"
 #include "../../base/kberr.h"
+#include "../../base/klist.h"
 #include "../../base/klog.h"
+#include "../../base/kutil.h"
 
 #include <arpa/inet.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stddef.h>
 #include <strings.h>
 
-#define NATIVE_SUBPROTOCOL "kbridge.v1"
-#define JUPYTER_SUBPROTOCOL "v1.kernel.websocket.jupyter.org"
+//  A connection that has not finished a request head, for the per-peer cap.
+typedef struct {
+    klist_t link;
+    hconn_t *conn;
+    char peer[64];
+} pending_t;
 
 struct _server_t {
     uv_loop_t *loop;
-    const server_config_t *config;
-    registry_t *registry;
-    struct lws_context *context;
-    struct lws_vhost *vhost;
+    const config_t *config;
+    api_ctx_t ctx;
+    uv_tcp_t listener;
+    bool listening, closed;
     int port;
     bool auth;
     unsigned char token_hash[crypto_generichash_BYTES];
-    native_t *native;
-    jupyter_t *jupyter;
-    e2b_t *e2b;
-    bool closed;
+    void **apis;  //  one instance per descriptor, in table order
+    klist_t pending;
+    size_t served;  //  connections whose HTTP side still refers to us
+    bool listener_closed, destroyed;
+    hserve_config_t hconfig;
+    wsconn_config_t wsconfig;
 };
-
-//  Per-connection data lws allocates (zeroed) for every wsi.
-typedef struct {
-    hreq_t *req;
-    wsconn_t *ws;
-} pss_t;
 
 // ---------------------------------------------------------------------------------------
 //  Checks: host, origin, token
-
-static bool s_is_ip_literal(const char *host)
-{
-    unsigned char buf[16];
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
-}
-
-//  Split "host[:port]" or "[v6]:port" into host (without brackets).
-static void s_host_part(const char *hostport, char *host, size_t size)
-{
-    if (hostport[0] == '[') {
-        const char *end = strchr(hostport, ']');
-        size_t n = end ? (size_t) (end - hostport - 1) : strlen(hostport + 1);
-        snprintf(host, size, "%.*s", (int) n, hostport + 1);
-        return;
-    }
-    const char *colon = strchr(hostport, ':');
-    if (colon && strchr(colon + 1, ':')) colon = NULL;  //  a bare IPv6 address
-    size_t n = colon ? (size_t) (colon - hostport) : strlen(hostport);
-    snprintf(host, size, "%.*s", (int) n, hostport);
-}
 
 static bool s_listed(json_t *list, const char *value)
 {
@@ -77,32 +52,51 @@ static bool s_listed(json_t *list, const char *value)
     return false;
 }
 
-//  DNS rebinding defence: a browser tricked into calling us through a hostname that
-//  resolves to our address still sends that hostname as Host.
-static bool s_host_allowed(server_t *self, struct lws *wsi)
+static bool s_is_ip_literal(const char *host)
 {
-    char hostport[256], host[256];
-    if (lwsx_header(wsi, WSI_TOKEN_HOST, hostport, sizeof hostport) < 0) return false;
-    s_host_part(hostport, host, sizeof host);
-    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 ||
-        strcmp(host, "::1") == 0)
+    unsigned char buf[16];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+//  DNS rebinding defence: a browser tricked into calling us through a hostname that
+//  resolves to our address still sends that hostname as Host. Names under the sandbox
+//  domain (3000-<id>.localhost) are ours too.
+static bool s_host_allowed(server_t *self, hreq_t *req)
+{
+    char host[256];
+    int port;
+    if (hutil_host(hreq_header(req, "host"), host, sizeof host, &port) != 0) return false;
+    if (strcmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 || strcmp(host, "::1") == 0)
         return true;
+    size_t hl = strlen(host);
+    if (hl > 10 && strcmp(host + hl - 10, ".localhost") == 0) return true;
     const char *ip = self->config->ip ? self->config->ip : "127.0.0.1";
     if (strcmp(host, ip) == 0) return true;
     bool wildcard = strcmp(ip, "0.0.0.0") == 0 || strcmp(ip, "::") == 0;
     if (wildcard && s_is_ip_literal(host)) return true;
+    if (self->config->domain) {
+        char dhost[256];
+        int dport;
+        if (hutil_host(self->config->domain, dhost, sizeof dhost, &dport) == 0) {
+            size_t dl = strlen(dhost);
+            if (strcmp(host, dhost) == 0 ||
+                (hl > dl + 1 && host[hl - dl - 1] == '.' && strcmp(host + hl - dl, dhost) == 0))
+                return true;
+        }
+    }
     return s_listed(self->config->allowed_hosts, host);
 }
 
-//  Returns 1 if there is no Origin or it is this server, 2 if it is an allowed foreign
-//  origin (CORS applies), 0 if it is refused.
-static int s_origin_check(server_t *self, struct lws *wsi, char *origin, size_t size)
+//  1 if there is no Origin or it is this server, 2 if it is an allowed foreign origin
+//  (CORS applies), 0 if it is refused.
+static int s_origin_check(server_t *self, hreq_t *req)
 {
-    if (lwsx_header(wsi, WSI_TOKEN_ORIGIN, origin, size) < 0) return 1;
-    char hostport[256];
-    const char *scheme_end = strstr(origin, "://");
-    if (scheme_end && lwsx_header(wsi, WSI_TOKEN_HOST, hostport, sizeof hostport) >= 0 &&
-        strcasecmp(scheme_end + 3, hostport) == 0)
+    const char *origin = hreq_header(req, "origin");
+    if (!origin) return 1;
+    char scheme[16], hostport[256];
+    const char *host = hreq_header(req, "host");
+    if (hutil_origin(origin, scheme, sizeof scheme, hostport, sizeof hostport) == 0 && host &&
+        strcasecmp(hostport, host) == 0)
         return 1;
     return s_listed(self->config->allowed_origins, origin) ? 2 : 0;
 }
@@ -115,291 +109,391 @@ static bool s_token_matches(server_t *self, const char *given)
     return sodium_memcmp(hash, self->token_hash, sizeof hash) == 0;
 }
 
-static bool s_authorized(server_t *self, struct lws *wsi)
+//  Every place a client may put a token, as the clients of each API do.
+static size_t s_tokens(hreq_t *req, char tokens[][512], size_t max)
+{
+    size_t n = 0;
+    if (n < max && hreq_query(req, "token", tokens[n], 512) == KB_OK && *tokens[n]) n++;
+    const char *auth = hreq_header(req, "authorization");
+    if (auth && n < max) {
+        const char *v = NULL;
+        if (strncasecmp(auth, "token ", 6) == 0) v = auth + 6;
+        else if (strncasecmp(auth, "bearer ", 7) == 0) v = auth + 7;
+        while (v && *v == ' ') v++;
+        if (v && *v && strlen(v) < 512) snprintf(tokens[n++], 512, "%s", v);
+    }
+    //  X-Access-Token (E2B's envd and /execute), E2B-Traffic-Access-Token (the slot the
+    //  E2B SDK fills on every code-interpreter call), X-API-Key (E2B's control plane).
+    static const char *headers[] = {"x-access-token", "e2b-traffic-access-token", "x-api-key"};
+    for (size_t i = 0; i < 3 && n < max; i++) {
+        const char *v = hreq_header(req, headers[i]);
+        if (v && *v && strlen(v) < 512) snprintf(tokens[n++], 512, "%s", v);
+    }
+    return n;
+}
+
+static bool s_authorized(server_t *self, const api_desc_t *desc, void *api, hreq_t *req)
 {
     if (!self->auth) return true;
-    char value[1024];
-    if (lwsx_query(wsi, "token", value, sizeof value) == 0 && s_token_matches(self, value))
-        return true;
-    if (lwsx_header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, value, sizeof value) >= 0) {
-        const char *v = value;
-        if (strncasecmp(v, "token ", 6) == 0) v += 6;
-        else if (strncasecmp(v, "bearer ", 7) == 0) v += 7;
-        else v = NULL;
-        while (v && *v == ' ') v++;
-        if (v && s_token_matches(self, v)) return true;
-    }
-    //  X-Access-Token (E2B's /execute, and generic clients); E2B-Traffic-Access-Token is
-    //  the one slot the unmodified E2B SDK fills on every request.
-    if (lwsx_header_custom(wsi, "x-access-token:", value, sizeof value) >= 0 &&
-        s_token_matches(self, value))
-        return true;
-    if (lwsx_header_custom(wsi, "e2b-traffic-access-token:", value, sizeof value) >= 0 &&
-        s_token_matches(self, value))
-        return true;
+    char tokens[5][512];
+    size_t n = s_tokens(req, tokens, 5);
+    for (size_t i = 0; i < n; i++)
+        if (s_token_matches(self, tokens[i])) return true;
+    if (desc && desc->authorize)
+        for (size_t i = 0; i < n; i++)
+            if (desc->authorize(api, req, tokens[i])) return true;
     return false;
 }
 
 // ---------------------------------------------------------------------------------------
-//  HTTP
+//  Requests
 
-static bool s_public_route(hreq_t *req)
+static void s_add_cors(hreq_t *req)
 {
-    const char *path = hreq_path(req);
-    return strcmp(path, "/") == 0 || (hreq_method(req) == HM_GET && strcmp(path, "/api") == 0) ||
-           strcmp(path, "/health") == 0;
+    hreq_add_header(req, "access-control-allow-origin", hreq_header(req, "origin"));
+    hreq_add_header(req, "vary", "Origin");
 }
 
-static void s_dispatch(server_t *self, hreq_t *req)
+static void s_on_body(hreq_t *req, int err, void *arg)
 {
-    const char *path = hreq_path(req);
-    if (strcmp(path, "/") == 0) {
-        hreq_reply_json(req, 200, json_pack("{s:s, s:s, s:s, s:s}", "name", "kbridge",
-                                            "version", PROJECT_VERSION, "websocket", "/ws",
-                                            "jupyter", "/api"));
-    } else if (strncmp(path, "/api", 4) == 0 || strncmp(path, "/kernelspecs/", 13) == 0) {
-        jupyter_http(self->jupyter, req);
-    } else if (e2b_route(path)) {
-        e2b_http(self->e2b, req);
-    } else if (strcmp(path, "/ws") == 0) {
-        hreq_reply_json(req, 400, json_pack("{s:s, s:s, s:s}", "type", "request_error", "code",
-                                            "bad_request", "message",
-                                            "/ws is a WebSocket endpoint: send an Upgrade"));
-    } else {
-        hreq_reply_error(req, 404, "Not Found");
-    }
-}
-
-static void s_add_cors(hreq_t *req, const char *origin)
-{
-    hreq_add_header(req, "access-control-allow-origin:", origin);
-    hreq_add_header(req, "vary:", "Origin");
-}
-
-static int s_on_http(server_t *self, struct lws *wsi, pss_t *pss, const char *uri)
-{
-    hreq_t *req = hreq_new(wsi, uri, self->config->max_body_bytes, self->config->max_outbound_bytes);
-    if (!req) return -1;
-    hreq__bind(req, &pss->req);
-    char origin[512];
-    int origin_ok = s_origin_check(self, wsi, origin, sizeof origin);
-    if (!s_host_allowed(self, wsi)) {
-        klog_warn("refused %s %s: Host not allowed", hreq_method_name(req), uri);
-        hreq_reply_error(req, 403, "Host not allowed (use --allow-host to permit it)");
-        return 0;
-    }
-    if (!origin_ok) {
-        klog_warn("refused %s %s: foreign Origin %s", hreq_method_name(req), uri, origin);
-        hreq_reply_error(req, 403, "Origin not allowed (use --allow-origin to permit it)");
-        return 0;
-    }
-    if (origin_ok == 2) s_add_cors(req, origin);
-    if (hreq_method(req) == HM_OPTIONS) {
-        char want[512];
-        hreq_add_header(req, "access-control-allow-methods:", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
-        if (lwsx_header(wsi, WSI_TOKEN_HTTP_AC_REQUEST_HEADERS, want, sizeof want) >= 0)
-            hreq_add_header(req, "access-control-allow-headers:", want);
-        hreq_add_header(req, "access-control-max-age:", "600");
-        hreq_reply(req, 204, NULL, NULL, 0);
-        return 0;
-    }
-    if (!s_public_route(req) && !s_authorized(self, wsi)) {
-        hreq_reply_error(req, 403, "Forbidden: a valid token is required");
-        return 0;
-    }
-    long long length = hreq_content_length(req);
-    if (length > (long long) self->config->max_body_bytes) {
+    server_t *self = arg;
+    const api_desc_t *desc = hreq_note(req, &kb_apis);
+    void *api = hreq_note(req, self);
+    if (err == KB_ETOOBIG) {
         hreq_reply_error(req, 413, "Request body too large");
-        return 0;
+    } else if (err == KB_EPROTO) {
+        hreq_reply_error(req, 400, "Malformed request body (chunked coding)");
+    } else if (err == KB_ETIMEDOUT) {
+        hreq_reply_error(req, 408, "The request body stalled");
+    } else if (err == KB_ENOMEM) {
+        hreq_reply_error(req, 503, "Out of memory reading the request body");
+    } else if (err == KB_OK && desc && !self->closed) {
+        desc->http(api, req);
     }
-    char te[64];
-    bool chunked = lwsx_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, te, sizeof te) >= 0;
-    if (length > 0 || chunked) return 0;  //  dispatched at HTTP_BODY_COMPLETION
-    s_dispatch(self, req);
-    return 0;
+    hreq_release(&req);
+}
+
+static void s_websocket(server_t *self, const api_desc_t *desc, void *api, hreq_t *req)
+{
+    char why[200];
+    if (!desc->ws_accept) {
+        hreq_reply_error(req, 404, "No WebSocket endpoint here");
+        return;
+    }
+    int status = wsconn_check(req, why, sizeof why);
+    if (status) {
+        if (status == 426) hreq_add_header(req, "sec-websocket-version", "13");
+        klog_limited(KLOG_WARN, "refused WebSocket %s from %s: %s", hreq_path(req), hreq_peer(req), why);
+        hreq_reply_error(req, status, why);
+        return;
+    }
+    if (desc->ws_check && (status = desc->ws_check(api, req, why, sizeof why)) != 0) {
+        hreq_reply_error(req, status, why);
+        return;
+    }
+    const char *sub = wsconn_pick_subprotocol(req, desc->subprotocols);
+    wsconn_t *conn = wsconn_upgrade(req, sub, &self->wsconfig);
+    if (conn) desc->ws_accept(api, conn, req, sub);
+}
+
+static void s_on_request(hreq_t *req, void *arg)
+{
+    server_t *self = arg;
+    if (self->closed) {
+        hreq_reply_error(req, 503, "The server is shutting down");
+        return;
+    }
+    if (!s_host_allowed(self, req)) {
+        klog_limited(KLOG_WARN, "refused %s %s from %s: Host %s not allowed", hreq_method_name(req),
+                     hreq_path(req), hreq_peer(req), hreq_header(req, "host") ? hreq_header(req, "host") : "");
+        hreq_reply_error(req, 403, "Host not allowed (use --allow-host to permit it)");
+        return;
+    }
+    int origin = s_origin_check(self, req);
+    if (!origin) {
+        klog_limited(KLOG_WARN, "refused %s %s: foreign Origin %s", hreq_method_name(req),
+                     hreq_path(req), hreq_header(req, "origin"));
+        hreq_reply_error(req, 403, "Origin not allowed (use --allow-origin to permit it)");
+        return;
+    }
+    if (origin == 2) s_add_cors(req);
+    if (hreq_method(req) == HM_OPTIONS && hreq_header(req, "access-control-request-method")) {
+        hreq_add_header(req, "access-control-allow-methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
+        const char *want = hreq_header(req, "access-control-request-headers");
+        if (want) hreq_add_header(req, "access-control-allow-headers", want);
+        hreq_add_header(req, "access-control-max-age", "600");
+        hreq_reply(req, 204, NULL, NULL, 0);
+        return;
+    }
+    const api_desc_t *desc = NULL;
+    void *api = NULL;
+    for (size_t i = 0; i < kb_napis && !desc; i++)
+        if (kb_apis[i]->claims(self->apis[i], req)) {
+            desc = kb_apis[i];
+            api = self->apis[i];
+        }
+    bool public = desc && desc->is_public && desc->is_public(api, req);
+    if (!public && !s_authorized(self, desc, api, req)) {
+        if (desc && desc->refuse) desc->refuse(api, req);
+        else hreq_reply_error(req, 403, "Forbidden: a valid token is required");
+        return;
+    }
+    if (!desc) {
+        hreq_reply_error(req, 404, "Not Found");
+        return;
+    }
+    if (hreq_is_websocket(req)) {
+        s_websocket(self, desc, api, req);
+        return;
+    }
+    if (desc->streams_body && desc->streams_body(api, req)) {
+        desc->http(api, req);
+        return;
+    }
+    hreq_set_note(req, &kb_apis, (void *) desc);
+    hreq_set_note(req, self, api);
+    hreq_hold(req);
+    hreq_read_body(req, self->config->max_body_bytes, s_on_body, self);
+}
+
+static void s_on_done(hreq_t *req, void *arg)
+{
+    server_t *self = arg;
+    if (!self->config->access_log) return;
+    char target[512];
+    char raw[1024];
+    snprintf(raw, sizeof raw, "%s%s%s", hreq_raw_path(req) ? hreq_raw_path(req) : "?",
+             *hreq_query_string(req) ? "?" : "", hreq_query_string(req));
+    hutil_redact_target(raw, target, sizeof target);
+    klog_info("access %s %s %s %d %llu %llums", hreq_peer(req), hreq_method_name(req), target,
+              hreq_status(req), (unsigned long long) hreq_bytes_sent(req),
+              (unsigned long long) (kb_now_ms() - hreq_started(req)));
 }
 
 // ---------------------------------------------------------------------------------------
-//  WebSocket
+//  Connections
 
-typedef enum { ROUTE_NONE, ROUTE_NATIVE, ROUTE_JUPYTER } ws_route_t;
-
-static ws_route_t s_ws_route(const char *path)
+static pending_t *s_find_pending(server_t *self, hconn_t *conn)
 {
-    char kernel_id[128];
-    if (strcmp(path, "/ws") == 0) return ROUTE_NATIVE;
-    if (jupyter_channels_path(path, kernel_id, sizeof kernel_id)) return ROUTE_JUPYTER;
-    return ROUTE_NONE;
-}
-
-static int s_refuse_upgrade(struct lws *wsi, int status, const char *code, const char *message)
-{
-    json_t *body = json_pack("{s:s, s:n, s:s, s:s}", "message", message, "id", "type",
-                             "request_error", "code", code);
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    lwsx_write_response(wsi, status, "application/json", text ? text : "{}");
-    free(text);
-    return 1;
-}
-
-static int s_confirm_upgrade(server_t *self, struct lws *wsi)
-{
-    char path[512], origin[512];
-    if (lwsx_path(wsi, path, sizeof path) < 0) return s_refuse_upgrade(wsi, 400, "bad_request", "no path");
-    if (!s_host_allowed(self, wsi))
-        return s_refuse_upgrade(wsi, 403, "unauthorized", "Host not allowed (--allow-host)");
-    if (!s_origin_check(self, wsi, origin, sizeof origin)) {
-        klog_warn("refused WebSocket %s: foreign Origin %s", path, origin);
-        return s_refuse_upgrade(wsi, 403, "unauthorized", "Origin not allowed (--allow-origin)");
+    klist_t *it;
+    klist_foreach(it, &self->pending)
+    {
+        pending_t *p = klist_entry(it, pending_t, link);
+        if (p->conn == conn) return p;
     }
-    if (!s_authorized(self, wsi))
-        return s_refuse_upgrade(wsi, 403, "unauthorized", "a valid token is required");
-    ws_route_t route = s_ws_route(path);
-    if (route == ROUTE_NONE)
-        return s_refuse_upgrade(wsi, 404, "not_found", "no WebSocket endpoint here");
-    char kernel_id[128];
-    if (route == ROUTE_JUPYTER && (!jupyter_channels_path(path, kernel_id, sizeof kernel_id) ||
-                                   !jupyter_kernel_exists(self->jupyter, kernel_id)))
-        return s_refuse_upgrade(wsi, 404, "not_found", "Kernel does not exist");
+    return NULL;
+}
+
+static void s_free_server(server_t *self);
+
+static void s_on_gone(hconn_t *conn, void *arg)
+{
+    (void) conn;
+    server_t *self = arg;
+    self->served--;
+    if (self->listener_closed && self->destroyed && !self->served) s_free_server(self);
+}
+
+static void s_on_pending(hconn_t *conn, bool pending, void *arg)
+{
+    server_t *self = arg;
+    if (!pending) {
+        pending_t *p = s_find_pending(self, conn);
+        if (p) {
+            klist_remove(&p->link);
+            free(p);
+        }
+        return;
+    }
+    pending_t *p = calloc(1, sizeof *p);
+    if (!p) return;
+    klist_init(&p->link);
+    p->conn = conn;
+    snprintf(p->peer, sizeof p->peer, "%s", hconn_peer(conn));
+    //  Past the per-peer cap the oldest such connection of that peer goes: a client that
+    //  keeps sockets half-open only ever starves itself.
+    size_t same = 0;
+    pending_t *oldest = NULL;
+    klist_t *it;
+    klist_foreach(it, &self->pending)
+    {
+        pending_t *q = klist_entry(it, pending_t, link);
+        if (strcmp(q->peer, p->peer) != 0) continue;
+        if (!oldest) oldest = q;
+        same++;
+    }
+    klist_push_back(&self->pending, &p->link);
+    if (self->config->max_pending_per_peer && same >= self->config->max_pending_per_peer && oldest) {
+        klog_limited(KLOG_WARN, "%s has %zu connections still sending a request head (limit %zu): "
+                                "dropping its oldest",
+                     p->peer, same + 1, self->config->max_pending_per_peer);
+        hconn_t *victim = oldest->conn;
+        klist_remove(&oldest->link);
+        free(oldest);
+        hconn_close(victim, false);
+    }
+}
+
+static void s_refuse_connection(hconn_t *conn, const char *why)
+{
+    char body[256], head[256];
+    int blen = snprintf(body, sizeof body, "{\"message\":\"%s\",\"reason\":null}", why);
+    int hn = snprintf(head, sizeof head,
+                      "HTTP/1.1 503 Service Unavailable\r\nServer: kbridge\r\nContent-Type: "
+                      "application/json\r\nContent-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
+                      blen);
+    hconn_write_copy(conn, head, (size_t) hn);
+    hconn_write_copy(conn, body, (size_t) blen);
+    hconn_close(conn, true);
+}
+
+static size_t s_ignore_read(hconn_t *conn, char *data, size_t len, void *arg)
+{
+    (void) conn;
+    (void) data;
+    (void) arg;
+    return len;
+}
+
+static void s_on_connection(uv_stream_t *listener, int status)
+{
+    server_t *self = listener->data;
+    if (status < 0) {
+        //  Out of fds, typically: libuv has already accepted and closed the connections
+        //  waiting (its reserve fd), so this does not spin; say so once a second at most.
+        klog_limited(KLOG_ERROR, "accepting a connection failed: %s (%zu open; raise the fd limit "
+                                 "or lower --max-connections)",
+                     uv_strerror(status), hconn_count());
+        return;
+    }
+    int err;
+    hconn_t *conn = hconn_accept(self->loop, listener, &err);
+    if (!conn) {
+        klog_limited(KLOG_ERROR, "accepting a connection failed: %s", uv_strerror(err));
+        return;
+    }
+    if (self->closed) {
+        hconn_close(conn, false);
+        return;
+    }
+    if (self->config->max_connections && hconn_count() > self->config->max_connections) {
+        klog_limited(KLOG_WARN, "refusing a connection from %s: %zu connections open "
+                                "(--max-connections %zu)",
+                     hconn_peer(conn), hconn_count() - 1, self->config->max_connections);
+        static const hconn_driver_t drain = {s_ignore_read, NULL, NULL, NULL, NULL, NULL};
+        hconn_set_driver(conn, &drain, NULL);
+        s_refuse_connection(conn, "too many connections (--max-connections)");
+        return;
+    }
+    hserve_events_t events = {s_on_request, s_on_done, s_on_pending, s_on_gone};
+    if (hserve_start(conn, &self->hconfig, &events, self) != KB_OK) hconn_close(conn, false);
+    else self->served++;
+}
+
+// ---------------------------------------------------------------------------------------
+//  Lifecycle
+
+static int s_listen(server_t *self, char *why, size_t size)
+{
+    const char *ip = self->config->ip ? self->config->ip : "127.0.0.1";
+    struct sockaddr_storage addr;
+    int rc = strchr(ip, ':') ? uv_ip6_addr(ip, self->config->port, (struct sockaddr_in6 *) &addr)
+                             : uv_ip4_addr(ip, self->config->port, (struct sockaddr_in *) &addr);
+    if (rc != 0) {
+        snprintf(why, size, "--ip %s is not an IP address", ip);
+        return -1;
+    }
+    uv_tcp_init(self->loop, &self->listener);
+    self->listener.data = self;
+    self->listening = true;
+    rc = uv_tcp_bind(&self->listener, (struct sockaddr *) &addr, 0);
+    if (rc == 0) rc = uv_listen((uv_stream_t *) &self->listener, 511, s_on_connection);
+    if (rc == UV_EADDRINUSE) {
+        snprintf(why, size, "port %d is in use: another kbridge? pass --port", self->config->port);
+        return -1;
+    }
+    if (rc == UV_EADDRNOTAVAIL) {
+        snprintf(why, size, "--ip %s is not an address of this machine", ip);
+        return -1;
+    }
+    if (rc == UV_EACCES) {
+        snprintf(why, size, "no permission to listen on port %d (ports below 1024 need root)",
+                 self->config->port);
+        return -1;
+    }
+    if (rc != 0) {
+        snprintf(why, size, "cannot listen on %s:%d: %s", ip, self->config->port, uv_strerror(rc));
+        return -1;
+    }
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    uv_tcp_getsockname(&self->listener, (struct sockaddr *) &bound, &len);
+    self->port = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *) &bound)->sin6_port)
+                                             : ntohs(((struct sockaddr_in *) &bound)->sin_port);
     return 0;
 }
 
-static int s_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                      size_t len)
+static void s_free_server(server_t *self)
 {
-    //  lws calls some reasons (CLOSED_HTTP among them) on connections that never got
-    //  per-session storage; those carry nothing of ours.
-    static pss_t none;
-    pss_t *pss = user ? user : &none;
-    struct lws_context *context = lws_get_context(wsi);
-    server_t *self = context ? lws_context_user(context) : NULL;
-    if (!user && (reason == LWS_CALLBACK_HTTP || reason == LWS_CALLBACK_ESTABLISHED)) return -1;
-    switch (reason) {
-    case LWS_CALLBACK_HTTP: return s_on_http(self, wsi, pss, in);
-    case LWS_CALLBACK_HTTP_BODY:
-        if (pss->req && !hreq_replied(pss->req) && hreq__body(pss->req, in, len) == KB_ETOOBIG)
-            hreq_reply_error(pss->req, 413, "Request body too large");
-        return 0;
-    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        if (pss->req && !hreq_replied(pss->req)) s_dispatch(self, pss->req);
-        return 0;
-    case LWS_CALLBACK_HTTP_WRITEABLE: return pss->req ? hreq__writeable(pss->req) : 0;
-    case LWS_CALLBACK_CLOSED_HTTP:
-        if (pss->req) hreq__closed(pss->req);
-        return 0;
-    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: return s_confirm_upgrade(self, wsi);
-    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
-        //  The subprotocol lws bound must belong to the endpoint.
-        char path[512];
-        if (lwsx_path(wsi, path, sizeof path) < 0) return 1;
-        const char *proto = lws_get_protocol(wsi)->name;
-        ws_route_t route = s_ws_route(path);
-        if (route == ROUTE_NATIVE)
-            return strcmp(proto, "http") == 0 || strcmp(proto, NATIVE_SUBPROTOCOL) == 0 ? 0 : 1;
-        if (route == ROUTE_JUPYTER)
-            return strcmp(proto, "http") == 0 || strcmp(proto, JUPYTER_SUBPROTOCOL) == 0 ? 0 : 1;
-        return 1;
-    }
-    case LWS_CALLBACK_ESTABLISHED: {
-        char path[512];
-        lwsx_path(wsi, path, sizeof path);
-        pss->ws = wsconn_new(wsi, self->config->max_message_bytes, self->config->max_outbound_bytes);
-        if (!pss->ws) return -1;
-        ws_route_t route = s_ws_route(path);
-        if (route == ROUTE_NATIVE)
-            native_accept(self->native, pss->ws, wsi);
-        else if (route == ROUTE_JUPYTER)
-            jupyter_accept(self->jupyter, pss->ws, wsi,
-                           strcmp(lws_get_protocol(wsi)->name, JUPYTER_SUBPROTOCOL) == 0 ? WSFRAMING_V1
-                                                                                        : WSFRAMING_LEGACY);
-        else
-            wsconn_close(pss->ws, 1011, "no endpoint");
-        return 0;
-    }
-    case LWS_CALLBACK_RECEIVE: return pss->ws ? wsconn__receive(pss->ws, in, len) : 0;
-    case LWS_CALLBACK_SERVER_WRITEABLE: return pss->ws ? wsconn__writeable(pss->ws) : 0;
-    case LWS_CALLBACK_CLOSED:
-        if (pss->ws) {
-            wsconn__closed(pss->ws);
-            pss->ws = NULL;
-        }
-        return 0;
-    default: return 0;
-    }
+    free(self->apis);
+    free(self);
 }
 
-static const struct lws_protocols s_protocols[] = {
-    //  [0] answers HTTP and WebSockets that offer no subprotocol.
-    {"http", s_callback, sizeof(pss_t), 65536, 0, NULL, 0},
-    {JUPYTER_SUBPROTOCOL, s_callback, sizeof(pss_t), 65536, 0, NULL, 0},
-    {NATIVE_SUBPROTOCOL, s_callback, sizeof(pss_t), 65536, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0}};
-
-static void s_lws_log(int level, const char *line)
+//  The server is freed once its listener has closed and no connection refers to it.
+static void s_listener_closed(uv_handle_t *handle)
 {
-    size_t n = strlen(line);
-    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
-    klog(level == LLL_ERR ? KLOG_ERROR : KLOG_DEBUG, "lws: %.*s", (int) n, line);
+    server_t *self = handle->data;
+    self->listener_closed = true;
+    if (self->destroyed && !self->served) s_free_server(self);
 }
 
-server_t *server_new(uv_loop_t *loop, const server_config_t *config, registry_t *registry)
+server_t *server_new(const api_ctx_t *ctx, char *why, size_t size)
 {
     server_t *self = calloc(1, sizeof *self);
-    if (!self) return NULL;
-    self->loop = loop;
-    self->config = config;
-    self->registry = registry;
-    self->auth = config->token && *config->token;
+    if (!self) {
+        snprintf(why, size, "out of memory");
+        return NULL;
+    }
+    self->loop = ctx->loop;
+    self->config = ctx->config;
+    self->ctx = *ctx;
+    klist_init(&self->pending);
+    const config_t *cfg = ctx->config;
+    self->auth = cfg->token && *cfg->token;
     if (self->auth)
-        crypto_generichash(self->token_hash, sizeof self->token_hash,
-                           (const unsigned char *) config->token, strlen(config->token), NULL, 0);
-    self->native = native_new(self);
-    self->jupyter = jupyter_new(self);
-    self->e2b = e2b_new(self);
-    if (!self->native || !self->jupyter || !self->e2b) {
-        native_destroy(&self->native);
-        jupyter_destroy(&self->jupyter);
-        e2b_destroy(&self->e2b);
+        crypto_generichash(self->token_hash, sizeof self->token_hash, (const unsigned char *) cfg->token,
+                           strlen(cfg->token), NULL, 0);
+    self->hconfig.max_head = 65536;
+    self->hconfig.header_timeout_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : 10000;
+    self->hconfig.idle_timeout_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : 75000;
+    self->hconfig.max_outbound = cfg->max_outbound_bytes;
+    self->wsconfig.max_message = cfg->max_message_bytes;
+    self->wsconfig.max_outbound = cfg->max_outbound_bytes;
+    hconn_budget_set(cfg->max_buffered_bytes);
+    self->apis = calloc(kb_napis, sizeof *self->apis);
+    if (!self->apis) {
+        free(self);
+        snprintf(why, size, "out of memory");
+        return NULL;
+    }
+    if (s_listen(self, why, size) != 0) {
+        if (self->listening) {
+            self->destroyed = true;
+            uv_close((uv_handle_t *) &self->listener, s_listener_closed);
+            return NULL;
+        }
+        free(self->apis);
         free(self);
         return NULL;
     }
-    lws_set_log_level(LLL_ERR | (klog_enabled(KLOG_DEBUG) ? LLL_WARN | LLL_NOTICE : 0), s_lws_log);
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    void *foreign_loops[1] = {loop};
-    info.port = config->port;
-    info.iface = config->ip ? config->ip : "127.0.0.1";
-    info.protocols = s_protocols;
-    //  IPv6 stays off for IPv4 addresses: with it on, lws 4.1 binds an IPv4 interface
-    //  address as "*" (every interface).
-    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
-                   LWS_SERVER_OPTION_DISABLE_IPV6 * (strchr(info.iface, ':') == NULL);
-    info.foreign_loops = foreign_loops;
-    info.user = self;
-    //  With a foreign libuv loop, destruction completes asynchronously; lws NULLs this
-    //  pointer once it has (see server_close and server_destroy).
-    info.pcontext = &self->context;
-    info.server_string = "kbridge";
-    info.max_http_header_data = 16384;
-    info.max_http_header_pool = 64;
-    info.keepalive_timeout = 75;
-    info.timeout_secs = 60;
-    //  Ping idle WebSockets so vanished clients are noticed; hang up if they stay silent.
-    static const lws_retry_bo_t retry = {.secs_since_valid_ping = 30, .secs_since_valid_hangup = 70};
-    info.retry_and_idle_policy = &retry;
-    info.pt_serv_buf_size = 65536;
-    self->context = lws_create_context(&info);
-    if (!self->context) {
-        klog_error("cannot listen on %s:%d", info.iface, config->port);
-        native_destroy(&self->native);
-        jupyter_destroy(&self->jupyter);
-        e2b_destroy(&self->e2b);
-        free(self);
-        return NULL;
+    for (size_t i = 0; i < kb_napis; i++) {
+        self->apis[i] = kb_apis[i]->create(&self->ctx);
+        if (!self->apis[i]) {
+            snprintf(why, size, "the %s API could not be set up", kb_apis[i]->name);
+            server_destroy(&self);
+            return NULL;
+        }
     }
-    self->vhost = lws_get_vhost_by_name(self->context, "default");
-    self->port = self->vhost ? lws_get_vhost_listen_port(self->vhost) : config->port;
     return self;
 }
 
@@ -407,10 +501,17 @@ void server_close(server_t *self)
 {
     if (self->closed) return;
     self->closed = true;
-    native_destroy(&self->native);
-    jupyter_destroy(&self->jupyter);
-    e2b_destroy(&self->e2b);
-    lws_context_destroy(self->context);  //  completes as the loop runs; NULLs self->context
+    for (size_t i = kb_napis; i-- > 0;)
+        if (self->apis[i]) kb_apis[i]->destroy(&self->apis[i]);
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->pending)
+    {
+        pending_t *p = klist_entry(it, pending_t, link);
+        klist_remove(&p->link);
+        free(p);
+    }
+    hconn_close_all();
+    uv_close((uv_handle_t *) &self->listener, s_listener_closed);
 }
 
 void server_destroy(server_t **self_p)
@@ -419,27 +520,12 @@ void server_destroy(server_t **self_p)
     server_t *self = *self_p;
     *self_p = NULL;
     server_close(self);
-    if (self->context) lws_context_destroy(self->context);
-    free(self);
+    //  Freed once the listener has closed and no connection refers to it.
+    self->destroyed = true;
+    if (self->listener_closed && !self->served) s_free_server(self);
 }
 
 int server_port(const server_t *self)
 {
     return self->port;
 }
-
-const server_config_t *server_config(const server_t *self)
-{
-    return self->config;
-}
-
-registry_t *server_registry(const server_t *self)
-{
-    return self->registry;
-}
-
-uv_loop_t *server_loop(const server_t *self)
-{
-    return self->loop;
-}
-

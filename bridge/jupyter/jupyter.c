@@ -1,11 +1,10 @@
 /*  jupyter - Jupyter Server REST kernels/sessions API and channels WebSockets. */
 #include "jupyter.h"
-#include "../kernels/hwait.h"
+#include "../apikit/hwait.h"
 #include "channels.h"
 #include "../kernels/kentry.h"
-#include "../http/lwsx.h"
 #include "../kernels/registry.h"
-#include "../http/server.h"
+#include "../http/api.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -35,8 +34,11 @@ typedef struct jlink_s {
     channels_t *conn;
 } jlink_t;
 
+typedef struct _jupyter_t jupyter_t;
 struct _jupyter_t {
-    server_t *server;
+    uv_loop_t *loop;
+    registry_t *registry;
+    const config_t *config;
     char started[32];
     char last_request[32];
     jsess_t *sessions;
@@ -46,7 +48,7 @@ struct _jupyter_t {
 
 static registry_t *s_registry(jupyter_t *self)
 {
-    return server_registry(self->server);
+    return self->registry;
 }
 
 static kentry_t *s_kernel(jupyter_t *self, const char *id)
@@ -488,8 +490,9 @@ static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
 // ---------------------------------------------------------------------------------------
 //  Routing
 
-void jupyter_http(jupyter_t *self, hreq_t *req)
+static void s_http(void *api, hreq_t *req)
 {
+    jupyter_t *self = api;
     const char *path = hreq_path(req);
     if (strcmp(path, "/api/status") != 0) kb_now_iso(self->last_request);
     hmethod_t m = hreq_method(req);
@@ -528,7 +531,8 @@ void jupyter_http(jupyter_t *self, hreq_t *req)
     }
 }
 
-bool jupyter_channels_path(const char *path, char *kernel_id, size_t size)
+//  If path is /api/kernels/{id}/channels, copy the id into kernel_id and return true.
+static bool s_channels_path(const char *path, char *kernel_id, size_t size)
 {
     if (strncmp(path, "/api/kernels/", 13) != 0) return false;
     const char *id = path + 13;
@@ -540,9 +544,33 @@ bool jupyter_channels_path(const char *path, char *kernel_id, size_t size)
     return true;
 }
 
-bool jupyter_kernel_exists(jupyter_t *self, const char *kernel_id)
+static size_t s_count_channels(jupyter_t *self, kentry_t *entry)
 {
-    return kb_is_kernel_id(kernel_id) && s_kernel(self, kernel_id) != NULL;
+    size_t n = 0;
+    for (jlink_t *l = self->conns; l; l = l->next)
+        if (channels_kentry(l->conn) == entry) n++;
+    return n;
+}
+
+static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
+{
+    jupyter_t *self = api;
+    char kernel_id[128];
+    if (!s_channels_path(hreq_path(req), kernel_id, sizeof kernel_id)) {
+        snprintf(why, size, "No WebSocket endpoint here");
+        return 404;
+    }
+    if (!kb_is_kernel_id(kernel_id) || !s_kernel(self, kernel_id)) {
+        snprintf(why, size, "Kernel does not exist: %.64s", kernel_id);
+        return 404;
+    }
+    if (self->config->max_channels_per_kernel &&
+        s_count_channels(self, s_kernel(self, kernel_id)) >= self->config->max_channels_per_kernel) {
+        snprintf(why, size, "kernel %.64s has %zu channels connections (--max-connections per kernel)",
+                 kernel_id, self->config->max_channels_per_kernel);
+        return 503;
+    }
+    return 0;
 }
 
 static void s_on_conn_gone(channels_t *conn, void *arg)
@@ -558,17 +586,18 @@ static void s_on_conn_gone(channels_t *conn, void *arg)
         }
 }
 
-void jupyter_accept(jupyter_t *self, wsconn_t *conn, struct lws *wsi, wsframing_proto_t proto)
+static void s_ws_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprotocol)
 {
-    char path[512], kernel_id[128], session_id[128];
+    jupyter_t *self = api;
+    wsframing_proto_t proto = subprotocol ? WSFRAMING_V1 : WSFRAMING_LEGACY;
+    char kernel_id[128], session_id[128];
     kentry_t *entry = NULL;
-    if (lwsx_path(wsi, path, sizeof path) >= 0 && jupyter_channels_path(path, kernel_id, sizeof kernel_id))
-        entry = s_kernel(self, kernel_id);
+    if (s_channels_path(hreq_path(req), kernel_id, sizeof kernel_id)) entry = s_kernel(self, kernel_id);
     if (!entry) {
         wsconn_close(conn, 1011, "kernel gone");
         return;
     }
-    if (lwsx_query(wsi, "session_id", session_id, sizeof session_id) != 0) session_id[0] = '\0';
+    if (hreq_query(req, "session_id", session_id, sizeof session_id) != KB_OK) session_id[0] = '\0';
     //  One connection per (kernel, session_id): two DEALERs with one routing id collide.
     for (jlink_t *l = self->conns; l && *session_id; l = l->next)
         if (channels_kentry(l->conn) == entry && strcmp(channels_session_id(l->conn), session_id) == 0) {
@@ -577,7 +606,7 @@ void jupyter_accept(jupyter_t *self, wsconn_t *conn, struct lws *wsi, wsframing_
         }
     jlink_t *link = malloc(sizeof *link);
     channels_events_t events = {s_on_conn_gone};
-    channels_t *jc = link ? channels_new(server_loop(self->server), entry, conn, session_id, proto, &events, self) : NULL;
+    channels_t *jc = link ? channels_new(self->loop, entry, conn, session_id, proto, &events, self) : NULL;
     if (!jc) {
         free(link);
         return;
@@ -588,21 +617,23 @@ void jupyter_accept(jupyter_t *self, wsconn_t *conn, struct lws *wsi, wsframing_
     self->nconns++;
 }
 
-jupyter_t *jupyter_new(server_t *server)
+static void *s_create(const api_ctx_t *ctx)
 {
     jupyter_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
-    self->server = server;
+    self->loop = ctx->loop;
+    self->registry = ctx->registry;
+    self->config = ctx->config;
     kb_now_iso(self->started);
     snprintf(self->last_request, sizeof self->last_request, "%s", self->started);
     return self;
 }
 
-void jupyter_destroy(jupyter_t **self_p)
+static void s_destroy(void **api_p)
 {
-    if (!self_p || !*self_p) return;
-    jupyter_t *self = *self_p;
-    *self_p = NULL;
+    if (!api_p || !*api_p) return;
+    jupyter_t *self = *api_p;
+    *api_p = NULL;
     while (self->conns) {
         jlink_t *l = self->conns;
         self->conns = l->next;
@@ -617,3 +648,33 @@ void jupyter_destroy(jupyter_t **self_p)
     }
     free(self);
 }
+
+static bool s_claims(void *api, hreq_t *req)
+{
+    (void) api;
+    const char *path = hreq_path(req);
+    return (strncmp(path, "/api", 4) == 0 && (path[4] == '\0' || path[4] == '/')) ||
+           strncmp(path, "/kernelspecs/", 13) == 0;
+}
+
+static bool s_is_public(void *api, hreq_t *req)
+{
+    (void) api;
+    //  As Jupyter Server: the API version is no secret.
+    const char *path = hreq_path(req);
+    return hreq_method(req) == HM_GET && (strcmp(path, "/api") == 0 || strcmp(path, "/api/") == 0);
+}
+
+static const char *const s_subprotocols[] = {"v1.kernel.websocket.jupyter.org", NULL};
+
+const api_desc_t jupyter_api = {
+    .name = "jupyter",
+    .create = s_create,
+    .destroy = s_destroy,
+    .claims = s_claims,
+    .is_public = s_is_public,
+    .http = s_http,
+    .subprotocols = s_subprotocols,
+    .ws_check = s_ws_check,
+    .ws_accept = s_ws_accept,
+};

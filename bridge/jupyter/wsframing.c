@@ -1,6 +1,6 @@
 /*  wsframing - Jupyter kernel WebSocket framings (v1 binary and legacy JSON). */
 #include "wsframing.h"
-#include "../http/wsconn.h"
+#include "../buf/wbuf.h"
 #include "../../base/jx.h"
 
 #include <stdint.h>
@@ -224,7 +224,7 @@ static char *s_encode_v1(kchan_type_t channel, kmsg_t *msg, size_t *out_len)
         kmsg_buffer(msg, i, &blen);
         total += blen;
     }
-    char *buf = wsconn_buf_alloc(total);
+    char *buf = wbuf_alloc(total);
     if (!buf) return NULL;
     unsigned char *p = (unsigned char *) buf;
     s_put_le64(p, n);
@@ -284,7 +284,7 @@ static char *s_encode_legacy(kchan_type_t channel, kmsg_t *msg, size_t *out_len,
             total += blen;
         }
     }
-    char *buf = wsconn_buf_alloc(total);
+    char *buf = wbuf_alloc(total);
     if (!buf) {
         free(json);
         return NULL;

@@ -28,9 +28,9 @@ typedef enum { WSFRAMING_LEGACY = 0, WSFRAMING_V1 = 1 } wsframing_proto_t;
 kmsg_t *wsframing_decode(wsframing_proto_t proto, const char *data, size_t len, bool binary,
                      kchan_type_t *channel, char *why, size_t why_size);
 
-//  Encode a message from the kernel for a client: a buffer from wsconn_buf_alloc (with
-//  LWS_PRE headroom), its length, and whether it is a binary frame. NULL on failure.
-//  Caller owns return value (wsconn_send_buf or wsconn_buf_free).
+//  Encode a message from the kernel for a client: a wire buffer (wbuf.h), its length,
+//  and whether it is a binary frame. NULL on failure.
+//  Caller owns return value (wsconn_send_buf or wbuf_free).
 char *wsframing_encode(wsframing_proto_t proto, kchan_type_t channel, kmsg_t *msg, size_t *len,
                    bool *binary);
 

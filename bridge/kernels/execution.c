@@ -1,6 +1,5 @@
 /*  execution - one execute_request's iopub/shell traffic as an Execution object. */
 #include "execution.h"
-#include <libwebsockets.h>
 #include "../../base/jx.h"
 
 #include <stdio.h>
@@ -97,12 +96,19 @@ void execution_destroy(execution_t **self_p)
     *self_p = NULL;
 }
 
-static void s_emit(execution_t *self, const char *type, jbuf_t *body)
+static void s_emit(execution_t *self, exec_event_t *ev, jbuf_t *body)
 {
-    if (self->on_event && !self->muted) {
-        const char *text = body ? jbuf_text(body) : "";
-        if (text) self->on_event(self, type, text, body ? body->len : 0, self->arg);
-    }
+    if (!self->on_event || self->muted) return;
+    const char *text = body ? jbuf_text(body) : "";
+    if (!text) return;  //  rendering ran out of memory
+    ev->body = text;
+    ev->len = body ? body->len : 0;
+    self->on_event(self, ev, self->arg);
+}
+
+static bool s_render(const execution_t *self)
+{
+    return !self->opts.raw_events;
 }
 
 //  Account for n more retained bytes; false once the limit is passed.
@@ -139,15 +145,13 @@ static void s_apply_pending_clear(execution_t *self)
 //  keep what is well formed, mark the rest U+FFFD.
 static void s_add_sanitized_string(jbuf_t *b, jraw_t v)
 {
-    jbuf_reserve(b, 6 * v.len + 2);
-    if (b->failed) return;
-    b->len += jraw_sanitize_string(v, b->raw + LWS_PRE + b->len);
-    b->raw[LWS_PRE + b->len] = '\0';
+    char *out = jbuf_space(b, 6 * v.len + 2);
+    if (out) jbuf_commit(b, jraw_sanitize_string(v, out));
 }
 
 //  Add any raw value as valid JSON: strings spliced when valid, structures re-encoded by
 //  jansson (they are small: application/json payloads, e2b/chart).
-static void s_add_value(jbuf_t *b, jraw_t v)
+void execution_add_value(jbuf_t *b, jraw_t v)
 {
     if (jraw_kind(v) == '"') {
         if (jraw_string_valid(v)) jbuf_add_raw(b, v);
@@ -160,10 +164,10 @@ static void s_add_value(jbuf_t *b, jraw_t v)
 }
 
 //  A MIME value for a textual field: a string, or (nbformat allows it) a list of strings.
-static void s_add_text_value(jbuf_t *b, jraw_t v, bool strip_quotes)
+void execution_add_text(jbuf_t *b, jraw_t v, bool strip_quotes)
 {
     if (jraw_kind(v) == '"' && !strip_quotes) {
-        s_add_value(b, v);
+        execution_add_value(b, v);
         return;
     }
     json_t *decoded = jraw_decode(v);
@@ -193,74 +197,69 @@ static void s_add_text_value(jbuf_t *b, jraw_t v, bool strip_quotes)
     json_decref(decoded);
 }
 
-//  MIME type -> result field, in the E2B wire order.
-static const struct {
-    const char *mime, *field;
-    bool textual;
-} s_fields[] = {
+//  MIME type -> result field of kbridge's own results, in E2B's wire order.
+static const exec_field_t s_fields[] = {
     {"text/plain", "text", true},       {"text/html", "html", true},
     {"text/markdown", "markdown", true}, {"image/svg+xml", "svg", true},
     {"image/png", "png", true},         {"image/jpeg", "jpeg", true},
     {"application/pdf", "pdf", true},   {"text/latex", "latex", true},
     {"application/json", "json", false}, {"application/javascript", "javascript", true},
-    {"e2b/data", "data", false},        {"e2b/chart", "chart", false},
 };
 #define N_FIELDS (sizeof s_fields / sizeof *s_fields)
 
-static int s_field_of(jraw_t key)
+static int s_field_of(jraw_t key, const exec_field_t *fields, size_t nfields)
 {
-    for (size_t f = 0; f < N_FIELDS; f++)
-        if (jraw_key_is(key, s_fields[f].mime)) return (int) f;
+    for (size_t f = 0; f < nfields; f++)
+        if (jraw_key_is(key, fields[f].mime)) return (int) f;
     return -1;
 }
 
-static bool s_is_field_name(jraw_t key)
+static bool s_is_field_name(jraw_t key, const exec_field_t *fields, size_t nfields)
 {
     static const char *reserved[] = {"type", "extra", "is_main_result", "display_id", "update"};
-    for (size_t f = 0; f < N_FIELDS; f++)
-        if (jraw_key_is(key, s_fields[f].field)) return true;
+    for (size_t f = 0; f < nfields; f++)
+        if (jraw_key_is(key, fields[f].field)) return true;
     for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
         if (jraw_key_is(key, reserved[i])) return true;
     return false;
 }
 
-//  The members of a result object (no braces) from a MIME bundle's raw text. Returns the
-//  bundle's payload size, for retention accounting.
-static size_t s_result_members(execution_t *self, jraw_t data, bool is_main, jbuf_t *b)
+size_t execution_render_result(jbuf_t *b, jraw_t data, bool is_main, const exec_field_t *fields,
+                               size_t nfields, bool strip_first, bool extra_top_level)
 {
     size_t size = 0, pos;
     jraw_t key, value;
     bool first = true;
-    for (size_t f = 0; f < N_FIELDS; f++) {
+    for (size_t f = 0; f < nfields; f++) {
         for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
-            if (!jraw_key_is(key, s_fields[f].mime)) continue;
+            if (!jraw_key_is(key, fields[f].mime)) continue;
             if (!first) jbuf_add(b, ",", 1);
             first = false;
             jbuf_add(b, "\"", 1);
-            jbuf_adds(b, s_fields[f].field);
+            jbuf_adds(b, fields[f].field);
             jbuf_add(b, "\":", 2);
-            if (s_fields[f].textual) s_add_text_value(b, value, f == 0 && self->opts.e2b);
-            else s_add_value(b, value);
+            if (fields[f].textual) execution_add_text(b, value, f == 0 && strip_first);
+            else execution_add_value(b, value);
             size += value.len;
             break;
         }
     }
-    //  Every other MIME type under extra (and, for E2B, at the top level as well).
-    for (int pass = 0; pass < (self->opts.e2b ? 2 : 1); pass++) {
+    //  Every other MIME type under extra (and, when asked, at the top level as well).
+    for (int pass = 0; pass < (extra_top_level ? 2 : 1); pass++) {
         if (pass == 0) {
             if (!first) jbuf_add(b, ",", 1);
             jbuf_adds(b, "\"extra\":{");
         }
         bool first_extra = true;
         for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
-            if (s_field_of(key) >= 0 || !jraw_string_valid(key)) continue;
-            if (pass == 1 && s_is_field_name(key)) continue;
+            if (s_field_of(key, fields, nfields) >= 0 || !jraw_string_valid(key)) continue;
+            if (pass == 1 && s_is_field_name(key, fields, nfields)) continue;
             if (pass == 0 && !first_extra) jbuf_add(b, ",", 1);
             if (pass == 1) jbuf_add(b, ",", 1);
             first_extra = false;
             jbuf_add_raw(b, key);
             jbuf_add(b, ":", 1);
-            s_add_value(b, value);
+            execution_add_value(b, value);
             if (pass == 0) size += value.len;
         }
         if (pass == 0) jbuf_add(b, "}", 1);
@@ -310,18 +309,24 @@ static void s_set_error(execution_t *self, const char *name, const char *value,
     json_decref(self->error);
     self->error = json_pack("{s:s, s:s, s:s}", "name", name ? name : "", "value",
                             value ? value : "", "traceback", traceback ? traceback : "");
+    exec_event_t ev = {.kind = EXEC_EV_ERROR, .type = "error"};
+    jx_get_str(self->error, "name", &ev.ename, false);
+    jx_get_str(self->error, "value", &ev.evalue, false);
+    jx_get_str(self->error, "traceback", &ev.traceback, false);
     jbuf_t body;
     jbuf_init(&body);
-    const char *key;
-    json_t *v;
-    json_object_foreach(self->error, key, v)
-    {
-        if (body.len) jbuf_add(&body, ",", 1);
-        jbuf_add_string(&body, key, strlen(key));
-        jbuf_add(&body, ":", 1);
-        jbuf_add_json(&body, v);
+    if (s_render(self)) {
+        const char *key;
+        json_t *v;
+        json_object_foreach(self->error, key, v)
+        {
+            if (body.len) jbuf_add(&body, ",", 1);
+            jbuf_add_string(&body, key, strlen(key));
+            jbuf_add(&body, ":", 1);
+            jbuf_add_json(&body, v);
+        }
     }
-    s_emit(self, "error", &body);
+    s_emit(self, &ev, &body);
     jbuf_free(&body);
 }
 
@@ -339,26 +344,12 @@ static void s_finish(execution_t *self)
 {
     if (self->done) return;
     self->done = true;
-    s_emit(self, "end_of_execution", NULL);
+    exec_event_t ev = {.kind = EXEC_EV_END, .type = "end_of_execution"};
+    s_emit(self, &ev, NULL);
 }
 
 // ---------------------------------------------------------------------------------------
 //  Messages
-
-static void s_timestamp(execution_t *self, kmsg_t *msg, jbuf_t *b)
-{
-    const char *date = "";
-    jx_get_str(kmsg_header(msg), "date", &date, true);
-    size_t n = strlen(date);
-    //  Jupyter dates end in "Z"; E2B's server re-serializes them as "+00:00".
-    if (self->opts.e2b && n && date[n - 1] == 'Z') {
-        char fixed[64];
-        int len = snprintf(fixed, sizeof fixed, "%.*s+00:00", (int) (n - 1), date);
-        jbuf_add_string(b, fixed, (size_t) len);
-    } else {
-        jbuf_add_string(b, date, n);
-    }
-}
 
 static void s_on_stream(execution_t *self, kmsg_t *msg)
 {
@@ -368,19 +359,29 @@ static void s_on_stream(execution_t *self, kmsg_t *msg)
         jraw_kind(text) != '"')
         return;
     bool is_err = jraw_key_is(name, "stderr");
+    exec_event_t ev = {.kind = EXEC_EV_STREAM, .type = is_err ? "stderr" : "stdout",
+                       .is_stderr = is_err, .text = text, .date = ""};
+    jx_get_str(kmsg_header(msg), "date", &ev.date, true);
+    s_apply_pending_clear(self);
     jbuf_t body;
     jbuf_init(&body);
-    jbuf_reserve(&body, text.len + 96);
-    jbuf_adds(&body, "\"text\":");
-    size_t token_at = body.len;
-    s_add_value(&body, text);
-    size_t token_len = body.len - token_at;
-    s_apply_pending_clear(self);
-    if (jbuf_text(&body) && s_retain(self, token_len))
-        s_items_add(is_err ? &self->err : &self->out, jbuf_text(&body) + token_at, token_len);
-    jbuf_adds(&body, ",\"timestamp\":");
-    s_timestamp(self, msg, &body);
-    s_emit(self, is_err ? "stderr" : "stdout", &body);
+    bool keep = !self->opts.stream_only && !self->truncated;
+    if (s_render(self) || keep) {
+        jbuf_reserve(&body, text.len + 96);
+        jbuf_adds(&body, "\"text\":");
+        size_t token_at = body.len;
+        execution_add_value(&body, text);
+        size_t token_len = body.len - token_at;
+        if (keep && jbuf_text(&body) && s_retain(self, token_len))
+            s_items_add(is_err ? &self->err : &self->out, jbuf_text(&body) + token_at, token_len);
+        if (s_render(self)) {
+            jbuf_adds(&body, ",\"timestamp\":");
+            jbuf_add_string(&body, ev.date, strlen(ev.date));
+        } else {
+            body.len = 0;
+        }
+    }
+    s_emit(self, &ev, &body);
     jbuf_free(&body);
 }
 
@@ -397,13 +398,16 @@ static void s_on_display(execution_t *self, kmsg_t *msg, bool is_main, bool upda
         json_decref(t);
     }
     if (update && !display_id) return;
+    exec_event_t ev = {.kind = EXEC_EV_RESULT, .type = "result", .data = data, .is_main = is_main,
+                       .update = update, .display_id = display_id};
+    bool keep = !self->opts.stream_only;
     jbuf_t body;
     jbuf_init(&body);
-    jbuf_reserve(&body, data.len + 128);
-    size_t size = s_result_members(self, data, is_main, &body);
-    const char *members = jbuf_text(&body);
-    if (members) {
-        if (update) {
+    if (s_render(self) || keep) {
+        jbuf_reserve(&body, data.len + 128);
+        size_t size = execution_render_result(&body, data, is_main, s_fields, N_FIELDS, false, false);
+        const char *members = jbuf_text(&body);
+        if (members && update) {
             for (size_t i = 0; i < self->results.count; i++) {
                 item_t *r = &self->results.items[i];
                 if (!r->display_id || strcmp(r->display_id, display_id) != 0) continue;
@@ -417,9 +421,9 @@ static void s_on_display(execution_t *self, kmsg_t *msg, bool is_main, bool upda
                 r->text = text;
                 r->len = body.len + 2;
             }
-        } else {
+        } else if (members) {
             s_apply_pending_clear(self);
-            if (s_retain(self, size)) {
+            if (keep && s_retain(self, size)) {
                 jbuf_t obj;
                 jbuf_init(&obj);
                 jbuf_add(&obj, "{", 1);
@@ -430,16 +434,19 @@ static void s_on_display(execution_t *self, kmsg_t *msg, bool is_main, bool upda
                 jbuf_free(&obj);
             }
         }
-    }
-    if (!(update && self->opts.e2b)) {
-        //  E2B's stream knows no display ids and no updates.
-        if (display_id && !self->opts.e2b) {
-            jbuf_adds(&body, ",\"display_id\":");
-            jbuf_add_string(&body, display_id, strlen(display_id));
+        if (s_render(self)) {
+            if (display_id) {
+                jbuf_adds(&body, ",\"display_id\":");
+                jbuf_add_string(&body, display_id, strlen(display_id));
+            }
+            if (update) jbuf_adds(&body, ",\"update\":true");
+        } else {
+            body.len = 0;
         }
-        if (update) jbuf_adds(&body, ",\"update\":true");
-        s_emit(self, "result", &body);
+    } else if (!update) {
+        s_apply_pending_clear(self);
     }
+    s_emit(self, &ev, &body);
     jbuf_free(&body);
     free(display_id);
 }
@@ -484,20 +491,29 @@ void execution_on_message(execution_t *self, kchan_type_t channel, kmsg_t *msg)
         int64_t count = -1;
         if (jx_get_int(kmsg_content(msg), "execution_count", &count, true) == 0) {
             self->execution_count = count;
-            char body[64];
-            int n = snprintf(body, sizeof body, "\"execution_count\":%lld", (long long) count);
-            if (self->on_event && !self->muted)
-                self->on_event(self, "number_of_executions", body, (size_t) n, self->arg);
+            exec_event_t ev = {.kind = EXEC_EV_COUNT, .type = "number_of_executions",
+                               .execution_count = count};
+            jbuf_t body;
+            jbuf_init(&body);
+            if (s_render(self)) {
+                char text[64];
+                int n = snprintf(text, sizeof text, "\"execution_count\":%lld", (long long) count);
+                jbuf_add(&body, text, (size_t) n);
+            }
+            s_emit(self, &ev, &body);
+            jbuf_free(&body);
         }
     } else if (strcmp(type, "clear_output") == 0) {
         bool wait = false;
         jx_get_bool(kmsg_content(msg), "wait", &wait, true);
         self->clear_pending = true;
         if (!wait) s_apply_pending_clear(self);
-        if (!self->opts.e2b && self->on_event && !self->muted) {
-            const char *body = wait ? "\"wait\":true" : "\"wait\":false";
-            self->on_event(self, "clear_output", body, strlen(body), self->arg);
-        }
+        exec_event_t ev = {.kind = EXEC_EV_CLEAR, .type = "clear_output", .wait = wait};
+        jbuf_t body;
+        jbuf_init(&body);
+        if (s_render(self)) jbuf_adds(&body, wait ? "\"wait\":true" : "\"wait\":false");
+        s_emit(self, &ev, &body);
+        jbuf_free(&body);
     } else if (strcmp(type, "error") == 0) {
         //  Only the first kernel error is kept, as the E2B server does.
         json_t *content = kmsg_content(msg);

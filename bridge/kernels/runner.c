@@ -76,13 +76,12 @@ static void s_fail_run(run_t *run, const char *name, const char *value)
     }
 }
 
-static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
-                            void *arg)
+static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg)
 {
     run_t *run = arg;
     execution_fn *fn = run->on_event;
-    if (strcmp(type, "end_of_execution") == 0) run->on_event = NULL;
-    if (fn) fn(exec, type, body, len, run->arg);
+    if (ev->kind == EXEC_EV_END) run->on_event = NULL;
+    if (fn) fn(exec, ev, run->arg);
 }
 
 static void s_dispatch(runner_t *self);

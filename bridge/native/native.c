@@ -2,9 +2,8 @@
 #include "native.h"
 #include "../buf/jbuf.h"
 #include "../kernels/kentry.h"
-#include "../http/lwsx.h"
 #include "../kernels/registry.h"
-#include "../http/server.h"
+#include "../http/api.h"
 #include "session.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
@@ -22,8 +21,11 @@ typedef struct sess_link_s {
     session_t *session;
 } sess_link_t;
 
+typedef struct _native_t native_t;
 struct _native_t {
-    server_t *server;
+    uv_loop_t *loop;
+    registry_t *registry;
+    const config_t *config;
     sess_link_t *sessions;
     uv_timer_t reaper;
     sess_link_t *expired;  //  sessions to destroy on the next loop turn
@@ -139,7 +141,7 @@ static nreq_t *s_nreq_new(native_t *native, session_t *session, nreq_kind_t kind
 
 static kentry_t *s_find(native_t *self, const char *kernel_id)
 {
-    kentry_t *entry = registry_find(server_registry(self->server), kernel_id);
+    kentry_t *entry = registry_find(self->registry, kernel_id);
     return entry && !kentry_shutting_down(entry) ? entry : NULL;
 }
 
@@ -187,11 +189,11 @@ static kentry_t *s_start_kernel(native_t *self, session_t *session, json_t *id,
                                 const char *name, const char *cwd, json_t *env)
 {
     int err;
-    kentry_t *entry = registry_start(server_registry(self->server), name, cwd, env, &err);
+    kentry_t *entry = registry_start(self->registry, name, cwd, env, &err);
     if (!entry) {
         if (err == KB_ENOTFOUND)
             s_error(session, id, "not_found", "no kernelspec named '%s'",
-                    name ? name : registry_default_kernel(server_registry(self->server)));
+                    name ? name : registry_default_kernel(self->registry));
         else if (err == KB_EINVAL)
             s_error(session, id, "bad_request", "cwd '%s' is not a directory", cwd ? cwd : "");
         else
@@ -232,7 +234,7 @@ static void op_start_kernel(native_t *self, session_t *session, json_t *id, json
 static void op_list_kernels(native_t *self, session_t *session, json_t *id)
 {
     kentry_t **entries;
-    size_t n = registry_list(server_registry(self->server), &entries);
+    size_t n = registry_list(self->registry, &entries);
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *model = kentry_model_native(entries[i]);
@@ -286,11 +288,12 @@ static void op_kernel_control(native_t *self, session_t *session, json_t *id, js
     }
 }
 
-static void s_on_exec_event(execution_t *exec, const char *type, const char *body, size_t len,
-                            void *arg)
+static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg)
 {
     nreq_t *req = arg;
-    bool end = strcmp(type, "end_of_execution") == 0;
+    bool end = ev->kind == EXEC_EV_END;
+    const char *type = ev->type, *body = ev->body;
+    size_t len = ev->len;
     //  {"type": ..., "id": ..., <body>}: the body is spliced, never re-serialized.
     jbuf_t b;
     jbuf_init(&b);
@@ -368,7 +371,7 @@ static void op_execute(native_t *self, session_t *session, json_t *id, json_t *r
     memset(&opts, 0, sizeof opts);
     opts.env_vars = env;
     opts.timeout_ms = (uint64_t) timeout_ms;
-    opts.exec.max_retained = server_config(self->server)->max_retained_output;
+    opts.exec.max_retained = self->config->max_retained_output;
     int err;
     nreq->run = runner_execute(kentry_runner(entry), code, &opts, s_on_exec_event, nreq, &err);
     if (!nreq->run) {
@@ -389,7 +392,7 @@ static void op_keep_alive(native_t *self, session_t *session, json_t *id, json_t
         s_error(session, id, "bad_request", "seconds must be a non-negative integer");
         return;
     }
-    uint64_t max = server_config(self->server)->keep_alive_max_ms;
+    uint64_t max = self->config->keep_alive_max_ms;
     uint64_t ms = (uint64_t) seconds * 1000u;
     if (ms > max) ms = max;
     session_set_keep_alive(session, ms);
@@ -470,7 +473,7 @@ static void s_destroy_session(native_t *self, session_t *session)
     json_t *kid;
     json_array_foreach(kernels, i, kid)
     {
-        kentry_t *entry = registry_find(server_registry(self->server), json_string_value(kid));
+        kentry_t *entry = registry_find(self->registry, json_string_value(kid));
         if (entry) kentry_shutdown(entry);
     }
     json_decref(kernels);
@@ -508,8 +511,10 @@ static void s_on_expire(session_t *session, void *arg)
     uv_timer_start(&self->reaper, s_reap, 0, 0);
 }
 
-void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi)
+static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprotocol)
 {
+    (void) subprotocol;
+    native_t *self = api;
     nconn_t *nc = calloc(1, sizeof *nc);
     if (!nc) {
         wsconn_close(conn, 1011, "out of memory");
@@ -519,14 +524,14 @@ void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi)
     char wanted[64];
     session_t *session = NULL;
     bool resumed = false;
-    if (lwsx_query(wsi, "session_id", wanted, sizeof wanted) == 0 && *wanted) {
+    if (hreq_query(req, "session_id", wanted, sizeof wanted) == KB_OK && *wanted) {
         session = s_find_session(self, wanted);
         resumed = session != NULL;
     }
     if (!session) {
-        const server_config_t *cfg = server_config(self->server);
+        const config_t *cfg = self->config;
         session_events_t events = {s_on_expire};
-        session = session_new(server_loop(self->server), cfg->keep_alive_ms, cfg->max_outbound_bytes,
+        session = session_new(self->loop, cfg->keep_alive_ms, cfg->max_outbound_bytes,
                               &events, self);
         sess_link_t *l = malloc(sizeof *l);
         if (!session || !l) {
@@ -552,12 +557,14 @@ void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi)
     session_attach(session, conn);
 }
 
-native_t *native_new(server_t *server)
+static void *s_create(const api_ctx_t *ctx)
 {
     native_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
-    self->server = server;
-    uv_timer_init(server_loop(server), &self->reaper);
+    self->loop = ctx->loop;
+    self->registry = ctx->registry;
+    self->config = ctx->config;
+    uv_timer_init(self->loop, &self->reaper);
     self->reaper.data = self;
     return self;
 }
@@ -567,11 +574,11 @@ static void s_free_native(uv_handle_t *handle)
     free(handle->data);
 }
 
-void native_destroy(native_t **self_p)
+static void s_destroy(void **api_p)
 {
-    if (!self_p || !*self_p) return;
-    native_t *self = *self_p;
-    *self_p = NULL;
+    if (!api_p || !*api_p) return;
+    native_t *self = *api_p;
+    *api_p = NULL;
     while (self->expired) {
         sess_link_t *l = self->expired;
         self->expired = l->next;
@@ -587,3 +594,28 @@ void native_destroy(native_t **self_p)
     uv_close((uv_handle_t *) &self->reaper, s_free_native);
 }
 
+static bool s_claims(void *api, hreq_t *req)
+{
+    (void) api;
+    return strcmp(hreq_path(req), "/ws") == 0;
+}
+
+static void s_http(void *api, hreq_t *req)
+{
+    (void) api;
+    hreq_reply_json(req, 400, json_pack("{s:s, s:n, s:s, s:s}", "type", "request_error", "id", "code",
+                                        "bad_request", "message",
+                                        "/ws is a WebSocket endpoint: send an Upgrade"));
+}
+
+static const char *const s_subprotocols[] = {"kbridge.v1", NULL};
+
+const api_desc_t native_api = {
+    .name = "native",
+    .create = s_create,
+    .destroy = s_destroy,
+    .claims = s_claims,
+    .http = s_http,
+    .subprotocols = s_subprotocols,
+    .ws_accept = s_accept,
+};

@@ -10,19 +10,9 @@
 #ifndef NATIVE_H
 #define NATIVE_H
 
-#include "../http/wsconn.h"
+#include "../http/api.h"
 
-#include <libwebsockets.h>
-
-typedef struct _server_t server_t;
-typedef struct _native_t native_t;
-
-//  Caller owns return value and must destroy it when done.
-native_t *native_new(server_t *server);
-//  Destroy every session (their kernels are shut down). Nullifies *self_p.
-void native_destroy(native_t **self_p);
-
-//  Take over a newly established /ws connection (reads ?session_id= from wsi).
-void native_accept(native_t *self, wsconn_t *conn, struct lws *wsi);
+//  The descriptor the server's table lists (bridge/apis.c).
+extern const api_desc_t native_api;
 
 #endif

@@ -1,6 +1,7 @@
 /*  session - native-API session state, delivery and keep-alive. */
 #include "session.h"
 #include "../buf/bufq.h"
+#include "../buf/wbuf.h"
 #include "../buf/jbuf.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -94,7 +95,7 @@ void session_attach(session_t *self, wsconn_t *conn)
     }
     size_t len;
     char *payload;
-    while ((payload = bufq_pop(&self->backlog, &len)))
+    while ((payload = bufq_pop(&self->backlog, NULL, &len, NULL)))
         if (wsconn_send_buf(conn, payload, len, false) != KB_OK) break;
     bufq_clear(&self->backlog);
 }
@@ -128,11 +129,11 @@ void session_send_buf(session_t *self, char *buf, size_t len)
         return;
     }
     if (bufq_bytes(&self->backlog) + len > self->max_backlog) {
-        wsconn_buf_free(buf);
+        wbuf_free(buf);
         self->lost++;
         return;
     }
-    if (bufq_push(&self->backlog, buf, len, false) != KB_OK) self->lost++;
+    if (bufq_push(&self->backlog, buf, buf, len, 0) != KB_OK) self->lost++;
 }
 
 void session_set_keep_alive(session_t *self, uint64_t ms)

@@ -3,6 +3,8 @@
     The input is split on 0xFF into (msg_type, content) pairs fed to one execution, which
     is then serialized; whatever a kernel sends must neither crash it nor corrupt it.
 */
+#include "bridge/buf/wbuf.h"
+#include "bridge/e2b/e2b_events.h"
 #include "bridge/kernels/execution.h"
 
 #include <stdint.h>
@@ -15,10 +17,21 @@ static const char *s_types[] = {"status", "execute_input", "stream", "display_da
                                 "clear_output", "execute_reply"};
 
 //  Every event must be valid JSON once wrapped: a splice that is not aborts the run.
-static void s_sink(execution_t *ex, const char *type, const char *body, size_t len, void *arg)
+static void s_sink(execution_t *ex, const exec_event_t *ev, void *arg)
 {
     (void) ex;
     (void) arg;
+    const char *type = ev->type, *body = ev->body;
+    size_t len = ev->len;
+    //  E2B's rendering of the same event must be a valid JSON line too.
+    size_t llen;
+    char *line = e2b_event_line(ev, &llen);
+    if (line) {
+        json_t *parsed = json_loadb(line, llen, JSON_ALLOW_NUL, NULL);
+        if (!parsed) abort();
+        json_decref(parsed);
+        wbuf_free(line);
+    }
     char *text = malloc(len + strlen(type) + 16);
     int n = sprintf(text, "{\"type\":\"%s\"%s", type, len ? "," : "");
     memcpy(text + n, body, len);
@@ -31,7 +44,7 @@ static void s_sink(execution_t *ex, const char *type, const char *body, size_t l
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    execution_opts_t opts = {.e2b = size & 1, .max_retained = size & 4 ? 64 : 0};
+    execution_opts_t opts = {.stream_only = size & 1, .max_retained = size & 4 ? 64 : 0};
     execution_t *ex = execution_new("req", &opts, s_sink, NULL);
     const char *parent = "{\"msg_id\":\"req\"}";
     size_t start = 0;

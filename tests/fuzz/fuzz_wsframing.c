@@ -4,7 +4,7 @@
     messages are re-encoded for the client, exercising both directions.
 */
 #include "bridge/jupyter/wsframing.h"
-#include "bridge/http/wsconn.h"
+#include "bridge/buf/wbuf.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t len;
         bool bin;
         char *out = wsframing_encode(data[0] & 4 ? WSFRAMING_V1 : WSFRAMING_LEGACY, channel, msg, &len, &bin);
-        wsconn_buf_free(out);
+        wbuf_free(out);
         kmsg_destroy(&msg);
     }
     return 0;

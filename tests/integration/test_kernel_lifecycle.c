@@ -49,12 +49,10 @@ static void s_on_runner(runner_t *runner, kernel_event_t event, void *arg)
     if (event == KERNEL_EV_SHUTDOWN) c->shutdown++;
 }
 
-static void s_on_exec(execution_t *exec, const char *type, const char *body, size_t len, void *arg)
+static void s_on_exec(execution_t *exec, const exec_event_t *ev, void *arg)
 {
-    (void) body;
-    (void) len;
     ctx_t *c = arg;
-    if (strcmp(type, "end_of_execution") == 0) {
+    if (ev->kind == EXEC_EV_END) {
         json_decref(c->last);
         c->last = execution_json(exec);
         c->finished++;

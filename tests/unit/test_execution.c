@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "bridge/e2b/e2b_events.h"
+#include "bridge/buf/wbuf.h"
 #include "bridge/kernels/execution.h"
 
 #include <stdio.h>
@@ -17,10 +19,12 @@ typedef struct {
 
 //  Events arrive as a type and JSON members; rebuilding {"type":..., members} and parsing
 //  it checks that what kbridge splices together is valid JSON.
-static void s_record(execution_t *ex, const char *type, const char *body, size_t len, void *arg)
+static void s_record(execution_t *ex, const exec_event_t *ev, void *arg)
 {
     (void) ex;
     rec_t *r = arg;
+    const char *type = ev->type, *body = ev->body;
+    size_t len = ev->len;
     char *text = NULL;
     assert_true(asprintf(&text, "{\"type\":\"%s\"%s%.*s}", type, len ? "," : "", (int) len, body) > 0);
     json_error_t err;
@@ -108,6 +112,34 @@ static json_t *s_result_of(execution_opts_t *opts, json_t *data, char **raw_even
     return event;
 }
 
+//  The same result as E2B's /execute renders it.
+static void s_line(execution_t *ex, const exec_event_t *ev, void *arg)
+{
+    (void) ex;
+    size_t len;
+    char *line = e2b_event_line(ev, &len);
+    if (line && ev->kind == EXEC_EV_RESULT) {
+        json_t **out = arg;
+        assert_true(len > 0 && line[len - 1] == '\n');
+        for (size_t i = 0; i < len; i++) assert_true((unsigned char) line[i] < 0x80);
+        *out = json_loadb(line, len, 0, NULL);
+        assert_non_null(*out);
+    }
+    wbuf_free(line);
+}
+
+static json_t *s_e2b_result_of(json_t *data, char **raw_event)
+{
+    json_t *event = NULL;
+    execution_opts_t opts = {.stream_only = true, .raw_events = true};
+    execution_t *ex = execution_new("req", &opts, s_line, &event);
+    s_feed(ex, KCH_IOPUB, "execute_result", json_pack("{s:O, s:{}, s:i}", "data", data, "metadata", "execution_count", 1));
+    execution_destroy(&ex);
+    assert_non_null(event);
+    *raw_event = json_dumps(event, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    return event;
+}
+
 static void test_result_fields_order_and_e2b_conventions(void **state)
 {
     (void) state;
@@ -128,8 +160,7 @@ static void test_result_fields_order_and_e2b_conventions(void **state)
     assert_true(strstr(s, "\"json\"") < strstr(s, "\"extra\""));
     assert_true(strstr(s, "\"extra\"") < strstr(s, "\"is_main_result\""));
     free(s);
-    execution_opts_t e2b = {.e2b = true};
-    json_t *conv = s_result_of(&e2b, data, &s);
+    json_t *conv = s_e2b_result_of(data, &s);
     assert_string_equal(json_string_value(json_object_get(conv, "text")), "bar");
     assert_non_null(json_object_get(conv, "application/x-custom"));
     assert_true(json_is_true(json_object_get(conv, "is_main_result")));

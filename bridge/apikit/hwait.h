@@ -8,7 +8,7 @@
 #define HWAIT_H
 
 #include "../http/hreq.h"
-#include "kentry.h"
+#include "../kernels/kentry.h"
 
 //  Write the response for req (the kernel reached result). op is the caller's tag.
 typedef void(hwait_reply_fn)(hreq_t *req, kentry_t *entry, kwait_result_t result, int op);
