@@ -10,10 +10,11 @@
 
 static void s_usage(FILE *out)
 {
-    fprintf(out, "usage: kbridge <command> [options]\n\n"
+    fprintf(out, "usage: kbridge [command] [options]\n\n"
                  "commands:\n"
-                 "  serve   run the service (WebSocket, Jupyter Server and E2B APIs)\n"
+                 "  serve   run the service (the default: `kbridge --port 50123` is `kbridge serve --port 50123`)\n"
                  "  exec    run cells in a fresh kernel and print Executions as JSON lines\n\n"
+                 "  -V, --version   print the version\n\n"
                  "`kbridge <command> --help` describes each command's options.\n");
 }
 
@@ -35,6 +36,10 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc;
+    if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
+        printf("kbridge %s\n", PROJECT_VERSION);
+        return 0;
+    }
     if (argc >= 2 && strcmp(argv[1], "exec") == 0)
         rc = cmd_exec(argc - 1, argv + 1);
     else if (argc >= 2 && strcmp(argv[1], "serve") == 0)
@@ -42,7 +47,11 @@ int main(int argc, char **argv)
     else if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         s_usage(stdout);
         return 0;
+    } else if (argc == 1 || argv[1][0] == '-') {
+        //  Options without a command are the service's.
+        rc = cmd_serve(argc, argv);
     } else {
+        fprintf(stderr, "kbridge: unknown command '%s'\n\n", argv[1]);
         s_usage(stderr);
         return 2;
     }

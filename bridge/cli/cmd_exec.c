@@ -7,6 +7,7 @@
     the kernel died, 130 when interrupted.
 */
 #include "commands.h"
+#include "options.h"
 #include "../kernels/runner.h"
 #include "../../kernelmgr/jraw.h"
 #include "../../kernelmgr/hmac.h"
@@ -15,7 +16,6 @@
 #include "../../base/klog.h"
 #include "../../kernelmgr/rundir.h"
 
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,15 +30,6 @@ typedef struct {
     uv_signal_t sigint, sigterm;
     uv_timer_t reaper;
 } exec_state_t;
-
-static void s_usage(FILE *out)
-{
-    fprintf(out, "usage: kbridge exec [--kernel NAME] [--cwd DIR] [--timeout-ms N] "
-                 "[--env K=V]... [--signature-scheme hmac-sha256|hmac-sha512] [--log-level LEVEL] "
-                 "CODE...\n"
-                 "Runs each CODE as a cell, in order, in one fresh kernel. Prints each\n"
-                 "finished Execution as one JSON line on stdout; cell output goes to stderr.\n");
-}
 
 static void s_stop(exec_state_t *st)
 {
@@ -109,75 +100,62 @@ static void s_on_signal(uv_signal_t *handle, int signum)
     s_stop(st);
 }
 
+static const char s_exit_codes[] =
+    "Runs each CODE as a cell, in order, in one fresh kernel. Each finished Execution is\n"
+    "printed as one JSON line on stdout; the cells' stdout and stderr go to stderr as they\n"
+    "arrive. SIGINT interrupts the running cell (a second one quits).\n\n"
+    "exit status:\n"
+    "  0    every cell ran (a cell's exception is data, in its Execution's error)\n"
+    "  1    the kernel could not be started\n"
+    "  2    bad usage\n"
+    "  3    the kernel died\n"
+    "  130  stopped by a signal";
+
 int cmd_exec(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"kernel", required_argument, NULL, 'k'},  {"cwd", required_argument, NULL, 'C'},
-        {"timeout-ms", required_argument, NULL, 't'}, {"env", required_argument, NULL, 'e'},
-        {"log-level", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
-        {"signature-scheme", required_argument, NULL, 's'},
-        {NULL, 0, NULL, 0}};
     const char *kernel_name = kspec_default_name(), *cwd = NULL, *scheme = "hmac-sha256";
+    const char *log_level = "warn";
     uint64_t timeout_ms = 0;
-    json_t *env = json_object();
-    klog_set_level(KLOG_WARN);
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "+k:C:t:e:l:s:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': scheme = optarg; break;
-        case 'k': kernel_name = optarg; break;
-        case 'C': cwd = optarg; break;
-        case 't': timeout_ms = strtoull(optarg, NULL, 10); break;
-        case 'e': {
-            const char *eq = strchr(optarg, '=');
-            if (!eq || eq == optarg) {
-                fprintf(stderr, "kbridge: --env wants KEY=VALUE, got '%s'\n", optarg);
-                json_decref(env);
-                return 2;
-            }
-            char *key = strndup(optarg, (size_t) (eq - optarg));
-            json_object_set_new(env, key, json_string(eq + 1));
-            free(key);
-            break;
-        }
-        case 'l': {
-            int level = klog_parse_level(optarg);
-            if (level < 0) {
-                fprintf(stderr, "kbridge: unknown log level '%s'\n", optarg);
-                json_decref(env);
-                return 2;
-            }
-            klog_set_level((klog_level_t) level);
-            break;
-        }
-        case 'h': s_usage(stdout); json_decref(env); return 0;
-        default: s_usage(stderr); json_decref(env); return 2;
-        }
-    }
-    if (optind >= argc) {
-        s_usage(stderr);
+    json_t *env = json_object(), *cells = NULL;
+    static const char *const schemes[] = {"hmac-sha256", "hmac-sha512", NULL};
+    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+    const opt_t table[] = {
+        {"kernel", 'k', OPT_STRING, "KBRIDGE_DEFAULT_KERNEL", "NAME", "kernelspec to run", "python3", 0, 0, NULL, &kernel_name},
+        {"cwd", 0, OPT_STRING, NULL, "DIR", "the kernel's working directory", "the current one", 0, 0, NULL, &cwd},
+        {"timeout-ms", 0, OPT_UINT, NULL, "N", "interrupt a cell that runs longer (0: never)", "0", 0, 86400000, NULL, &timeout_ms},
+        {"env", 0, OPT_KV, NULL, "K=V", "environment variable for the kernel", NULL, 0, 0, NULL, &env},
+        {"signature-scheme", 0, OPT_CHOICE, NULL, "S", "hmac-sha256 or hmac-sha512", "hmac-sha256", 0, 0, schemes, &scheme},
+        {"log-level", 0, OPT_CHOICE, NULL, "L", "debug, info, warn or error", "warn", 0, 0, levels, &log_level},
+    };
+    char why[512];
+    int prc = options_parse(table, sizeof table / sizeof *table, argc, argv, 1, &cells, why, sizeof why);
+    if (prc == 1 || (prc == 0 && json_array_size(cells) == 0)) {
+        options_help(table, sizeof table / sizeof *table, "usage: kbridge exec [options] CODE...",
+                     s_exit_codes, prc == 1 ? stdout : stderr);
         json_decref(env);
+        json_decref(cells);
+        return prc == 1 ? 0 : 2;
+    }
+    if (prc != 0) {
+        fprintf(stderr, "kbridge exec: %s\n", why);
+        json_decref(env);
+        json_decref(cells);
         return 2;
     }
-    hmac_t *probe = hmac_new(scheme, "k", 1, NULL);
-    if (!probe) {
-        fprintf(stderr, "kbridge: unsupported signature scheme '%s' (hmac-sha256 or hmac-sha512)\n", scheme);
-        json_decref(env);
-        return 2;
-    }
-    hmac_destroy(&probe);
+    klog_set_level((klog_level_t) klog_parse_level(log_level));
     int err;
     kspec_t *spec = kspec_find(kernel_name, &err);
     if (!spec) {
-        fprintf(stderr, "kbridge: no such kernel '%s'\n", kernel_name);
+        fprintf(stderr, "kbridge exec: no such kernel '%s'\n", kernel_name);
         json_decref(env);
+        json_decref(cells);
         return 1;
     }
     rundir_t *rundir = rundir_new(NULL);
     if (!rundir) {
         kspec_destroy(&spec);
         json_decref(env);
+        json_decref(cells);
         return 1;
     }
     exec_state_t st;
@@ -195,8 +173,9 @@ int cmd_exec(int argc, char **argv)
     kspec_destroy(&spec);
     json_decref(env);
     if (!st.runner) {
-        fprintf(stderr, "kbridge: the kernel could not be started: %s\n", kb_strerror(err));
+        fprintf(stderr, "kbridge exec: the kernel could not be started: %s\n", kb_strerror(err));
         rundir_destroy(&rundir);
+        json_decref(cells);
         uv_run(st.loop, UV_RUN_DEFAULT);
         return 1;
     }
@@ -210,9 +189,9 @@ int cmd_exec(int argc, char **argv)
     run_opts_t ropts;
     memset(&ropts, 0, sizeof ropts);
     ropts.timeout_ms = timeout_ms;
-    st.cells = argc - optind;
-    for (int i = optind; i < argc; i++) {
-        if (!runner_execute(st.runner, argv[i], &ropts, s_on_event, &st, &err)) {
+    st.cells = (int) json_array_size(cells);
+    for (size_t i = 0; i < json_array_size(cells); i++) {
+        if (!runner_execute(st.runner, json_string_value(json_array_get(cells, i)), &ropts, s_on_event, &st, &err)) {
             fprintf(stderr, "kbridge: cannot queue cell: %s\n", kb_strerror(err));
             st.status = 1;
             s_stop(&st);
@@ -221,6 +200,7 @@ int cmd_exec(int argc, char **argv)
     }
     uv_run(st.loop, UV_RUN_DEFAULT);
     rundir_destroy(&rundir);
+    json_decref(cells);
     if (uv_loop_close(st.loop) != 0) klog_debug("loop closed with handles still open");
     return st.status;
 }

@@ -1,20 +1,29 @@
 /*  cmd_serve - `kbridge serve`: options, the token, signals, start and clean shutdown. */
 #include "commands.h"
+#include "options.h"
 #include "../kernels/registry.h"
 #include "../http/server.h"
 #include "../config.h"
 #include "../../kernelmgr/hmac.h"
+#include "../../kernelmgr/kspec.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
 #include "../../kernelmgr/rundir.h"
 
-#include <getopt.h>
+#include <errno.h>
+#include <sodium.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
 
 typedef struct {
     uv_loop_t *loop;
@@ -34,34 +43,6 @@ static void s_on_trim(uv_timer_t *timer)
 {
     (void) timer;
     malloc_trim(0);
-}
-
-static void s_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: kbridge serve [options]\n\n"
-            "  --ip ADDR                 listen address (default 127.0.0.1)\n"
-            "  --port N                  listen port (default 49999; 0 picks a free one)\n"
-            "  --token T                 access token (default $KBRIDGE_TOKEN, else generated);\n"
-            "                            an empty token disables authentication\n"
-            "  --allow-host NAME         accept this Host besides localhost and the listen\n"
-            "                            address (repeatable; '*' accepts any)\n"
-            "  --allow-origin ORIGIN     accept browser requests from this Origin (repeatable;\n"
-            "                            '*' accepts any)\n"
-            "  --default-kernel NAME     kernelspec used when none is named (default python3)\n"
-            "  --env K=V                 environment variable for every kernel (repeatable)\n"
-            "  --kernel-transport T      tcp (default) or ipc\n"
-            "  --signature-scheme S      hmac-sha256 (default) or hmac-sha512\n"
-            "  --no-autorestart          do not restart kernels that die\n"
-            "  --keep-alive S            seconds a disconnected session lives (default 60)\n"
-            "  --keep-alive-max S        most a client may ask for (default 3600)\n"
-            "  --max-message-bytes N     largest WebSocket message accepted (default 16 MiB)\n"
-            "  --max-body-bytes N        largest HTTP body accepted (default 16 MiB)\n"
-            "  --max-outbound-bytes N    output queued for a slow client before it is\n"
-            "                            disconnected (default 64 MiB)\n"
-            "  --max-retained-output N   output kept in one Execution object (default 4 MiB;\n"
-            "                            the stream itself always carries everything)\n"
-            "  --log-level L             debug, info (default), warn, error\n");
 }
 
 static void s_on_all_down(void *arg)
@@ -90,146 +71,221 @@ static void s_on_signal(uv_signal_t *handle, int signum)
     registry_shutdown_all(st->registry, s_on_all_down, st);
 }
 
-static int s_size_arg(const char *text, size_t *out)
+//  Read a token file: its first line, without the newline. Returns NULL with why set.
+//  Caller owns return value.
+static char *s_read_token_file(const char *path, char *why, size_t size)
 {
-    char *end;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (*end || end == text) return -1;
-    *out = (size_t) v;
-    return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, size, "--token-file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & 0044))
+        klog_warn("token file %s is readable by other users (chmod 600 it)", path);
+    char buf[1024];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n < 0) {
+        snprintf(why, size, "--token-file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    buf[n] = '\0';
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return strdup(buf);
+}
+
+//  The installed kernelspecs, for "the default kernel is not installed" messages.
+static void s_installed(char *out, size_t size)
+{
+    kspec_t **specs;
+    size_t n = kspec_list(&specs);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        strncat(out, i ? ", " : "", size - strlen(out) - 1);
+        strncat(out, kspec_name(specs[i]), size - strlen(out) - 1);
+    }
+    if (!n) snprintf(out, size, "none (install python3-ipykernel)");
+    kspec_list_destroy(&specs, n);
+}
+
+static void s_banner(const config_t *cfg, int port, const char *token, const char *kernel)
+{
+    const char *host = strchr(cfg->ip, ':') ? "[::1]"
+                       : strcmp(cfg->ip, "0.0.0.0") == 0 ? "127.0.0.1" : cfg->ip;
+    bool auth = token && *token;
+    printf("kbridge %s listening on http://%s:%d/ (default kernel: %s)\n", PROJECT_VERSION, host,
+           port, kernel);
+    printf("  Console:       http://%s:%d/%s%s\n", host, port, auth ? "#token=" : "", auth ? token : "");
+    printf("  WebSocket API: ws://%s:%d/ws%s%s\n", host, port, auth ? "?token=" : "", auth ? token : "");
+    printf("  Jupyter API:   http://%s:%d/api/kernels%s%s\n", host, port, auth ? "?token=" : "",
+           auth ? token : "");
+    printf("  E2B API:       E2B_SANDBOX_URL=http://%s:%d%s\n", host, port,
+           auth ? " (the token goes in E2B-Traffic-Access-Token)" : "");
+    if (auth) printf("  Clients read:  export KBRIDGE_TOKEN=%s\n", token);
+    printf("\n");
+    fflush(stdout);
 }
 
 int cmd_serve(int argc, char **argv)
 {
-    enum {
-        O_IP = 256, O_PORT, O_TOKEN, O_ALLOW_HOST, O_ALLOW_ORIGIN, O_DEFAULT_KERNEL, O_ENV,
-        O_TRANSPORT, O_NO_AUTORESTART, O_KEEP_ALIVE, O_KEEP_ALIVE_MAX, O_MAX_MESSAGE, O_MAX_BODY,
-        O_MAX_OUTBOUND, O_MAX_RETAINED, O_LOG_LEVEL, O_SCHEME, O_HELP
-    };
-    static const struct option longopts[] = {
-        {"ip", required_argument, NULL, O_IP},
-        {"port", required_argument, NULL, O_PORT},
-        {"token", required_argument, NULL, O_TOKEN},
-        {"allow-host", required_argument, NULL, O_ALLOW_HOST},
-        {"allow-origin", required_argument, NULL, O_ALLOW_ORIGIN},
-        {"default-kernel", required_argument, NULL, O_DEFAULT_KERNEL},
-        {"env", required_argument, NULL, O_ENV},
-        {"kernel-transport", required_argument, NULL, O_TRANSPORT},
-        {"no-autorestart", no_argument, NULL, O_NO_AUTORESTART},
-        {"keep-alive", required_argument, NULL, O_KEEP_ALIVE},
-        {"keep-alive-max", required_argument, NULL, O_KEEP_ALIVE_MAX},
-        {"max-message-bytes", required_argument, NULL, O_MAX_MESSAGE},
-        {"max-body-bytes", required_argument, NULL, O_MAX_BODY},
-        {"max-outbound-bytes", required_argument, NULL, O_MAX_OUTBOUND},
-        {"max-retained-output", required_argument, NULL, O_MAX_RETAINED},
-        {"log-level", required_argument, NULL, O_LOG_LEVEL},
-        {"signature-scheme", required_argument, NULL, O_SCHEME},
-        {"help", no_argument, NULL, O_HELP},
-        {NULL, 0, NULL, 0}};
     config_t cfg;
     memset(&cfg, 0, sizeof cfg);
-    cfg.ip = "127.0.0.1";
-    cfg.port = 49999;
-    cfg.max_message_bytes = 16u << 20;
-    cfg.max_body_bytes = 16u << 20;
-    cfg.max_outbound_bytes = 64u << 20;
-    cfg.max_retained_output = 4u << 20;
-    cfg.max_buffered_bytes = 1024u << 20;
-    cfg.max_pending_per_peer = 32;
-    cfg.header_timeout_ms = 10000;
-    cfg.idle_timeout_ms = 75000;
-    cfg.keep_alive_ms = 60000;
-    cfg.keep_alive_max_ms = 3600000;
     cfg.allowed_hosts = json_array();
     cfg.allowed_origins = json_array();
-    const char *token = getenv("KBRIDGE_TOKEN");
-    const char *default_kernel = getenv("KBRIDGE_DEFAULT_KERNEL");
-    const char *transport = "tcp";
-    const char *scheme = "hmac-sha256";
-    bool autorestart = true;
     json_t *env = json_object();
-    int rc = 2, c;
-    size_t n;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case O_IP: cfg.ip = optarg; break;
-        case O_PORT: cfg.port = atoi(optarg); break;
-        case O_TOKEN: token = optarg; break;
-        case O_ALLOW_HOST: json_array_append_new(cfg.allowed_hosts, json_string(optarg)); break;
-        case O_ALLOW_ORIGIN: json_array_append_new(cfg.allowed_origins, json_string(optarg)); break;
-        case O_DEFAULT_KERNEL: default_kernel = optarg; break;
-        case O_ENV: {
-            const char *eq = strchr(optarg, '=');
-            if (!eq || eq == optarg) {
-                fprintf(stderr, "kbridge: --env wants KEY=VALUE, got '%s'\n", optarg);
-                goto done;
+    const char *token_arg = NULL, *token_file = NULL, *transport = "tcp", *scheme = "hmac-sha256";
+    const char *log_level = "info";
+    bool no_autorestart = false, access_log = false;
+    uint64_t port = 49999, keep_alive = 60000, keep_alive_max = 3600000;
+    uint64_t max_message = 16u << 20, max_body = 16u << 20, max_outbound = 64u << 20;
+    uint64_t max_retained = 4u << 20, max_buffered = 1024u << 20;
+    uint64_t header_timeout = 10000, max_pending = 32;
+    //  Defaults sized from the machine: a Python kernel takes ~70 MiB and a few fds;
+    //  each connection a socket, a channels connection three ZeroMQ sockets more.
+    struct rlimit nofile = {1024, 1024};
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    uint64_t fds = nofile.rlim_cur == RLIM_INFINITY ? 1u << 20 : (uint64_t) nofile.rlim_cur;
+    struct sysinfo si;
+    uint64_t mem = sysinfo(&si) == 0 ? (uint64_t) si.totalram * si.mem_unit : 4ull << 30;
+    uint64_t max_kernels = mem / (96u << 20);
+    if (max_kernels > fds / 32) max_kernels = fds / 32;
+    if (max_kernels > 512) max_kernels = 512;
+    if (max_kernels < 4) max_kernels = 4;
+    uint64_t max_connections = fds / 4 > 16384 ? 16384 : fds / 4;
+    if (max_connections < 64) max_connections = 64;
+    uint64_t max_channels = 64;
+    char kernels_def[32], conns_def[32];
+    snprintf(kernels_def, sizeof kernels_def, "%llu here", (unsigned long long) max_kernels);
+    snprintf(conns_def, sizeof conns_def, "%llu here", (unsigned long long) max_connections);
+    const char *default_kernel = "python3";
+    const char *ip = "127.0.0.1", *domain = NULL;
+    static const char *const transports[] = {"tcp", "ipc", NULL};
+    static const char *const schemes[] = {"hmac-sha256", "hmac-sha512", NULL};
+    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+    const opt_t table[] = {
+        {"ip", 0, OPT_STRING, "KBRIDGE_IP", "ADDR", "listen address; ::1 for the IPv6 loopback", "127.0.0.1", 0, 0, NULL, &ip},
+        {"port", 'p', OPT_UINT, "KBRIDGE_PORT", "N", "listen port; 0 picks a free one", "49999", 0, 65535, NULL, &port},
+        {"token", 0, OPT_STRING, "KBRIDGE_TOKEN", "T", "access token; \"\" disables authentication (visible in ps: "
+                                                      "prefer the environment or --token-file)", "generated", 0, 0, NULL, &token_arg},
+        {"token-file", 0, OPT_STRING, "KBRIDGE_TOKEN_FILE", "PATH", "read the token from the first line of a file", NULL, 0, 0, NULL, &token_file},
+        {"allow-host", 0, OPT_LIST, NULL, "NAME", "accept this Host besides localhost and the listen address ('*': any)", NULL, 0, 0, NULL, &cfg.allowed_hosts},
+        {"allow-origin", 0, OPT_LIST, NULL, "ORIGIN", "accept browser requests from this Origin ('*': any)", NULL, 0, 0, NULL, &cfg.allowed_origins},
+        {"domain", 0, OPT_STRING, "KBRIDGE_DOMAIN", "NAME", "sandbox host names are PORT-ID.NAME", "localhost:PORT", 0, 0, NULL, &domain},
+        {"default-kernel", 0, OPT_STRING, "KBRIDGE_DEFAULT_KERNEL", "NAME", "kernelspec used when none is named", "python3", 0, 0, NULL, &default_kernel},
+        {"env", 0, OPT_KV, NULL, "K=V", "environment variable for every kernel", NULL, 0, 0, NULL, &env},
+        {"kernel-transport", 0, OPT_CHOICE, "KBRIDGE_KERNEL_TRANSPORT", "T", "how kbridge reaches kernels: tcp or ipc", "tcp", 0, 0, transports, &transport},
+        {"signature-scheme", 0, OPT_CHOICE, "KBRIDGE_SIGNATURE_SCHEME", "S", "hmac-sha256 or hmac-sha512", "hmac-sha256", 0, 0, schemes, &scheme},
+        {"no-autorestart", 0, OPT_FLAG, "KBRIDGE_NO_AUTORESTART", NULL, "do not restart kernels that die", NULL, 0, 0, NULL, &no_autorestart},
+        {"keep-alive", 0, OPT_SECONDS, "KBRIDGE_KEEP_ALIVE", "S", "seconds a disconnected session lives", "60", 0, 86400, NULL, &keep_alive},
+        {"keep-alive-max", 0, OPT_SECONDS, "KBRIDGE_KEEP_ALIVE_MAX", "S", "the most a client may ask for", "3600", 0, 86400 * 30, NULL, &keep_alive_max},
+        {"max-kernels", 0, OPT_UINT, "KBRIDGE_MAX_KERNELS", "N", "kernels alive at once", kernels_def, 1, 100000, NULL, &max_kernels},
+        {"max-connections", 0, OPT_UINT, "KBRIDGE_MAX_CONNECTIONS", "N", "client connections open at once", conns_def, 1, 1000000, NULL, &max_connections},
+        {"max-channels-per-kernel", 0, OPT_UINT, "KBRIDGE_MAX_CHANNELS_PER_KERNEL", "N", "Jupyter channels connections on one kernel", "64", 1, 100000, NULL, &max_channels},
+        {"max-pending-headers", 0, OPT_UINT, "KBRIDGE_MAX_PENDING_HEADERS", "N", "connections of one address still sending a request head (the oldest goes)", "32", 1, 100000, NULL, &max_pending},
+        {"header-timeout", 0, OPT_SECONDS, "KBRIDGE_HEADER_TIMEOUT", "S", "seconds a request head may take to arrive", "10", 1, 3600, NULL, &header_timeout},
+        {"max-message-bytes", 0, OPT_SIZE, "KBRIDGE_MAX_MESSAGE_BYTES", "N", "largest WebSocket message accepted", "16M", 1024, 1ull << 32, NULL, &max_message},
+        {"max-body-bytes", 0, OPT_SIZE, "KBRIDGE_MAX_BODY_BYTES", "N", "largest buffered HTTP request body", "16M", 1024, 1ull << 32, NULL, &max_body},
+        {"max-outbound-bytes", 0, OPT_SIZE, "KBRIDGE_MAX_OUTBOUND_BYTES", "N", "output queued for one slow client before it is disconnected", "64M", 65536, 1ull << 36, NULL, &max_outbound},
+        {"max-buffered-bytes", 0, OPT_SIZE, "KBRIDGE_MAX_BUFFERED_BYTES", "N", "output queued for all clients before the slowest is dropped", "1G", 65536, 1ull << 40, NULL, &max_buffered},
+        {"max-retained-output", 0, OPT_SIZE, "KBRIDGE_MAX_RETAINED_OUTPUT", "N", "output kept in one Execution object (the stream always carries everything)", "4M", 0, 1ull << 32, NULL, &max_retained},
+        {"access-log", 0, OPT_FLAG, "KBRIDGE_ACCESS_LOG", NULL, "log one line per request (method, path without the token, status, bytes, ms)", NULL, 0, 0, NULL, &access_log},
+        {"log-level", 0, OPT_CHOICE, "KBRIDGE_LOG_LEVEL", "L", "debug, info, warn or error", "info", 0, 0, levels, &log_level},
+    };
+    size_t ntable = sizeof table / sizeof *table;
+    int rc = 2;
+    char why[512];
+    char *token_copy = NULL;
+    rundir_t *rundir = NULL;
+    int prc = options_parse(table, ntable, argc, argv, 1, NULL, why, sizeof why);
+    if (prc == 1) {
+        options_help(table, ntable, "usage: kbridge serve [options]",
+                     "The token is also accepted as ?token=, Authorization: token T or Bearer T,\n"
+                     "X-Access-Token, E2B-Traffic-Access-Token and X-API-Key.", stdout);
+        rc = 0;
+        goto done;
+    }
+    if (prc != 0) {
+        fprintf(stderr, "kbridge serve: %s\n", why);
+        goto done;
+    }
+    klog_set_level((klog_level_t) klog_parse_level(log_level));
+    char *env_token = getenv("KBRIDGE_TOKEN");
+    if (token_arg && token_arg != env_token && token_arg[0])
+        klog_warn("--token is visible to every local user (ps); prefer $KBRIDGE_TOKEN or --token-file");
+    if (token_arg && token_arg == env_token) {
+        //  Copied, and wiped where it was: the environment block stays in our memory.
+        token_copy = strdup(env_token);
+        sodium_memzero(env_token, strlen(env_token));
+        token_arg = token_copy;
+    }
+    if (token_file) {
+        if (token_copy) sodium_memzero(token_copy, strlen(token_copy));
+        free(token_copy);
+        token_copy = s_read_token_file(token_file, why, sizeof why);
+        if (!token_copy) {
+            fprintf(stderr, "kbridge serve: %s\n", why);
+            goto done;
+        }
+        token_arg = token_copy;
+    }
+    //  KBRIDGE_* variables are kbridge's own (its options, its token): none reaches a
+    //  child. Names are copied first: unsetenv reshuffles environ.
+    {
+        extern char **environ;
+        char names[64][96];
+        size_t nnames = 0;
+        for (char **e = environ; *e && nnames < 64; e++)
+            if (strncmp(*e, "KBRIDGE_", 8) == 0) {
+                size_t nl = strcspn(*e, "=");
+                if (nl < sizeof names[0]) snprintf(names[nnames++], sizeof names[0], "%.*s", (int) nl, *e);
             }
-            char *key = strndup(optarg, (size_t) (eq - optarg));
-            json_object_set_new(env, key, json_string(eq + 1));
-            free(key);
-            break;
-        }
-        case O_TRANSPORT: transport = optarg; break;
-        case O_SCHEME: scheme = optarg; break;
-        case O_NO_AUTORESTART: autorestart = false; break;
-        case O_KEEP_ALIVE:
-            if (s_size_arg(optarg, &n)) goto bad;
-            cfg.keep_alive_ms = (uint64_t) n * 1000u;
-            break;
-        case O_KEEP_ALIVE_MAX:
-            if (s_size_arg(optarg, &n)) goto bad;
-            cfg.keep_alive_max_ms = (uint64_t) n * 1000u;
-            break;
-        case O_MAX_MESSAGE: if (s_size_arg(optarg, &cfg.max_message_bytes)) goto bad; break;
-        case O_MAX_BODY: if (s_size_arg(optarg, &cfg.max_body_bytes)) goto bad; break;
-        case O_MAX_OUTBOUND: if (s_size_arg(optarg, &cfg.max_outbound_bytes)) goto bad; break;
-        case O_MAX_RETAINED: if (s_size_arg(optarg, &cfg.max_retained_output)) goto bad; break;
-        case O_LOG_LEVEL: {
-            int level = klog_parse_level(optarg);
-            if (level < 0) goto bad;
-            klog_set_level((klog_level_t) level);
-            break;
-        }
-        case O_HELP: s_usage(stdout); rc = 0; goto done;
-        default: s_usage(stderr); goto done;
-        }
+        for (size_t i = 0; i < nnames; i++) unsetenv(names[i]);
     }
-    if (optind < argc) {
-        fprintf(stderr, "kbridge: unexpected argument '%s'\n", argv[optind]);
-        goto done;
-    }
-    if (strcmp(transport, "tcp") != 0 && strcmp(transport, "ipc") != 0) {
-        fprintf(stderr, "kbridge: --kernel-transport must be tcp or ipc\n");
-        goto done;
-    }
-    if (cfg.keep_alive_ms > cfg.keep_alive_max_ms) cfg.keep_alive_ms = cfg.keep_alive_max_ms;
-    hmac_t *probe = hmac_new(scheme, "k", 1, NULL);
-    if (!probe) {
-        fprintf(stderr, "kbridge: unsupported signature scheme '%s' (hmac-sha256 or hmac-sha512)\n", scheme);
-        goto done;
-    }
-    hmac_destroy(&probe);
+    //  Same-uid processes (kernels in the default sandbox) must not read the token out of
+    //  our memory through /proc/<pid>/mem or a core dump.
+    prctl(PR_SET_DUMPABLE, 0);
+    if (keep_alive > keep_alive_max) keep_alive = keep_alive_max;
 
     char generated[49];
-    if (!token) {
+    if (!token_arg) {
         kb_random_hex(generated, 24);
-        token = generated;
+        token_arg = generated;
     }
-    cfg.token = token;
-    if (!*token)
+    cfg.ip = ip;
+    cfg.port = (int) port;
+    cfg.token = token_arg;
+    cfg.domain = domain;
+    cfg.access_log = access_log;
+    cfg.max_message_bytes = max_message;
+    cfg.max_body_bytes = max_body;
+    cfg.max_outbound_bytes = max_outbound;
+    cfg.max_buffered_bytes = max_buffered;
+    cfg.max_retained_output = max_retained;
+    cfg.max_connections = max_connections;
+    cfg.max_pending_per_peer = max_pending;
+    cfg.max_channels_per_kernel = max_channels;
+    cfg.max_kernels = max_kernels;
+    cfg.header_timeout_ms = header_timeout;
+    cfg.idle_timeout_ms = 75000;
+    cfg.keep_alive_ms = keep_alive;
+    cfg.keep_alive_max_ms = keep_alive_max;
+    if (!*token_arg)
         klog_warn("AUTHENTICATION IS DISABLED (empty token): anyone who can reach %s:%d can run "
                   "code as this user", cfg.ip, cfg.port);
-    const char *kernel_name = default_kernel && *default_kernel ? default_kernel : "python3";
-    kspec_t *spec = kspec_find(kernel_name, NULL);
+    kspec_t *spec = kspec_find(default_kernel, NULL);
     if (!spec) {
-        fprintf(stderr, "kbridge: the default kernel '%s' is not installed\n", kernel_name);
+        char installed[512];
+        s_installed(installed, sizeof installed);
+        fprintf(stderr, "kbridge serve: the default kernel '%s' is not installed (installed: %s; "
+                        "pass --default-kernel)\n", default_kernel, installed);
         rc = 1;
         goto done;
     }
     kspec_destroy(&spec);
+    cfg.default_kernel = default_kernel;
 
-    rundir_t *rundir = rundir_new(NULL);
+    rundir = rundir_new(NULL);
     if (!rundir) {
         rc = 1;
         goto done;
@@ -237,17 +293,16 @@ int cmd_serve(int argc, char **argv)
     serve_t st;
     memset(&st, 0, sizeof st);
     st.loop = uv_default_loop();
-    registry_config_t rcfg = {rundir_path(rundir), kbridge_exe_path(), env, transport, kernel_name,
-                              autorestart, scheme};
+    registry_config_t rcfg = {rundir_path(rundir), kbridge_exe_path(), env, transport, default_kernel,
+                              !no_autorestart, scheme, (size_t) max_kernels};
     st.registry = registry_new(st.loop, &rcfg);
-    char why[256] = "out of memory";
+    snprintf(why, sizeof why, "out of memory");
     api_ctx_t ctx = {st.loop, st.registry, &cfg};
     st.server = st.registry ? server_new(&ctx, why, sizeof why) : NULL;
     if (!st.server) {
-        fprintf(stderr, "kbridge: %s\n", why);
+        fprintf(stderr, "kbridge serve: %s\n", why);
         registry_destroy(&st.registry);
         uv_run(st.loop, UV_RUN_DEFAULT);
-        rundir_destroy(&rundir);
         rc = 1;
         goto done;
     }
@@ -263,29 +318,17 @@ int cmd_serve(int argc, char **argv)
     uv_timer_start(&st.trim, s_on_trim, TRIM_INTERVAL_MS, TRIM_INTERVAL_MS);
     uv_unref((uv_handle_t *) &st.trim);
 
-    int port = server_port(st.server);
-    const char *host = strchr(cfg.ip, ':') ? "[::1]" : strcmp(cfg.ip, "0.0.0.0") == 0 ? "127.0.0.1" : cfg.ip;
-    printf("kbridge %s listening on http://%s:%d/ (default kernel: %s)\n", PROJECT_VERSION, host,
-           port, kernel_name);
-    if (*token)
-        printf("  WebSocket API: ws://%s:%d/ws?token=%s\n  Jupyter API:   http://%s:%d/api/kernels?token=%s\n",
-               host, port, token, host, port, token);
-    else
-        printf("  WebSocket API: ws://%s:%d/ws\n  Jupyter API:   http://%s:%d/api/kernels\n", host,
-               port, host, port);
-    fflush(stdout);
-
+    s_banner(&cfg, server_port(st.server), token_arg, default_kernel);
     uv_run(st.loop, UV_RUN_DEFAULT);
     server_destroy(&st.server);
     uv_run(st.loop, UV_RUN_DEFAULT);
-    rundir_destroy(&rundir);
     if (uv_loop_close(st.loop) != 0) klog_debug("loop closed with handles still open");
     klog_info("stopped");
     rc = 0;
-    goto done;
-bad:
-    fprintf(stderr, "kbridge: bad value '%s'\n", optarg);
 done:
+    rundir_destroy(&rundir);
+    if (token_copy) sodium_memzero(token_copy, strlen(token_copy));
+    free(token_copy);
     json_decref(cfg.allowed_hosts);
     json_decref(cfg.allowed_origins);
     json_decref(env);

@@ -115,7 +115,9 @@ static kentry_t *s_create_context(e2b_t *self, const char *language, const char 
     kentry_t *entry = registry_start(s_registry(self), kernel, cwd, NULL, &err);
     if (!entry)
         snprintf(why, size, "Failed to start the %s kernel for language '%s': %s", kernel, language,
-                 err == KB_EINVAL ? "cwd is not a directory" : kb_strerror(err));
+                 err == KB_EINVAL ? "cwd is not a directory"
+                 : err == KB_ELIMIT ? "the server runs as many kernels as it allows (--max-kernels)"
+                                    : kb_strerror(err));
     free(kernel);
     if (entry) json_object_set_new(kentry_tags(entry), "e2b_language", json_string(language));
     return entry;

@@ -415,7 +415,7 @@ static bool s_keep_alive(hreq_t *self)
 
 //  The status line and headers. length < 0: no Content-Length (chunked or until close).
 static int s_write_head(hreq_t *self, int status, const char *content_type, int64_t length,
-                        bool chunked)
+                        bool chunked, const void *body, size_t body_len)
 {
     if (!self->hs) return KB_ECLOSED;
     bool keep = s_keep_alive(self);
@@ -425,7 +425,8 @@ static int s_write_head(hreq_t *self, int status, const char *content_type, int6
     json_t *value;
     json_object_foreach(self->headers, name, value) cap += strlen(name) + json_string_length(value) + 4;
     if (content_type) cap += strlen(content_type);
-    char *buf = wbuf_alloc(cap);
+    //  A buffered body goes out in the same buffer as the head: one write, one segment.
+    char *buf = wbuf_alloc(cap + body_len);
     if (!buf) return KB_ENOMEM;
     const char *reason = hparse_reason(status);
     int n = snprintf(buf, cap, "HTTP/1.%d %d %s\r\nServer: kbridge\r\n",
@@ -444,6 +445,10 @@ static int s_write_head(hreq_t *self, int status, const char *content_type, int6
     else if (self->head.version_minor == 0)
         at += (size_t) snprintf(buf + at, cap - at, "Connection: keep-alive\r\n");
     at += (size_t) snprintf(buf + at, cap - at, "\r\n");
+    if (body_len) {
+        memcpy(buf + at, body, body_len);
+        at += body_len;
+    }
     return hconn_write(self->conn, buf, buf, at);
 }
 
@@ -461,11 +466,10 @@ void hreq_reply(hreq_t *self, int status, const char *content_type, const void *
     self->replied = true;
     self->status = status;
     if (!self->hs) return;
-    if (s_write_head(self, status, content_type, (int64_t) len, false) == KB_OK && len &&
-        self->method != HM_HEAD && status != 204 && status != 304) {
-        hconn_write_copy(self->conn, body, len);
+    bool with_body = len && self->method != HM_HEAD && status != 204 && status != 304;
+    if (s_write_head(self, status, content_type, (int64_t) len, false, with_body ? body : NULL,
+                     with_body ? len : 0) == KB_OK && with_body)
         self->bytes_sent += len;
-    }
     s_response_done(self);
 }
 
@@ -495,7 +499,7 @@ void hreq_stream_begin(hreq_t *self, int status, const char *content_type)
     self->status = status;
     self->chunked = self->head.version_minor >= 1;
     if (!self->chunked) self->close_after = true;  //  HTTP/1.0: the end is the close
-    s_write_head(self, status, content_type, -1, self->chunked);
+    s_write_head(self, status, content_type, -1, self->chunked, NULL, 0);
 }
 
 void hreq_stream_begin_length(hreq_t *self, int status, const char *content_type, uint64_t length)
@@ -504,7 +508,7 @@ void hreq_stream_begin_length(hreq_t *self, int status, const char *content_type
     self->replied = self->streaming = self->fixed = true;
     self->status = status;
     self->fixed_left = length;
-    s_write_head(self, status, content_type, (int64_t) length, false);
+    s_write_head(self, status, content_type, (int64_t) length, false, NULL, 0);
     if (self->method == HM_HEAD) self->fixed_left = 0;
 }
 

@@ -209,6 +209,11 @@ static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const c
         if (err == KB_ENOTFOUND) {
             snprintf(message, sizeof message, "No such kernel named %.64s", name ? name : "(default)");
             hreq_reply_error(req, 404, message);
+        } else if (err == KB_ELIMIT) {
+            snprintf(message, sizeof message, "%zu kernels are running, the most this server allows "
+                     "(--max-kernels)", registry_max_kernels(s_registry(self)));
+            hreq_add_header(req, "retry-after", "5");
+            hreq_reply_error(req, 503, message);
         } else {
             snprintf(message, sizeof message, "Kernel failed to start: %s", kb_strerror(err));
             hreq_reply_error(req, 500, message);

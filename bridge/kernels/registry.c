@@ -73,6 +73,7 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
     self->env = config->env ? json_deep_copy(config->env) : json_object();
     self->config.autorestart = config->autorestart;
+    self->config.max_kernels = config->max_kernels;
     uv_timer_init(loop, &self->reaper);
     uv_timer_init(loop, &self->deadline);
     self->reaper.data = self->deadline.data = self;
@@ -119,6 +120,12 @@ kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *
     if (!err) err = &dummy;
     if (self->closing || self->all_done) {
         *err = KB_ECLOSED;
+        return NULL;
+    }
+    if (self->config.max_kernels && self->nlive >= self->config.max_kernels) {
+        klog_limited(KLOG_WARN, "refusing to start a kernel: %zu are alive (--max-kernels %zu)",
+                     self->nlive, self->config.max_kernels);
+        *err = KB_ELIMIT;
         return NULL;
     }
     kspec_t *spec = kspec_find(kernel_name ? kernel_name : self->default_kernel, err);
@@ -186,6 +193,11 @@ const char *registry_last_activity(const registry_t *self)
         if (strcmp(seen, latest) > 0) latest = seen;
     }
     return latest;
+}
+
+size_t registry_max_kernels(const registry_t *self)
+{
+    return self->config.max_kernels;
 }
 
 const char *registry_default_kernel(const registry_t *self)

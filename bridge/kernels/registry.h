@@ -18,6 +18,7 @@ typedef struct {
     const char *default_kernel;  //  kernelspec used when none is named
     bool autorestart;            //  restart kernels that die
     const char *signature_scheme;  //  "hmac-sha256" (NULL) or "hmac-sha512"
+    size_t max_kernels;          //  kernels alive at once (0: no cap)
 } registry_config_t;
 
 //  Caller owns return value and must destroy it when done.
@@ -28,7 +29,8 @@ void registry_destroy(registry_t **self_p);
 //  Start a kernel from kernelspec name (NULL: the default) in cwd (NULL: ours) with env
 //  (object of strings, borrowed; NULL: none) on top of the configured environment.
 //  Returns the new entry (starting), or NULL with *err = KB_ENOTFOUND (no such
-//  kernelspec), KB_EINVAL (bad cwd), KB_ESPAWN, KB_ECLOSED (shutting down).
+//  kernelspec), KB_EINVAL (bad cwd), KB_ESPAWN, KB_ECLOSED (shutting down), KB_ELIMIT
+//  (max_kernels are alive).
 kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *cwd,
                          json_t *env, int *err);
 kentry_t *registry_find(registry_t *self, const char *kernel_id);
@@ -37,6 +39,7 @@ kentry_t *registry_find(registry_t *self, const char *kernel_id);
 size_t registry_list(registry_t *self, kentry_t ***entries);
 size_t registry_count(const registry_t *self);
 const char *registry_default_kernel(const registry_t *self);
+size_t registry_max_kernels(const registry_t *self);
 //  ISO-8601 time of the latest kernel activity, counting kernels since shut down ("" if
 //  there was none). Borrowed.
 const char *registry_last_activity(const registry_t *self);

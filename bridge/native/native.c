@@ -196,6 +196,9 @@ static kentry_t *s_start_kernel(native_t *self, session_t *session, json_t *id,
                     name ? name : registry_default_kernel(self->registry));
         else if (err == KB_EINVAL)
             s_error(session, id, "bad_request", "cwd '%s' is not a directory", cwd ? cwd : "");
+        else if (err == KB_ELIMIT)
+            s_error(session, id, "busy", "%zu kernels are running, the most this server allows "
+                                        "(--max-kernels)", registry_max_kernels(self->registry));
         else
             s_error(session, id, err == KB_ESPAWN ? "kernel_dead" : "internal",
                     "the kernel could not be started: %s", kb_strerror(err));

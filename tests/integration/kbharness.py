@@ -68,9 +68,13 @@ class KBridge:
         first = self.proc.stdout.readline()
         assert "listening on http://" in first, f"kbridge did not start: {first!r}\n{self.logs()}"
         self.port = int(first.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        # The banner ends with an empty line.
         self.banner = first
-        for _ in range(2):
-            self.banner += self.proc.stdout.readline()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line.strip():
+                break
+            self.banner += line
 
     @property
     def http(self):

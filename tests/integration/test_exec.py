@@ -217,4 +217,4 @@ def test_signature_schemes(kenv):
     rc, ex, _ = run_exec(kenv, "'signed with sha512'", args=["--signature-scheme", "hmac-sha512"])
     assert rc == 0 and main_text(ex[0]) == "'signed with sha512'"
     rc, ex, err = run_exec(kenv, "1", args=["--signature-scheme", "hmac-md5"])
-    assert rc == 2 and ex == [] and "unsupported signature scheme" in err
+    assert rc == 2 and ex == [] and "--signature-scheme: bad value 'hmac-md5' (one of hmac-sha256, hmac-sha512)" in err
