@@ -208,10 +208,10 @@ int ap_err_from_wire(uint32_t v)
 int ap_decode_error(const ap_msg_t *m, int *err, const char **why)
 {
     uint32_t e;
-    if (!ap_get_u32(m, AT_ERR, &e)) return -1;
+    if (!ap_get_u32(m, APT_ERR, &e)) return -1;
     *err = ap_err_from_wire(e);
     if (*err == 0) *err = KB_EIO;
-    *why = ap_get_str(m, AT_WHY);
+    *why = ap_get_str(m, APT_WHY);
     if (!*why) *why = "the agent gave no reason";
     return 0;
 }
@@ -219,12 +219,12 @@ int ap_decode_error(const ap_msg_t *m, int *err, const char **why)
 int ap_decode_hello(const ap_msg_t *m, int *err, const char **why, int *pid)
 {
     uint32_t version, e, p = 0;
-    if (!ap_get_u32(m, AT_VERSION, &version) || version != AP_VERSION) return -1;
-    if (!ap_get_u32(m, AT_ERR, &e)) return -1;
+    if (!ap_get_u32(m, APT_VERSION, &version) || version != AP_VERSION) return -1;
+    if (!ap_get_u32(m, APT_ERR, &e)) return -1;
     *err = e == 0 ? 0 : ap_err_from_wire(e);
-    *why = ap_get_str(m, AT_WHY);
+    *why = ap_get_str(m, APT_WHY);
     if (*err == 0) {
-        if (!ap_get_u32(m, AT_PID, &p) || p == 0 || p > (1u << 22)) return -1;
+        if (!ap_get_u32(m, APT_PID, &p) || p == 0 || p > (1u << 22)) return -1;
     } else if (!*why) {
         *why = "the agent gave no reason";
     }
@@ -235,19 +235,19 @@ int ap_decode_hello(const ap_msg_t *m, int *err, const char **why, int *pid)
 int ap_decode_spawned(const ap_msg_t *m, int *pid, uint32_t *flags, int *nfds)
 {
     uint32_t p, fl;
-    if (!ap_get_u32(m, AT_PID, &p) || p == 0 || p > (1u << 22)) return -1;
-    if (!ap_get_u32(m, AT_FLAGS, &fl) || (fl & ~(uint32_t) (AF_STDIN | AF_PTY))) return -1;
+    if (!ap_get_u32(m, APT_PID, &p) || p == 0 || p > (1u << 22)) return -1;
+    if (!ap_get_u32(m, APT_FLAGS, &fl) || (fl & ~(uint32_t) (APS_STDIN | APS_PTY))) return -1;
     *pid = (int) p;
     *flags = fl;
-    *nfds = (fl & AF_PTY) ? 1 : 2 + ((fl & AF_STDIN) ? 1 : 0);
+    *nfds = (fl & APS_PTY) ? 1 : 2 + ((fl & APS_STDIN) ? 1 : 0);
     return 0;
 }
 
 int ap_decode_exit(const ap_msg_t *m, int *pid, int *status)
 {
     uint32_t p, st;
-    if (!ap_get_u32(m, AT_PID, &p) || p == 0 || p > (1u << 22)) return -1;
-    if (!ap_get_u32(m, AT_STATUS, &st)) return -1;
+    if (!ap_get_u32(m, APT_PID, &p) || p == 0 || p > (1u << 22)) return -1;
+    if (!ap_get_u32(m, APT_STATUS, &st)) return -1;
     int s = (int) st;
     if (!WIFEXITED(s) && !WIFSIGNALED(s)) return -1;
     if (WIFSIGNALED(s) && (WTERMSIG(s) < 1 || WTERMSIG(s) > 64)) return -1;
@@ -273,10 +273,10 @@ static bool s_relative_name_ok(const char *name)
 int ap_decode_event(const ap_msg_t *m, int *type, const char **name, bool *is_dir)
 {
     uint32_t t, d = 0;
-    if (!ap_get_u32(m, AT_EVTYPE, &t) || t < 1 || t > 5) return -1;
-    const char *n = ap_get_str(m, AT_NAME);
+    if (!ap_get_u32(m, APT_EVTYPE, &t) || t < 1 || t > 5) return -1;
+    const char *n = ap_get_str(m, APT_NAME);
     if (!n || !s_relative_name_ok(n)) return -1;
-    ap_get_u32(m, AT_ISDIR, &d);
+    ap_get_u32(m, APT_ISDIR, &d);
     *type = (int) t;
     *name = n;
     *is_dir = d != 0;
@@ -290,18 +290,18 @@ static bool s_path_ok(const char *p)
 
 int ap_decode_entry(const ap_field_t *entry, ap_field_t *f, size_t cap, ap_entry_t *out)
 {
-    if (!entry || entry->tag != AT_ENTRY) return -1;
+    if (!entry || entry->tag != APT_ENTRY) return -1;
     int n = ap_parse_fields(entry->data, entry->len, f, cap);
     if (n < 0) return -1;
     memset(out, 0, sizeof *out);
-    out->name = ap_str(ap_get(f, (size_t) n, AE_NAME));
-    out->path = ap_str(ap_get(f, (size_t) n, AE_PATH));
+    out->name = ap_str(ap_get(f, (size_t) n, APE_NAME));
+    out->path = ap_str(ap_get(f, (size_t) n, APE_PATH));
     if (!out->name || strchr(out->name, '/') || !s_path_ok(out->path)) return -1;
-    if (!ap_u32(ap_get(f, (size_t) n, AE_TYPE), &out->type) || out->type < 1 || out->type > 4)
+    if (!ap_u32(ap_get(f, (size_t) n, APE_TYPE), &out->type) || out->type < 1 || out->type > 4)
         return -1;
-    ap_u32(ap_get(f, (size_t) n, AE_TTYPE), &out->target_type);
+    ap_u32(ap_get(f, (size_t) n, APE_TTYPE), &out->target_type);
     if (out->target_type > 4) return -1;
-    const ap_field_t *t = ap_get(f, (size_t) n, AE_TARGET);
+    const ap_field_t *t = ap_get(f, (size_t) n, APE_TARGET);
     if (t) {
         out->symlink_target = ap_str(t);
         if (!out->symlink_target) return -1;
@@ -312,18 +312,18 @@ int ap_decode_entry(const ap_field_t *entry, ap_field_t *f, size_t cap, ap_entry
         out->target_type = 0;
     }
     uint64_t v;
-    if (!ap_u64(ap_get(f, (size_t) n, AE_SIZE), &out->size)) return -1;
-    if (!ap_u32(ap_get(f, (size_t) n, AE_MODE), &out->mode)) return -1;
-    if (!ap_u32(ap_get(f, (size_t) n, AE_UID), &out->uid)) return -1;
-    if (!ap_u32(ap_get(f, (size_t) n, AE_GID), &out->gid)) return -1;
-    if (!ap_u64(ap_get(f, (size_t) n, AE_MTIME), &v)) return -1;
+    if (!ap_u64(ap_get(f, (size_t) n, APE_SIZE), &out->size)) return -1;
+    if (!ap_u32(ap_get(f, (size_t) n, APE_MODE), &out->mode)) return -1;
+    if (!ap_u32(ap_get(f, (size_t) n, APE_UID), &out->uid)) return -1;
+    if (!ap_u32(ap_get(f, (size_t) n, APE_GID), &out->gid)) return -1;
+    if (!ap_u64(ap_get(f, (size_t) n, APE_MTIME), &v)) return -1;
     out->mtime_ns = (int64_t) v;
-    out->owner = ap_str(ap_get(f, (size_t) n, AE_OWNER));
-    out->group = ap_str(ap_get(f, (size_t) n, AE_GROUP));
+    out->owner = ap_str(ap_get(f, (size_t) n, APE_OWNER));
+    out->group = ap_str(ap_get(f, (size_t) n, APE_GROUP));
     if (!out->owner || !out->group) return -1;
     size_t nm = 0;
     for (int i = 0; i < n; i++) {
-        if (f[i].tag != AE_META) continue;
+        if (f[i].tag != APE_META) continue;
         const char *s = ap_str(&f[i]);
         if (!s || nm == 2 * AP_MAX_META) return -1;
         if (nm % 2 == 0 && (!*s || strlen(s) > AP_MAX_META_NAME)) return -1;

@@ -12,7 +12,7 @@
         payload: fields, each  u16 tag, u16 zero, u32 len, len bytes
 
     A string field holds its bytes plus one terminating NUL and no other NUL, so a parsed
-    string can be used in place. A nested field (AT_ENTRY) holds fields itself.
+    string can be used in place. A nested field (APT_ENTRY) holds fields itself.
 
     Trust: the agent runs inside the sandbox, and code there can ptrace or replace it, so
     kbridge treats every byte it receives as hostile: ap_parse() checks every length, and
@@ -54,7 +54,7 @@ enum {
     AP_SETMETA = 9,        //  -> AP_ENTRIES | AP_ERROR
     AP_OPEN = 10,          //  -> AP_FD (fd, entry) | AP_ERROR
     AP_UPLOAD_BEGIN = 11,  //  -> AP_FD (fd) | AP_ERROR
-    AP_UPLOAD_COMMIT = 12, //  carries the upload's fd, AT_UPLOAD -> AP_ENTRIES | AP_ERROR
+    AP_UPLOAD_COMMIT = 12, //  carries the upload's fd, APT_UPLOAD -> AP_ENTRIES | AP_ERROR
     AP_UPLOAD_ABORT = 13,  //  carries the upload's fd; id = the BEGIN's (no reply)
     AP_WATCH = 14,         //  -> AP_WATCH_STARTED | AP_ERROR; AP_WATCH_EVENT*; AP_WATCH_END
     AP_CANCEL = 15,        //  id = a request's: stop it (kill its worker); no reply
@@ -63,11 +63,11 @@ enum {
 enum {
     AP_HELLO = 32,          //  the sandbox is up (err 0, pid = the agent's inside) or failed
     AP_AGENT_PID = 33,      //  namespaces: the host pid of the agent (pid 1 inside)
-    AP_SPAWNED = 34,        //  pid; fds: stdin (if AF_STDIN), stdout, stderr, or the pty master
+    AP_SPAWNED = 34,        //  pid; fds: stdin (if APS_STDIN), stdout, stderr, or the pty master
     AP_EXIT = 35,           //  pid, status (as waitpid gives it)
     AP_ERROR = 36,          //  err (a negative KB_ code), why
-    AP_ENTRIES = 37,        //  AT_ENTRY*, more
-    AP_FD = 38,             //  one fd, AT_ENTRY?
+    AP_ENTRIES = 37,        //  APT_ENTRY*, more
+    AP_FD = 38,             //  one fd, APT_ENTRY?
     AP_WATCH_STARTED = 39,
     AP_WATCH_EVENT = 40,    //  evtype, name, isdir
     AP_WATCH_END = 41,      //  err, why
@@ -76,57 +76,57 @@ enum {
 //  Field tags.
 enum {
     //  AP_CONFIG
-    AT_MODE = 1,         //  u32: 0 isolation none, 1 namespaces
-    AT_SBX_ID = 2,       //  str
-    AT_UID_BASE = 3,     //  u32
-    AT_STATE_DIR = 4,    //  str
-    AT_TMPL_DIR = 5,     //  str (absent: the host template)
-    AT_HIDDEN = 6,       //  str, repeated
-    AT_CGROUP_PROCS = 7, //  str, repeated: cgroup.procs files the agent joins first
-    AT_TMP_BYTES = 8,    //  u64
-    AT_KERNEL_DIR = 9,   //  str (isolation none)
-    AT_HOME = 10,        //  str (isolation none)
-    AT_INTERNET = 11,    //  u32
-    AT_PASTA = 12,       //  str: the pasta executable
-    AT_DEBUG = 13,       //  u32
+    APT_MODE = 1,         //  u32: 0 isolation none, 1 namespaces
+    APT_SBX_ID = 2,       //  str
+    APT_UID_BASE = 3,     //  u32
+    APT_STATE_DIR = 4,    //  str
+    APT_TMPL_DIR = 5,     //  str (absent: the host template)
+    APT_HIDDEN = 6,       //  str, repeated
+    APT_CGROUP_PROCS = 7, //  str, repeated: cgroup.procs files the agent joins first
+    APT_TMP_BYTES = 8,    //  u64
+    APT_KERNEL_DIR = 9,   //  str (isolation none)
+    APT_HOME = 10,        //  str (isolation none)
+    APT_INTERNET = 11,    //  u32
+    APT_PASTA = 12,       //  str: the pasta executable
+    APT_DEBUG = 13,       //  u32
     //  AP_SPAWN, AP_KILL
-    AT_ARGV = 20,        //  str, repeated
-    AT_ENV = 21,         //  str, repeated
-    AT_CWD = 22,         //  str
-    AT_USER = 23,        //  str: "root" or "user"; absent: the agent's own
-    AT_FLAGS = 24,       //  u32: AF_*
-    AT_COLS = 25,        //  u32
-    AT_ROWS = 26,        //  u32
-    AT_SIGNO = 27,       //  u32
-    AT_GROUP = 28,       //  u32: 1 the process group, 0 the process
+    APT_ARGV = 20,        //  str, repeated
+    APT_ENV = 21,         //  str, repeated
+    APT_CWD = 22,         //  str
+    APT_USER = 23,        //  str: "root" or "user"; absent: the agent's own
+    APT_FLAGS = 24,       //  u32: AF_*
+    APT_COLS = 25,        //  u32
+    APT_ROWS = 26,        //  u32
+    APT_SIGNO = 27,       //  u32
+    APT_GROUP = 28,       //  u32: 1 the process group, 0 the process
     //  file operations
-    AT_PATH = 30,        //  str
-    AT_PATH2 = 31,       //  str (rename: to)
-    AT_DEPTH = 32,       //  u32
-    AT_PARENTS = 33,     //  u32
-    AT_META = 34,        //  str, repeated: name, value, name, value...
-    AT_RECURSIVE = 35,   //  u32
-    AT_UPLOAD = 36,      //  u64: AP_UPLOAD_COMMIT: the id of its AP_UPLOAD_BEGIN
+    APT_PATH = 30,        //  str
+    APT_PATH2 = 31,       //  str (rename: to)
+    APT_DEPTH = 32,       //  u32
+    APT_PARENTS = 33,     //  u32
+    APT_META = 34,        //  str, repeated: name, value, name, value...
+    APT_RECURSIVE = 35,   //  u32
+    APT_UPLOAD = 36,      //  u64: AP_UPLOAD_COMMIT: the id of its AP_UPLOAD_BEGIN
     //  replies
-    AT_PID = 40,         //  u32
-    AT_STATUS = 41,      //  u32 (wait status)
-    AT_ERR = 42,         //  u32 holding a negative KB_ code
-    AT_WHY = 43,         //  str
-    AT_VERSION = 44,     //  u32
-    AT_MORE = 45,        //  u32
-    AT_ENTRY = 50,       //  nested: AE_*
-    AT_EVTYPE = 60,      //  u32: SBX_EV_*
-    AT_NAME = 61,        //  str
-    AT_ISDIR = 62,       //  u32
+    APT_PID = 40,         //  u32
+    APT_STATUS = 41,      //  u32 (wait status)
+    APT_ERR = 42,         //  u32 holding a negative KB_ code
+    APT_WHY = 43,         //  str
+    APT_VERSION = 44,     //  u32
+    APT_MORE = 45,        //  u32
+    APT_ENTRY = 50,       //  nested: AE_*
+    APT_EVTYPE = 60,      //  u32: SBX_EV_*
+    APT_NAME = 61,        //  str
+    APT_ISDIR = 62,       //  u32
 };
-//  Fields of an AT_ENTRY.
+//  Fields of an APT_ENTRY.
 enum {
-    AE_NAME = 1, AE_PATH = 2, AE_TYPE = 3, AE_TTYPE = 4, AE_TARGET = 5, AE_SIZE = 6,
-    AE_MODE = 7, AE_UID = 8, AE_GID = 9, AE_OWNER = 10, AE_GROUP = 11, AE_MTIME = 12,
-    AE_META = 13,  //  str, repeated: name, value...
+    APE_NAME = 1, APE_PATH = 2, APE_TYPE = 3, APE_TTYPE = 4, APE_TARGET = 5, APE_SIZE = 6,
+    APE_MODE = 7, APE_UID = 8, APE_GID = 9, APE_OWNER = 10, APE_GROUP = 11, APE_MTIME = 12,
+    APE_META = 13,  //  str, repeated: name, value...
 };
-//  AT_FLAGS of AP_SPAWN (and of AP_SPAWNED: which fds come).
-enum { AF_STDIN = 1, AF_PTY = 2 };
+//  APT_FLAGS of AP_SPAWN (and of AP_SPAWNED: which fds come).
+enum { APS_STDIN = 1, APS_PTY = 2 };
 
 //  Limits both sides enforce.
 #define AP_MAX_META 32          //  user.kbridge.* attributes reported per entry
@@ -201,7 +201,7 @@ typedef struct {
     const char *meta[2 * AP_MAX_META + 1];  //  name, value, ..., NULL
 } ap_entry_t;
 
-//  One AT_ENTRY field. fields: scratch of AP_MAX_FIELDS.
+//  One APT_ENTRY field. fields: scratch of AP_MAX_FIELDS.
 int ap_decode_entry(const ap_field_t *entry, ap_field_t *scratch, size_t cap, ap_entry_t *out);
 //  AP_HELLO: err (0 or negative KB_), why (may be NULL), pid inside.
 int ap_decode_hello(const ap_msg_t *m, int *err, const char **why, int *pid);

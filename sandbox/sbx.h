@@ -55,6 +55,7 @@ typedef struct {
     uint32_t pids;
     uint64_t tmp_bytes;         //  size of the sandbox's /tmp (0: a quarter of memory, or 1 GiB)
     const char *cgroup;         //  cgroup path under each hierarchy, e.g. "kbridge/<id>"; NULL: none
+    const char *pasta;          //  the pasta executable (internet); NULL: "pasta" from PATH
 } sbx_opts_t;
 
 typedef struct _sbx_t sbx_t;
@@ -142,6 +143,9 @@ typedef struct {
     uint32_t uid, gid;           //  as seen inside
     const char *owner, *group;   //  names inside, or the ids as text
     int64_t mtime_ns;            //  modification time, ns since the epoch
+    //  Its user.kbridge.* extended attributes (see sbx_set_meta) as {name, value, ...,
+    //  NULL}; never NULL (an empty list when there are none).
+    const char *const *meta;
 } sbx_entry_t;
 
 typedef struct _sbx_req_t sbx_req_t;

@@ -200,8 +200,8 @@ void agent_error(bool blocking, uint64_t id, int err, const char *fmt, ...)
     uint8_t buf[2048];
     ap_writer_t w;
     ap_begin(&w, buf, sizeof buf, AP_ERROR, id);
-    ap_put_u32(&w, AT_ERR, (uint32_t) err);
-    ap_put_str(&w, AT_WHY, why);
+    ap_put_u32(&w, APT_ERR, (uint32_t) err);
+    ap_put_str(&w, APT_WHY, why);
     size_t n = ap_end(&w);
     if (!n) return;
     if (blocking) agent_send_blocking(buf, n, NULL, 0);
@@ -213,10 +213,10 @@ static void s_hello(int err, const char *why)
     uint8_t buf[2048];
     ap_writer_t w;
     ap_begin(&w, buf, sizeof buf, AP_HELLO, 0);
-    ap_put_u32(&w, AT_VERSION, AP_VERSION);
-    ap_put_u32(&w, AT_ERR, (uint32_t) err);
-    if (err == 0) ap_put_u32(&w, AT_PID, (uint32_t) getpid());
-    ap_put_str(&w, AT_WHY, why);
+    ap_put_u32(&w, APT_VERSION, AP_VERSION);
+    ap_put_u32(&w, APT_ERR, (uint32_t) err);
+    if (err == 0) ap_put_u32(&w, APT_PID, (uint32_t) getpid());
+    ap_put_str(&w, APT_WHY, why);
     size_t n = ap_end(&w);
     if (n) agent_send_blocking(buf, n, NULL, 0);
 }
@@ -275,28 +275,28 @@ static int s_read_config(char *why, size_t size)
         return -1;
     }
     uint32_t v = 0;
-    ap_get_u32(&m, AT_MODE, &v);
+    ap_get_u32(&m, APT_MODE, &v);
     g_cfg.mode = (int) v;
-    const char *id = ap_get_str(&m, AT_SBX_ID);
+    const char *id = ap_get_str(&m, APT_SBX_ID);
     snprintf(g_cfg.id, sizeof g_cfg.id, "%s", id ? id : "sandbox");
-    ap_get_u32(&m, AT_UID_BASE, &g_cfg.uid_base);
-    g_cfg.state_dir = ap_get_str(&m, AT_STATE_DIR);
-    g_cfg.tmpl_dir = ap_get_str(&m, AT_TMPL_DIR);
-    g_cfg.kernel_dir = ap_get_str(&m, AT_KERNEL_DIR);
-    g_cfg.home = ap_get_str(&m, AT_HOME);
-    g_cfg.pasta = ap_get_str(&m, AT_PASTA);
+    ap_get_u32(&m, APT_UID_BASE, &g_cfg.uid_base);
+    g_cfg.state_dir = ap_get_str(&m, APT_STATE_DIR);
+    g_cfg.tmpl_dir = ap_get_str(&m, APT_TMPL_DIR);
+    g_cfg.kernel_dir = ap_get_str(&m, APT_KERNEL_DIR);
+    g_cfg.home = ap_get_str(&m, APT_HOME);
+    g_cfg.pasta = ap_get_str(&m, APT_PASTA);
     v = 0;
-    ap_get_u32(&m, AT_INTERNET, &v);
+    ap_get_u32(&m, APT_INTERNET, &v);
     g_cfg.internet = v != 0;
     v = 0;
-    ap_get_u32(&m, AT_DEBUG, &v);
+    ap_get_u32(&m, APT_DEBUG, &v);
     g_cfg.debug = v != 0;
-    ap_u64(ap_get(m.f, m.n, AT_TMP_BYTES), &g_cfg.tmp_bytes);
+    ap_u64(ap_get(m.f, m.n, APT_TMP_BYTES), &g_cfg.tmp_bytes);
     for (size_t i = 0; i < m.n; i++) {
         const char *s = ap_str(&m.f[i]);
         if (!s) continue;
-        if (m.f[i].tag == AT_HIDDEN && g_cfg.nhidden < 256) g_cfg.hidden[g_cfg.nhidden++] = s;
-        if (m.f[i].tag == AT_CGROUP_PROCS && g_cfg.ncg < 16) g_cfg.cgprocs[g_cfg.ncg++] = s;
+        if (m.f[i].tag == APT_HIDDEN && g_cfg.nhidden < 256) g_cfg.hidden[g_cfg.nhidden++] = s;
+        if (m.f[i].tag == APT_CGROUP_PROCS && g_cfg.ncg < 16) g_cfg.cgprocs[g_cfg.ncg++] = s;
     }
     if (g_cfg.mode == 1 && (!g_cfg.state_dir || g_cfg.uid_base == 0)) {
         snprintf(why, size, "namespaces isolation needs a state directory and a uid base");
@@ -450,9 +450,8 @@ static void s_reap(void)
 
 int main(int argc, char **argv)
 {
-    (void) argc;
-    (void) argv;
     char why[1024] = "";
+    if (argc > 1 && strcmp(argv[1], "--probe") == 0) return ns_probe();
     //  Signals arrive through the signalfd only; SIGPIPE never (sends use MSG_NOSIGNAL,
     //  and processes get default dispositions back before exec).
     sigset_t set;

@@ -64,6 +64,8 @@ void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 //  -1 with why filled (in that first process, which reports it). The first process
 //  otherwise never returns: it stays behind as a supervisor (see nsetup.c).
 int ns_setup(char *why, size_t size);
+//  kbridge-agent --probe (sbx_probe): try the namespace setup's key steps. Exit code.
+int ns_probe(void);
 
 //  spawn.c: processes.
 void spawn_request(const ap_msg_t *m);

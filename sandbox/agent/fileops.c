@@ -198,36 +198,36 @@ static void s_put_meta(ap_writer_t *w, const char *path)
         size_t vlen = strlen(value);
         if (used + strlen(p + plen) + vlen > META_BYTES_MAX) break;
         used += strlen(p + plen) + vlen;
-        ap_put_str(w, AE_META, p + plen);
-        ap_put_str(w, AE_META, value);
+        ap_put_str(w, APE_META, p + plen);
+        ap_put_str(w, APE_META, value);
         count++;
     }
 }
 
-//  One AT_ENTRY for path (already lstat'ed into st). dirfd/name: how to reach it cheaply.
+//  One APT_ENTRY for path (already lstat'ed into st). dirfd/name: how to reach it cheaply.
 static void s_put_entry(ap_writer_t *w, const char *path, const char *name, const struct stat *st)
 {
     s_load_names();
-    size_t mark = ap_nest_begin(w, AT_ENTRY);
-    ap_put_str(w, AE_NAME, name);
-    ap_put_str(w, AE_PATH, path);
-    ap_put_u32(w, AE_TYPE, s_ftype(st->st_mode));
+    size_t mark = ap_nest_begin(w, APT_ENTRY);
+    ap_put_str(w, APE_NAME, name);
+    ap_put_str(w, APE_PATH, path);
+    ap_put_u32(w, APE_TYPE, s_ftype(st->st_mode));
     if (S_ISLNK(st->st_mode)) {
         char target[PATH_MAX];
         ssize_t n = readlink(path, target, sizeof target - 1);
         target[n > 0 ? n : 0] = '\0';
-        ap_put_str(w, AE_TARGET, target);
+        ap_put_str(w, APE_TARGET, target);
         struct stat ts;
-        ap_put_u32(w, AE_TTYPE, stat(path, &ts) == 0 ? s_ftype(ts.st_mode) : 0);
+        ap_put_u32(w, APE_TTYPE, stat(path, &ts) == 0 ? s_ftype(ts.st_mode) : 0);
     }
-    ap_put_u64(w, AE_SIZE, (uint64_t) st->st_size);
-    ap_put_u32(w, AE_MODE, st->st_mode);
-    ap_put_u32(w, AE_UID, st->st_uid);
-    ap_put_u32(w, AE_GID, st->st_gid);
+    ap_put_u64(w, APE_SIZE, (uint64_t) st->st_size);
+    ap_put_u32(w, APE_MODE, st->st_mode);
+    ap_put_u32(w, APE_UID, st->st_uid);
+    ap_put_u32(w, APE_GID, st->st_gid);
     char t1[16], t2[16];
-    ap_put_str(w, AE_OWNER, s_name(s_users, s_nusers, st->st_uid, t1, sizeof t1));
-    ap_put_str(w, AE_GROUP, s_name(s_groups, s_ngroups, st->st_gid, t2, sizeof t2));
-    ap_put_u64(w, AE_MTIME,
+    ap_put_str(w, APE_OWNER, s_name(s_users, s_nusers, st->st_uid, t1, sizeof t1));
+    ap_put_str(w, APE_GROUP, s_name(s_groups, s_ngroups, st->st_gid, t2, sizeof t2));
+    ap_put_u64(w, APE_MTIME,
                (uint64_t) ((int64_t) st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec));
     if (S_ISREG(st->st_mode) || S_ISDIR(st->st_mode)) s_put_meta(w, path);
     ap_nest_end(w, mark);
@@ -245,7 +245,7 @@ static void s_reply_entry(uint64_t id, const char *path)
     ap_writer_t w;
     ap_begin(&w, s_out, sizeof s_out, AP_ENTRIES, id);
     s_put_entry(&w, path, strcmp(path, "/") ? s_base(path) : "", &st);
-    ap_put_u32(&w, AT_MORE, 0);
+    ap_put_u32(&w, APT_MORE, 0);
     size_t n = ap_end(&w);
     if (n) agent_send_blocking(s_out, n, NULL, 0);
     else agent_error(true, id, KB_ETOOBIG, "%s: entry too large", path);
@@ -255,7 +255,7 @@ static void s_reply_none(uint64_t id)
 {
     ap_writer_t w;
     ap_begin(&w, s_out, sizeof s_out, AP_ENTRIES, id);
-    ap_put_u32(&w, AT_MORE, 0);
+    ap_put_u32(&w, APT_MORE, 0);
     agent_send_blocking(s_out, ap_end(&w), NULL, 0);
 }
 
@@ -349,7 +349,7 @@ static void s_op_list(uint64_t id, const char *path, int depth)
             s_put_entry(&w, full, names[i], &st);
             if (w.overflow) {
                 ap_rewind(&w, mark);
-                ap_put_u32(&w, AT_MORE, 1);
+                ap_put_u32(&w, APT_MORE, 1);
                 if (agent_send_blocking(s_out, ap_end(&w), NULL, 0) < 0) _exit(0);
                 ap_begin(&w, s_out, sizeof s_out, AP_ENTRIES, id);
                 s_put_entry(&w, full, names[i], &st);
@@ -382,7 +382,7 @@ static void s_op_list(uint64_t id, const char *path, int depth)
     free(q);
     if (err) FAIL(id, err, "list %s: %s", path,
                   err == KB_ETOOBIG ? "more than 100000 entries" : "out of memory");
-    ap_put_u32(&w, AT_MORE, 0);
+    ap_put_u32(&w, APT_MORE, 0);
     agent_send_blocking(s_out, ap_end(&w), NULL, 0);
 }
 
@@ -493,7 +493,7 @@ static void s_op_setmeta(const ap_msg_t *m, const char *path)
     const char *pairs[2 * AP_MAX_META];
     size_t n = 0;
     for (size_t i = 0; i < m->n; i++) {
-        if (m->f[i].tag != AT_META) continue;
+        if (m->f[i].tag != APT_META) continue;
         const char *s = ap_str(&m->f[i]);
         if (!s || n == 2 * AP_MAX_META) FAIL(m->id, KB_EINVAL, "set metadata %s: too many", path);
         pairs[n++] = s;
@@ -631,8 +631,8 @@ static void s_watch_end(uint64_t id, int err, const char *why)
 {
     ap_writer_t w;
     ap_begin(&w, s_out, sizeof s_out, AP_WATCH_END, id);
-    ap_put_u32(&w, AT_ERR, (uint32_t) err);
-    ap_put_str(&w, AT_WHY, why);
+    ap_put_u32(&w, APT_ERR, (uint32_t) err);
+    ap_put_str(&w, APT_WHY, why);
     agent_send_blocking(s_out, ap_end(&w), NULL, 0);
     _exit(0);
 }
@@ -688,9 +688,9 @@ static void s_send_event(uint64_t id, int type, const char *name, bool is_dir)
 {
     ap_writer_t w;
     ap_begin(&w, s_out, sizeof s_out, AP_WATCH_EVENT, id);
-    ap_put_u32(&w, AT_EVTYPE, (uint32_t) type);
-    ap_put_str(&w, AT_NAME, name);
-    ap_put_u32(&w, AT_ISDIR, is_dir);
+    ap_put_u32(&w, APT_EVTYPE, (uint32_t) type);
+    ap_put_str(&w, APT_NAME, name);
+    ap_put_u32(&w, APT_ISDIR, is_dir);
     size_t n = ap_end(&w);
     if (n && agent_send_blocking(s_out, n, NULL, 0) < 0) _exit(0);  //  kbridge is gone
 }
@@ -766,7 +766,7 @@ void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user
         s_op_upload_abort(nfds > 0 ? fds[0] : -1, tmpname);
         return;
     }
-    const char *p = ap_get_str(m, AT_PATH);
+    const char *p = ap_get_str(m, APT_PATH);
     if (!s_path_valid(p)) FAIL(m->id, KB_EINVAL, "not an absolute path");
     s_normalize(p, path, sizeof path);
     uint32_t v = 0;
@@ -775,15 +775,15 @@ void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user
     case AP_STAT: s_op_stat(m->id, path); break;
     case AP_LIST:
         v = 1;
-        ap_get_u32(m, AT_DEPTH, &v);
+        ap_get_u32(m, APT_DEPTH, &v);
         s_op_list(m->id, path, (int) (v > LIST_MAX_DEPTH ? LIST_MAX_DEPTH : v));
         break;
     case AP_MKDIR:
-        ap_get_u32(m, AT_PARENTS, &v);
+        ap_get_u32(m, APT_PARENTS, &v);
         s_op_mkdir(m->id, path, v != 0);
         break;
     case AP_RENAME: {
-        const char *to = ap_get_str(m, AT_PATH2);
+        const char *to = ap_get_str(m, APT_PATH2);
         if (!s_path_valid(to)) FAIL(m->id, KB_EINVAL, "rename: not an absolute path");
         s_normalize(to, path2, sizeof path2);
         s_op_rename(m->id, path, path2);
@@ -793,12 +793,12 @@ void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user
     case AP_SETMETA: s_op_setmeta(m, path); break;
     case AP_OPEN: s_op_open(m->id, path); break;
     case AP_UPLOAD_BEGIN:
-        ap_get_u32(m, AT_PARENTS, &v);
+        ap_get_u32(m, APT_PARENTS, &v);
         s_op_upload_begin(m->id, path, v != 0, tmpname);
         break;
     case AP_UPLOAD_COMMIT: s_op_upload_commit(m->id, path, fd, tmpname); break;
     case AP_WATCH:
-        ap_get_u32(m, AT_RECURSIVE, &v);
+        ap_get_u32(m, APT_RECURSIVE, &v);
         s_op_watch(m->id, path, v != 0);
         break;
     default: break;
@@ -896,8 +896,8 @@ static pid_t s_fork_worker(const ap_msg_t *m, const int *fds, int nfds, const ch
 
 void fileop_request(const ap_msg_t *m, int *fds, int nfds)
 {
-    const char *user = ap_get_str(m, AT_USER);
-    const char *path = ap_get_str(m, AT_PATH);
+    const char *user = ap_get_str(m, APT_USER);
+    const char *path = ap_get_str(m, APT_PATH);
     if (m->type == AP_UPLOAD_BEGIN) {
         size_t slot = MAX_UPLOADS;
         for (size_t i = 0; i < MAX_UPLOADS && slot == MAX_UPLOADS; i++)
@@ -934,7 +934,7 @@ void fileop_request(const ap_msg_t *m, int *fds, int nfds)
         }
     } else if (m->type == AP_UPLOAD_COMMIT || m->type == AP_UPLOAD_ABORT) {
         uint64_t uid = m->id;
-        if (m->type == AP_UPLOAD_COMMIT) ap_u64(ap_get(m->f, m->n, AT_UPLOAD), &uid);
+        if (m->type == AP_UPLOAD_COMMIT) ap_u64(ap_get(m->f, m->n, APT_UPLOAD), &uid);
         upload_t *up = s_find_upload(uid);
         worker_t *begin = up ? s_find_worker_id(uid) : NULL;
         if (begin && m->type == AP_UPLOAD_ABORT) {
@@ -976,8 +976,8 @@ bool fileop_reaped(pid_t pid, int status)
                 uint8_t buf[256];
                 ap_writer_t wr;
                 ap_begin(&wr, buf, sizeof buf, AP_WATCH_END, w.id);
-                ap_put_u32(&wr, AT_ERR, (uint32_t) KB_EIO);
-                ap_put_str(&wr, AT_WHY, "the watch ended unexpectedly");
+                ap_put_u32(&wr, APT_ERR, (uint32_t) KB_EIO);
+                ap_put_str(&wr, APT_WHY, "the watch ended unexpectedly");
                 agent_send(buf, ap_end(&wr), NULL, 0);
             } else {
                 agent_error(false, w.id, KB_EIO, "the file operation's worker died");

@@ -702,7 +702,7 @@ static void s_send_agent_pid(pid_t b)
     uint8_t buf[64];
     ap_writer_t w;
     ap_begin(&w, buf, sizeof buf, AP_AGENT_PID, 0);
-    ap_put_u32(&w, AT_PID, (uint32_t) b);
+    ap_put_u32(&w, APT_PID, (uint32_t) b);
     agent_send_blocking(buf, ap_end(&w), NULL, 0);
 }
 
@@ -957,4 +957,56 @@ int ns_setup(char *why, size_t size)
         close(pasta.go);
     }
     s_supervise(b, g_cfg.internet ? &pasta : NULL, netp[1]);
+}
+
+// ---------------------------------------------------------------------------------------
+//  --probe: can this host do what ns_setup does? One line on stdout, exit 0 if so.
+
+int ns_probe(void)
+{
+    char why[512] = "";
+    size_t size = sizeof why;
+    int rc = 0;
+    if (geteuid() != 0) {
+        printf("namespaces isolation needs root\n");
+        return 1;
+    }
+    g_cfg.uid_base = 3000000000u;  //  a range nothing uses; the probe owns nothing in it
+    int ufd = s_make_userns(why, size);
+    if (ufd < 0) {
+        printf("%s\n", why);
+        return 1;
+    }
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+        printf("cannot make a mount namespace: %s\n", strerror(errno));
+        return 1;
+    }
+    if (mount("tmpfs", "/tmp", "tmpfs", 0, "mode=0700,size=1m") < 0) {
+        printf("cannot mount tmpfs: %s\n", strerror(errno));
+        return 1;
+    }
+    static const char *const dirs[] = {"/tmp/l", "/tmp/u", "/tmp/w", "/tmp/m"};
+    for (int i = 0; i < 4; i++) mkdir(dirs[i], 0700);
+    int fd = open_tree(AT_FDCWD, "/usr", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+                              .userns_fd = (uint64_t) ufd};
+    if (fd < 0 || mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+        printf("idmapped mounts are not available for /usr (%s): Linux >= 5.12 and a "
+               "filesystem that supports them (ext4, xfs, btrfs...) are needed\n",
+               strerror(errno));
+        return 1;
+    }
+    if (move_mount(fd, "", AT_FDCWD, "/tmp/l", MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+        printf("move_mount: %s\n", strerror(errno));
+        return 1;
+    }
+    if (s_overlay("/tmp/m", "/tmp/l", "/tmp/u", "/tmp/w", why, size) < 0) {
+        printf("overlayfs over an idmapped lower layer does not work here (%s): Linux >= 5.19 "
+               "is needed\n",
+               why);
+        rc = 1;
+    } else {
+        printf("ok\n");
+    }
+    return rc;
 }

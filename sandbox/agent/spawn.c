@@ -108,8 +108,8 @@ static void s_send_spawned(sproc_t *p)
     uint8_t buf[256];
     ap_writer_t w;
     ap_begin(&w, buf, sizeof buf, AP_SPAWNED, p->id);
-    ap_put_u32(&w, AT_PID, (uint32_t) p->pid);
-    ap_put_u32(&w, AT_FLAGS, p->flags);
+    ap_put_u32(&w, APT_PID, (uint32_t) p->pid);
+    ap_put_u32(&w, APT_FLAGS, p->flags);
     size_t n = ap_end(&w);
     agent_send(buf, n, p->fds, p->nfds);  //  closes them once sent
     p->nfds = 0;
@@ -120,8 +120,8 @@ static void s_send_exit(sproc_t *p)
     uint8_t buf[256];
     ap_writer_t w;
     ap_begin(&w, buf, sizeof buf, AP_EXIT, p->id);
-    ap_put_u32(&w, AT_PID, (uint32_t) p->pid);
-    ap_put_u32(&w, AT_STATUS, (uint32_t) p->wstatus);
+    ap_put_u32(&w, APT_PID, (uint32_t) p->pid);
+    ap_put_u32(&w, APT_STATUS, (uint32_t) p->wstatus);
     size_t n = ap_end(&w);
     agent_send(buf, n, NULL, 0);
 }
@@ -131,11 +131,11 @@ void spawn_request(const ap_msg_t *m)
     const char *argv[MAX_ARGS + 1], *envp[MAX_ARGS + 1];
     size_t argc = 0, envc = 0;
     for (size_t i = 0; i < m->n; i++) {
-        if (m->f[i].tag != AT_ARGV && m->f[i].tag != AT_ENV) continue;
+        if (m->f[i].tag != APT_ARGV && m->f[i].tag != APT_ENV) continue;
         const char *s = ap_str(&m->f[i]);
         if (!s) continue;
-        if (m->f[i].tag == AT_ARGV && argc < MAX_ARGS) argv[argc++] = s;
-        else if (m->f[i].tag == AT_ENV && envc < MAX_ARGS) envp[envc++] = s;
+        if (m->f[i].tag == APT_ARGV && argc < MAX_ARGS) argv[argc++] = s;
+        else if (m->f[i].tag == APT_ENV && envc < MAX_ARGS) envp[envc++] = s;
     }
     argv[argc] = envp[envc] = NULL;
     if (argc == 0) {
@@ -147,25 +147,25 @@ void spawn_request(const ap_msg_t *m)
         return;
     }
     agent_user_t u;
-    if (agent_user(ap_get_str(m, AT_USER), &u) < 0) {
+    if (agent_user(ap_get_str(m, APT_USER), &u) < 0) {
         agent_error(false, m->id, KB_EINVAL, "unknown user");
         return;
     }
-    const char *cwd = ap_get_str(m, AT_CWD);
+    const char *cwd = ap_get_str(m, APT_CWD);
     if (!cwd) cwd = u.home;
     uint32_t flags = 0, cols = 80, rows = 24;
-    ap_get_u32(m, AT_FLAGS, &flags);
-    ap_get_u32(m, AT_COLS, &cols);
-    ap_get_u32(m, AT_ROWS, &rows);
-    flags &= AF_STDIN | AF_PTY;
-    if (flags & AF_PTY) flags |= AF_STDIN;
+    ap_get_u32(m, APT_FLAGS, &flags);
+    ap_get_u32(m, APT_COLS, &cols);
+    ap_get_u32(m, APT_ROWS, &rows);
+    flags &= APS_STDIN | APS_PTY;
+    if (flags & APS_PTY) flags |= APS_STDIN;
     if (!cols || cols > 4096) cols = 80;
     if (!rows || rows > 4096) rows = 24;
 
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, stp[2] = {-1, -1};
     int master = -1;
     int e = 0;
-    if (flags & AF_PTY) {
+    if (flags & APS_PTY) {
         master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
         int unlock = 0;
         struct winsize ws = {.ws_row = (unsigned short) rows, .ws_col = (unsigned short) cols};
@@ -173,7 +173,7 @@ void spawn_request(const ap_msg_t *m)
             ioctl(master, TIOCSWINSZ, &ws) < 0)
             e = errno;
     } else {
-        if ((flags & AF_STDIN) && pipe2(in, O_CLOEXEC) < 0) e = errno;
+        if ((flags & APS_STDIN) && pipe2(in, O_CLOEXEC) < 0) e = errno;
         if (!e && pipe2(out, O_CLOEXEC) < 0) e = errno;
         if (!e && pipe2(err, O_CLOEXEC) < 0) e = errno;
     }
@@ -195,7 +195,7 @@ void spawn_request(const ap_msg_t *m)
         for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
         sigprocmask(SIG_SETMASK, &none, NULL);
         if (setsid() < 0) s_child_fail(stp[1], 3, errno);
-        if (flags & AF_PTY) {
+        if (flags & APS_PTY) {
             int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
             if (slave < 0) s_child_fail(stp[1], 3, errno);
             if (u.switch_ids && fchown(slave, u.uid, (gid_t) -1) < 0)
@@ -204,7 +204,7 @@ void spawn_request(const ap_msg_t *m)
             if (dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0)
                 s_child_fail(stp[1], 3, errno);
         } else {
-            int fd0 = (flags & AF_STDIN) ? in[0] : open("/dev/null", O_RDONLY | O_CLOEXEC);
+            int fd0 = (flags & APS_STDIN) ? in[0] : open("/dev/null", O_RDONLY | O_CLOEXEC);
             if (fd0 < 0 || dup2(fd0, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
                 s_child_fail(stp[1], 3, errno);
         }
@@ -230,7 +230,7 @@ void spawn_request(const ap_msg_t *m)
     p->id = m->id;
     p->flags = flags;
     p->status_fd = stp[0];
-    if (flags & AF_PTY) {
+    if (flags & APS_PTY) {
         p->fds[p->nfds++] = master;
     } else {
         if (in[1] >= 0) p->fds[p->nfds++] = in[1];
@@ -331,8 +331,8 @@ bool spawn_reaped(pid_t pid, int status)
 void spawn_kill(const ap_msg_t *m)
 {
     uint32_t signo = 0, group = 1;
-    ap_get_u32(m, AT_SIGNO, &signo);
-    ap_get_u32(m, AT_GROUP, &group);
+    ap_get_u32(m, APT_SIGNO, &signo);
+    ap_get_u32(m, APT_GROUP, &group);
     if (signo == 0 || signo >= NSIG) return;
     sproc_t *p = s_find_id(m->id);
     if (!p || p->reaped) return;  //  exited: its pid may belong to someone else now
