@@ -85,7 +85,7 @@ void fileop_cancel(uint64_t id);
 bool fileop_reaped(pid_t pid, int status);
 //  The worker body (in the forked child): does the operation, replies, returns.
 void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user_t *u,
-                   const char *tmpname);
+                   const char *tmpname, const char *target);
 
 //  Small helpers.
 int agent_write_file(const char *path, const char *data, size_t len);

@@ -43,7 +43,7 @@ typedef struct {
     bool watch;
     bool cancelled;
     bool noreply;
-    int upload;  //  index+1 of an upload whose BEGIN this is, for cleanup on cancel
+    bool upload;  //  an upload's BEGIN (the upload has the same id): cleanup on cancel
 } worker_t;
 
 typedef struct {
@@ -52,6 +52,7 @@ typedef struct {
     char user[8];
     bool has_user;
     char *tmpname;
+    char *path;     //  the upload's target (normalized)
     bool orphaned;  //  its BEGIN was cancelled: remove the temporary file
 } upload_t;
 
@@ -758,7 +759,7 @@ static void s_op_watch(uint64_t id, const char *path, bool recursive)
 //  Worker bodies
 
 void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user_t *u,
-                   const char *tmpname)
+                   const char *tmpname, const char *target)
 {
     (void) u;
     char path[PATH_MAX], path2[PATH_MAX];
@@ -766,11 +767,14 @@ void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user
         s_op_upload_abort(nfds > 0 ? fds[0] : -1, tmpname);
         return;
     }
+    if (m->type == AP_UPLOAD_COMMIT) {  //  the path is the BEGIN's
+        s_op_upload_commit(m->id, target, nfds > 0 ? fds[0] : -1, tmpname);
+        return;
+    }
     const char *p = ap_get_str(m, APT_PATH);
     if (!s_path_valid(p)) FAIL(m->id, KB_EINVAL, "not an absolute path");
     s_normalize(p, path, sizeof path);
     uint32_t v = 0;
-    int fd = nfds > 0 ? fds[0] : -1;
     switch (m->type) {
     case AP_STAT: s_op_stat(m->id, path); break;
     case AP_LIST:
@@ -796,7 +800,6 @@ void fileop_worker(const ap_msg_t *m, const int *fds, int nfds, const agent_user
         ap_get_u32(m, APT_PARENTS, &v);
         s_op_upload_begin(m->id, path, v != 0, tmpname);
         break;
-    case AP_UPLOAD_COMMIT: s_op_upload_commit(m->id, path, fd, tmpname); break;
     case AP_WATCH:
         ap_get_u32(m, APT_RECURSIVE, &v);
         s_op_watch(m->id, path, v != 0);
@@ -825,6 +828,7 @@ static upload_t *s_find_upload(uint64_t id)
 static void s_free_upload(upload_t *up)
 {
     free(up->tmpname);
+    free(up->path);
     memset(up, 0, sizeof *up);
 }
 
@@ -849,7 +853,8 @@ static void s_close_others(const int *keep, int nkeep)
 }
 
 static pid_t s_fork_worker(const ap_msg_t *m, const int *fds, int nfds, const char *user,
-                           const char *tmpname, bool noreply, bool watch, int upload)
+                           const char *tmpname, const char *target, bool noreply, bool watch,
+                           bool upload)
 {
     agent_user_t u;
     if (s_nworkers == MAX_WORKERS) {
@@ -875,7 +880,7 @@ static pid_t s_fork_worker(const ap_msg_t *m, const int *fds, int nfds, const ch
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        fileop_worker(m, fds, nfds, &u, tmpname);
+        fileop_worker(m, fds, nfds, &u, tmpname, target);
         _exit(0);
     }
     if (pid < 0) {
@@ -921,14 +926,16 @@ void fileop_request(const ap_msg_t *m, int *fds, int nfds)
                      s_base(norm), rnd);
             upload_t *up = &s_uploads[slot];
             up->tmpname = strdup(tmp);
-            if (up->tmpname) {
+            up->path = strdup(norm);
+            if (up->tmpname && up->path) {
                 up->used = true;
                 up->id = m->id;
                 up->has_user = user != NULL;
                 snprintf(up->user, sizeof up->user, "%s", user ? user : "");
-                if (s_fork_worker(m, NULL, 0, user, up->tmpname, false, false, (int) slot + 1) < 0)
+                if (s_fork_worker(m, NULL, 0, user, up->tmpname, NULL, false, false, true) < 0)
                     s_free_upload(up);
             } else {
+                s_free_upload(up);
                 agent_error(false, m->id, KB_ENOMEM, "out of memory");
             }
         }
@@ -936,21 +943,21 @@ void fileop_request(const ap_msg_t *m, int *fds, int nfds)
         uint64_t uid = m->id;
         if (m->type == AP_UPLOAD_COMMIT) ap_u64(ap_get(m->f, m->n, APT_UPLOAD), &uid);
         upload_t *up = s_find_upload(uid);
-        worker_t *begin = up ? s_find_worker_id(uid) : NULL;
+        //  A COMMIT, or an ABORT with the fd, means kbridge has the file: the BEGIN is over
+        //  even if its worker is not reaped yet. An ABORT without it stops a BEGIN that
+        //  may still run; cleanup follows when it is reaped.
+        worker_t *begin = up && nfds == 0 ? s_find_worker_id(uid) : NULL;
         if (begin && m->type == AP_UPLOAD_ABORT) {
-            //  Still beginning: stop it; cleanup follows when it is reaped.
             fileop_cancel(uid);
-        } else if (begin) {
-            agent_error(false, m->id, KB_EBUSY, "the upload has not begun yet");
         } else if (!up) {
             if (m->type == AP_UPLOAD_COMMIT) agent_error(false, m->id, KB_EINVAL, "no such upload");
         } else {
-            s_fork_worker(m, fds, nfds, up->has_user ? up->user : NULL, up->tmpname,
-                          m->type == AP_UPLOAD_ABORT, false, 0);
+            s_fork_worker(m, fds, nfds, up->has_user ? up->user : NULL, up->tmpname, up->path,
+                          m->type == AP_UPLOAD_ABORT, false, false);
             s_free_upload(up);
         }
     } else {
-        s_fork_worker(m, NULL, 0, user, NULL, false, m->type == AP_WATCH, 0);
+        s_fork_worker(m, NULL, 0, user, NULL, NULL, false, m->type == AP_WATCH, false);
     }
     for (int i = 0; i < nfds; i++) close(fds[i]);
 }
@@ -961,7 +968,8 @@ void fileop_cancel(uint64_t id)
     if (!w) return;
     w->cancelled = true;
     kill(w->pid, SIGKILL);
-    if (w->upload) s_uploads[w->upload - 1].orphaned = true;
+    upload_t *up = w->upload ? s_find_upload(id) : NULL;
+    if (up) up->orphaned = true;
 }
 
 bool fileop_reaped(pid_t pid, int status)
@@ -983,9 +991,9 @@ bool fileop_reaped(pid_t pid, int status)
                 agent_error(false, w.id, KB_EIO, "the file operation's worker died");
             }
         }
-        if (w.upload) {
-            upload_t *up = &s_uploads[w.upload - 1];
-            if (up->used && up->orphaned) {
+        upload_t *up = w.upload ? s_find_upload(w.id) : NULL;
+        if (up) {
+            if (up->orphaned) {
                 //  The BEGIN was cancelled: the fd never reached kbridge, so nothing will
                 //  commit or abort. Remove a named temporary file, if one was made.
                 uint8_t buf[PATH_MAX + 256];
@@ -998,7 +1006,7 @@ bool fileop_reaped(pid_t pid, int status)
                 size_t n = ap_end(&wr);
                 if (n && ap_parse(buf, n, &am) == 0)
                     s_fork_worker(&am, NULL, 0, up->has_user ? up->user : NULL, up->tmpname,
-                                  true, false, 0);
+                                  NULL, true, false, false);
                 s_free_upload(up);
             }
         }
