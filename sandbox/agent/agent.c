@@ -484,7 +484,8 @@ int main(int argc, char **argv)
         }
     } else {
         prctl(PR_SET_CHILD_SUBREAPER, 1);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        //  SIGTERM, not SIGKILL: we must live long enough to kill what we started.
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (g_cfg.home && chdir(g_cfg.home) < 0) {
             //  not fatal: processes get an explicit cwd or report it
         }
