@@ -166,7 +166,7 @@ int agent_send(const void *buf, size_t len, const int *fds, int nfds)
     q->next = NULL;
     q->len = len;
     q->nfds = nfds;
-    memcpy(q->fds, fds, sizeof(int) * (size_t) nfds);
+    if (nfds > 0) memcpy(q->fds, fds, sizeof(int) * (size_t) nfds);
     memcpy(q->data, buf, len);
     if (s_qtail) s_qtail->next = q;
     else s_qhead = q;

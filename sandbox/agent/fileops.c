@@ -339,7 +339,7 @@ static void s_op_list(uint64_t id, const char *path, int depth)
             }
             nn++;
         }
-        qsort(names, nn, sizeof *names, s_cmp_names);
+        if (nn > 1) qsort(names, nn, sizeof *names, s_cmp_names);
         for (size_t i = 0; i < nn && !err; i++) {
             char full[PATH_MAX];
             struct stat st;

@@ -97,10 +97,16 @@ __attribute__((unused)) static void h_walk_cb(uv_handle_t *h, void *arg)
 
 __attribute__((unused)) static void h_teardown_root(void)
 {
-    //  Everything must have been closed by the tests themselves.
-    for (int i = 0; i < 200 && uv_loop_alive(H_loop); i++) {
+    //  Everything must have been closed by the tests themselves; what is still closing
+    //  (agents being reaped, threadpool work) gets a few seconds.
+    uint64_t end = h_now_ms() + 10000;
+    while (uv_loop_alive(H_loop) && h_now_ms() < end) {
+        uv_timer_t t;
+        uv_timer_init(H_loop, &t);
+        uv_timer_start(&t, h_wake, 20, 0);
+        uv_run(H_loop, UV_RUN_ONCE);
+        uv_close((uv_handle_t *) &t, NULL);
         uv_run(H_loop, UV_RUN_NOWAIT);
-        usleep(5000);
     }
     uv_walk(H_loop, h_walk_cb, NULL);
     int rc = uv_loop_close(H_loop);

@@ -96,12 +96,14 @@ static void test_fork_bomb(void **state)
     proc_t *p = h_start(s, "user", "bomb() { bomb | bomb & }; bomb; sleep 5", &r);
     //  it reaches the limit
     sbx_stats_t st;
+    uint32_t most = 0;
     uint64_t t0 = h_now_ms();
     do {
-        h_spin(20);
+        h_spin(10);
         sbx_stats(s, &st);
-    } while (st.pids < 40 && h_now_ms() - t0 < 10000);
-    assert_true(st.pids >= 40 && st.pids <= 48);
+        if (st.pids > most) most = st.pids;
+    } while (most < 44 && h_now_ms() - t0 < 15000);
+    if (most < 44 || most > 48) fail_msg("pids peaked at %u (limit 48)", most);
     //  the host goes on
     assert_int_equal(system("true"), 0);
     proc_destroy(&p);
