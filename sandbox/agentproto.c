@@ -265,7 +265,7 @@ static bool s_relative_name_ok(const char *name)
         if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
             return false;
         p += n;
-        if (*p == '/') p++;
+        if (*p == '/' && !*++p) return false;  //  a trailing '/': an empty last component
     }
     return true;
 }

@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 //  Paths here are a mount point plus a checked relative path of at most 200 bytes.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
 
 #ifndef CGROUP2_SUPER_MAGIC
 #define CGROUP2_SUPER_MAGIC 0x63677270

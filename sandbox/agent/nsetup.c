@@ -52,7 +52,9 @@
 #include <unistd.h>
 
 //  Messages may be cut short on purpose; paths are checked to fit (s_path_ok) first.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
 
 #define ERR(...)                                                                           \
     do {                                                                                   \
