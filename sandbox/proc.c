@@ -478,7 +478,7 @@ static void s_on_written(uv_write_t *req, int status)
 
 int proc_write(proc_t *self, const void *data, size_t len)
 {
-    if (self->state == P_PENDING && self->want_stdin) return KB_EDEAD;  //  not started yet
+    if (self->state == P_PENDING && self->want_stdin) return KB_EAGAIN;  //  before on_start
     uv_stream_t *s = self->is_pty ? (uv_stream_t *) &self->out[0].pipe : (uv_stream_t *) &self->in;
     bool open = self->is_pty ? self->out[0].open : self->in_open;
     if (!self->want_stdin) return KB_EINVAL;

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -1373,6 +1374,27 @@ const char *sbx_kernel_dir(const sbx_t *self)
 const char *sbx_kernel_dir_inside(const sbx_t *self)
 {
     return self->isolation == SBX_ISOLATION_NONE ? self->kernel_dir : "/run/kbridge";
+}
+
+int sbx_kernel_dir_fd(const sbx_t *self)
+{
+    if (self->isolation == SBX_ISOLATION_NONE) {
+        if (!self->kernel_dir) return KB_EINVAL;
+        int fd = open(self->kernel_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        return fd >= 0 ? fd : KB_EIO;
+    }
+    if (!sbx_ready(self) || !self->agent_host_pid) return KB_ECLOSED;
+    char root[64];
+    snprintf(root, sizeof root, "/proc/%d/root", self->agent_host_pid);
+    int rfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rfd < 0) return KB_ECLOSED;
+    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    int fd = (int) syscall(SYS_openat2, rfd, "run/kbridge", &how, sizeof how);
+    int e = errno;
+    close(rfd);
+    if (fd >= 0) return fd;
+    return e == ENOENT ? KB_ENOTFOUND : e == ENOTDIR ? KB_ENOTDIR : KB_EIO;
 }
 
 int sbx_host_ids(const sbx_t *self, const char *user, uid_t *uid, gid_t *gid)

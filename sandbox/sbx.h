@@ -113,8 +113,19 @@ int sbx_socket(sbx_t *self, int domain, int type);
 //  Where kernels' connection files and ipc sockets go: the host-side path (for kbridge)
 //  and the same directory as processes inside see it. Only this sandbox sees it; it
 //  disappears with the sandbox. Borrowed.
+//  With namespaces the host-side path is /proc/<agent pid>/root/run/kbridge (NULL until
+//  ready): code inside (its root, or `user`, who owns the directory) can replace parts of
+//  it with symlinks, which that path would follow on the host. Never create files or
+//  connect through it by path: use sbx_kernel_dir_fd.
 const char *sbx_kernel_dir(const sbx_t *self);
 const char *sbx_kernel_dir_inside(const sbx_t *self);
+//  An O_PATH descriptor of the kernels' directory, resolved inside the sandbox's root
+//  (openat2 RESOLVE_IN_ROOT: a planted symlink leads, at worst, elsewhere inside), for
+//  openat(fd, name, O_CREAT | O_EXCL | O_NOFOLLOW ...) of connection files, and for ipc
+//  sockets: open the socket with O_PATH | O_NOFOLLOW relative to it, check S_ISSOCK, and
+//  connect to "/proc/self/fd/<that fd>" (ZeroMQ: "ipc:///proc/self/fd/<fd>", kept open
+//  while connected). Caller owns the fd. Returns it, or a negative KB_ code.
+int sbx_kernel_dir_fd(const sbx_t *self);
 //  Host uid/gid of a sandbox user ("root", "user", NULL: the agent's), to chown files
 //  kbridge writes for it. Returns 0 or KB_EINVAL.
 int sbx_host_ids(const sbx_t *self, const char *user, uid_t *uid, gid_t *gid);

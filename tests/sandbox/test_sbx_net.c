@@ -182,10 +182,18 @@ static void test_kernel_dir_sockets(void **state)
         close(fd);
         if (opath >= 0) close(opath);
     }
+    //  the safe way: the directory resolved inside, the socket opened without following
+    int dfd = sbx_kernel_dir_fd(s);
+    assert_true(dfd >= 0);
+    int zfd = openat(dfd, "z.ipc", O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    assert_true(zfd >= 0);
+    struct stat zst;
+    assert_int_equal(fstat(zfd, &zst), 0);
+    assert_true(S_ISSOCK(zst.st_mode));
     void *ctx = zmq_ctx_new();
     void *z = zmq_socket(ctx, ZMQ_REQ);
     char ep[300];
-    snprintf(ep, sizeof ep, "ipc://%s/z.ipc", sbx_kernel_dir(s));
+    snprintf(ep, sizeof ep, "ipc:///proc/self/fd/%d", zfd);
     assert_int_equal(zmq_connect(z, ep), 0);
     int tmo = 5000;
     zmq_setsockopt(z, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
@@ -196,6 +204,22 @@ static void test_kernel_dir_sockets(void **state)
     assert_memory_equal(buf, "zmq:hi", 6);
     zmq_close(z);
     zmq_ctx_term(ctx);
+    close(zfd);
+    //  root inside swaps the directory for a symlink to /etc: by path, the host would
+    //  follow it to its own /etc; the descriptor stays inside.
+    char *out = h_sh(s, "root", "rm -rf /run/kbridge && ln -s /etc /run/kbridge && echo swapped");
+    free(out);
+    close(dfd);
+    dfd = sbx_kernel_dir_fd(s);
+    assert_true(dfd >= 0);
+    int nf = openat(dfd, "kbtest-planted", O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    assert_true(nf >= 0);
+    close(nf);
+    close(dfd);
+    assert_int_not_equal(access("/etc/kbtest-planted", F_OK), 0);
+    out = h_sh(s, "root", "ls /etc/kbtest-planted");
+    assert_string_equal(out, "/etc/kbtest-planted\n");
+    free(out);
     assert_true(h_wait(&r.exited, 5000));
     proc_destroy(&p);
     h_run_free(&r);
