@@ -175,7 +175,9 @@ __attribute__((unused)) static void h_ns_opts(sbx_opts_t *o, const char *id)
     char *sd = H_state_dirs[n++ % 16];
     snprintf(sd, 300, "%s/%s", H_root, id);
     o->state_dir = sd;
-    o->uid_base = 1000000000u + 65536u * (uint32_t) (n % 64);
+    //  Distinct per test binary too (ctest -j): a range shared by two sandboxes would be
+    //  one set of users for both.
+    o->uid_base = 1000000000u + 65536u * (uint32_t) ((getpid() % 256) * 32 + n % 32);
     o->tmp_bytes = 64 << 20;
 }
 

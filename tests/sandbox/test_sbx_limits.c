@@ -307,6 +307,51 @@ static void test_reap_stale(void **state)
     assert_int_not_equal(stat(dir, &sb), 0);
 }
 
+//  The cgroup v2 code paths (join, freeze, kill, remove, reap) on this host's cgroup2
+//  mount, when it has one (hybrid: no controllers there, so no limits).
+static void test_cgroup_v2_paths(void **state)
+{
+    (void) state;
+    NEED_CG();
+    struct statfs sf;
+    if (statfs("/sys/fs/cgroup/unified", &sf) != 0 || sf.f_type != 0x63677270) skip();
+    setenv("KBRIDGE_CGROUP2_ROOT", "/sys/fs/cgroup/unified", 1);
+    char cg[128];
+    sbx_opts_t o;
+    h_ns_opts(&o, "v2");
+    snprintf(cg, sizeof cg, "%s/v2", s_cg);
+    o.cgroup = cg;
+    sbx_t *s = h_sbx_opts(&o);
+    char p[300];
+    snprintf(p, sizeof p, "/sys/fs/cgroup/unified/%s", cg);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    h_run_t r;
+    proc_t *pr = h_start(s, "user", "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
+                                    "mv /tmp/counter.new /tmp/counter; sleep 0.01; done", &r);
+    uint64_t t0 = h_now_ms();
+    while (s_read_counter(s) < 5 && h_now_ms() - t0 < 5000) h_spin(10);
+    assert_int_equal(sbx_freeze(s), 0);
+    long a = s_read_counter(s);
+    h_spin(200);
+    assert_int_equal(s_read_counter(s), a);
+    assert_int_equal(sbx_thaw(s), 0);
+    t0 = h_now_ms();
+    while (s_read_counter(s) <= a + 3 && h_now_ms() - t0 < 5000) h_spin(10);
+    assert_true(s_read_counter(s) > a + 3);
+    proc_destroy(&pr);
+    h_run_free(&r);
+    assert_int_equal(sbx_freeze(s), 0);  //  destroyed frozen: still cleaned up
+    sbx_destroy(&s);
+    t0 = h_now_ms();
+    while ((stat(p, &st) == 0 || s_count_uid_range(o.uid_base)) && h_now_ms() - t0 < 10000) h_spin(20);
+    assert_int_not_equal(stat(p, &st), 0);
+    assert_int_equal(s_count_uid_range(o.uid_base), 0);
+    snprintf(p, sizeof p, "/sys/fs/cgroup/unified/%s", s_cg);
+    rmdir(p);
+    unsetenv("KBRIDGE_CGROUP2_ROOT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_freeze_thaw_stats),
         cmocka_unit_test(test_destroy_leaves_nothing),
         cmocka_unit_test(test_reap_stale),
+        cmocka_unit_test(test_cgroup_v2_paths),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
