@@ -74,7 +74,8 @@ static int s_cmp(const void *a, const void *b)
 static void s_report(const char *what, double *v, int n)
 {
     qsort(v, (size_t) n, sizeof *v, s_cmp);
-    printf("%-16s median %8.2f ms   min %8.2f   max %8.2f   (n=%d)\n", what, v[n / 2], v[0], v[n - 1], n);
+    printf("%-16s median %8.2f ms   min %8.2f   max %8.2f   (n=%d)\n", what, v[n / 2], v[0],
+           v[n - 1], n);
 }
 
 int main(int argc, char **argv)
@@ -89,7 +90,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--internet")) inet = true;
         else if (!strcmp(argv[i], "--agent") && i + 1 < argc) agent = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [-n N] [--none] [--cgroup] [--internet] [--agent PATH]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n N] [--none] [--cgroup] [--internet] [--agent PATH]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -110,7 +112,8 @@ int main(int argc, char **argv)
     const char *hidden[] = {root, NULL};
     int err;
     template_t *host = template_new_host("base", hidden, &err);
-    double *create = calloc((size_t) n, sizeof *create), *destroy = calloc((size_t) n, sizeof *destroy);
+    double *create = calloc((size_t)n, sizeof *create),
+           *destroy = calloc((size_t)n, sizeof *destroy);
     double *spawn = calloc((size_t) n * 5, sizeof *spawn);
     int ns = 0;
     for (int i = 0; i < n; i++) {
@@ -153,7 +156,8 @@ int main(int argc, char **argv)
         destroy[i] = s_now() - t0;
     }
     printf("sandbox_bench: %s%s%s, %d sandboxes (each cold: a new state directory)\n",
-           none ? "isolation none" : "isolation namespaces", cg ? ", cgroup" : "", inet ? ", internet (pasta)" : "", n);
+           none ? "isolation none" : "isolation namespaces", cg ? ", cgroup" : "",
+           inet ? ", internet (pasta)" : "", n);
     s_report("create -> ready", create, n);
     s_report("destroy", destroy, n);
     s_report("spawn true", spawn, ns);
@@ -164,7 +168,8 @@ int main(int argc, char **argv)
         //  each sandbox removed its own group; the parent is ours to remove
         const char *h[] = {"memory", "pids", "cpu", "cpuacct", "freezer", ""};
         for (int i = 0; i < 6; i++) {
-            snprintf(cmd, sizeof cmd, "/sys/fs/cgroup/%s%skbbench%d", h[i], *h[i] ? "/" : "", (int) getpid());
+            snprintf(cmd, sizeof cmd, "/sys/fs/cgroup/%s%skbbench%d", h[i], *h[i] ? "/" : "",
+                     (int)getpid());
             rmdir(cmd);
         }
     }

@@ -123,7 +123,8 @@ static uint64_t s_read_key(const char *dir, const char *file, const char *key)
     if (!dir || s_read(dir, file, buf, sizeof buf) < 0) return 0;
     size_t kl = strlen(key);
     for (char *line = buf; line && *line;) {
-        if (strncmp(line, key, kl) == 0 && line[kl] == ' ') return strtoull(line + kl + 1, NULL, 10);
+        if (strncmp(line, key, kl) == 0 && line[kl] == ' ')
+            return strtoull(line + kl + 1, NULL, 10);
         line = strchr(line, '\n');
         if (line) line++;
     }
@@ -312,8 +313,9 @@ static bool s_is_frozen(const cgroup_t *self)
 int cgroup_freeze(cgroup_t *self, bool frozen)
 {
     if (!cgroup_has_freezer(self)) return KB_EINVAL;
-    int rc = self->v2 ? s_write(self->unified, "cgroup.freeze", frozen ? "1" : "0")
-                      : s_write(self->dir[H_FREEZER], "freezer.state", frozen ? "FROZEN" : "THAWED");
+    int rc = self->v2
+                 ? s_write(self->unified, "cgroup.freeze", frozen ? "1" : "0")
+                 : s_write(self->dir[H_FREEZER], "freezer.state", frozen ? "FROZEN" : "THAWED");
     if (rc < 0) return KB_EIO;
     if (!frozen) return 0;
     //  Freezing is asynchronous; it normally completes at once. Wait a little.

@@ -420,7 +420,8 @@ void proc_destroy(proc_t **self_p)
     *self_p = NULL;
     if (self->destroyed) return;
     self->destroyed = true;
-    if ((self->state == P_PENDING || self->state == P_RUNNING) && !self->exited && sbx__alive(self->sbx))
+    if ((self->state == P_PENDING || self->state == P_RUNNING) && !self->exited &&
+        sbx__alive(self->sbx))
         sbx__kill(self->sbx, self->id, SIGKILL, true);
     if (self->req) {
         sbx__proc_forget(self->req);
@@ -457,7 +458,8 @@ int proc_signal_leader(proc_t *self, int signo)
 void proc_terminate(proc_t *self, uint64_t grace_ms)
 {
     if (proc_signal(self, SIGTERM) < 0) return;
-    if (self->timer_open && !self->start_err_pending) uv_timer_start(&self->timer, s_on_timer, grace_ms, 0);
+    if (self->timer_open && !self->start_err_pending)
+        uv_timer_start(&self->timer, s_on_timer, grace_ms, 0);
 }
 
 typedef struct {

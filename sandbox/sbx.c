@@ -157,7 +157,8 @@ struct _sbx_t {
 static void s_maybe_free(sbx_t *self);
 static void s_on_defer(uv_timer_t *t);
 static void s_on_timer(uv_timer_t *t);
-static void s_lost(sbx_t *self, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void s_lost(sbx_t *self, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 // ---------------------------------------------------------------------------------------
 //  Small helpers
@@ -887,7 +888,8 @@ static int s_handle(sbx_t *self, const ap_msg_t *m, int *fds, int nfds)
         char *rp = strrchr(buf, ')');
         int ppid = 0;
         char st;
-        if (!rp || sscanf(rp + 1, " %c %d", &st, &ppid) != 2 || ppid != self->process.pid) return -1;
+        if (!rp || sscanf(rp + 1, " %c %d", &st, &ppid) != 2 || ppid != self->process.pid)
+            return -1;
         self->pidfd = (int) syscall(SYS_pidfd_open, (pid_t) p, 0);
         snprintf(path, sizeof path, "/proc/%u/ns/net", p);
         self->netns_fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -956,7 +958,10 @@ static int s_handle(sbx_t *self, const ap_msg_t *m, int *fds, int nfds)
         if (rc < 0 || !more) {
             s_req_unlink(self, r);
             if (rc < 0 && more) s_send_simple(self, AP_CANCEL, r->id);
-            s_finish_entries(r, rc, rc == KB_ETOOBIG ? "too many entries" : rc ? "out of memory" : NULL);
+            s_finish_entries(r, rc,
+                             rc == KB_ETOOBIG ? "too many entries"
+                             : rc             ? "out of memory"
+                                              : NULL);
         }
         return 0;
     }
@@ -1067,7 +1072,8 @@ static void s_receive(sbx_t *self)
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return;
         if (n <= 0) {
-            s_lost(self, KB_ECLOSED, n == 0 ? "the agent closed its socket" : "the agent's socket failed");
+            s_lost(self, KB_ECLOSED,
+                   n == 0 ? "the agent closed its socket" : "the agent's socket failed");
             return;
         }
         int fds[AP_MAX_FDS], nfds = 0;
@@ -1085,12 +1091,14 @@ static void s_receive(sbx_t *self)
             }
         }
         ap_msg_t m = {.f = self->fields, .cap = AP_MAX_FIELDS};
-        int rc = (too_many || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) ? -1
-                                                                        : ap_parse(self->rx, (size_t) n, &m);
+        int rc = (too_many || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+                     ? -1
+                     : ap_parse(self->rx, (size_t)n, &m);
         sbx__ref(self);
         if (rc == 0) rc = s_handle(self, &m, fds, nfds);
         s_close_fds(fds, nfds);
-        if (rc < 0) s_lost(self, KB_EPROTO, "the agent broke the protocol (message type %d)", m.type);
+        if (rc < 0)
+            s_lost(self, KB_EPROTO, "the agent broke the protocol (message type %d)", m.type);
         bool stop = self->destroyed || self->lost || self->failed;
         sbx__unref(self);
         if (stop) return;
@@ -1251,7 +1259,8 @@ sbx_t *sbx_new(uv_loop_t *loop, const sbx_opts_t *opts, const sbx_events_t *even
             j->limits = self->limits;
             j->work.data = j;
         }
-        if (!j || !j->path || uv_queue_work(loop, &j->work, s_cg_create_work, s_cg_create_after) < 0) {
+        if (!j || !j->path ||
+            uv_queue_work(loop, &j->work, s_cg_create_work, s_cg_create_after) < 0) {
             if (j) s_job_free(j);
             s_lost(self, KB_ENOMEM, "cannot queue the cgroup's creation");
         } else {
@@ -1623,7 +1632,8 @@ void sbx_upload_commit(sbx_upload_t **up_p, sbx_entries_fn *done, void *arg)
     r->arg = arg;
     if (up->fd < 0 || up->req || !sbx__alive(self)) {
         s_fail_later(self, r, sbx__alive(self) ? KB_EINVAL : KB_ECLOSED,
-                     up->fd < 0 ? "the upload has no file (not begun, or failed)" : "the sandbox is gone");
+                     up->fd < 0 ? "the upload has no file (not begun, or failed)"
+                                : "the sandbox is gone");
         s_upload_free(up);
         return;
     }
@@ -1732,7 +1742,8 @@ int sbx_probe(const char *agent_path, char *why, size_t size)
     }
     long v;
     if (s_read_int("/proc/sys/user/max_user_namespaces", &v) == 0 && v == 0) {
-        snprintf(why, size, "user namespaces are disabled: sysctl -w user.max_user_namespaces=15000");
+        snprintf(why, size,
+                 "user namespaces are disabled: sysctl -w user.max_user_namespaces=15000");
         return KB_EINVAL;
     }
     if (access("/proc/self/ns/user", F_OK) < 0) {
@@ -1780,7 +1791,8 @@ int sbx_probe(const char *agent_path, char *why, size_t size)
     char out[1024];
     size_t n = 0;
     ssize_t r;
-    while (n < sizeof out - 1 && ((r = read(p[0], out + n, sizeof out - 1 - n)) > 0 || (r < 0 && errno == EINTR)))
+    while (n < sizeof out - 1 &&
+           ((r = read(p[0], out + n, sizeof out - 1 - n)) > 0 || (r < 0 && errno == EINTR)))
         if (r > 0) n += (size_t) r;
     out[n] = '\0';
     close(p[0]);
@@ -1795,7 +1807,8 @@ int sbx_probe(const char *agent_path, char *why, size_t size)
     }
     char *pasta = s_find_in_path("pasta");
     if (!pasta) {
-        snprintf(why, size, "pasta is missing (sandboxes with internet need it): apt-get install passt");
+        snprintf(why, size,
+                 "pasta is missing (sandboxes with internet need it): apt-get install passt");
         return KB_EINVAL;
     }
     free(pasta);

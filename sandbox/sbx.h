@@ -54,7 +54,7 @@ typedef struct {
     uint32_t cpu_millis;        //  1000 = one CPU
     uint32_t pids;
     uint64_t tmp_bytes;         //  size of the sandbox's /tmp (0: a quarter of memory, or 1 GiB)
-    const char *cgroup;         //  cgroup path under each hierarchy, e.g. "kbridge/<id>"; NULL: none
+    const char *cgroup; //  cgroup path under each hierarchy, e.g. "kbridge/<id>"; NULL: none
     const char *pasta;          //  the pasta executable (internet); NULL: "pasta" from PATH
 } sbx_opts_t;
 

@@ -307,7 +307,9 @@ static void s_op_list(uint64_t id, const char *path, int depth)
     int err = 0;
     while (qhead < qtail && !err) {
         qent_t cur = q[qhead++];
-        int dfd = qhead == 1 ? top : open(cur.path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        int dfd = qhead == 1 ? top
+                             : open(cur.path,
+                                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
         DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
         if (!d) {
             if (dfd >= 0) close(dfd);
@@ -885,8 +887,8 @@ static pid_t s_fork_worker(const ap_msg_t *m, const int *fds, int nfds, const ch
     }
     if (pid < 0) {
         if (!noreply)
-            agent_error(false, m->id, errno == EAGAIN ? KB_ELIMIT : KB_EIO, "cannot fork a worker: %s",
-                        strerror(errno));
+            agent_error(false, m->id, errno == EAGAIN ? KB_ELIMIT : KB_EIO,
+                        "cannot fork a worker: %s", strerror(errno));
         return -1;
     }
     worker_t *w = &s_workers[s_nworkers++];

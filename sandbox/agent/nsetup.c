@@ -74,7 +74,8 @@
 enum { NEED_PASSWD = 1, NEED_GROUP = 2, NEED_SHADOW = 4, NEED_GSHADOW = 8 };
 
 static const char *const s_layers[] = {"usr", "etc", "opt", "var"};
-static const char *const s_builtin_hidden[] = {"/etc/shadow-", "/etc/gshadow-", "/etc/ssl/private", NULL};
+static const char *const s_builtin_hidden[] = {"/etc/shadow-", "/etc/gshadow-", "/etc/ssl/private",
+                                               NULL};
 
 static int s_openat2(int dirfd, const char *path, int flags, uint64_t resolve)
 {
@@ -221,7 +222,8 @@ static void s_mask(int rootfd, const char *path, const char *empty_file)
     char t[32];
     if (fstat(fd, &st) == 0) {
         if (S_ISDIR(st.st_mode)) {
-            if (mount("tmpfs", s_fdpath(fd, t), "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            if (mount("tmpfs", s_fdpath(fd, t), "tmpfs",
+                      MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                       "mode=000,size=4k,nr_inodes=1") < 0)
                 agent_log("agent: cannot mask /%s: %s", path, strerror(errno));
         } else if (!S_ISLNK(st.st_mode)) {
@@ -254,7 +256,8 @@ static void s_mask_all(int rootfd, const char *empty_file)
     struct dirent *de;
     while ((de = readdir(d))) {
         size_t n = strlen(de->d_name);
-        if (strncmp(de->d_name, "ssh_host_", 9) == 0 && n > 4 && strcmp(de->d_name + n - 4, "_key") == 0) {
+        if (strncmp(de->d_name, "ssh_host_", 9) == 0 && n > 4 &&
+            strcmp(de->d_name + n - 4, "_key") == 0) {
             char p[300];
             snprintf(p, sizeof p, "/etc/ssh/%s", de->d_name);
             s_mask(rootfd, p, empty_file);
@@ -326,8 +329,10 @@ static int s_setup_dev(int rootfd, char *why, size_t size)
              (unsigned long long) (g_cfg.tmp_bytes ? g_cfg.tmp_bytes : 1ull << 30));
     if (s_mount_at(rootfd, "dev/shm", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, tmpsz, why, size) < 0)
         return -1;
-    static const char *const links[][2] = {{"pts/ptmx", "ptmx"},          {"/proc/self/fd", "fd"},
-                                           {"/proc/self/fd/0", "stdin"},   {"/proc/self/fd/1", "stdout"},
+    static const char *const links[][2] = {{"pts/ptmx", "ptmx"},
+                                           {"/proc/self/fd", "fd"},
+                                           {"/proc/self/fd/0", "stdin"},
+                                           {"/proc/self/fd/1", "stdout"},
                                            {"/proc/self/fd/2", "stderr"}};
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
         if (symlinkat(links[i][0], dfd, links[i][1]) < 0) ERRNO("/dev/%s", links[i][1]);
@@ -521,15 +526,17 @@ static void s_first_boot(int need)
 }
 
 //  Capabilities a container's root usually has (Docker's default set).
-static const int s_keep_caps[] = {CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FSETID,          CAP_FOWNER,
-                                  CAP_MKNOD,  CAP_NET_RAW,      CAP_SETGID,          CAP_SETUID,
-                                  CAP_SETFCAP, CAP_SETPCAP,     CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT,
-                                  CAP_KILL,   CAP_AUDIT_WRITE};
+static const int s_keep_caps[] = {
+    CAP_CHOWN,   CAP_DAC_OVERRIDE, CAP_FSETID,           CAP_FOWNER,
+    CAP_MKNOD,   CAP_NET_RAW,      CAP_SETGID,           CAP_SETUID,
+    CAP_SETFCAP, CAP_SETPCAP,      CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT,
+    CAP_KILL,    CAP_AUDIT_WRITE};
 
 static int s_drop_caps(char *why, size_t size)
 {
     uint64_t keep = 0;
-    for (size_t i = 0; i < sizeof s_keep_caps / sizeof s_keep_caps[0]; i++) keep |= 1ull << s_keep_caps[i];
+    for (size_t i = 0; i < sizeof s_keep_caps / sizeof s_keep_caps[0]; i++)
+        keep |= 1ull << s_keep_caps[i];
     int last = 40;
     char *s = s_slurp("/proc/sys/kernel/cap_last_cap");
     if (s && *s) last = atoi(s);
@@ -554,10 +561,11 @@ static int s_inside(int need, int netfd, char *why, size_t size)
     s_loopback_up();
     int rootfd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) ERRNO("%s", root);
-    if (s_mount_at(rootfd, "proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, why, size) < 0)
+    if (s_mount_at(rootfd, "proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, why,
+                   size) < 0)
         return -1;
-    if (s_mount_at(rootfd, "sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL,
-                   why, size) < 0) {
+    if (s_mount_at(rootfd, "sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                   NULL, why, size) < 0) {
         agent_log("agent: %s (the sandbox has an empty /sys)", why);
         why[0] = '\0';
     }
@@ -573,7 +581,8 @@ static int s_inside(int need, int netfd, char *why, size_t size)
     //  pivot_root refuses a new root that is locked (as every mount that came from the
     //  host's namespace is), so pivot into a recursive copy made here: its own root is
     //  not locked, the masks under it stay locked.
-    int tree = open_tree(rootfd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
+    int tree =
+        open_tree(rootfd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
     if (tree < 0) ERRNO("clone %s", root);
     if (move_mount(tree, "", rootfd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
         ERRNO("attach %s", root);
@@ -656,9 +665,9 @@ static int s_pasta_launcher(pasta_t *p, const char *stage, char *why, size_t siz
         //  No port forwarding either way (-t/-u/-T/-U none): nothing outside reaches in,
         //  and the sandbox cannot reach the host's loopback. --no-map-gw: the gateway
         //  address is not the host either.
-        const char *argv[] = {g_cfg.pasta, "--config-net", "--no-map-gw", "-t", "none", "-u", "none",
-                              "-T", "none", "-U", "none", "-q", "--runas", runas, "-P", pidf,
-                              tgt, NULL};
+        const char *argv[] = {g_cfg.pasta, "--config-net", "--no-map-gw", "-t", "none", "-u",
+                              "none",      "-T",           "none",        "-U", "none", "-q",
+                              "--runas",   runas,          "-P",          pidf, tgt,    NULL};
         char *envp[] = {NULL};
         sigset_t none;
         sigemptyset(&none);
@@ -779,7 +788,8 @@ int ns_setup(char *why, size_t size)
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (geteuid() != 0) ERR("namespaces isolation needs kbridge to run as root");
     if (!s_path_ok(sd)) ERR("bad state directory %s (absolute, without , : or \\)", sd ? sd : "");
-    if (g_cfg.tmpl_dir && !s_path_ok(g_cfg.tmpl_dir)) ERR("bad template directory %s", g_cfg.tmpl_dir);
+    if (g_cfg.tmpl_dir && !s_path_ok(g_cfg.tmpl_dir))
+        ERR("bad template directory %s", g_cfg.tmpl_dir);
     if (g_cfg.internet && (!g_cfg.pasta || access(g_cfg.pasta, X_OK) < 0))
         ERR("internet access needs pasta (Debian: apt-get install passt)");
     if (ub == 0 || ub > UINT32_MAX - 65536) ERR("bad uid base %u", ub);
@@ -866,7 +876,8 @@ int ns_setup(char *why, size_t size)
             int ls = s_dir_at(stfd, l, 0700, 0, 0);
             int lt = openat(rtfd, l, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (lu < 0 || lw < 0 || ls < 0 || lt < 0) ERRNO("layer %s", l);
-            if (move_mount(lowers[i], "", ls, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+            if (move_mount(lowers[i], "", ls, "",
+                           MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
                 ERRNO("attach the lower of /%s", l);
             char lower[PATH_MAX], upper[PATH_MAX], work[PATH_MAX], t[32];
             snprintf(lower, sizeof lower, "%s/%s", stage, l);
@@ -883,7 +894,8 @@ int ns_setup(char *why, size_t size)
     } else {
         int ls = s_dir_at(stfd, "lower", 0700, 0, 0);
         if (ls < 0) ERRNO("%s/lower", stage);
-        if (move_mount(lowers[0], "", ls, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        if (move_mount(lowers[0], "", ls, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) <
+            0)
             ERRNO("attach the template %s", g_cfg.tmpl_dir);
         char lower[PATH_MAX], upper[PATH_MAX], work[PATH_MAX];
         snprintf(lower, sizeof lower, "%s/lower", stage);

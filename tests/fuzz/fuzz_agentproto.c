@@ -42,13 +42,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bool is_dir;
         if (ap_decode_hello(&m, &err, &why, &pid) == 0) assert(err <= 0 && (err || pid > 0));
         if (ap_decode_error(&m, &err, &why) == 0) assert(err < 0 && why);
-        if (ap_decode_spawned(&m, &pid, &flags, &nfds) == 0) assert(pid > 0 && nfds >= 1 && nfds <= 3);
-        if (ap_decode_exit(&m, &pid, &status) == 0) assert(WIFEXITED(status) || WIFSIGNALED(status));
+        if (ap_decode_spawned(&m, &pid, &flags, &nfds) == 0)
+            assert(pid > 0 && nfds >= 1 && nfds <= 3);
+        if (ap_decode_exit(&m, &pid, &status) == 0)
+            assert(WIFEXITED(status) || WIFSIGNALED(status));
         if (ap_decode_event(&m, &type, &name, &is_dir) == 0)
             assert(type >= 1 && type <= 5 && s_below(name));
         for (size_t i = 0; i < m.n; i++) {
             ap_entry_t e;
-            if (m.f[i].tag == APT_ENTRY && ap_decode_entry(&m.f[i], s_efields, AP_MAX_FIELDS, &e) == 0) {
+            if (m.f[i].tag == APT_ENTRY &&
+                ap_decode_entry(&m.f[i], s_efields, AP_MAX_FIELDS, &e) == 0) {
                 assert(e.path[0] == '/' && !strchr(e.name, '/') && e.owner && e.group);
                 assert(e.type >= 1 && e.type <= 4 && (e.type != 3 || e.symlink_target));
                 size_t k = 0;

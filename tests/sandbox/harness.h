@@ -214,7 +214,8 @@ typedef struct {
     uint64_t total;
 } h_run_t;
 
-__attribute__((unused)) static void h_append(char **b, size_t *n, size_t *cap, const char *d, size_t len, size_t limit)
+__attribute__((unused)) static void h_append(char **b, size_t *n, size_t *cap, const char *d,
+                                             size_t len, size_t limit)
 {
     if (*n + len > limit) len = *n < limit ? limit - *n : 0;
     if (!len) return;
@@ -237,7 +238,8 @@ __attribute__((unused)) static void h_on_start(proc_t *p, int err, const char *w
     if (err) r->exited = true;
 }
 
-__attribute__((unused)) static void h_on_output(proc_t *p, proc_stream_t s, const char *d, size_t len, void *arg)
+__attribute__((unused)) static void h_on_output(proc_t *p, proc_stream_t s, const char *d,
+                                                size_t len, void *arg)
 {
     (void) p;
     h_run_t *r = arg;
@@ -264,11 +266,12 @@ __attribute__((unused)) static void h_run_free(h_run_t *r)
     memset(r, 0, sizeof *r);
 }
 
-static const char *const H_env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8",
-                                    NULL};
+static const char *const H_env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp",
+                                    "LANG=C.UTF-8", NULL};
 
 //  Start sh -c script as user; the caller waits.
-__attribute__((unused)) static proc_t *h_start(sbx_t *s, const char *user, const char *script, h_run_t *r)
+__attribute__((unused)) static proc_t *h_start(sbx_t *s, const char *user, const char *script,
+                                               h_run_t *r)
 {
     memset(r, 0, sizeof *r);
     const char *argv[] = {"/bin/sh", "-c", script, NULL};
@@ -280,7 +283,8 @@ __attribute__((unused)) static proc_t *h_start(sbx_t *s, const char *user, const
 }
 
 //  Run sh -c script to its end (ms at most). r holds output and exit; free with h_run_free.
-__attribute__((unused)) static void h_run(sbx_t *s, const char *user, const char *script, h_run_t *r, int ms)
+__attribute__((unused)) static void h_run(sbx_t *s, const char *user, const char *script,
+                                          h_run_t *r, int ms)
 {
     proc_t *p = h_start(s, user, script, r);
     if (!h_wait(&r->exited, ms)) {
@@ -330,7 +334,8 @@ typedef struct {
     int fd;
 } h_fop_t;
 
-__attribute__((unused)) static void h_on_entries(int err, const char *why, const sbx_entry_t *e, size_t n, void *arg)
+__attribute__((unused)) static void h_on_entries(int err, const char *why, const sbx_entry_t *e,
+                                                 size_t n, void *arg)
 {
     h_fop_t *f = arg;
     f->err = err;
@@ -358,7 +363,8 @@ __attribute__((unused)) static void h_on_entries(int err, const char *why, const
     f->done = true;
 }
 
-__attribute__((unused)) static void h_on_open(int err, const char *why, int fd, const sbx_entry_t *e, void *arg)
+__attribute__((unused)) static void h_on_open(int err, const char *why, int fd,
+                                              const sbx_entry_t *e, void *arg)
 {
     h_fop_t *f = arg;
     f->err = err;

@@ -42,7 +42,8 @@ static void test_stat_and_list(void **state)
     D = s_ns ? "/home/user/t1" : NULL;
     if (!s_ns) skip();
     s_prepare("mkdir -p /home/user/t1/a/b/c && cd /home/user/t1 && echo hello > f && "
-              "ln -s f link && ln -s /nowhere broken && ln -s a dirlink && echo x > a/g && echo y > a/b/h");
+              "ln -s f link && ln -s /nowhere broken && ln -s a dirlink && echo x > a/g && echo y "
+              "> a/b/h");
     h_fop_t f;
     H_FOP(f, sbx_stat(S, "user", "/home/user/t1/f", h_on_entries, &f));
     assert_int_equal(f.err, 0);
@@ -161,7 +162,8 @@ static void test_open_read(void **state)
 {
     (void) state;
     NEED_NS();
-    s_prepare("echo content > /home/user/r.txt && mkfifo /home/user/fifo && ln -s /etc/passwd /home/user/pw && "
+    s_prepare("echo content > /home/user/r.txt && mkfifo /home/user/fifo && ln -s /etc/passwd "
+              "/home/user/pw && "
               "ln -s ../../../../../../../etc/passwd /home/user/pw2");
     h_fop_t f;
     H_FOP(f, sbx_open_read(S, "user", "/home/user/r.txt", h_on_open, &f));

@@ -75,8 +75,10 @@ static void test_no_kbridge_environment(void **state)
 {
     (void) state;
     NEED_ROOT();
-    char *out = h_sh(A, "root", "cat /proc/1/environ | wc -c; grep -l secret-token /proc/*/environ 2>/dev/null | wc -l; "
-                                "env | grep -c KBRIDGE; true");
+    char *out = h_sh(
+        A, "root",
+        "cat /proc/1/environ | wc -c; grep -l secret-token /proc/*/environ 2>/dev/null | wc -l; "
+        "env | grep -c KBRIDGE; true");
     assert_string_equal(out, "0\n0\n0\n");
     free(out);
 }
@@ -88,19 +90,24 @@ static void test_cannot_read_other_sandbox(void **state)
     (void) state;
     NEED_ROOT();
     char script[4096];
-    snprintf(script, sizeof script,
-             "B=%s; n=0;\n"
-             "for p in $B/root/home/user/secret-b.txt $B/upper $B; do cat $p/* $p 2>/dev/null && n=$((n+1)); done\n"
-             "cd / && cat ../../../..$B/root/home/user/secret-b.txt 2>/dev/null && n=$((n+1))\n"
-             "ln -sf $B/root/home/user/secret-b.txt /tmp/l && cat /tmp/l 2>/dev/null && n=$((n+1))\n"
-             "ln -sf ../../../../../../..$B /tmp/l2 && ls /tmp/l2/ 2>/dev/null && n=$((n+1))\n"
-             "for pid in $(ls /proc | grep '^[0-9]*$'); do cat /proc/$pid/root/home/user/secret-b.txt 2>/dev/null && n=$((n+1)); done\n"
-             "for d in $(grep -o 'upperdir=[^,]*' /proc/self/mountinfo | cut -d= -f2); do\n"
-             "  ls $d/../../ 2>/dev/null | grep -q . && n=$((n+1)); cat $d/../../../isob/root/home/user/secret-b.txt 2>/dev/null && n=$((n+1)); done\n"
-             "find / -xdev -name 'secret-b*' 2>/dev/null | grep -q . && n=$((n+1))\n"
-             "grep -rl b-secret-9c1 /home /root /tmp /var /etc /run /srv /mnt /media /opt 2>/dev/null | grep -q . && n=$((n+1))\n"
-             "echo $n",
-             B_state);
+    snprintf(
+        script, sizeof script,
+        "B=%s; n=0;\n"
+        "for p in $B/root/home/user/secret-b.txt $B/upper $B; do cat $p/* $p 2>/dev/null && "
+        "n=$((n+1)); done\n"
+        "cd / && cat ../../../..$B/root/home/user/secret-b.txt 2>/dev/null && n=$((n+1))\n"
+        "ln -sf $B/root/home/user/secret-b.txt /tmp/l && cat /tmp/l 2>/dev/null && n=$((n+1))\n"
+        "ln -sf ../../../../../../..$B /tmp/l2 && ls /tmp/l2/ 2>/dev/null && n=$((n+1))\n"
+        "for pid in $(ls /proc | grep '^[0-9]*$'); do cat /proc/$pid/root/home/user/secret-b.txt "
+        "2>/dev/null && n=$((n+1)); done\n"
+        "for d in $(grep -o 'upperdir=[^,]*' /proc/self/mountinfo | cut -d= -f2); do\n"
+        "  ls $d/../../ 2>/dev/null | grep -q . && n=$((n+1)); cat "
+        "$d/../../../isob/root/home/user/secret-b.txt 2>/dev/null && n=$((n+1)); done\n"
+        "find / -xdev -name 'secret-b*' 2>/dev/null | grep -q . && n=$((n+1))\n"
+        "grep -rl b-secret-9c1 /home /root /tmp /var /etc /run /srv /mnt /media /opt 2>/dev/null | "
+        "grep -q . && n=$((n+1))\n"
+        "echo $n",
+        B_state);
     char *out = h_sh(A, "root", script);
     assert_string_equal(out, "0\n");
     free(out);
@@ -115,7 +122,8 @@ static void test_kill_outside(void **state)
     (void) state;
     NEED_ROOT();
     char script[256];
-    snprintf(script, sizeof script, "kill -9 %d 2>/dev/null; kill -9 -1; kill -9 1; echo done", (int) getpid());
+    snprintf(script, sizeof script, "kill -9 %d 2>/dev/null; kill -9 -1; kill -9 1; echo done",
+             (int)getpid());
     h_run_t r;
     h_run(A, "root", script, &r, 10000);
     h_run_free(&r);
@@ -140,10 +148,11 @@ static void test_host_loopback_unreachable(void **state)
     assert_int_equal(listen(srv, 8), 0);
     int port = ntohs(a.sin_port);
     char script[512];
-    snprintf(script, sizeof script,
-             "bash -c 'echo x > /dev/tcp/127.0.0.1/%d' 2>/dev/null && echo reached || echo refused; "
-             "bash -c 'echo x > /dev/tcp/localhost/%d' 2>/dev/null && echo reached || echo refused",
-             port, port);
+    snprintf(
+        script, sizeof script,
+        "bash -c 'echo x > /dev/tcp/127.0.0.1/%d' 2>/dev/null && echo reached || echo refused; "
+        "bash -c 'echo x > /dev/tcp/localhost/%d' 2>/dev/null && echo reached || echo refused",
+        port, port);
     char *out = h_sh(A, "user", script);
     assert_string_equal(out, "refused\nrefused\n");
     free(out);
@@ -160,8 +169,10 @@ static void test_usr_copy_on_write(void **state)
     NEED_ROOT();
     assert_int_not_equal(h_code(A, "user", "touch /usr/kbtest-isoa 2>/dev/null"), 0);
     assert_int_not_equal(h_code(A, "user", "echo x >> /usr/bin/env 2>/dev/null"), 0);
-    char *out = h_sh(A, "root", "echo changed > /usr/kbtest-isoa && cat /usr/kbtest-isoa && rm /usr/bin/env && "
-                                "test ! -e /usr/bin/env && echo gone");
+    char *out =
+        h_sh(A, "root",
+             "echo changed > /usr/kbtest-isoa && cat /usr/kbtest-isoa && rm /usr/bin/env && "
+             "test ! -e /usr/bin/env && echo gone");
     assert_string_equal(out, "changed\ngone\n");
     free(out);
     struct stat st;
@@ -172,8 +183,10 @@ static void test_usr_copy_on_write(void **state)
     assert_string_equal(out, "clean\n");
     free(out);
     //  the host's ssh keys, shadow backups, secrets: masked (and cannot be unmasked)
-    out = h_sh(A, "root", "cat /etc/shadow- 2>/dev/null | wc -c; umount /etc/shadow- 2>/dev/null && echo unmounted; "
-                          "ls /etc/ssl/private 2>/dev/null | wc -l; true");
+    out = h_sh(
+        A, "root",
+        "cat /etc/shadow- 2>/dev/null | wc -c; umount /etc/shadow- 2>/dev/null && echo unmounted; "
+        "ls /etc/ssl/private 2>/dev/null | wc -l; true");
     assert_string_equal(out, "0\n0\n");
     free(out);
 }

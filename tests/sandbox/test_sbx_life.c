@@ -135,7 +135,8 @@ static void test_probe_and_options(void **state)
     int rc = sbx_probe(H_agent, why, sizeof why);
     if (s_root) assert_int_equal(rc, 0);
     else assert_non_null(strstr(why, "root"));
-    assert_int_equal(sbx_probe("/nonexistent/agent", why, sizeof why), s_root ? KB_EINVAL : KB_EINVAL);
+    assert_int_equal(sbx_probe("/nonexistent/agent", why, sizeof why),
+                     s_root ? KB_EINVAL : KB_EINVAL);
     if (s_root) assert_non_null(strstr(why, "/nonexistent/agent"));
     //  bad options
     int err;
@@ -168,12 +169,16 @@ static void test_dir_template(void **state)
     snprintf(t, sizeof t, "%s/rootfs", H_root);
     snprintf(cmd, sizeof cmd,
              "set -e; T=%s; mkdir -p $T/usr/bin $T/usr/lib/x86_64-linux-gnu $T/etc $T/lib64; "
-             "cp /bin/dash $T/usr/bin/sh; cp /bin/cat /bin/ls /bin/id $T/usr/bin/; ln -s usr/bin $T/bin; "
-             "for l in $(ldd /bin/dash /bin/cat /bin/ls /bin/id | grep -o '/lib[^ ]*' | sort -u); do cp -L $l $T$l 2>/dev/null || "
+             "cp /bin/dash $T/usr/bin/sh; cp /bin/cat /bin/ls /bin/id $T/usr/bin/; ln -s usr/bin "
+             "$T/bin; "
+             "for l in $(ldd /bin/dash /bin/cat /bin/ls /bin/id | grep -o '/lib[^ ]*' | sort -u); "
+             "do cp -L $l $T$l 2>/dev/null || "
              "cp -L $l $T/usr$l; done; ln -sf ../usr/lib $T/lib; "
              "cp /lib64/ld-linux-x86-64.so.2 $T/lib64/; "
-             "printf 'root:x:0:0:root:/root:/bin/sh\\nold:x:1000:1000::/home/old:/bin/sh\\n' > $T/etc/passwd; "
-             "printf 'root:x:0:\\nold:x:1000:\\n' > $T/etc/group; printf 'root:$6$hash:1::::::\\n' > $T/etc/shadow",
+             "printf 'root:x:0:0:root:/root:/bin/sh\\nold:x:1000:1000::/home/old:/bin/sh\\n' > "
+             "$T/etc/passwd; "
+             "printf 'root:x:0:\\nold:x:1000:\\n' > $T/etc/group; printf 'root:$6$hash:1::::::\\n' "
+             "> $T/etc/shadow",
              t);
     assert_int_equal(system(cmd), 0);
     char why[256];
@@ -186,11 +191,15 @@ static void test_dir_template(void **state)
     h_ns_opts(&o, "mini");
     o.tmpl = tmpl;
     sbx_t *s = h_sbx_opts(&o);
-    char *out = h_sh(s, "user", "id -u; cat /etc/passwd; cat /etc/shadow >/dev/null 2>&1 || echo denied; ls /home");
-    assert_string_equal(out, "1000\nroot:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/bash\ndenied\nuser\n");
+    char *out =
+        h_sh(s, "user",
+             "id -u; cat /etc/passwd; cat /etc/shadow >/dev/null 2>&1 || echo denied; ls /home");
+    assert_string_equal(out, "1000\nroot:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/"
+                             "user:/bin/bash\ndenied\nuser\n");
     free(out);
     out = h_sh(s, "root", "cat /etc/shadow; echo new > /usr/bin/added; ls /usr/bin/added");
-    assert_string_equal(out, "root:*:20000:0:99999:7:::\nuser:*:20000:0:99999:7:::\n/usr/bin/added\n");
+    assert_string_equal(out,
+                        "root:*:20000:0:99999:7:::\nuser:*:20000:0:99999:7:::\n/usr/bin/added\n");
     free(out);
     struct stat st;
     char p[400];

@@ -129,7 +129,8 @@ static void test_oom(void **state)
     char cg[128];
     sbx_t *s = s_limited("oom", 64u << 20, 64, cg, sizeof cg);
     h_run_t r;
-    h_run(s, "user", "exec python3 -c 'a = bytearray(256 * 1024 * 1024); print(len(a))'", &r, 30000);
+    h_run(s, "user", "exec python3 -c 'a = bytearray(256 * 1024 * 1024); print(len(a))'", &r,
+          30000);
     assert_false(r.exit.exited);
     assert_int_equal(r.exit.signal, SIGKILL);
     assert_true(r.exit.oom_killed);
@@ -224,8 +225,9 @@ static void test_destroy_leaves_nothing(void **state)
     o.pids = 64;
     sbx_t *s = h_sbx_opts(&o);
     //  (their output elsewhere: on_exit waits for EOF from everything holding the pipes)
-    char *out = h_sh(s, "user", "exec >/dev/null 2>&1; sleep 1000 & sleep 1000 & setsid sleep 1000 & "
-                                "(sleep 1000 &) ; echo data > /home/user/keep.txt; echo started");
+    char *out = h_sh(s, "user",
+                     "exec >/dev/null 2>&1; sleep 1000 & sleep 1000 & setsid sleep 1000 & "
+                     "(sleep 1000 &) ; echo data > /home/user/keep.txt; echo started");
     free(out);
     char mntns[64];
     char link[128];
@@ -238,12 +240,15 @@ static void test_destroy_leaves_nothing(void **state)
     assert_true(s_count_uid_range(o.uid_base) >= 5);
     sbx_destroy(&s);
     uint64_t t0 = h_now_ms();
-    while ((s_count_uid_range(o.uid_base) || s_cgroup_exists(cg)) && h_now_ms() - t0 < 10000) h_spin(20);
+    while ((s_count_uid_range(o.uid_base) || s_cgroup_exists(cg)) && h_now_ms() - t0 < 10000)
+        h_spin(20);
     assert_int_equal(s_count_uid_range(o.uid_base), 0);
     assert_false(s_cgroup_exists(cg));
     //  no process anywhere is still in that mount namespace
     char cmd[256];
-    snprintf(cmd, sizeof cmd, "for p in /proc/[0-9]*; do readlink $p/ns/mnt; done 2>/dev/null | grep -qF '%s'", mntns);
+    snprintf(cmd, sizeof cmd,
+             "for p in /proc/[0-9]*; do readlink $p/ns/mnt; done 2>/dev/null | grep -qF '%s'",
+             mntns);
     assert_int_not_equal(system(cmd), 0);
     //  the state survives, and a new sandbox on it sees the file
     s = h_sbx_opts(&o);
@@ -344,7 +349,8 @@ static void test_cgroup_v2_paths(void **state)
     assert_int_equal(sbx_freeze(s), 0);  //  destroyed frozen: still cleaned up
     sbx_destroy(&s);
     t0 = h_now_ms();
-    while ((stat(p, &st) == 0 || s_count_uid_range(o.uid_base)) && h_now_ms() - t0 < 10000) h_spin(20);
+    while ((stat(p, &st) == 0 || s_count_uid_range(o.uid_base)) && h_now_ms() - t0 < 10000)
+        h_spin(20);
     assert_int_not_equal(stat(p, &st), 0);
     assert_int_equal(s_count_uid_range(o.uid_base), 0);
     snprintf(p, sizeof p, "/sys/fs/cgroup/unified/%s", s_cg);

@@ -107,7 +107,8 @@ static void test_internet_through_pasta(void **state)
     sbx_t *s = h_sbx_opts(&o);
     //  An interface with an address and a default route, set up before on_ready. (Nothing
     //  is sent: this machine reaches no network; the host's loopback is tested below.)
-    char *out = h_sh(s, "user", "ip -o -4 addr show scope global | wc -l; ip route | grep -c '^default'");
+    char *out =
+        h_sh(s, "user", "ip -o -4 addr show scope global | wc -l; ip route | grep -c '^default'");
     assert_string_equal(out, "1\n1\n");
     free(out);
     int srv = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -118,7 +119,8 @@ static void test_internet_through_pasta(void **state)
     listen(srv, 4);
     char script[256];
     snprintf(script, sizeof script,
-             "timeout 3 bash -c 'echo x > /dev/tcp/127.0.0.1/%d' 2>/dev/null && echo reached || echo refused",
+             "timeout 3 bash -c 'echo x > /dev/tcp/127.0.0.1/%d' 2>/dev/null && echo reached || "
+             "echo refused",
              ntohs(a.sin_port));
     out = h_sh(s, "user", script);
     assert_string_equal(out, "refused\n");
@@ -144,16 +146,17 @@ static void test_kernel_dir_sockets(void **state)
     NEED_ROOT();
     sbx_t *s = h_sbx("kdir");
     h_run_t r;
-    proc_t *p = h_start(s, "user",
-                        "exec python3 -c \"\n"
-                        "import socket, zmq, os\n"
-                        "u = socket.socket(socket.AF_UNIX); u.bind('/run/kbridge/k.sock'); u.listen(4)\n"
-                        "ctx = zmq.Context(); z = ctx.socket(zmq.REP); z.bind('ipc:///run/kbridge/z.ipc')\n"
-                        "print('ready', os.getppid(), flush=True)\n"
-                        "c, _ = u.accept(); c.sendall(b'unix'); c.close()\n"
-                        "c, _ = u.accept(); c.sendall(b'opath'); c.close()\n"
-                        "m = z.recv(); z.send(b'zmq:' + m)\n\"",
-                        &r);
+    proc_t *p =
+        h_start(s, "user",
+                "exec python3 -c \"\n"
+                "import socket, zmq, os\n"
+                "u = socket.socket(socket.AF_UNIX); u.bind('/run/kbridge/k.sock'); u.listen(4)\n"
+                "ctx = zmq.Context(); z = ctx.socket(zmq.REP); z.bind('ipc:///run/kbridge/z.ipc')\n"
+                "print('ready', os.getppid(), flush=True)\n"
+                "c, _ = u.accept(); c.sendall(b'unix'); c.close()\n"
+                "c, _ = u.accept(); c.sendall(b'opath'); c.close()\n"
+                "m = z.recv(); z.send(b'zmq:' + m)\n\"",
+                &r);
     s_wait_output(&r, "ready");
     //  the kernel's parent is the sandbox's pid 1 (ipykernel: JPY_PARENT_PID=1 or unset)
     assert_non_null(strstr(r.out, "ready 1"));
@@ -212,7 +215,8 @@ static void test_kernel_dir_sockets(void **state)
     close(dfd);
     dfd = sbx_kernel_dir_fd(s);
     assert_true(dfd >= 0);
-    int nf = openat(dfd, "kbtest-planted", O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int nf =
+        openat(dfd, "kbtest-planted", O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
     assert_true(nf >= 0);
     close(nf);
     close(dfd);

@@ -68,7 +68,9 @@ static int s_owner(const char *pidfile, const char *cg)
         if (statfs("/sys/fs/cgroup", &sf) == 0) o.cgroup = cg;
         base = o.uid_base;
         ns = h_sbx_opts(&o);
-        char *out = h_sh(ns, "user", "exec >/dev/null 2>&1; sleep 1000 & setsid sleep 1000 & (sleep 1000 &); echo");
+        char *out =
+            h_sh(ns, "user",
+                 "exec >/dev/null 2>&1; sleep 1000 & setsid sleep 1000 & (sleep 1000 &); echo");
         free(out);
         sscanf(sbx_kernel_dir(ns), "/proc/%d/", &nsagent);
     }
@@ -126,7 +128,8 @@ static void test_owner_sigkill(void **state)
     close(pfd[0]);
     unsigned base = 0;
     int nsagent = 0, noneagent = 0, nonepid = 0;
-    if (sscanf(line, "base=%u nsagent=%d noneagent=%d nonepid=%d", &base, &nsagent, &noneagent, &nonepid) != 4) {
+    if (sscanf(line, "base=%u nsagent=%d noneagent=%d nonepid=%d", &base, &nsagent, &noneagent,
+               &nonepid) != 4) {
         kill(child, SIGKILL);
         waitpid(child, NULL, 0);
         fail_msg("the owner did not start: \"%s\"", line);

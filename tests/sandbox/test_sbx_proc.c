@@ -170,7 +170,9 @@ static void test_pty(void **state)
     sbx_t *s = h_sbx_none("none5");
     h_run_t r;
     memset(&r, 0, sizeof r);
-    const char *argv[] = {"/bin/sh", "-c", "tty >/dev/null && echo TTY; stty size; read x; echo got:$x; stty size", NULL};
+    const char *argv[] = {"/bin/sh", "-c",
+                          "tty >/dev/null && echo TTY; stty size; read x; echo got:$x; stty size",
+                          NULL};
     proc_opts_t o = {.argv = argv, .env = H_env, .pty = true, .cols = 100, .rows = 30};
     int err;
     proc_t *p = proc_spawn(s, &o, &H_events, &r, &err);
@@ -203,7 +205,8 @@ static void test_bytes_are_bytes(void **state)
     (void) state;
     sbx_t *s = h_sbx_none("none6");
     h_run_t r;
-    proc_t *p = h_start(s, NULL, "printf '\\342\\202'; sleep 0.2; printf '\\254\\n'; printf '\\377\\000z'", &r);
+    proc_t *p = h_start(
+        s, NULL, "printf '\\342\\202'; sleep 0.2; printf '\\254\\n'; printf '\\377\\000z'", &r);
     assert_true(h_wait(&r.exited, 5000));
     assert_int_equal(r.nout, 7);
     assert_memory_equal(r.out, "\xe2\x82\xac\n\xff\0z", 7);
@@ -278,7 +281,8 @@ static void run_flow(sbx_t *s)
     for (int i = 0; i < 3; i++) {  //  a few more pauses on the way
         uint64_t target = f.bytes + (200u << 20);
         t0 = h_now_ms();
-        while (f.bytes < target && !f.exited && h_now_ms() - t0 < 30000) uv_run(H_loop, UV_RUN_ONCE);
+        while (f.bytes < target && !f.exited && h_now_ms() - t0 < 30000)
+            uv_run(H_loop, UV_RUN_ONCE);
         proc_pause_output(f.p);
         h_spin(50);
         proc_resume_output(f.p);
@@ -310,7 +314,8 @@ static void test_ns_identity(void **state)
     assert_int_equal(sbx_isolation(s), SBX_ISOLATION_NAMESPACES);
     assert_int_equal(sbx_agent_pid(s), 1);
     char *out = h_sh(s, "user", "id; hostname; echo $HOME; pwd");
-    assert_string_equal(out, "uid=1000(user) gid=1000(user) groups=1000(user)\nident\n/tmp\n/home/user\n");
+    assert_string_equal(
+        out, "uid=1000(user) gid=1000(user) groups=1000(user)\nident\n/tmp\n/home/user\n");
     free(out);
     out = h_sh(s, "root", "id -u; pwd; grep -c . /etc/shadow >/dev/null && echo shadow-readable");
     assert_string_equal(out, "0\n/root\nshadow-readable\n");
@@ -326,8 +331,10 @@ static void test_ns_identity(void **state)
     assert_non_null(strstr(out, "CapBnd:\t00000000a80425fb"));
     free(out);
     //  /etc: root and `user`, nothing else with uid 1000, no host hash
-    out = h_sh(s, "root", "awk -F: '$3==1000' /etc/passwd; awk -F: '$3==1000' /etc/group; "
-                          "awk -F: '$2!=\"*\"' /etc/shadow /etc/gshadow | wc -l; grep -c '^root:' /etc/passwd");
+    out =
+        h_sh(s, "root",
+             "awk -F: '$3==1000' /etc/passwd; awk -F: '$3==1000' /etc/group; "
+             "awk -F: '$2!=\"*\"' /etc/shadow /etc/gshadow | wc -l; grep -c '^root:' /etc/passwd");
     assert_string_equal(out, "user:x:1000:1000:user:/home/user:/bin/bash\nuser:x:1000:\n0\n1\n");
     free(out);
     //  the host's /proc view of its pid 1 (the agent) from the host side
@@ -352,7 +359,8 @@ static void test_ns_pty_and_flow(void **state)
     h_run_t r;
     memset(&r, 0, sizeof r);
     const char *argv[] = {"/bin/bash", "-c", "tty; stat -c %U $(tty); stty size", NULL};
-    proc_opts_t o = {.argv = argv, .env = H_env, .pty = true, .user = "user", .cols = 90, .rows = 20};
+    proc_opts_t o = {
+        .argv = argv, .env = H_env, .pty = true, .user = "user", .cols = 90, .rows = 20};
     int err;
     proc_t *p = proc_spawn(s, &o, &H_events, &r, &err);
     assert_true(h_wait(&r.exited, 5000));
