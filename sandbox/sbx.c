@@ -150,9 +150,12 @@ struct _sbx_t {
     bool ready_pending, lost_pending;
     int ready_err;
     char why[512];
-    uint8_t *rx;
-    ap_field_t *fields, *efields;
 };
+
+//  One receive buffer and field scratch for all sandboxes: the loop is one thread and a
+//  message is handled before the next is read (what outlives the call is copied).
+static uint8_t s_rx[AP_MAX_MSG + 1];
+static ap_field_t s_fields[AP_MAX_FIELDS], s_efields[AP_MAX_FIELDS];
 
 static void s_maybe_free(sbx_t *self);
 static void s_on_defer(uv_timer_t *t);
@@ -952,7 +955,7 @@ static int s_handle(sbx_t *self, const ap_msg_t *m, int *fds, int nfds)
         for (size_t i = 0; i < m->n && rc == 0; i++) {
             if (m->f[i].tag != APT_ENTRY) continue;
             ap_entry_t e;
-            if (ap_decode_entry(&m->f[i], self->efields, AP_MAX_FIELDS, &e) < 0) return -1;
+            if (ap_decode_entry(&m->f[i], s_efields, AP_MAX_FIELDS, &e) < 0) return -1;
             rc = s_keep_entry(r, &e);
         }
         if (rc < 0 || !more) {
@@ -970,7 +973,7 @@ static int s_handle(sbx_t *self, const ap_msg_t *m, int *fds, int nfds)
         if (r->kind == REQ_OPEN) {
             const ap_field_t *ef = ap_get(m->f, m->n, APT_ENTRY);
             ap_entry_t e;
-            if (!ef || ap_decode_entry(ef, self->efields, AP_MAX_FIELDS, &e) < 0) return -1;
+            if (!ef || ap_decode_entry(ef, s_efields, AP_MAX_FIELDS, &e) < 0) return -1;
             int fl = fcntl(fds[0], F_GETFL);
             if (fl < 0 || (fl & O_ACCMODE) == O_WRONLY) return -1;
             sbx_entry_t view;
@@ -1061,7 +1064,7 @@ static int s_handle(sbx_t *self, const ap_msg_t *m, int *fds, int nfds)
 static void s_receive(sbx_t *self)
 {
     for (int budget = 0; budget < RX_BUDGET && self->sock >= 0 && !self->destroyed; budget++) {
-        struct iovec iov = {.iov_base = self->rx, .iov_len = AP_MAX_MSG + 1};
+        struct iovec iov = {.iov_base = s_rx, .iov_len = AP_MAX_MSG + 1};
         union {
             char buf[CMSG_SPACE(sizeof(int) * AP_MAX_FDS)];
             struct cmsghdr align;
@@ -1090,10 +1093,10 @@ static void s_receive(sbx_t *self)
                 }
             }
         }
-        ap_msg_t m = {.f = self->fields, .cap = AP_MAX_FIELDS};
+        ap_msg_t m = {.f = s_fields, .cap = AP_MAX_FIELDS};
         int rc = (too_many || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
                      ? -1
-                     : ap_parse(self->rx, (size_t)n, &m);
+                     : ap_parse(s_rx, (size_t)n, &m);
         sbx__ref(self);
         if (rc == 0) rc = s_handle(self, &m, fds, nfds);
         s_close_fds(fds, nfds);
@@ -1134,9 +1137,6 @@ static void s_free(sbx_t *self)
     free(self->state_dir);
     free(self->cgroup_path);
     free(self->pasta);
-    free(self->rx);
-    free(self->fields);
-    free(self->efields);
     free(self);
 }
 
@@ -1220,13 +1220,10 @@ sbx_t *sbx_new(uv_loop_t *loop, const sbx_opts_t *opts, const sbx_events_t *even
     self->home = kb_strdup(opts->home);
     self->state_dir = kb_strdup(opts->state_dir);
     self->cgroup_path = kb_strdup(opts->cgroup);
-    self->rx = malloc(AP_MAX_MSG + 1);
-    self->fields = malloc(AP_MAX_FIELDS * sizeof *self->fields);
-    self->efields = malloc(AP_MAX_FIELDS * sizeof *self->efields);
     size_t nh = 0;
     while (opts->hidden && opts->hidden[nh]) nh++;
     self->hidden = calloc(nh + 1, sizeof *self->hidden);
-    bool ok = self->agent_path && self->rx && self->fields && self->efields && self->hidden &&
+    bool ok = self->agent_path && self->hidden &&
               (!opts->kernel_dir || self->kernel_dir) && (!opts->home || self->home) &&
               (!opts->state_dir || self->state_dir) && (!opts->cgroup || self->cgroup_path);
     for (size_t i = 0; ok && i < nh; i++) {
