@@ -337,6 +337,12 @@ static void test_ns_identity(void **state)
              "awk -F: '$2!=\"*\"' /etc/shadow /etc/gshadow | wc -l; grep -c '^root:' /etc/passwd");
     assert_string_equal(out, "user:x:1000:1000:user:/home/user:/bin/bash\nuser:x:1000:\n0\n1\n");
     free(out);
+    //  the minimal /dev, /tmp of tmp_bytes, /sys read-only, a private devpts
+    out = h_sh(s, "user", "ls /dev | tr '\\n' ' '; df -k /tmp | awk 'NR==2 {print $2}'; "
+                          "touch /sys/x 2>/dev/null || echo ro; ls /dev/pts");
+    assert_string_equal(out, "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero "
+                             "65536\nro\nptmx\n");
+    free(out);
     //  the host's /proc view of its pid 1 (the agent) from the host side
     uid_t uid;
     gid_t gid;
