@@ -82,7 +82,8 @@ int proc_signal_leader(proc_t *self, int signo);
 void proc_terminate(proc_t *self, uint64_t grace_ms);
 
 //  Write to stdin (or the pty). data is copied. Returns 0, KB_EINVAL (no stdin), KB_EDEAD
-//  (closed), or KB_ETOOBIG (more than the stdin buffer limit is pending).
+//  (closed), KB_EAGAIN (before on_start: nothing is queued), or KB_ETOOBIG (more than the
+//  stdin buffer limit, 4 MiB, is pending).
 int proc_write(proc_t *self, const void *data, size_t len);
 //  Bytes written with proc_write not yet taken by the process.
 size_t proc_write_pending(const proc_t *self);

@@ -54,7 +54,8 @@ typedef struct {
     uint32_t cpu_millis;        //  1000 = one CPU
     uint32_t pids;
     uint64_t tmp_bytes;         //  size of the sandbox's /tmp (0: a quarter of memory, or 1 GiB)
-    const char *cgroup;         //  cgroup path under each hierarchy, e.g. "kbridge/<id>"; NULL: none
+    const char *cgroup; //  cgroup path under each hierarchy, e.g. "kbridge/<id>"; NULL: none
+    const char *pasta;          //  the pasta executable (internet); NULL: "pasta" from PATH
 } sbx_opts_t;
 
 typedef struct _sbx_t sbx_t;
@@ -112,8 +113,19 @@ int sbx_socket(sbx_t *self, int domain, int type);
 //  Where kernels' connection files and ipc sockets go: the host-side path (for kbridge)
 //  and the same directory as processes inside see it. Only this sandbox sees it; it
 //  disappears with the sandbox. Borrowed.
+//  With namespaces the host-side path is /proc/<agent pid>/root/run/kbridge (NULL until
+//  ready): code inside (its root, or `user`, who owns the directory) can replace parts of
+//  it with symlinks, which that path would follow on the host. Never create files or
+//  connect through it by path: use sbx_kernel_dir_fd.
 const char *sbx_kernel_dir(const sbx_t *self);
 const char *sbx_kernel_dir_inside(const sbx_t *self);
+//  An O_PATH descriptor of the kernels' directory, resolved inside the sandbox's root
+//  (openat2 RESOLVE_IN_ROOT: a planted symlink leads, at worst, elsewhere inside), for
+//  openat(fd, name, O_CREAT | O_EXCL | O_NOFOLLOW ...) of connection files, and for ipc
+//  sockets: open the socket with O_PATH | O_NOFOLLOW relative to it, check S_ISSOCK, and
+//  connect to "/proc/self/fd/<that fd>" (ZeroMQ: "ipc:///proc/self/fd/<fd>", kept open
+//  while connected). Caller owns the fd. Returns it, or a negative KB_ code.
+int sbx_kernel_dir_fd(const sbx_t *self);
 //  Host uid/gid of a sandbox user ("root", "user", NULL: the agent's), to chown files
 //  kbridge writes for it. Returns 0 or KB_EINVAL.
 int sbx_host_ids(const sbx_t *self, const char *user, uid_t *uid, gid_t *gid);
@@ -142,6 +154,9 @@ typedef struct {
     uint32_t uid, gid;           //  as seen inside
     const char *owner, *group;   //  names inside, or the ids as text
     int64_t mtime_ns;            //  modification time, ns since the epoch
+    //  Its user.kbridge.* extended attributes (see sbx_set_meta) as {name, value, ...,
+    //  NULL}; never NULL (an empty list when there are none).
+    const char *const *meta;
 } sbx_entry_t;
 
 typedef struct _sbx_req_t sbx_req_t;

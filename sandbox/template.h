@@ -31,5 +31,8 @@ const char *template_name(const template_t *self);
 //  The directory of a directory template; NULL for the host template.
 const char *template_dir(const template_t *self);
 bool template_is_host(const template_t *self);
+//  The host template's hidden paths, NULL-terminated (borrowed); NULL for a directory
+//  template.
+const char *const *template_hidden(const template_t *self);
 
 #endif
