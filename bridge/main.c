@@ -20,7 +20,6 @@ static void s_usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    if (argc >= 2 && strcmp(argv[1], "__kernel-shim") == 0) return cmd_kernel_shim(argc - 1, argv + 1);
     //  czmq must not install its own SIGINT/SIGTERM handlers: the loop handles signals.
     zsys_handler_set(NULL);
     //  Each kernel holds five ZeroMQ sockets and each Jupyter channels connection three

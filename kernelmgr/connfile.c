@@ -18,7 +18,11 @@
 #include <unistd.h>
 
 struct _connfile_t {
-    char *path;
+    char *path;        //  as the kernel sees it
+    char *host_path;   //  where kbridge wrote it (NULL: in dirfd)
+    char *name;        //  its name in the directory
+    int dirfd;         //  -1, or the directory it is in (owned)
+    char *sock_prefix; //  ipc sockets in the directory: their names' prefix there
     char *transport;
     char *scheme;
     char *ip;
@@ -26,6 +30,7 @@ struct _connfile_t {
     int ports[KCH_COUNT];
     bool ports_held;  //  marked taken in s_ports_taken until destroyed
     char *endpoints[KCH_COUNT];
+    char *sock_names[KCH_COUNT];
 };
 
 //  Ports handed to kernels that still hold them. The OS may give a port we just released
@@ -84,14 +89,13 @@ static int s_pick_tcp_ports(const char *ip, int ports[KCH_COUNT])
     return rc;
 }
 
-connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *kernel_name,
-                         const char *transport, const char *ip, const char *scheme, int *err)
+connfile_t *connfile_new(const connfile_opts_t *opts, int *err)
 {
     int dummy;
     if (!err) err = &dummy;
     *err = KB_ENOMEM;
-    if (!transport) transport = "tcp";
-    if (!scheme) scheme = "hmac-sha256";
+    const char *transport = opts->transport ? opts->transport : "tcp";
+    const char *scheme = opts->scheme ? opts->scheme : "hmac-sha256";
     if (strcmp(scheme, "hmac-sha256") != 0 && strcmp(scheme, "hmac-sha512") != 0) {
         *err = KB_ESCHEME;
         return NULL;
@@ -101,18 +105,37 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
         *err = KB_EINVAL;
         return NULL;
     }
+    const char *inside = opts->dir_inside ? opts->dir_inside : opts->dir;
+    if (!inside || (opts->dirfd < 0 && !opts->dir)) {
+        *err = KB_EINVAL;
+        return NULL;
+    }
     connfile_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
+    self->dirfd = -1;
     self->transport = strdup(transport);
     self->scheme = strdup(scheme);
-    if (asprintf(&self->path, "%s/kernel-%s.json", dir, kernel_id) < 0) self->path = NULL;
-    if (ip)
-        self->ip = strdup(ip);
-    else if (ipc) {
-        if (asprintf(&self->ip, "%s/kernel-%s-ipc", dir, kernel_id) < 0) self->ip = NULL;
-    } else
+    if (asprintf(&self->name, "kernel-%s.json", opts->kernel_id) < 0) self->name = NULL;
+    if (asprintf(&self->path, "%s/%s", inside, self->name ? self->name : "") < 0) self->path = NULL;
+    if (opts->dirfd < 0 && asprintf(&self->host_path, "%s/%s", opts->dir, self->name ? self->name : "") < 0)
+        self->host_path = NULL;
+    if (opts->ip) {
+        self->ip = strdup(opts->ip);
+    } else if (ipc) {
+        //  Short names: a unix socket path holds 107 bytes.
+        if (asprintf(&self->sock_prefix, "k%.8s", opts->kernel_id) < 0) self->sock_prefix = NULL;
+        if (asprintf(&self->ip, "%s/%s", inside, self->sock_prefix ? self->sock_prefix : "") < 0)
+            self->ip = NULL;
+    } else {
         self->ip = strdup("127.0.0.1");
-    if (!self->transport || !self->scheme || !self->path || !self->ip) goto fail;
+    }
+    if (!self->transport || !self->scheme || !self->name || !self->path || !self->ip ||
+        (opts->dirfd < 0 && !self->host_path) || (ipc && !opts->ip && !self->sock_prefix))
+        goto fail;
+    if (opts->dirfd >= 0 && (self->dirfd = fcntl(opts->dirfd, F_DUPFD_CLOEXEC, 3)) < 0) {
+        *err = KB_EIO;
+        goto fail;
+    }
     kb_uuid4(self->key);
 
     if (ipc) {
@@ -130,6 +153,12 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
             *err = KB_ENOMEM;
             goto fail;
         }
+        if (self->sock_prefix &&
+            asprintf(&self->sock_names[i], "%s-%d", self->sock_prefix, self->ports[i]) < 0) {
+            self->sock_names[i] = NULL;
+            *err = KB_ENOMEM;
+            goto fail;
+        }
     }
 
     json_t *doc = json_pack("{s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:s, s:s, s:s}", "shell_port",
@@ -138,20 +167,24 @@ connfile_t *connfile_new(const char *dir, const char *kernel_id, const char *ker
                             self->ports[KCH_CONTROL], "hb_port", self->ports[KCH_HB], "ip",
                             self->ip, "key", self->key, "transport", transport,
                             "signature_scheme", scheme, "kernel_name",
-                            kernel_name ? kernel_name : "");
+                            opts->kernel_name ? opts->kernel_name : "");
     size_t len = 0;
     char *text = doc ? jx_dumps(doc, false, &len) : NULL;
     json_decref(doc);
     if (!text) goto fail;
     //  0600 from creation: the key must never be readable by anyone else, even briefly.
-    int fd = open(self->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW;
+    int fd = self->dirfd >= 0 ? openat(self->dirfd, self->name, flags, 0600)
+                              : open(self->host_path, flags, 0600);
     ssize_t written = fd >= 0 ? write(fd, text, len) : -1;
     free(text);
-    if (fd < 0 || written != (ssize_t) len) {
+    bool owned = fd >= 0 && (opts->uid == (uid_t) -1 || fchown(fd, opts->uid, opts->gid) == 0);
+    if (fd < 0 || written != (ssize_t) len || !owned) {
         klog_error("cannot write connection file %s: %s", self->path, strerror(errno));
         if (fd >= 0) {
             close(fd);
-            unlink(self->path);
+            if (self->dirfd >= 0) unlinkat(self->dirfd, self->name, 0);
+            else unlink(self->host_path);
         }
         *err = KB_EIO;
         goto fail;
@@ -168,15 +201,26 @@ void connfile_destroy(connfile_t **self_p, bool remove_files)
 {
     if (!self_p || !*self_p) return;
     connfile_t *self = *self_p;
-    if (remove_files && self->path) {
-        unlink(self->path);
-        if (self->transport && strcmp(self->transport, "ipc") == 0)
-            for (int i = 0; i < KCH_COUNT; i++) {
-                char file[4096];
-                snprintf(file, sizeof file, "%s-%d", self->ip, self->ports[i]);
-                unlink(file);
-            }
+    if (remove_files && self->name) {
+        if (self->dirfd >= 0) {
+            unlinkat(self->dirfd, self->name, 0);
+            for (int i = 0; i < KCH_COUNT; i++)
+                if (self->sock_names[i]) unlinkat(self->dirfd, self->sock_names[i], 0);
+        } else {
+            if (self->host_path) unlink(self->host_path);
+            if (self->transport && strcmp(self->transport, "ipc") == 0)
+                for (int i = 0; i < KCH_COUNT; i++) {
+                    char file[4096];
+                    snprintf(file, sizeof file, "%s-%d", self->ip, self->ports[i]);
+                    unlink(file);
+                }
+        }
     }
+    if (self->dirfd >= 0) close(self->dirfd);
+    for (int i = 0; i < KCH_COUNT; i++) free(self->sock_names[i]);
+    free(self->host_path);
+    free(self->name);
+    free(self->sock_prefix);
     if (self->ports_held)
         for (int i = 0; i < KCH_COUNT; i++) s_port_mark(self->ports[i], false);
     for (int i = 0; i < KCH_COUNT; i++) free(self->endpoints[i]);
@@ -207,4 +251,9 @@ const char *connfile_scheme(const connfile_t *self)
 const char *connfile_endpoint(const connfile_t *self, kchan_type_t channel)
 {
     return (unsigned) channel < KCH_COUNT ? self->endpoints[channel] : NULL;
+}
+
+const char *connfile_socket_name(const connfile_t *self, kchan_type_t channel)
+{
+    return (unsigned) channel < KCH_COUNT ? self->sock_names[channel] : NULL;
 }

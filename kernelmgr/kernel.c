@@ -1,5 +1,6 @@
 /*  kernel - a Jupyter kernel process, its channels and its lifecycle. */
 #include "kernel.h"
+#include "../sandbox/proc.h"
 #include "connfile.h"
 #include "../base/jx.h"
 #include "../base/kberr.h"
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -34,21 +36,9 @@ extern char **environ;
 #define SHUTDOWN_WAIT_MS 2500   //  jupyter_client: shutdown_wait_time / 2, per stage
 #define KILL_WAIT_MS 5000
 #define STABLE_START_MS 10000   //  a kernel that lived this long resets the restart count
-#define LINE_MAX_LOG 2048
-
-//  One spawned process and its output pipes. It outlives its kernel when needed: it is
-//  freed only once all three libuv handles have closed.
-typedef struct {
-    kernel_t *kernel;  //  NULL once the kernel let go of it
-    uv_process_t process;
-    uv_pipe_t pipes[2];
-    int open_handles;
-    int exited;
-    int pid;
-    char line[2][LINE_MAX_LOG];
-    size_t line_len[2];
-    char label[16];
-} proc_t;
+//  In an isolated sandbox the kernel's ipc sockets appear once it has bound them; they
+//  are looked for this often.
+#define SOCKET_POLL_MS 5
 
 struct _kernel_t {
     uv_loop_t *loop;
@@ -57,8 +47,10 @@ struct _kernel_t {
     char session[37];
     kspec_t *spec;
     char *cwd;
-    json_t *env;
-    char *shim;
+    json_t *env, *base_env;
+    sbx_t *sbx;
+    bool isolated;  //  sockets reached by fd, per process (see s_connect_isolated)
+    char *user;
     bool autorestart;
     int restart_limit;
     int ready_timeout_ms;
@@ -72,6 +64,11 @@ struct _kernel_t {
     zwatch_t *hb;
 
     proc_t *proc;
+    bool proc_started, proc_exited;
+    int pid;
+    int sock_fds[KCH_COUNT];  //  isolated: O_PATH fds of this process's sockets (-1)
+    bool chans_up;            //  the channels of the current process are connected
+    bool oom_killed;
     kernel_state_t state;
     int generation;
     json_t *info;
@@ -96,7 +93,8 @@ struct _kernel_t {
     bool interrupt_landed;
     int interrupt_retries;
 
-    uv_timer_t nudge_timer, deadline_timer, kill_timer, hb_timer, defer_timer, interrupt_timer;
+    uv_timer_t nudge_timer, deadline_timer, kill_timer, hb_timer, defer_timer, interrupt_timer,
+        sock_timer;
     int open_timers;
     bool destroyed;
 };
@@ -120,53 +118,13 @@ static void s_emit(kernel_t *self, kernel_event_t event)
 // ---------------------------------------------------------------------------------------
 //  Process
 
-static void s_proc_handle_closed(uv_handle_t *handle)
-{
-    proc_t *proc = handle->data;
-    if (--proc->open_handles == 0) free(proc);
-}
+static void s_on_proc_start(proc_t *proc, int err, const char *why, void *arg);
+static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg);
+static void s_finish_shutdown(kernel_t *self);
+static void s_request_exit(kernel_t *self, bool restart);
 
-static void s_log_line(proc_t *proc, int stream, const char *line, size_t len)
-{
-    //  ipykernel writes its own warnings here; they are the kernel's log, not cell output.
-    klog_info("kernel %s %s: %.*s", proc->label, stream ? "stderr" : "stdout", (int) len, line);
-}
-
-static void s_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
-{
-    (void) handle;
-    (void) suggested;
-    static char slab[65536];  //  one thread: reads never overlap
-    *buf = uv_buf_init(slab, sizeof slab);
-}
-
-static void s_on_output(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    proc_t *proc = stream->data;
-    int idx = stream == (uv_stream_t *) &proc->pipes[1];
-    if (nread < 0) {
-        if (proc->line_len[idx]) s_log_line(proc, idx, proc->line[idx], proc->line_len[idx]);
-        proc->line_len[idx] = 0;
-        uv_read_stop(stream);
-        if (!uv_is_closing((uv_handle_t *) stream))
-            uv_close((uv_handle_t *) stream, s_proc_handle_closed);
-        return;
-    }
-    for (ssize_t i = 0; i < nread; i++) {
-        char c = buf->base[i];
-        if (c == '\n' || proc->line_len[idx] == LINE_MAX_LOG) {
-            s_log_line(proc, idx, proc->line[idx], proc->line_len[idx]);
-            proc->line_len[idx] = 0;
-            if (c == '\n') continue;
-        }
-        proc->line[idx][proc->line_len[idx]++] = c;
-    }
-}
-
-static void s_on_process_exit(uv_process_t *process, int64_t status, int signo);
-
-//  Executable lookup as execvp would do it, so a missing kernel binary is reported at
-//  once instead of as a process that exits 127.
+//  Executable lookup as execvp would do it, so a missing kernel binary on the host is
+//  reported at once instead of as a process that exits 127.
 static int s_find_executable(const char *file)
 {
     if (strchr(file, '/')) return access(file, X_OK) == 0;
@@ -184,16 +142,21 @@ static int s_find_executable(const char *file)
     return found;
 }
 
-//  The environment for the kernel: ours, then the kernelspec's env, then the caller's.
+//  The environment for the kernel: the base (ours, or the sandbox's), then the
+//  kernelspec's env, then the caller's.
 static char **s_build_env(kernel_t *self)
 {
     json_t *env = json_object();
-    for (char **e = environ; *e; e++) {
-        const char *eq = strchr(*e, '=');
-        if (!eq) continue;
-        char key[512];
-        snprintf(key, sizeof key, "%.*s", (int) (eq - *e), *e);
-        json_object_set_new(env, key, json_string(eq + 1));
+    if (self->base_env) {
+        json_object_update(env, self->base_env);
+    } else {
+        for (char **e = environ; *e; e++) {
+            const char *eq = strchr(*e, '=');
+            if (!eq) continue;
+            char key[512];
+            snprintf(key, sizeof key, "%.*s", (int) (eq - *e), *e);
+            json_object_set_new(env, key, json_string(eq + 1));
+        }
     }
     json_t *spec_env = kspec_env(self->spec);
     json_object_update(env, spec_env);
@@ -202,8 +165,10 @@ static char **s_build_env(kernel_t *self)
     json_t *value;
     json_object_foreach(self->env, key, value) if (json_is_string(value))
         json_object_set(env, key, value);
+    //  ipykernel exits when its parent is gone: it polls getppid() for 1, unless its parent
+    //  *is* pid 1 (the agent of an isolated sandbox), which JPY_PARENT_PID=1 says.
     char ppid[24];
-    snprintf(ppid, sizeof ppid, "%d", (int) getpid());
+    snprintf(ppid, sizeof ppid, "%d", self->isolated ? 1 : sbx_agent_pid(self->sbx));
     json_object_set_new(env, "JPY_PARENT_PID", json_string(ppid));
     const char *lang = kspec_language(self->spec);
     if (lang && strcasecmp(lang, "python") == 0) json_object_del(env, "PYTHONEXECUTABLE");
@@ -225,101 +190,192 @@ static int s_spawn(kernel_t *self)
     uv_timer_stop(&self->interrupt_timer);  //  it was for the previous process
     char **argv = kspec_format_argv(self->spec, connfile_path(self->conn));
     if (!argv) return KB_ENOMEM;
-    if (!s_find_executable(argv[0])) {
+    if (!self->isolated && !s_find_executable(argv[0])) {
         snprintf(self->exit_reason, sizeof self->exit_reason, "kernel executable '%s' not found",
                  argv[0]);
         klog_error("kernel %s: %s", self->label, self->exit_reason);
         kspec_argv_free(argv);
         return KB_ESPAWN;
     }
-    //  With the shim, argv becomes: kbridge __kernel-shim <our pid> -- <argv...>
-    size_t argc = 0;
-    while (argv[argc]) argc++;
-    char **args = calloc(argc + 5, sizeof *args);
-    char ppid[24];
-    snprintf(ppid, sizeof ppid, "%d", (int) getpid());
-    size_t a = 0;
-    if (args && self->shim) {
-        args[a++] = self->shim;
-        args[a++] = "__kernel-shim";
-        args[a++] = ppid;
-        args[a++] = "--";
-    }
-    for (size_t i = 0; args && i < argc; i++) args[a++] = argv[i];
     char **envp = s_build_env(self);
-    proc_t *proc = calloc(1, sizeof *proc);
-    if (!args || !envp || !proc) {
-        free(args);
+    if (!envp) {
         kspec_argv_free(argv);
-        kspec_argv_free(envp);
-        free(proc);
         return KB_ENOMEM;
     }
-    snprintf(proc->label, sizeof proc->label, "%s", self->label);
-    uv_pipe_init(self->loop, &proc->pipes[0], 0);
-    uv_pipe_init(self->loop, &proc->pipes[1], 0);
-    proc->pipes[0].data = proc->pipes[1].data = proc->process.data = proc;
-    proc->open_handles = 3;
-
-    uv_stdio_container_t stdio[3];
-    stdio[0].flags = UV_IGNORE;
-    stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-    stdio[1].data.stream = (uv_stream_t *) &proc->pipes[0];
-    stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-    stdio[2].data.stream = (uv_stream_t *) &proc->pipes[1];
-    uv_process_options_t options;
-    memset(&options, 0, sizeof options);
-    options.exit_cb = s_on_process_exit;
-    options.file = args[0];
-    options.args = args;
-    options.env = envp;
-    options.cwd = self->cwd;
-    //  DETACHED = setsid(): the kernel leads its own process group, so signals reach it
-    //  and its children without touching ours.
-    options.flags = UV_PROCESS_DETACHED;
-    options.stdio_count = 3;
-    options.stdio = stdio;
-    int rc = uv_spawn(self->loop, &proc->process, &options);
-    free(args);
+    proc_opts_t popts;
+    memset(&popts, 0, sizeof popts);
+    popts.argv = (const char *const *) argv;
+    popts.env = (const char *const *) envp;
+    popts.cwd = self->cwd;
+    popts.user = self->user;
+    popts.log_output = true;  //  ipykernel's own warnings: the kernel's log, not cell output
+    popts.label = self->label;
+    proc_events_t pev = {s_on_proc_start, NULL, s_on_proc_exit};
+    int err;
+    self->proc = proc_spawn(self->sbx, &popts, &pev, self, &err);
     kspec_argv_free(argv);
     kspec_argv_free(envp);
-    if (rc != 0) {
+    if (!self->proc) {
         snprintf(self->exit_reason, sizeof self->exit_reason, "cannot start kernel: %s",
-                 uv_strerror(rc));
+                 kb_strerror(err));
         klog_error("kernel %s: %s", self->label, self->exit_reason);
-        for (int i = 0; i < 3; i++) {
-            uv_handle_t *h = i < 2 ? (uv_handle_t *) &proc->pipes[i] : (uv_handle_t *) &proc->process;
-            uv_close(h, s_proc_handle_closed);
-        }
-        return KB_ESPAWN;
+        return err == KB_ENOMEM ? KB_ENOMEM : KB_ESPAWN;
     }
-    proc->pid = proc->process.pid;
-    proc->kernel = self;
-    uv_read_start((uv_stream_t *) &proc->pipes[0], s_alloc_cb, s_on_output);
-    uv_read_start((uv_stream_t *) &proc->pipes[1], s_alloc_cb, s_on_output);
-    self->proc = proc;
+    self->proc_started = self->proc_exited = false;
+    self->pid = 0;
+    self->oom_killed = false;
     self->generation++;
     self->exit_reason[0] = '\0';
-    klog_info("kernel %s: started %s (pid %d) in %s", self->label, kspec_name(self->spec),
-              proc->pid, self->cwd ? self->cwd : ".");
     return KB_OK;
+}
+
+static bool s_proc_alive(const kernel_t *self)
+{
+    return self->proc && self->proc_started && !self->proc_exited;
 }
 
 static void s_signal_group(kernel_t *self, int signo)
 {
-    if (self->proc && !self->proc->exited) uv_kill(-self->proc->pid, signo);
+    if (s_proc_alive(self)) proc_signal(self->proc, signo);
 }
 
-//  Let go of the current process: it frees itself once its handles close. Whatever is
-//  left of its process group (children the kernel spawned) is killed.
-static void s_release_proc(kernel_t *self, bool kill_now)
+static void s_drop_chans(kernel_t *self);
+
+//  Let go of the current process: whatever is left of its process group (children the
+//  kernel spawned) is killed.
+static void s_release_proc(kernel_t *self)
 {
-    proc_t *proc = self->proc;
-    if (!proc) return;
-    self->proc = NULL;
-    proc->kernel = NULL;
-    if (kill_now && !proc->exited) uv_kill(-proc->pid, SIGKILL);
-    if (proc->exited) kill(-proc->pid, SIGKILL);  //  stragglers in the group; ESRCH if none
+    proc_destroy(&self->proc);
+    self->proc_started = false;
+    self->pid = 0;
+    if (self->isolated) s_drop_chans(self);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Channels
+
+static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg);
+static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg);
+static void s_start_readiness(kernel_t *self);
+
+static void s_drop_chans(kernel_t *self)
+{
+    for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
+    zwatch_destroy(&self->hb);
+    //  The sockets are gone with the ZeroMQ sockets that used them, so the fds (whose
+    //  numbers a reconnect would otherwise look up) can go too.
+    for (int c = 0; c < KCH_COUNT; c++)
+        if (self->sock_fds[c] >= 0) {
+            close(self->sock_fds[c]);
+            self->sock_fds[c] = -1;
+        }
+    self->chans_up = false;
+}
+
+//  Connect every channel to its endpoint (kchan for four, a raw DEALER for the heartbeat).
+static int s_connect_chans(kernel_t *self, char endpoints[KCH_COUNT][64], const char *const *plain)
+{
+    for (int c = 0; c < KCH_COUNT; c++) {
+        const char *ep = plain ? plain[c] : endpoints[c];
+        if (c == KCH_HB) {
+            zsock_t *hb = zsock_new(ZMQ_DEALER);
+            if (!hb) return KB_ELIMIT;
+            zsock_set_linger(hb, 0);
+            if (zsock_connect(hb, "%s", ep) != 0) {
+                zsock_destroy(&hb);
+                return KB_EIO;
+            }
+            self->hb = zwatch_new(self->loop, &hb, s_on_heartbeat, self);
+            if (!self->hb) return KB_EIO;
+            continue;
+        }
+        //  shell and stdin share a routing id: input_request goes to the shell sender's id.
+        self->chan[c] = kchan_new(self->loop, (kchan_type_t) c, ep, c == KCH_IOPUB ? NULL : self->session,
+                                  self->hmac, self->label, s_on_channel, self);
+        if (!self->chan[c]) return KB_ELIMIT;
+    }
+    self->chans_up = true;
+    return KB_OK;
+}
+
+//  Isolated sandboxes: the kernel binds its ipc sockets in the sandbox's kernel
+//  directory, which code inside can tamper with. kbridge never follows a path there:
+//  each socket is opened (O_PATH, no symlinks) relative to the directory's fd, checked to
+//  be a socket, and connected through /proc/self/fd - once all five exist.
+static void s_on_sock_timer(uv_timer_t *timer)
+{
+    kernel_t *self = timer->data;
+    if (!s_proc_alive(self) || self->chans_up) {
+        uv_timer_stop(timer);
+        return;
+    }
+    int dirfd = sbx_kernel_dir_fd(self->sbx);
+    if (dirfd < 0) return;
+    int fds[KCH_COUNT];
+    int n = 0;
+    for (; n < KCH_COUNT; n++) {
+        fds[n] = openat(dirfd, connfile_socket_name(self->conn, (kchan_type_t) n),
+                        O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        struct stat st;
+        if (fds[n] < 0 || fstat(fds[n], &st) != 0 || !S_ISSOCK(st.st_mode)) {
+            if (fds[n] >= 0) close(fds[n]);
+            break;
+        }
+    }
+    close(dirfd);
+    if (n < KCH_COUNT) {
+        for (int i = 0; i < n; i++) close(fds[i]);
+        return;  //  not bound yet: look again
+    }
+    uv_timer_stop(timer);
+    char endpoints[KCH_COUNT][64];
+    for (int c = 0; c < KCH_COUNT; c++) {
+        self->sock_fds[c] = fds[c];
+        snprintf(endpoints[c], sizeof endpoints[c], "ipc:///proc/self/fd/%d", fds[c]);
+    }
+    int rc = s_connect_chans(self, endpoints, NULL);
+    if (rc != KB_OK) {
+        snprintf(self->exit_reason, sizeof self->exit_reason, "cannot connect to the kernel: %s",
+                 kb_strerror(rc));
+        klog_error("kernel %s: %s", self->label, self->exit_reason);
+        s_drop_chans(self);
+        proc_signal(self->proc, SIGKILL);
+        return;
+    }
+    s_start_readiness(self);
+}
+
+static void s_on_proc_start(proc_t *proc, int err, const char *why, void *arg)
+{
+    (void) proc;
+    kernel_t *self = arg;
+    if (err) {
+        snprintf(self->exit_reason, sizeof self->exit_reason, "cannot start kernel: %s",
+                 why && *why ? why : kb_strerror(err));
+        klog_error("kernel %s: %s", self->label, self->exit_reason);
+        s_release_proc(self);
+        uv_timer_stop(&self->deadline_timer);
+        uv_timer_stop(&self->nudge_timer);
+        if (self->shutting_down) {
+            s_finish_shutdown(self);
+            return;
+        }
+        self->restart_pending = false;
+        self->state = KERNEL_DEAD;
+        s_emit(self, KERNEL_EV_DEAD);
+        return;
+    }
+    self->proc_started = true;
+    self->pid = proc_pid(self->proc);
+    klog_info("kernel %s: started %s (pid %d) in %s", self->label, kspec_name(self->spec),
+              self->pid, self->cwd ? self->cwd : sbx_home(self->sbx, self->user));
+    if (self->shutting_down || self->restart_pending) {
+        //  A shutdown or restart asked for while the process was on its way.
+        s_request_exit(self, self->restart_pending);
+        return;
+    }
+    if (self->isolated) uv_timer_start(&self->sock_timer, s_on_sock_timer, 0, SOCKET_POLL_MS);
+    else s_start_readiness(self);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -350,7 +406,7 @@ static void s_start_readiness(kernel_t *self)
 static void s_on_heartbeat_timer(uv_timer_t *timer)
 {
     kernel_t *self = timer->data;
-    if (!self->proc) return;
+    if (!s_proc_alive(self) || !self->hb) return;
     if (self->hb_seq && self->hb_acked != self->hb_seq) {
         self->hb_misses++;
         if (self->hb_misses == HB_MISSES_DEAD)
@@ -468,7 +524,8 @@ static void s_finish_shutdown(kernel_t *self)
     uv_timer_stop(&self->nudge_timer);
     uv_timer_stop(&self->deadline_timer);
     uv_timer_stop(&self->hb_timer);
-    s_release_proc(self, true);
+    uv_timer_stop(&self->sock_timer);
+    s_release_proc(self);
     connfile_destroy(&self->conn, true);
     self->state = KERNEL_SHUTDOWN;
     klog_info("kernel %s: shut down", self->label);
@@ -478,7 +535,7 @@ static void s_finish_shutdown(kernel_t *self)
 static void s_on_kill_timer(uv_timer_t *timer)
 {
     kernel_t *self = timer->data;
-    if (!self->proc) return;
+    if (!s_proc_alive(self)) return;
     if (self->kill_stage == 0) {
         klog_warn("kernel %s: no exit %d ms after shutdown_request; sending SIGTERM",
                   self->label, SHUTDOWN_WAIT_MS);
@@ -492,8 +549,8 @@ static void s_on_kill_timer(uv_timer_t *timer)
         uv_timer_start(&self->kill_timer, s_on_kill_timer, KILL_WAIT_MS, 0);
     } else {
         //  Unkillable (stuck in the kernel): stop waiting for it.
-        klog_error("kernel %s: pid %d did not exit after SIGKILL", self->label, self->proc->pid);
-        s_release_proc(self, true);
+        klog_error("kernel %s: pid %d did not exit after SIGKILL", self->label, self->pid);
+        s_release_proc(self);
         if (self->shutting_down) s_finish_shutdown(self);
     }
 }
@@ -504,6 +561,7 @@ static void s_request_exit(kernel_t *self, bool restart)
     uv_timer_stop(&self->nudge_timer);
     uv_timer_stop(&self->deadline_timer);
     uv_timer_stop(&self->hb_timer);
+    if (!self->proc_started) return;  //  s_on_proc_start asks once the process is there
     if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_SIGNAL) s_signal_group(self, SIGINT);
     kmsg_t *msg = kernel_msg_new(self, "shutdown_request", json_pack("{s:b}", "restart", restart));
     if (msg) kernel_send(self, KCH_CONTROL, &msg);
@@ -523,7 +581,7 @@ static void s_respawn(kernel_t *self)
         s_emit(self, KERNEL_EV_DEAD);
         return;
     }
-    s_start_readiness(self);
+    //  Readiness starts when the process does (s_on_proc_start); the deadline covers both.
     uv_timer_start(&self->deadline_timer, s_on_deadline, (uint64_t) self->ready_timeout_ms, 0);
 }
 
@@ -534,33 +592,34 @@ static void s_on_deadline(uv_timer_t *timer)
              "kernel did not become ready within %d ms", self->ready_timeout_ms);
     klog_error("kernel %s: %s", self->label, self->exit_reason);
     uv_timer_stop(&self->nudge_timer);
-    s_release_proc(self, true);
+    uv_timer_stop(&self->sock_timer);
+    s_release_proc(self);
     self->state = KERNEL_DEAD;
     s_emit(self, KERNEL_EV_DEAD);
 }
 
-static void s_on_process_exit(uv_process_t *process, int64_t status, int signo)
+static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
 {
-    proc_t *proc = process->data;
-    proc->exited = 1;
-    uv_close((uv_handle_t *) process, s_proc_handle_closed);
-    kernel_t *self = proc->kernel;
-    if (!self || self->proc != proc) {
-        kill(-proc->pid, SIGKILL);
-        return;
-    }
-    if (signo)
-        snprintf(self->exit_reason, sizeof self->exit_reason, "killed by signal %d (%s)", signo,
-                 strsignal(signo));
+    (void) proc;
+    kernel_t *self = arg;
+    self->proc_exited = true;
+    self->oom_killed = exit->oom_killed;
+    if (exit->oom_killed)
+        snprintf(self->exit_reason, sizeof self->exit_reason,
+                 "killed: out of memory (the sandbox's memory limit)");
+    else if (!exit->exited)
+        snprintf(self->exit_reason, sizeof self->exit_reason, "killed by signal %d (%s)", exit->signal,
+                 strsignal(exit->signal));
     else
         snprintf(self->exit_reason, sizeof self->exit_reason, "exited with code %lld",
-                 (long long) status);
-    klog_info("kernel %s: process %d %s", self->label, proc->pid, self->exit_reason);
-    s_release_proc(self, false);
+                 (long long) exit->code);
+    klog_info("kernel %s: process %d %s", self->label, exit->pid, self->exit_reason);
+    s_release_proc(self);
     uv_timer_stop(&self->kill_timer);
     uv_timer_stop(&self->hb_timer);
     uv_timer_stop(&self->nudge_timer);
     uv_timer_stop(&self->deadline_timer);
+    uv_timer_stop(&self->sock_timer);
 
     if (self->shutting_down) {
         s_finish_shutdown(self);
@@ -603,10 +662,11 @@ static void s_timer_closed(uv_handle_t *handle)
     if (--self->open_timers == 0) {
         json_decref(self->info);
         json_decref(self->env);
+        json_decref(self->base_env);
         kspec_destroy(&self->spec);
         hmac_destroy(&self->hmac);
         free(self->cwd);
-        free(self->shim);
+        free(self->user);
         free(self);
     }
 }
@@ -628,21 +688,28 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     s_configure_zmq();
     int dummy;
     if (!err) err = &dummy;
-    *err = KB_ENOMEM;
-    kernel_opts_t defaults;
-    memset(&defaults, 0, sizeof defaults);
-    if (!opts) opts = &defaults;
-    if (opts->cwd) {
+    *err = KB_EINVAL;
+    if (!opts || !opts->sbx) return NULL;
+    if (!sbx_ready(opts->sbx)) {
+        *err = KB_ECLOSED;
+        return NULL;
+    }
+    bool isolated = sbx_isolation(opts->sbx) == SBX_ISOLATION_NAMESPACES;
+    //  A cwd on the host is checked here; in a sandbox the process's start says.
+    if (opts->cwd && !isolated) {
         struct stat st;
         if (stat(opts->cwd, &st) != 0 || !S_ISDIR(st.st_mode)) {
             klog_error("kernel cwd %s is not a directory", opts->cwd);
-            *err = KB_EINVAL;
             return NULL;
         }
     }
+    *err = KB_ENOMEM;
     kernel_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
     self->loop = loop;
+    self->sbx = opts->sbx;
+    self->isolated = isolated;
+    for (int c = 0; c < KCH_COUNT; c++) self->sock_fds[c] = -1;
     if (opts->id)
         snprintf(self->id, sizeof self->id, "%s", opts->id);
     else
@@ -650,9 +717,10 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     snprintf(self->label, sizeof self->label, "%.8s", self->id);
     kb_uuid4(self->session);
     self->spec = kspec_dup(spec);
-    self->cwd = opts->cwd ? realpath(opts->cwd, NULL) : NULL;
+    self->cwd = !opts->cwd ? NULL : isolated ? strdup(opts->cwd) : realpath(opts->cwd, NULL);
+    self->user = kb_strdup(opts->user);
     self->env = opts->env ? json_deep_copy(opts->env) : json_object();
-    self->shim = kb_strdup(opts->shim);
+    self->base_env = opts->base_env ? json_deep_copy(opts->base_env) : NULL;
     self->autorestart = opts->autorestart;
     self->restart_limit = opts->restart_limit > 0 ? opts->restart_limit : 5;
     self->ready_timeout_ms = opts->ready_timeout_ms > 0 ? opts->ready_timeout_ms : 60000;
@@ -661,43 +729,51 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->arg = arg;
     snprintf(self->language, sizeof self->language, "%s", kspec_language(spec));
     uv_timer_t *timers[] = {&self->nudge_timer, &self->deadline_timer, &self->kill_timer,
-                            &self->hb_timer, &self->defer_timer, &self->interrupt_timer};
+                            &self->hb_timer,    &self->defer_timer,    &self->interrupt_timer,
+                            &self->sock_timer};
     for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
         uv_timer_init(loop, timers[i]);
         timers[i]->data = self;
         self->open_timers++;
     }
-    if (!self->spec || !self->env || (opts->cwd && !self->cwd) || (opts->shim && !self->shim))
+    if (!self->spec || !self->env || (opts->cwd && !self->cwd) || (opts->user && !self->user) ||
+        (opts->base_env && !self->base_env))
         goto fail;
-    const char *dir = opts->runtime_dir ? opts->runtime_dir : "/tmp";
-    self->conn = connfile_new(dir, self->id, kspec_name(spec), opts->transport, opts->ip,
-                              opts->signature_scheme, err);
+    connfile_opts_t copts = {self->id, kspec_name(spec), isolated ? "ipc" : opts->transport,
+                             isolated ? NULL : opts->ip, opts->signature_scheme, NULL, -1, NULL,
+                             (uid_t) -1, (gid_t) -1};
+    int dirfd = -1;
+    if (isolated) {
+        dirfd = sbx_kernel_dir_fd(self->sbx);
+        if (dirfd < 0) {
+            *err = KB_ECLOSED;
+            goto fail;
+        }
+        copts.dirfd = dirfd;
+        copts.dir_inside = sbx_kernel_dir_inside(self->sbx);
+        uid_t uid;
+        gid_t gid;
+        if (sbx_host_ids(self->sbx, self->user, &uid, &gid) == KB_OK) {
+            copts.uid = uid;
+            copts.gid = gid;
+        }
+    } else {
+        copts.dir = sbx_kernel_dir(self->sbx);
+    }
+    self->conn = connfile_new(&copts, err);
+    if (dirfd >= 0) close(dirfd);
     if (!self->conn) goto fail;
     const char *key = connfile_key(self->conn);
     self->hmac = hmac_new(connfile_scheme(self->conn), key, strlen(key), err);
     if (!self->hmac) goto fail;
-    *err = KB_EIO;
-    for (int c = 0; c < KCH_COUNT; c++) {
-        if (c == KCH_HB) continue;
-        //  shell and stdin share a routing id: input_request goes to the shell sender's id.
-        self->chan[c] = kchan_new(loop, (kchan_type_t) c, connfile_endpoint(self->conn, c),
-                                  c == KCH_IOPUB ? NULL : self->session, self->hmac, self->label,
-                                  s_on_channel, self);
-        if (!self->chan[c]) goto fail;
+    if (!isolated) {
+        //  On the host the endpoints are fixed for the kernel's life (restarts keep them).
+        const char *eps[KCH_COUNT];
+        for (int c = 0; c < KCH_COUNT; c++) eps[c] = connfile_endpoint(self->conn, (kchan_type_t) c);
+        if ((*err = s_connect_chans(self, NULL, eps)) != KB_OK) goto fail;
     }
-    zsock_t *hb = zsock_new(ZMQ_DEALER);
-    if (!hb) goto fail;
-    zsock_set_linger(hb, 0);
-    if (zsock_connect(hb, "%s", connfile_endpoint(self->conn, KCH_HB)) != 0) {
-        zsock_destroy(&hb);
-        goto fail;
-    }
-    self->hb = zwatch_new(loop, &hb, s_on_heartbeat, self);
-    if (!self->hb) goto fail;
-
     self->state = KERNEL_STARTING;
     if ((*err = s_spawn(self)) != KB_OK) goto fail;
-    s_start_readiness(self);
     uv_timer_start(&self->deadline_timer, s_on_deadline, (uint64_t) self->ready_timeout_ms, 0);
     *err = KB_OK;
     return self;
@@ -713,14 +789,14 @@ void kernel_destroy(kernel_t **self_p)
     *self_p = NULL;
     if (self->destroyed) return;
     self->destroyed = true;
-    s_release_proc(self, true);
+    s_release_proc(self);
     connfile_destroy(&self->conn, true);
-    for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
-    zwatch_destroy(&self->hb);
+    s_drop_chans(self);
     //  The struct is freed once every timer handle has closed, after this loop turn, so
     //  callers up the stack that still hold it stay safe.
     uv_timer_t *timers[] = {&self->nudge_timer, &self->deadline_timer, &self->kill_timer,
-                            &self->hb_timer, &self->defer_timer, &self->interrupt_timer};
+                            &self->hb_timer,    &self->defer_timer,    &self->interrupt_timer,
+                            &self->sock_timer};
     for (size_t i = 0; i < sizeof timers / sizeof *timers; i++)
         uv_close((uv_handle_t *) timers[i], s_timer_closed);
 }
@@ -746,8 +822,8 @@ int kernel_send(kernel_t *self, kchan_type_t channel, kmsg_t **msg_p)
 static void s_on_interrupt_timer(uv_timer_t *timer)
 {
     kernel_t *self = timer->data;
-    if (self->interrupt_landed || self->state != KERNEL_BUSY || !self->proc ||
-        self->proc->exited || self->interrupt_retries >= INTERRUPT_RETRIES) {
+    if (self->interrupt_landed || self->state != KERNEL_BUSY || !s_proc_alive(self) ||
+        self->interrupt_retries >= INTERRUPT_RETRIES) {
         uv_timer_stop(timer);
         return;
     }
@@ -757,17 +833,17 @@ static void s_on_interrupt_timer(uv_timer_t *timer)
     //  The main thread's tid is the pid; a signal directed at it interrupts its system call.
     //  If the first signal did reach Python and it is just slow to show it (a long C call),
     //  the flag is still set and the two make one KeyboardInterrupt.
-    if (tgkill(self->proc->pid, self->proc->pid, SIGINT) != 0) uv_timer_stop(timer);
+    if (proc_signal_leader(self->proc, SIGINT) != KB_OK) uv_timer_stop(timer);
 }
 
 int kernel_interrupt(kernel_t *self)
 {
-    if (!self->proc || self->proc->exited) return KB_EDEAD;
+    if (!s_proc_alive(self)) return KB_EDEAD;
     if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_MESSAGE) {
         kmsg_t *msg = kernel_msg_new(self, "interrupt_request", NULL);
         return msg ? kernel_send(self, KCH_CONTROL, &msg) : KB_ENOMEM;
     }
-    if (uv_kill(-self->proc->pid, SIGINT) != 0) return KB_EDEAD;
+    if (proc_signal(self->proc, SIGINT) != KB_OK) return KB_EDEAD;
     self->interrupt_landed = false;
     self->interrupt_retries = 0;
     uv_timer_start(&self->interrupt_timer, s_on_interrupt_timer, INTERRUPT_RETRY_MS,
@@ -780,7 +856,7 @@ int kernel_restart(kernel_t *self)
     if (self->shutting_down || self->destroyed) return KB_ECLOSED;
     if (self->restart_pending) return KB_OK;
     self->restart_count = 0;
-    if (self->proc && !self->proc->exited) {
+    if (self->proc && !self->proc_exited) {
         self->restart_pending = true;
         self->state = KERNEL_RESTARTING;
         klog_info("kernel %s: restarting", self->label);
@@ -797,7 +873,7 @@ void kernel_shutdown(kernel_t *self)
     self->shutting_down = true;
     self->restart_pending = false;
     self->state = KERNEL_SHUTDOWN;
-    if (self->proc && !self->proc->exited)
+    if (self->proc && !self->proc_exited)
         s_request_exit(self, false);
     else
         uv_timer_start(&self->defer_timer, s_on_deferred_shutdown, 0, 0);
@@ -855,7 +931,7 @@ const char *kernel_exit_reason(const kernel_t *self)
 
 const char *kernel_endpoint(const kernel_t *self, kchan_type_t channel)
 {
-    return self->conn ? connfile_endpoint(self->conn, channel) : NULL;
+    return self->conn && !self->isolated ? connfile_endpoint(self->conn, channel) : NULL;
 }
 
 hmac_t *kernel_hmac(const kernel_t *self)
@@ -870,7 +946,17 @@ const char *kernel_connection_file(const kernel_t *self)
 
 int kernel_pid(const kernel_t *self)
 {
-    return self->proc && !self->proc->exited ? self->proc->pid : 0;
+    return s_proc_alive(self) ? self->pid : 0;
+}
+
+sbx_t *kernel_sbx(const kernel_t *self)
+{
+    return self->sbx;
+}
+
+bool kernel_oom_killed(const kernel_t *self)
+{
+    return self->oom_killed;
 }
 
 bool kernel_heartbeat_ok(const kernel_t *self)

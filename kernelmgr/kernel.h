@@ -1,21 +1,17 @@
-/*  kernel - one Jupyter kernel as a process with its channels.
+/*  kernel - one Jupyter kernel: its process, its channels and its lifecycle.
 
-    A kernel_t writes a connection file, spawns the kernelspec's argv in its own process
-    group (with the requested cwd and env, and JPY_PARENT_PID), and connects shell,
-    control and stdin DEALERs, an iopub SUB and a heartbeat DEALER. It is ready once
-    iopub is proven live: it nudges with kernel_info_request every 0.5 s until it has
-    both a kernel_info_reply and any iopub message, because iopub messages published
-    before the subscription lands are lost.
-
-    Process exit is reported by libuv's SIGCHLD handling (no polling); the kernel's
-    stdout and stderr are read into the log. Interrupt, restart (same ports, new
-    process) and shutdown (shutdown_request on control, then SIGTERM, then SIGKILL, 2.5 s
-    apart as jupyter_client does) are asynchronous and report through kernel_events_t.
-    A kernel that dies unexpectedly can be restarted automatically.
+    The process runs in a sandbox (sandbox/sbx.h): the default sandbox on the host, as
+    today's Jupyter does, or an isolated one. The connection file (fresh ports or ipc
+    sockets, a random key) is written where only that sandbox sees it; kbridge connects
+    the shell, control and stdin DEALERs, the iopub SUB and the heartbeat, and the kernel
+    is ready once a kernel_info_reply and an iopub message have both arrived (the
+    PUB/SUB slow joiner). Interrupt, restart (same ports, new process) and shutdown
+    (shutdown_request on control, then SIGTERM, then SIGKILL, 2.5 s apart as
+    jupyter_client does) are asynchronous and report through kernel_events_t. A kernel
+    that dies unexpectedly can be restarted automatically.
 
     Nothing is orphaned: shutdown and destroy kill the whole process group and delete
-    the connection file; with opts.shim set, the kernel also receives SIGKILL if kbridge
-    itself dies (PR_SET_PDEATHSIG, set by the shim before it execs the kernel).
+    the connection file, and the sandbox's agent kills whatever is left if kbridge dies.
 */
 #ifndef KERNEL_H
 #define KERNEL_H
@@ -23,6 +19,7 @@
 #include "kmsg.h"
 #include "kchan.h"
 #include "kspec.h"
+#include "../sandbox/sbx.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -58,22 +55,26 @@ typedef struct {
 } kernel_events_t;
 
 typedef struct {
+    sbx_t *sbx;               //  the sandbox it runs in (borrowed; must be ready)
     const char *id;           //  kernel id; NULL generates a UUID
-    const char *cwd;          //  working directory; NULL inherits ours
+    const char *cwd;          //  working directory; NULL: the sandbox's default
+    const char *user;         //  sandbox user to run as ("user", "root"); NULL: the agent's
+    json_t *base_env;         //  the environment it starts from (object of strings;
+                              //  borrowed); NULL: kbridge's own
     json_t *env;              //  extra environment (object of strings); borrowed
-    const char *transport;    //  "tcp" (default) or "ipc"
+    const char *transport;    //  "tcp" (default) or "ipc"; isolated sandboxes: always ipc
     const char *ip;           //  default 127.0.0.1 (tcp)
     const char *signature_scheme;  //  "hmac-sha256" (default) or "hmac-sha512"
-    const char *runtime_dir;  //  where the connection file goes (must exist)
-    const char *shim;         //  kbridge executable for the parent-death shim, or NULL
     bool autorestart;         //  restart automatically after an unexpected death
     int restart_limit;        //  consecutive automatic restarts before giving up (0: 5)
     int ready_timeout_ms;     //  how long a start may take to become ready (0: 60000)
     int hb_interval_ms;       //  heartbeat period (0: 3000); 3 misses in a row = lost
 } kernel_opts_t;
 
-//  Start a kernel from spec (copied). Returns NULL if it could not be spawned (*err =
-//  KB_ESPAWN, KB_EINVAL for a bad cwd, or KB_EIO), with the reason logged.
+//  Start a kernel from spec (copied). Returns NULL if it could not be started (*err =
+//  KB_ESPAWN, KB_EINVAL for a bad cwd or no sandbox, KB_ECLOSED for a sandbox that is
+//  gone, or KB_EIO), with the reason logged. A process that fails later (in an isolated
+//  sandbox the executable is looked up there) reports KERNEL_EV_DEAD.
 //  Caller owns return value and must destroy it when done.
 kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *opts,
                      const kernel_events_t *events, void *arg, int *err);
@@ -121,14 +122,19 @@ json_t *kernel_info(const kernel_t *self);
 const char *kernel_cwd(const kernel_t *self);
 //  Why the last process ended, e.g. "killed by signal 9 (Killed)"; "" if it has not.
 const char *kernel_exit_reason(const kernel_t *self);
-//  Endpoint of a channel, for clients that need their own sockets (borrowed).
+//  Endpoint of a channel, for clients that need their own sockets (borrowed). NULL for
+//  kernels in isolated sandboxes: kbridge reaches their sockets by fd, per process.
 const char *kernel_endpoint(const kernel_t *self, kchan_type_t channel);
 //  The signer for this kernel's messages (borrowed; lives as long as the kernel).
 hmac_t *kernel_hmac(const kernel_t *self);
-//  The connection file's path.
+//  The connection file's path, as processes in the kernel's sandbox see it.
 const char *kernel_connection_file(const kernel_t *self);
-//  Process id of the running kernel, or 0.
+//  Process id of the running kernel (as its sandbox sees it), or 0.
 int kernel_pid(const kernel_t *self);
+//  The sandbox it runs in.
+sbx_t *kernel_sbx(const kernel_t *self);
+//  True if the last process was killed by its sandbox's memory limit.
+bool kernel_oom_killed(const kernel_t *self);
 //  False after three heartbeats in a row went unanswered.
 bool kernel_heartbeat_ok(const kernel_t *self);
 //  Number of processes started for this kernel (1 + restarts).

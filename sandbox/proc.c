@@ -124,7 +124,11 @@ static bool s_outputs_done(const proc_t *self)
 
 static void s_maybe_exit(proc_t *self)
 {
-    if (self->destroyed || self->exit_delivered || !self->exited || !s_outputs_done(self)) return;
+    //  Logged output (kernels) is the log's: a grandchild that keeps the pipe open must
+    //  not hide the death of the process itself.
+    if (self->destroyed || self->exit_delivered || !self->exited ||
+        (!self->log_output && !s_outputs_done(self)))
+        return;
     self->exit_delivered = true;
     self->state = P_DONE;
     if (self->timer_open) uv_timer_stop(&self->timer);

@@ -38,7 +38,8 @@ typedef struct {
     bool pty;                 //  one pseudo-terminal for stdin, stdout and stderr
     uint16_t cols, rows;      //  its size (pty only; 0: 80x24)
     bool log_output;          //  kernels: read output as lines into kbridge's log instead of
-                              //  on_output; label names the process there
+                              //  on_output (and on_exit does not wait for its EOF); label
+                              //  names the process there
     const char *label;
 } proc_opts_t;
 

@@ -7,6 +7,7 @@
     the kernel died, 130 when interrupted.
 */
 #include "commands.h"
+#include "hostsbx.h"
 #include "options.h"
 #include "../kernels/runner.h"
 #include "../../kernelmgr/jraw.h"
@@ -23,6 +24,7 @@
 typedef struct {
     uv_loop_t *loop;
     runner_t *runner;
+    sbx_t *host;
     int cells, finished;
     int status;
     bool ready, stopping;
@@ -65,6 +67,7 @@ static void s_on_reap(uv_timer_t *timer)
 {
     exec_state_t *st = timer->data;
     runner_destroy(&st->runner);
+    sbx_destroy(&st->host);
     uv_close((uv_handle_t *) &st->sigint, NULL);
     uv_close((uv_handle_t *) &st->sigterm, NULL);
     uv_close((uv_handle_t *) &st->reaper, NULL);
@@ -161,12 +164,20 @@ int cmd_exec(int argc, char **argv)
     exec_state_t st;
     memset(&st, 0, sizeof st);
     st.loop = uv_default_loop();
+    st.host = hostsbx_start(st.loop, rundir_path(rundir), why, sizeof why);
+    if (!st.host) {
+        fprintf(stderr, "kbridge exec: %s\n", why);
+        kspec_destroy(&spec);
+        rundir_destroy(&rundir);
+        json_decref(env);
+        json_decref(cells);
+        return 1;
+    }
     kernel_opts_t kopts;
     memset(&kopts, 0, sizeof kopts);
+    kopts.sbx = st.host;
     kopts.cwd = cwd;
     kopts.env = env;
-    kopts.runtime_dir = rundir_path(rundir);
-    kopts.shim = kbridge_exe_path();
     kopts.signature_scheme = scheme;
     runner_events_t revents = {s_on_runner_event};
     st.runner = runner_new(st.loop, spec, &kopts, &revents, &st, &err);
@@ -174,9 +185,10 @@ int cmd_exec(int argc, char **argv)
     json_decref(env);
     if (!st.runner) {
         fprintf(stderr, "kbridge exec: the kernel could not be started: %s\n", kb_strerror(err));
+        sbx_destroy(&st.host);
+        uv_run(st.loop, UV_RUN_DEFAULT);
         rundir_destroy(&rundir);
         json_decref(cells);
-        uv_run(st.loop, UV_RUN_DEFAULT);
         return 1;
     }
     uv_signal_init(st.loop, &st.sigint);

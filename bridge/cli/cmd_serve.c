@@ -1,5 +1,6 @@
 /*  cmd_serve - `kbridge serve`: options, the token, signals, start and clean shutdown. */
 #include "commands.h"
+#include "hostsbx.h"
 #include "options.h"
 #include "../kernels/registry.h"
 #include "../http/server.h"
@@ -29,6 +30,7 @@ typedef struct {
     uv_loop_t *loop;
     registry_t *registry;
     server_t *server;
+    sbx_t *host;  //  the default sandbox
     uv_signal_t sigint, sigterm;
     uv_timer_t trim;
     bool stopping;
@@ -50,6 +52,7 @@ static void s_on_all_down(void *arg)
     serve_t *st = arg;
     server_close(st->server);
     registry_destroy(&st->registry);
+    sbx_destroy(&st->host);
     uv_close((uv_handle_t *) &st->sigint, NULL);
     uv_close((uv_handle_t *) &st->sigterm, NULL);
     uv_close((uv_handle_t *) &st->trim, NULL);
@@ -210,6 +213,7 @@ int cmd_serve(int argc, char **argv)
         goto done;
     }
     klog_set_level((klog_level_t) klog_parse_level(log_level));
+    hostsbx_agent_path();  //  reads $KBRIDGE_AGENT before the KBRIDGE_* variables go
     char *env_token = getenv("KBRIDGE_TOKEN");
     if (token_arg && token_arg != env_token && token_arg[0])
         klog_warn("--token is visible to every local user (ps); prefer $KBRIDGE_TOKEN or --token-file");
@@ -293,8 +297,14 @@ int cmd_serve(int argc, char **argv)
     serve_t st;
     memset(&st, 0, sizeof st);
     st.loop = uv_default_loop();
-    registry_config_t rcfg = {rundir_path(rundir), kbridge_exe_path(), env, transport, default_kernel,
-                              !no_autorestart, scheme, (size_t) max_kernels};
+    st.host = hostsbx_start(st.loop, rundir_path(rundir), why, sizeof why);
+    if (!st.host) {
+        fprintf(stderr, "kbridge serve: %s\n", why);
+        rc = 1;
+        goto done;
+    }
+    registry_config_t rcfg = {st.host, env, transport, default_kernel, !no_autorestart, scheme,
+                              (size_t) max_kernels};
     st.registry = registry_new(st.loop, &rcfg);
     snprintf(why, sizeof why, "out of memory");
     api_ctx_t ctx = {st.loop, st.registry, &cfg};
@@ -302,6 +312,7 @@ int cmd_serve(int argc, char **argv)
     if (!st.server) {
         fprintf(stderr, "kbridge serve: %s\n", why);
         registry_destroy(&st.registry);
+        sbx_destroy(&st.host);
         uv_run(st.loop, UV_RUN_DEFAULT);
         rc = 1;
         goto done;

@@ -6,8 +6,6 @@
 int cmd_exec(int argc, char **argv);
 //  kbridge serve [--ip IP] [--port N] [--token T] ...
 int cmd_serve(int argc, char **argv);
-//  kbridge __kernel-shim PPID -- ARGV...: arms PR_SET_PDEATHSIG, then execs ARGV.
-int cmd_kernel_shim(int argc, char **argv);
 
 //  Path of the running kbridge executable (for the shim), or NULL. Borrowed.
 const char *kbridge_exe_path(void);

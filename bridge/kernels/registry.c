@@ -13,7 +13,8 @@
 struct _registry_t {
     uv_loop_t *loop;
     registry_config_t config;
-    char *runtime_dir, *shim, *transport, *default_kernel, *scheme;
+    sbx_t *sbx;
+    char *transport, *default_kernel, *scheme;
     json_t *env;
     kentry_t **live;
     size_t nlive, cap;
@@ -66,8 +67,7 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     registry_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
     self->loop = loop;
-    self->runtime_dir = kb_strdup(config->runtime_dir);
-    self->shim = kb_strdup(config->shim);
+    self->sbx = config->sbx;
     self->transport = kb_strdup(config->transport ? config->transport : "tcp");
     self->scheme = kb_strdup(config->signature_scheme);
     self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
@@ -84,8 +84,6 @@ static void s_free_registry(uv_handle_t *handle)
 {
     registry_t *self = handle->data;
     if (handle == (uv_handle_t *) &self->deadline) {
-        free(self->runtime_dir);
-        free(self->shim);
         free(self->transport);
         free(self->scheme);
         free(self->default_kernel);
@@ -138,8 +136,7 @@ kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *
     opts.env = merged;
     opts.transport = self->transport;
     opts.signature_scheme = self->scheme;
-    opts.runtime_dir = self->runtime_dir;
-    opts.shim = self->shim;
+    opts.sbx = self->sbx;
     opts.autorestart = self->config.autorestart;
     kentry_events_t events = {s_on_shutdown};
     kentry_t *entry = kentry_new(self->loop, spec, &opts, &events, self, err);

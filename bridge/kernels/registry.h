@@ -7,12 +7,12 @@
 #define REGISTRY_H
 
 #include "kentry.h"
+#include "../../sandbox/sbx.h"
 
 typedef struct _registry_t registry_t;
 
 typedef struct {
-    const char *runtime_dir;     //  where connection files go
-    const char *shim;            //  kbridge executable, for the parent-death shim
+    sbx_t *sbx;                  //  the default sandbox, where kernels run (borrowed)
     json_t *env;                 //  environment added to every kernel (borrowed)
     const char *transport;       //  "tcp" or "ipc"
     const char *default_kernel;  //  kernelspec used when none is named

@@ -123,7 +123,7 @@ static void test_connection_file(void **state)
 {
     (void) state;
     int err;
-    connfile_t *cf = connfile_new(s_tmp, "kid", "python3", "tcp", NULL, NULL, &err);
+    connfile_t *cf = connfile_new(&(connfile_opts_t){"kid", "python3", "tcp", NULL, NULL, s_tmp, -1, NULL, (uid_t) -1, (gid_t) -1}, &err);
     assert_non_null(cf);
     struct stat st;
     assert_int_equal(stat(connfile_path(cf), &st), 0);
@@ -148,14 +148,14 @@ static void test_connection_file(void **state)
     connfile_destroy(&cf, true);
     assert_int_not_equal(access(path, F_OK), 0);
 
-    cf = connfile_new(s_tmp, "kid2", "python3", "ipc", NULL, "hmac-sha512", &err);
+    cf = connfile_new(&(connfile_opts_t){"kid2", "python3", "ipc", NULL, "hmac-sha512", s_tmp, -1, NULL, (uid_t) -1, (gid_t) -1}, &err);
     assert_non_null(cf);
     assert_non_null(strstr(connfile_endpoint(cf, KCH_IOPUB), "ipc://"));
     assert_string_equal(connfile_scheme(cf), "hmac-sha512");
     connfile_destroy(&cf, true);
-    assert_null(connfile_new(s_tmp, "kid3", "python3", "udp", NULL, NULL, &err));
+    assert_null(connfile_new(&(connfile_opts_t){"kid3", "python3", "udp", NULL, NULL, s_tmp, -1, NULL, (uid_t) -1, (gid_t) -1}, &err));
     assert_int_equal(err, KB_EINVAL);
-    assert_null(connfile_new(s_tmp, "kid4", "python3", "tcp", NULL, "hmac-md5", &err));
+    assert_null(connfile_new(&(connfile_opts_t){"kid4", "python3", "tcp", NULL, "hmac-md5", s_tmp, -1, NULL, (uid_t) -1, (gid_t) -1}, &err));
     assert_int_equal(err, KB_ESCHEME);
 }
 
@@ -174,7 +174,7 @@ static void test_live_connfiles_never_share_ports(void **state)
             char id[32];
             snprintf(id, sizeof id, "many-%d", i);
             int err;
-            files[i] = connfile_new(s_tmp, id, "python3", "tcp", NULL, NULL, &err);
+            files[i] = connfile_new(&(connfile_opts_t){id, "python3", "tcp", NULL, NULL, s_tmp, -1, NULL, (uid_t) -1, (gid_t) -1}, &err);
             assert_non_null(files[i]);
             for (int c = 0; c < KCH_COUNT; c++) {
                 int port = atoi(strrchr(connfile_endpoint(files[i], (kchan_type_t) c), ':') + 1);
