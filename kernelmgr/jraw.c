@@ -1,5 +1,6 @@
 /*  jraw - locate, validate and copy JSON values without decoding them. */
 #include "jraw.h"
+#include "../base/kberr.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -107,9 +108,9 @@ int jraw_member(jraw_t obj, const char *key, jraw_t *value)
     while ((rc = jraw_next(obj, &pos, &k, &v)) == 1)
         if (jraw_key_is(k, key)) {
             *value = v;
-            return 0;
+            return KB_OK;
         }
-    return -1;
+    return rc < 0 ? KB_EPROTO : KB_ENOTFOUND;
 }
 
 static int s_hexval(char c)

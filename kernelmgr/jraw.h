@@ -23,8 +23,8 @@ typedef struct {
     size_t len;
 } jraw_t;
 
-//  The value of member key in the object text obj (top level only). Returns 0, or -1 if
-//  obj is not an object, the key is absent, or the text is malformed.
+//  The value of member key in the object text obj (top level only). Returns 0,
+//  KB_ENOTFOUND if the key is absent, or KB_EPROTO if obj is not an object or malformed.
 int jraw_member(jraw_t obj, const char *key, jraw_t *value);
 
 //  Iterate the members of an object: start with *pos = 0; returns 1 with the key (raw

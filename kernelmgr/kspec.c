@@ -16,6 +16,7 @@
 struct _kspec_t {
     char *name;
     char *resource_dir;
+    char *prefix;       //  {prefix}: the prefix the spec is installed under
     json_t *spec;       //  normalized spec object
     json_t *resources;  //  logo files
     kspec_interrupt_t interrupt_mode;
@@ -81,6 +82,17 @@ static json_t *s_resources(const char *dir)
     return res;
 }
 
+//  {prefix} in a spec's argv is the prefix of the environment the spec was installed
+//  into (jupyter_client substitutes sys.prefix): <prefix>/share/jupyter/kernels/<name>.
+//  Specs elsewhere fall back to /usr. Caller owns return value.
+static char *s_prefix_of(const char *resource_dir)
+{
+    const char *mark = resource_dir ? strstr(resource_dir, "/share/jupyter/kernels/") : NULL;
+    if (!mark) return strdup("/usr");
+    if (mark == resource_dir) return strdup("/");
+    return strndup(resource_dir, (size_t) (mark - resource_dir));
+}
+
 kspec_t *kspec_load(const char *resource_dir, const char *name, int *err)
 {
     int dummy;
@@ -131,6 +143,7 @@ kspec_t *kspec_load(const char *resource_dir, const char *name, int *err)
     for (char *p = self->name; p && *p; p++) *p = (char) tolower((unsigned char) *p);
     self->resource_dir = realpath(resource_dir, NULL);
     if (!self->resource_dir) self->resource_dir = strdup(resource_dir);
+    self->prefix = s_prefix_of(self->resource_dir);
     self->interrupt_mode =
         strcmp(interrupt, "message") == 0 ? KSPEC_INTERRUPT_MESSAGE : KSPEC_INTERRUPT_SIGNAL;
     self->spec = json_pack("{s:O, s:o, s:s, s:s, s:s, s:o}", "argv", argv, "env",
@@ -139,7 +152,7 @@ kspec_t *kspec_load(const char *resource_dir, const char *name, int *err)
                            "metadata", metadata ? json_deep_copy(metadata) : json_object());
     self->resources = s_resources(resource_dir);
     json_decref(doc);
-    if (!self->name || !self->resource_dir || !self->spec || !self->resources) {
+    if (!self->name || !self->resource_dir || !self->prefix || !self->spec || !self->resources) {
         kspec_destroy(&self);
         *err = KB_ENOMEM;
         return NULL;
@@ -239,10 +252,11 @@ kspec_t *kspec_dup(const kspec_t *self)
     if (!copy) return NULL;
     copy->name = strdup(self->name);
     copy->resource_dir = strdup(self->resource_dir);
+    copy->prefix = strdup(self->prefix);
     copy->spec = json_deep_copy(self->spec);
     copy->resources = json_deep_copy(self->resources);
     copy->interrupt_mode = self->interrupt_mode;
-    if (!copy->name || !copy->resource_dir || !copy->spec || !copy->resources)
+    if (!copy->name || !copy->resource_dir || !copy->prefix || !copy->spec || !copy->resources)
         kspec_destroy(&copy);
     return copy;
 }
@@ -253,6 +267,7 @@ void kspec_destroy(kspec_t **self_p)
     kspec_t *self = *self_p;
     free(self->name);
     free(self->resource_dir);
+    free(self->prefix);
     json_decref(self->spec);
     json_decref(self->resources);
     free(self);
@@ -300,7 +315,7 @@ static int s_append(char **buf, size_t *len, size_t *cap, const char *src, size_
     if (*len + n + 1 > *cap) {
         size_t grown = (*len + n + 1) * 2;
         char *p = realloc(*buf, grown);
-        if (!p) return -1;
+        if (!p) return KB_ENOMEM;
         *buf = p;
         *cap = grown;
     }
@@ -357,7 +372,7 @@ static const char *s_argv_var(const char *name, void *arg)
     argv_vars_t *vars = arg;
     if (strcmp(name, "connection_file") == 0) return vars->connection_file;
     if (strcmp(name, "resource_dir") == 0) return vars->spec->resource_dir;
-    if (strcmp(name, "prefix") == 0) return "/usr";
+    if (strcmp(name, "prefix") == 0) return vars->spec->prefix;
     return NULL;
 }
 

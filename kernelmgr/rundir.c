@@ -1,5 +1,6 @@
 /*  rundir - per-instance runtime directory, with stale-instance cleanup. */
 #include "rundir.h"
+#include "../base/kberr.h"
 #include "../base/klog.h"
 
 #include <dirent.h>
@@ -34,12 +35,12 @@ static void s_remove_tree(const char *path)
 
 static int s_mkdir_private(const char *path)
 {
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) return -1;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) return KB_EIO;
     struct stat st;
     //  A pre-existing directory must be ours and private, or someone else could read keys.
-    if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid()) return -1;
-    if ((st.st_mode & 077) != 0 && chmod(path, 0700) != 0) return -1;
-    return 0;
+    if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid()) return KB_EACCES;
+    if ((st.st_mode & 077) != 0 && chmod(path, 0700) != 0) return KB_EIO;
+    return KB_OK;
 }
 
 rundir_t *rundir_new(const char *base)

@@ -8,6 +8,7 @@ typedef struct {
     hreq_t *req;
     hwait_reply_fn *reply;
     int op;
+    void *arg;
 } hwait_t;
 
 static void s_on_close(hreq_t *req, void *arg)
@@ -23,12 +24,12 @@ static void s_on_transition(kwait_t *wait, kentry_t *entry, kwait_result_t resul
 {
     hwait_t *w = wait->arg;
     hreq_on_close(w->req, NULL, NULL);
-    w->reply(w->req, entry, result, w->op);
+    w->reply(w->req, entry, result, w->op, w->arg);
     hreq_release(&w->req);
     free(w);
 }
 
-void hwait_start(hreq_t *req, kentry_t *entry, hwait_reply_fn *reply, int op)
+void hwait_start(hreq_t *req, kentry_t *entry, hwait_reply_fn *reply, int op, void *arg)
 {
     hwait_t *w = calloc(1, sizeof *w);
     if (!w) {
@@ -38,6 +39,7 @@ void hwait_start(hreq_t *req, kentry_t *entry, hwait_reply_fn *reply, int op)
     w->req = req;
     w->reply = reply;
     w->op = op;
+    w->arg = arg;
     hreq_hold(req);
     hreq_on_close(req, s_on_close, w);
     w->wait.fn = s_on_transition;

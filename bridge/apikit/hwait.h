@@ -10,11 +10,11 @@
 #include "../http/hreq.h"
 #include "../kernels/kentry.h"
 
-//  Write the response for req (the kernel reached result). op is the caller's tag.
-typedef void(hwait_reply_fn)(hreq_t *req, kentry_t *entry, kwait_result_t result, int op);
+//  Write the response for req (the kernel reached result). op and arg are the caller's.
+typedef void(hwait_reply_fn)(hreq_t *req, kentry_t *entry, kwait_result_t result, int op, void *arg);
 
 //  Hold req until entry's next transition, then call reply. On allocation failure it
 //  answers 500 at once.
-void hwait_start(hreq_t *req, kentry_t *entry, hwait_reply_fn *reply, int op);
+void hwait_start(hreq_t *req, kentry_t *entry, hwait_reply_fn *reply, int op, void *arg);
 
 #endif

@@ -1,5 +1,6 @@
 /*  e2b - /execute, /contexts and /health as the E2B code interpreter serves them. */
 #include "e2b.h"
+#include "../apikit/envcheck.h"
 #include "../apikit/hwait.h"
 #include "../buf/jbuf.h"
 #include "e2b_events.h"
@@ -9,6 +10,7 @@
 #include "../kernels/registry.h"
 #include "../http/api.h"
 #include "../../base/jx.h"
+#include "../../base/klist.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 
@@ -23,8 +25,8 @@
 typedef struct _e2b_t e2b_t;
 
 //  A streaming /execute.
-typedef struct stream_s {
-    struct stream_s *prev, *next;
+typedef struct {
+    klist_t link;
     e2b_t *e2b;
     hreq_t *req;
     run_t *run;
@@ -37,7 +39,8 @@ struct _e2b_t {
     uv_loop_t *loop;
     registry_t *registry;
     const config_t *config;
-    stream_t *streams;
+    klist_t streams;  //  stream_t
+    json_t *contexts;
 };
 
 static registry_t *s_registry(e2b_t *self)
@@ -79,32 +82,45 @@ static char *s_kernel_for_language(e2b_t *self, const char *language)
     return name;
 }
 
-static const char *s_context_language(kentry_t *entry)
+//  What E2B knows of its contexts: kernel id -> {"language", "default"}. Kernels are
+//  everyone's; a context's language and whether it is a language's default context are
+//  this API's own. Entries of kernels that are gone are dropped as they are met.
+static json_t *s_context_info(e2b_t *self, kentry_t *entry)
 {
-    const char *tag = json_string_value(json_object_get(kentry_tags(entry), "e2b_language"));
+    return json_object_get(self->contexts, kentry_id(entry));
+}
+
+static void s_prune_contexts(e2b_t *self)
+{
+    const char *id;
+    json_t *info;
+    void *tmp;
+    json_object_foreach_safe(self->contexts, tmp, id, info) if (!registry_find(self->registry, id))
+        json_object_del(self->contexts, id);
+}
+
+static const char *s_context_language(e2b_t *self, kentry_t *entry)
+{
+    const char *tag = json_string_value(json_object_get(s_context_info(self, entry), "language"));
     return tag ? tag : kernel_language(kentry_kernel(entry));
 }
 
-static json_t *s_context_model(kentry_t *entry)
+static json_t *s_context_model(e2b_t *self, kentry_t *entry)
 {
     char language[64];
-    s_normalize_language(s_context_language(entry), language, sizeof language);
-    json_t *native = kentry_model_native(entry);
-    json_t *model = json_pack("{s:s, s:s, s:O}", "id", kentry_id(entry), "language", language, "cwd",
-                              json_object_get(native, "cwd"));
-    json_decref(native);
-    return model;
+    s_normalize_language(s_context_language(self, entry), language, sizeof language);
+    return json_pack("{s:s, s:s, s:s}", "id", kentry_id(entry), "language", language, "cwd",
+                     kentry_cwd(entry));
 }
 
 static kentry_t *s_live(e2b_t *self, const char *id)
 {
-    kentry_t *entry = id ? registry_find(s_registry(self), id) : NULL;
-    return entry && !kentry_shutting_down(entry) ? entry : NULL;
+    return id ? registry_find(s_registry(self), id) : NULL;
 }
 
 //  Start a context for language in cwd. On failure, *why says what went wrong.
-static kentry_t *s_create_context(e2b_t *self, const char *language, const char *cwd, char *why,
-                                  size_t size)
+static kentry_t *s_create_context(e2b_t *self, const char *language, const char *cwd, bool is_default,
+                                  char *why, size_t size)
 {
     char *kernel = s_kernel_for_language(self, language);
     if (!kernel) {
@@ -119,25 +135,29 @@ static kentry_t *s_create_context(e2b_t *self, const char *language, const char 
                  : err == KB_ELIMIT ? "the server runs as many kernels as it allows (--max-kernels)"
                                     : kb_strerror(err));
     free(kernel);
-    if (entry) json_object_set_new(kentry_tags(entry), "e2b_language", json_string(language));
+    if (entry) {
+        s_prune_contexts(self);
+        json_object_set_new(self->contexts, kentry_id(entry),
+                            json_pack("{s:s, s:b}", "language", language, "default", is_default));
+    }
     return entry;
 }
 
 //  The default context of a language, created on first use.
 static kentry_t *s_default_context(e2b_t *self, const char *language, char *why, size_t size)
 {
-    kentry_t **entries;
-    size_t n = registry_list(s_registry(self), &entries);
-    kentry_t *found = NULL;
-    for (size_t i = 0; i < n && !found; i++) {
-        const char *tag = json_string_value(json_object_get(kentry_tags(entries[i]), "e2b_default"));
-        if (tag && strcmp(tag, language) == 0 && !kentry_shutting_down(entries[i])) found = entries[i];
+    const char *id;
+    json_t *info;
+    json_object_foreach(self->contexts, id, info)
+    {
+        const char *lang = json_string_value(json_object_get(info, "language"));
+        kentry_t *entry = json_is_true(json_object_get(info, "default")) && lang &&
+                                  strcmp(lang, language) == 0
+                              ? registry_find(self->registry, id)
+                              : NULL;
+        if (entry) return entry;
     }
-    free(entries);
-    if (found) return found;
-    found = s_create_context(self, language, NULL, why, size);
-    if (found) json_object_set_new(kentry_tags(found), "e2b_default", json_string(language));
-    return found;
+    return s_create_context(self, language, NULL, true, why, size);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -179,10 +199,7 @@ static void s_stream_closed(uv_handle_t *handle)
 
 static void s_stream_free(stream_t *st)
 {
-    e2b_t *self = st->e2b;
-    if (st->prev) st->prev->next = st->next;
-    else if (self->streams == st) self->streams = st->next;
-    if (st->next) st->next->prev = st->prev;
+    klist_remove(&st->link);
     hreq_on_close(st->req, NULL, NULL);
     hreq_release(&st->req);
     uv_timer_stop(&st->keepalive);
@@ -223,7 +240,9 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
     }
 }
 
-static void s_execute(e2b_t *self, hreq_t *req)
+//  Validate the body as E2B's FastAPI server does; on failure the reply is sent and NULL
+//  returned. Caller owns the returned document.
+static json_t *s_execute_body(hreq_t *req)
 {
     size_t blen;
     const char *body = hreq_body(req, &blen);
@@ -234,19 +253,17 @@ static void s_execute(e2b_t *self, hreq_t *req)
                                    "body", jerr.position, "msg", "JSON decode error", "input", "ctx",
                                    "error", jerr.text);
         hreq_reply_json(req, 422, json_pack("{s:[o]}", "detail", detail));
-        return;
+        return NULL;
     }
     if (!json_is_object(doc)) {
         s_reply_422(req, "model_attributes_type", json_pack("[s]", "body"),
                     "Input should be a valid dictionary or object to extract fields from", json_incref(doc));
-        json_decref(doc);
-        return;
+        goto refuse;
     }
     json_t *code = json_object_get(doc, "code");
     if (!code) {
         s_reply_422(req, "missing", json_pack("[s, s]", "body", "code"), "Field required", json_incref(doc));
-        json_decref(doc);
-        return;
+        goto refuse;
     }
     static const char *strings[] = {"code", "context_id", "language"};
     for (int i = 0; i < 3; i++) {
@@ -254,53 +271,61 @@ static void s_execute(e2b_t *self, hreq_t *req)
         if (v && !json_is_string(v) && !(i > 0 && json_is_null(v))) {
             s_reply_422(req, "string_type", json_pack("[s, s]", "body", strings[i]),
                         "Input should be a valid string", json_incref(v));
-            json_decref(doc);
-            return;
+            goto refuse;
         }
     }
     json_t *env = json_object_get(doc, "env_vars");
-    if (json_is_null(env)) env = NULL;
-    if (env && !json_is_object(env)) {
+    if (json_is_null(env)) {
+        json_object_del(doc, "env_vars");
+        env = NULL;
+    }
+    const char *bad;
+    char why[200];
+    switch (envcheck(env, &bad, why, sizeof why)) {
+    case ENVCHECK_OK: break;
+    case ENVCHECK_NOT_OBJECT:
         s_reply_422(req, "dict_type", json_pack("[s, s]", "body", "env_vars"),
                     "Input should be a valid dictionary", json_incref(env));
-        json_decref(doc);
-        return;
+        goto refuse;
+    case ENVCHECK_NOT_STRING:
+        s_reply_422(req, "string_type", json_pack("[s, s, s]", "body", "env_vars", bad),
+                    "Input should be a valid string", json_incref(json_object_get(env, bad)));
+        goto refuse;
+    default:
+        s_reply_422(req, "value_error", json_pack("[s, s, s]", "body", "env_vars", bad),
+                    "Value error, environment variable names must be non-empty without '=', "
+                    "values without NUL",
+                    json_incref(json_object_get(env, bad)));
+        goto refuse;
     }
-    const char *key;
-    json_t *value;
-    json_object_foreach(env, key, value)
-    {
-        if (!json_is_string(value)) {
-            s_reply_422(req, "string_type", json_pack("[s, s, s]", "body", "env_vars", key),
-                        "Input should be a valid string", json_incref(value));
-            json_decref(doc);
-            return;
-        }
-        if (!*key || strchr(key, '=') || memchr(json_string_value(value), '\0', json_string_length(value))) {
-            s_reply_422(req, "value_error", json_pack("[s, s, s]", "body", "env_vars", key),
-                        "Value error, environment variable names must be non-empty without '=', "
-                        "values without NUL",
-                        json_incref(value));
-            json_decref(doc);
-            return;
-        }
+    if (json_string_value(json_object_get(doc, "context_id")) &&
+        json_string_value(json_object_get(doc, "language"))) {
+        hreq_reply_text(req, 400, "Only one of context_id or language can be provided");
+        goto refuse;
     }
+    return doc;
+refuse:
+    json_decref(doc);
+    return NULL;
+}
+
+static void s_execute(e2b_t *self, hreq_t *req)
+{
+    json_t *doc = s_execute_body(req);
+    if (!doc) return;
+    const char *code = json_string_value(json_object_get(doc, "code"));
     const char *context_id = json_string_value(json_object_get(doc, "context_id"));
     const char *language = json_string_value(json_object_get(doc, "language"));
-    if (context_id && language) {
-        hreq_reply_text(req, 400, "Only one of context_id or language can be provided");
-        json_decref(doc);
-        return;
-    }
+    json_t *env = json_object_get(doc, "env_vars");
     kentry_t *entry;
+    stream_t *st = NULL;
     char why[300];
     if (context_id) {
         entry = s_live(self, context_id);
         if (!entry) {
             snprintf(why, sizeof why, "Context %.200s not found", context_id);
             hreq_reply_text(req, 404, why);
-            json_decref(doc);
-            return;
+            goto done;
         }
     } else {
         char lang[64];
@@ -308,24 +333,21 @@ static void s_execute(e2b_t *self, hreq_t *req)
         entry = s_default_context(self, lang, why, sizeof why);
         if (!entry) {
             hreq_reply_text(req, 500, why);
-            json_decref(doc);
-            return;
+            goto done;
         }
     }
-    stream_t *st = calloc(1, sizeof *st);
+    st = calloc(1, sizeof *st);
     if (!st) {
         hreq_reply_text(req, 500, "out of memory");
-        json_decref(doc);
-        return;
+        goto done;
     }
     st->e2b = self;
     st->req = req;
     hreq_hold(req);
     uv_timer_init(self->loop, &st->keepalive);
     st->keepalive.data = st;
-    st->next = self->streams;
-    if (self->streams) self->streams->prev = st;
-    self->streams = st;
+    klist_init(&st->link);
+    klist_push_front(&self->streams, &st->link);
     //  Headers at once, before waiting for the context: the SDK's request timeout only
     //  covers the wait for them.
     hreq_stream_begin(req, 200, NULL);
@@ -337,8 +359,7 @@ static void s_execute(e2b_t *self, hreq_t *req)
     opts.exec.stream_only = true;
     opts.exec.raw_events = true;  //  rendered by e2b_events
     int err;
-    st->run = runner_execute(kentry_runner(entry), json_string_value(code), &opts, s_on_exec_event, st, &err);
-    json_decref(doc);
+    st->run = runner_execute(kentry_runner(entry), code, &opts, s_on_exec_event, st, &err);
     if (!st->run) {
         json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "error", "name",
                               err == KB_EINVAL ? "ValueError" : "ContextError", "value",
@@ -353,13 +374,15 @@ static void s_execute(e2b_t *self, hreq_t *req)
         hreq_stream_end(req);
         s_stream_free(st);
     }
+done:
+    json_decref(doc);
 }
 
 // ---------------------------------------------------------------------------------------
 //  /contexts
 
 typedef enum { CTX_CREATE, CTX_RESTART, CTX_DELETE } ctx_op_t;
-static void s_reply_after(hreq_t *req, kentry_t *entry, ctx_op_t op);
+static void s_reply_after(e2b_t *self, hreq_t *req, kentry_t *entry, ctx_op_t op);
 
 static void s_contexts_post(e2b_t *self, hreq_t *req)
 {
@@ -381,19 +404,20 @@ static void s_contexts_post(e2b_t *self, hreq_t *req)
     }
     char language[64], why[300];
     s_normalize_language(json_is_string(lang) ? json_string_value(lang) : "python", language, sizeof language);
-    kentry_t *entry = s_create_context(self, language, json_string_value(cwd), why, sizeof why);
+    kentry_t *entry = s_create_context(self, language, json_string_value(cwd), false, why, sizeof why);
     json_decref(doc);
     if (!entry) {
         hreq_reply_text(req, 500, why);
         return;
     }
     //  Ready when answered, as upstream's context creation is.
-    if (kentry_ready(entry)) hreq_reply_json(req, 200, s_context_model(entry));
-    else s_reply_after(req, entry, CTX_CREATE);
+    if (kentry_ready(entry)) hreq_reply_json(req, 200, s_context_model(self, entry));
+    else s_reply_after(self, req, entry, CTX_CREATE);
 }
 
-static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op)
+static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op, void *arg)
 {
+    e2b_t *self = arg;
     char why[300];
     if (op == CTX_DELETE) {
         hreq_reply(req, 200, "application/json", "null", 4);
@@ -403,16 +427,16 @@ static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t resu
         hreq_reply_text(req, 500, why);
         if (op == CTX_CREATE) kentry_shutdown(entry);
     } else if (op == CTX_CREATE) {
-        hreq_reply_json(req, 200, s_context_model(entry));
+        hreq_reply_json(req, 200, s_context_model(self, entry));
     } else {
         hreq_reply(req, 200, "application/json", "null", 4);
     }
 }
 
 //  Answer req once entry has gone through its next transition.
-static void s_reply_after(hreq_t *req, kentry_t *entry, ctx_op_t op)
+static void s_reply_after(e2b_t *self, hreq_t *req, kentry_t *entry, ctx_op_t op)
 {
-    hwait_start(req, entry, s_reply_transition, (int) op);
+    hwait_start(req, entry, s_reply_transition, (int) op, self);
 }
 
 static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *action)
@@ -430,7 +454,7 @@ static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *acti
         hreq_reply_text(req, 405, "Method Not Allowed");
         return;
     }
-    s_reply_after(req, entry, restart ? CTX_RESTART : CTX_DELETE);
+    s_reply_after(self, req, entry, restart ? CTX_RESTART : CTX_DELETE);
     if (restart) kentry_restart(entry);
     else kentry_shutdown(entry);
 }
@@ -464,7 +488,7 @@ static void s_http(void *api, hreq_t *req)
             size_t n = registry_list(s_registry(self), &entries);
             json_t *list = json_array();
             for (size_t i = 0; i < n; i++)
-                if (!kentry_shutting_down(entries[i])) json_array_append_new(list, s_context_model(entries[i]));
+                json_array_append_new(list, s_context_model(self, entries[i]));
             free(entries);
             hreq_reply_json(req, 200, list);
         } else {
@@ -487,6 +511,12 @@ static void *s_create(const api_ctx_t *ctx)
     self->loop = ctx->loop;
     self->registry = ctx->registry;
     self->config = ctx->config;
+    klist_init(&self->streams);
+    self->contexts = json_object();
+    if (!self->contexts) {
+        free(self);
+        return NULL;
+    }
     return self;
 }
 
@@ -495,12 +525,13 @@ static void s_destroy(void **api_p)
     if (!api_p || !*api_p) return;
     e2b_t *self = *api_p;
     *api_p = NULL;
-    while (self->streams) {
-        stream_t *st = self->streams;
+    while (!klist_empty(&self->streams)) {
+        stream_t *st = klist_entry(klist_first(&self->streams), stream_t, link);
         if (st->run) run_cancel(st->run);
         st->run = NULL;
         s_stream_free(st);
     }
+    json_decref(self->contexts);
     free(self);
 }
 

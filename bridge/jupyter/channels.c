@@ -1,6 +1,7 @@
 /*  channels - a Jupyter kernel-channels WebSocket connection. */
 #include "channels.h"
 #include "../../base/kberr.h"
+#include "../../base/klist.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
 
@@ -12,8 +13,8 @@
 //  Client messages held while the kernel is not ready.
 #define MAX_HELD 10000
 
-typedef struct held_s {
-    struct held_s *next;
+typedef struct {
+    klist_t link;
     kmsg_t *msg;
     kchan_type_t channel;
 } held_t;
@@ -27,7 +28,7 @@ struct _channels_t {
     void *arg;
     kchan_t *chan[KCH_COUNT];  //  shell, control, stdin
     runner_listener_t listener;
-    held_t *held_head, *held_tail;
+    klist_t held_msgs;  //  held_t, oldest first
     size_t held;
     uint64_t generated;  //  counter for server-made msg_ids
     bool detached;
@@ -89,25 +90,23 @@ static bool s_can_forward(channels_t *self)
 static void s_flush_held(channels_t *self)
 {
     if (self->detached || !s_can_forward(self)) return;
-    while (self->held_head) {
-        held_t *h = self->held_head;
-        self->held_head = h->next;
+    while (!klist_empty(&self->held_msgs)) {
+        held_t *h = klist_entry(klist_first(&self->held_msgs), held_t, link);
+        klist_remove(&h->link);
         s_forward(self, h->channel, &h->msg);
         free(h);
     }
-    self->held_tail = NULL;
     self->held = 0;
 }
 
 static void s_drop_held(channels_t *self)
 {
-    while (self->held_head) {
-        held_t *h = self->held_head;
-        self->held_head = h->next;
+    while (!klist_empty(&self->held_msgs)) {
+        held_t *h = klist_entry(klist_first(&self->held_msgs), held_t, link);
+        klist_remove(&h->link);
         kmsg_destroy(&h->msg);
         free(h);
     }
-    self->held_tail = NULL;
     self->held = 0;
 }
 
@@ -116,7 +115,6 @@ static void s_release_kernel_side(channels_t *self)
     if (self->detached) return;
     self->detached = true;
     runner_unlisten(kentry_runner(self->entry), &self->listener);
-    kentry_connections_add(self->entry, -1);
     for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
     s_drop_held(self);
 }
@@ -154,7 +152,7 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
         wsconn_close(conn, 1007, why);
         return;
     }
-    if (!self->held_head && s_can_forward(self)) {
+    if (klist_empty(&self->held_msgs) && s_can_forward(self)) {
         s_forward(self, channel, &msg);
         return;
     }
@@ -170,10 +168,8 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
     }
     h->msg = msg;
     h->channel = channel;
-    h->next = NULL;
-    if (self->held_tail) self->held_tail->next = h;
-    else self->held_head = h;
-    self->held_tail = h;
+    klist_init(&h->link);
+    klist_push_back(&self->held_msgs, &h->link);
     self->held++;
 }
 
@@ -211,6 +207,7 @@ channels_t *channels_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const
     self->entry = entry;
     self->conn = conn;
     self->proto = proto;
+    klist_init(&self->held_msgs);
     if (events) self->events = *events;
     self->arg = arg;
     if (session_id && *session_id)
@@ -236,7 +233,6 @@ channels_t *channels_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const
     self->listener.on_event = s_on_kernel_event;
     self->listener.arg = self;
     runner_listen(kentry_runner(entry), &self->listener);
-    kentry_connections_add(entry, 1);
     wsconn_events_t wev = {s_on_message, s_on_too_large, s_on_close};
     wsconn_set_events(conn, &wev, self);
     return self;

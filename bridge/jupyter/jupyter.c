@@ -6,6 +6,7 @@
 #include "../kernels/registry.h"
 #include "../http/api.h"
 #include "../../base/jx.h"
+#include "../../base/klist.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
@@ -22,15 +23,15 @@
 //  The Jupyter Server REST API version these routes follow.
 #define JUPYTER_API_VERSION "2.0.0"
 
-typedef struct jsess_s {
-    struct jsess_s *next;
+typedef struct {
+    klist_t link;
     char id[37];
     char kernel_id[64];
     json_t *model;  //  {path, name, type}
 } jsess_t;
 
-typedef struct jlink_s {
-    struct jlink_s *next;
+typedef struct {
+    klist_t link;
     channels_t *conn;
 } jlink_t;
 
@@ -41,8 +42,8 @@ struct _jupyter_t {
     const config_t *config;
     char started[32];
     char last_request[32];
-    jsess_t *sessions;
-    jlink_t *conns;
+    klist_t sessions;  //  jsess_t
+    klist_t conns;     //  jlink_t
     int nconns;
 };
 
@@ -53,8 +54,18 @@ static registry_t *s_registry(jupyter_t *self)
 
 static kentry_t *s_kernel(jupyter_t *self, const char *id)
 {
-    kentry_t *entry = registry_find(s_registry(self), id);
-    return entry && !kentry_shutting_down(entry) ? entry : NULL;
+    return registry_find(s_registry(self), id);
+}
+
+static size_t s_count_channels(jupyter_t *self, kentry_t *entry);
+
+//  Jupyter Server's kernel model: {id, name, last_activity, execution_state, connections}.
+static json_t *s_model(jupyter_t *self, kentry_t *entry)
+{
+    kernel_t *k = kentry_kernel(entry);
+    return json_pack("{s:s, s:s, s:s, s:s, s:i}", "id", kernel_id(k), "name", kernel_name(k),
+                     "last_activity", kentry_last_activity(entry), "execution_state",
+                     kentry_state_name(entry), "connections", (int) s_count_channels(self, entry));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -242,17 +253,18 @@ static void s_kernels_post(jupyter_t *self, hreq_t *req)
     char location[128];
     snprintf(location, sizeof location, "/api/kernels/%s", kentry_id(entry));
     hreq_add_header(req, "location:", location);
-    hreq_reply_json(req, 201, kentry_model_jupyter(entry));
+    hreq_reply_json(req, 201, s_model(self, entry));
 }
 
 enum { WAIT_RESTART, WAIT_DELETE };
 
-static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op)
+static void s_reply_transition(hreq_t *req, kentry_t *entry, kwait_result_t result, int op, void *arg)
 {
+    jupyter_t *self = arg;
     if (op == WAIT_DELETE) {
         hreq_reply(req, 204, NULL, NULL, 0);
     } else if (result == KWAIT_READY) {
-        hreq_reply_json(req, 200, kentry_model_jupyter(entry));
+        hreq_reply_json(req, 200, s_model(self, entry));
     } else {
         char message[256];
         snprintf(message, sizeof message, "Kernel restart failed: %s", kernel_exit_reason(kentry_kernel(entry)));
@@ -269,8 +281,7 @@ static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
             size_t n = registry_list(s_registry(self), &entries);
             json_t *list = json_array();
             for (size_t i = 0; i < n; i++)
-                if (!kentry_shutting_down(entries[i]))
-                    json_array_append_new(list, kentry_model_jupyter(entries[i]));
+                json_array_append_new(list, s_model(self, entries[i]));
             free(entries);
             hreq_reply_json(req, 200, list);
         } else if (m == HM_POST) {
@@ -291,16 +302,16 @@ static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
         return;
     }
     if (*action == '\0' && m == HM_GET) {
-        hreq_reply_json(req, 200, kentry_model_jupyter(entry));
+        hreq_reply_json(req, 200, s_model(self, entry));
     } else if (*action == '\0' && m == HM_DELETE) {
-        hwait_start(req, entry, s_reply_transition, WAIT_DELETE);
+        hwait_start(req, entry, s_reply_transition, WAIT_DELETE, self);
         kentry_shutdown(entry);
     } else if (strcmp(action, "interrupt") == 0 && m == HM_POST) {
-        int rc = runner_interrupt(kentry_runner(entry));
+        int rc = kentry_interrupt(entry);
         if (rc) hreq_reply_error(req, 500, kb_strerror(rc));
         else hreq_reply(req, 204, NULL, NULL, 0);
     } else if (strcmp(action, "restart") == 0 && m == HM_POST) {
-        hwait_start(req, entry, s_reply_transition, WAIT_RESTART);
+        hwait_start(req, entry, s_reply_transition, WAIT_RESTART, self);
         //  Refused only while shutting down; the waiter then hears of the shutdown.
         kentry_restart(entry);
     } else if (strcmp(action, "channels") == 0) {
@@ -317,15 +328,14 @@ static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
 
 static void s_prune_sessions(jupyter_t *self)
 {
-    for (jsess_t **p = &self->sessions; *p;) {
-        if (!s_kernel(self, (*p)->kernel_id)) {
-            jsess_t *gone = *p;
-            *p = gone->next;
-            json_decref(gone->model);
-            free(gone);
-        } else {
-            p = &(*p)->next;
-        }
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->sessions)
+    {
+        jsess_t *gone = klist_entry(it, jsess_t, link);
+        if (s_kernel(self, gone->kernel_id)) continue;
+        klist_remove(&gone->link);
+        json_decref(gone->model);
+        free(gone);
     }
 }
 
@@ -334,7 +344,7 @@ static json_t *s_session_model(jupyter_t *self, jsess_t *s)
     json_t *model = json_deep_copy(s->model);
     json_object_set_new(model, "id", json_string(s->id));
     kentry_t *entry = s_kernel(self, s->kernel_id);
-    json_object_set_new(model, "kernel", entry ? kentry_model_jupyter(entry) : json_null());
+    json_object_set_new(model, "kernel", entry ? s_model(self, entry) : json_null());
     const char *type = json_string_value(json_object_get(s->model, "type"));
     if (type && strcmp(type, "notebook") == 0)
         json_object_set_new(model, "notebook", json_pack("{s:O, s:O}", "path", json_object_get(s->model, "path"),
@@ -344,8 +354,12 @@ static json_t *s_session_model(jupyter_t *self, jsess_t *s)
 
 static jsess_t *s_find_session(jupyter_t *self, const char *id)
 {
-    for (jsess_t *s = self->sessions; s; s = s->next)
+    klist_t *it;
+    klist_foreach(it, &self->sessions)
+    {
+        jsess_t *s = klist_entry(it, jsess_t, link);
         if (strcmp(s->id, id) == 0) return s;
+    }
     return NULL;
 }
 
@@ -388,9 +402,12 @@ static void s_sessions_post(jupyter_t *self, hreq_t *req)
     s_prune_sessions(self);
     //  As Jupyter Server: a session for a path that already has one is that session.
     jsess_t *s = NULL;
-    for (jsess_t *it = self->sessions; it && path; it = it->next) {
-        const char *p = json_string_value(json_object_get(it->model, "path"));
-        if (p && strcmp(p, path) == 0) s = it;
+    klist_t *it;
+    klist_foreach(it, &self->sessions)
+    {
+        jsess_t *other = klist_entry(it, jsess_t, link);
+        const char *p = json_string_value(json_object_get(other->model, "path"));
+        if (path && p && strcmp(p, path) == 0) s = other;
     }
     if (!s) {
         kentry_t *entry = s_session_kernel(self, req, body, path);
@@ -408,8 +425,8 @@ static void s_sessions_post(jupyter_t *self, hreq_t *req)
         snprintf(s->kernel_id, sizeof s->kernel_id, "%s", kentry_id(entry));
         s->model = json_pack("{s:s, s:s, s:s}", "path", path ? path : "", "name", name ? name : "",
                              "type", type);
-        s->next = self->sessions;
-        self->sessions = s;
+        klist_init(&s->link);
+        klist_push_front(&self->sessions, &s->link);
     }
     json_decref(body);
     char location[128];
@@ -425,7 +442,11 @@ static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
     if (*rest == '\0') {
         if (m == HM_GET) {
             json_t *list = json_array();
-            for (jsess_t *s = self->sessions; s; s = s->next) json_array_append_new(list, s_session_model(self, s));
+            klist_t *it;
+            klist_foreach(it, &self->sessions)
+            {
+                json_array_append_new(list, s_session_model(self, klist_entry(it, jsess_t, link)));
+            }
             hreq_reply_json(req, 200, list);
         } else if (m == HM_POST) {
             s_sessions_post(self, req);
@@ -474,15 +495,11 @@ static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
         hreq_reply_json(req, 200, s_session_model(self, s));
     } else if (m == HM_DELETE) {
         kentry_t *entry = s_kernel(self, s->kernel_id);
-        for (jsess_t **p = &self->sessions; *p; p = &(*p)->next)
-            if (*p == s) {
-                *p = s->next;
-                break;
-            }
+        klist_remove(&s->link);
         json_decref(s->model);
         free(s);
         if (entry) {
-            hwait_start(req, entry, s_reply_transition, WAIT_DELETE);
+            hwait_start(req, entry, s_reply_transition, WAIT_DELETE, self);
             kentry_shutdown(entry);
         } else {
             hreq_reply(req, 204, NULL, NULL, 0);
@@ -552,8 +569,11 @@ static bool s_channels_path(const char *path, char *kernel_id, size_t size)
 static size_t s_count_channels(jupyter_t *self, kentry_t *entry)
 {
     size_t n = 0;
-    for (jlink_t *l = self->conns; l; l = l->next)
-        if (channels_kentry(l->conn) == entry) n++;
+    klist_t *it;
+    klist_foreach(it, &self->conns)
+    {
+        if (channels_kentry(klist_entry(it, jlink_t, link)->conn) == entry) n++;
+    }
     return n;
 }
 
@@ -581,14 +601,16 @@ static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
 static void s_on_conn_gone(channels_t *conn, void *arg)
 {
     jupyter_t *self = arg;
-    for (jlink_t **p = &self->conns; *p; p = &(*p)->next)
-        if ((*p)->conn == conn) {
-            jlink_t *l = *p;
-            *p = l->next;
-            free(l);
-            self->nconns--;
-            return;
-        }
+    klist_t *it;
+    klist_foreach(it, &self->conns)
+    {
+        jlink_t *l = klist_entry(it, jlink_t, link);
+        if (l->conn != conn) continue;
+        klist_remove(&l->link);
+        free(l);
+        self->nconns--;
+        return;
+    }
 }
 
 static void s_ws_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprotocol)
@@ -604,21 +626,31 @@ static void s_ws_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subp
     }
     if (hreq_query(req, "session_id", session_id, sizeof session_id) != KB_OK) session_id[0] = '\0';
     //  One connection per (kernel, session_id): two DEALERs with one routing id collide.
-    for (jlink_t *l = self->conns; l && *session_id; l = l->next)
-        if (channels_kentry(l->conn) == entry && strcmp(channels_session_id(l->conn), session_id) == 0) {
+    klist_t *it;
+    klist_foreach(it, &self->conns)
+    {
+        jlink_t *l = klist_entry(it, jlink_t, link);
+        if (*session_id && channels_kentry(l->conn) == entry &&
+            strcmp(channels_session_id(l->conn), session_id) == 0) {
             klog_info("kernel %.8s: replacing stale connection for session %s", kernel_id, session_id);
             channels_close(l->conn, 1000, "replaced by a newer connection with the same session_id");
         }
+    }
     jlink_t *link = malloc(sizeof *link);
+    if (!link) {
+        wsconn_close(conn, 1011, "out of memory");
+        return;
+    }
     channels_events_t events = {s_on_conn_gone};
-    channels_t *jc = link ? channels_new(self->loop, entry, conn, session_id, proto, &events, self) : NULL;
+    //  On failure channels_new has closed the connection with a reason.
+    channels_t *jc = channels_new(self->loop, entry, conn, session_id, proto, &events, self);
     if (!jc) {
         free(link);
         return;
     }
     link->conn = jc;
-    link->next = self->conns;
-    self->conns = link;
+    klist_init(&link->link);
+    klist_push_front(&self->conns, &link->link);
     self->nconns++;
 }
 
@@ -629,6 +661,8 @@ static void *s_create(const api_ctx_t *ctx)
     self->loop = ctx->loop;
     self->registry = ctx->registry;
     self->config = ctx->config;
+    klist_init(&self->sessions);
+    klist_init(&self->conns);
     kb_now_iso(self->started);
     snprintf(self->last_request, sizeof self->last_request, "%s", self->started);
     return self;
@@ -639,15 +673,15 @@ static void s_destroy(void **api_p)
     if (!api_p || !*api_p) return;
     jupyter_t *self = *api_p;
     *api_p = NULL;
-    while (self->conns) {
-        jlink_t *l = self->conns;
-        self->conns = l->next;
+    while (!klist_empty(&self->conns)) {
+        jlink_t *l = klist_entry(klist_first(&self->conns), jlink_t, link);
+        klist_remove(&l->link);
         channels_destroy(&l->conn);
         free(l);
     }
-    while (self->sessions) {
-        jsess_t *s = self->sessions;
-        self->sessions = s->next;
+    while (!klist_empty(&self->sessions)) {
+        jsess_t *s = klist_entry(klist_first(&self->sessions), jsess_t, link);
+        klist_remove(&s->link);
         json_decref(s->model);
         free(s);
     }

@@ -11,24 +11,27 @@ struct _kentry_t {
     runner_t *runner;
     kentry_events_t events;
     void *arg;
-    kwait_t *waiters;
-    int connections;
+    klist_t waiters;  //  kwait_t
     bool ready;
     bool shutting_down;
     char *cwd;
-    json_t *tags;
 };
 
 static void s_notify(kentry_t *self, kwait_result_t result)
 {
     //  Waiters may add new waiters or destroy objects of their own: take the list first.
-    kwait_t *list = self->waiters;
-    self->waiters = NULL;
-    while (list) {
-        kwait_t *w = list;
-        list = w->next;
-        if (list) list->prev = NULL;
-        w->prev = w->next = NULL;
+    klist_t list;
+    klist_init(&list);
+    if (!klist_empty(&self->waiters)) {
+        list.next = self->waiters.next;
+        list.prev = self->waiters.prev;
+        list.next->prev = &list;
+        list.prev->next = &list;
+        klist_init(&self->waiters);
+    }
+    while (!klist_empty(&list)) {
+        kwait_t *w = klist_entry(klist_first(&list), kwait_t, link);
+        klist_remove(&w->link);
         w->entry = NULL;
         w->fn(w, self, result);
     }
@@ -68,12 +71,10 @@ kentry_t *kentry_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     }
     if (events) self->events = *events;
     self->arg = arg;
-    self->tags = json_object();
+    klist_init(&self->waiters);
     runner_events_t rev = {s_on_runner};
     self->runner = runner_new(loop, spec, opts, &rev, self, err);
-    if (!self->runner || !self->tags) {
-        runner_destroy(&self->runner);
-        json_decref(self->tags);
+    if (!self->runner) {
         free(self);
         return NULL;
     }
@@ -95,7 +96,6 @@ void kentry_destroy(kentry_t **self_p)
     self->shutting_down = true;
     s_notify(self, KWAIT_SHUTDOWN);
     runner_destroy(&self->runner);
-    json_decref(self->tags);
     free(self->cwd);
     free(self);
 }
@@ -129,20 +129,14 @@ void kentry_wait(kentry_t *self, kwait_t *wait)
 {
     kentry_unwait(wait);
     wait->entry = self;
-    wait->prev = NULL;
-    wait->next = self->waiters;
-    if (self->waiters) self->waiters->prev = wait;
-    self->waiters = wait;
+    klist_init(&wait->link);
+    klist_push_front(&self->waiters, &wait->link);
 }
 
 void kentry_unwait(kwait_t *wait)
 {
-    kentry_t *self = wait->entry;
-    if (!self) return;
-    if (wait->prev) wait->prev->next = wait->next;
-    else self->waiters = wait->next;
-    if (wait->next) wait->next->prev = wait->prev;
-    wait->prev = wait->next = NULL;
+    if (!wait->entry) return;
+    klist_remove(&wait->link);
     wait->entry = NULL;
 }
 
@@ -161,35 +155,24 @@ void kentry_shutdown(kentry_t *self)
     runner_shutdown(self->runner);
 }
 
-void kentry_connections_add(kentry_t *self, int delta)
+int kentry_interrupt(kentry_t *self)
 {
-    self->connections += delta;
+    if (self->shutting_down) return KB_ECLOSED;
+    return runner_interrupt(self->runner);
 }
 
-json_t *kentry_tags(kentry_t *self)
-{
-    return self->tags;
-}
-
-//  "starting", "idle", "busy", "restarting", "dead"
-static const char *s_state_name(const kentry_t *self)
+const char *kentry_state_name(const kentry_t *self)
 {
     if (self->shutting_down) return "dead";
     return kernel_state_name(kernel_state(kentry_kernel(self)));
 }
 
-json_t *kentry_model_native(const kentry_t *self)
+const char *kentry_cwd(const kentry_t *self)
 {
-    kernel_t *k = kentry_kernel(self);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s}", "kernel_id", kernel_id(k), "kernel_name",
-                     kernel_name(k), "language", kernel_language(k), "cwd", self->cwd, "state",
-                     s_state_name(self));
+    return self->cwd;
 }
 
-json_t *kentry_model_jupyter(const kentry_t *self)
+const char *kentry_last_activity(const kentry_t *self)
 {
-    kernel_t *k = kentry_kernel(self);
-    return json_pack("{s:s, s:s, s:s, s:s, s:i}", "id", kernel_id(k), "name", kernel_name(k),
-                     "last_activity", runner_last_activity(self->runner), "execution_state",
-                     s_state_name(self), "connections", self->connections);
+    return runner_last_activity(self->runner);
 }

@@ -1,14 +1,17 @@
-/*  kentry - one kernel as the service knows it: its runner plus what the APIs report
-    about it (name, cwd, connections, activity) and one-shot waiters for its next
-    transition (ready, dead, shut down).
+/*  kentry - one kernel as the service knows it: its runner, the state every API reports
+    (id, name, language, cwd, state, activity), the control operations (interrupt,
+    restart, shutdown) and one-shot waiters for its next transition (ready, dead, shut
+    down).
 
     Kernels are shared by every API: the same kentry is a native-API kernel, a Jupyter
-    Server kernel and an E2B context.
+    Server kernel and an E2B context. What only one API cares about (its models, E2B's
+    context languages, Jupyter's connection counts) is that API's business.
 */
 #ifndef KENTRY_H
 #define KENTRY_H
 
 #include "runner.h"
+#include "../../base/klist.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -22,7 +25,7 @@ typedef struct _kwait_t kwait_t;
 struct _kwait_t {
     void (*fn)(kwait_t *wait, kentry_t *entry, kwait_result_t result);
     void *arg;
-    kwait_t *prev, *next;
+    klist_t link;
     kentry_t *entry;  //  set while linked
 };
 
@@ -48,19 +51,18 @@ void kentry_wait(kentry_t *self, kwait_t *wait);
 //  Stop waiting (no-op if not linked).
 void kentry_unwait(kwait_t *wait);
 
-//  Restart / shut down; waiters learn the outcome.
+//  Interrupt (what runs gets KeyboardInterrupt), restart, shut down; waiters learn the
+//  outcome of the last two. Returns 0 or a KB_ code (KB_EDEAD: no process to interrupt;
+//  KB_ECLOSED: shutting down).
+int kentry_interrupt(kentry_t *self);
 int kentry_restart(kentry_t *self);
 void kentry_shutdown(kentry_t *self);
 
-//  Count of Jupyter WebSocket connections (for the kernel model).
-void kentry_connections_add(kentry_t *self, int delta);
-
-//  Free-form tags other APIs keep on a kernel (e.g. "e2b_language"). Borrowed object.
-json_t *kentry_tags(kentry_t *self);
-
-//  {kernel_id, kernel_name, language, cwd, state}
-json_t *kentry_model_native(const kentry_t *self);
-//  {id, name, last_activity, execution_state, connections}
-json_t *kentry_model_jupyter(const kentry_t *self);
+//  "starting", "idle", "busy", "restarting", "dead" (shutting down counts as dead).
+const char *kentry_state_name(const kentry_t *self);
+//  Its working directory (the kernel's, or kbridge's when it inherited it). Borrowed.
+const char *kentry_cwd(const kentry_t *self);
+//  ISO-8601 time of its last activity.
+const char *kentry_last_activity(const kentry_t *self);
 
 #endif

@@ -163,7 +163,8 @@ kentry_t *registry_find(registry_t *self, const char *kernel_id)
 {
     if (!kernel_id) return NULL;
     for (size_t i = 0; i < self->nlive; i++)
-        if (strcmp(kentry_id(self->live[i]), kernel_id) == 0) return self->live[i];
+        if (!kentry_shutting_down(self->live[i]) && strcmp(kentry_id(self->live[i]), kernel_id) == 0)
+            return self->live[i];
     return NULL;
 }
 
@@ -173,8 +174,10 @@ size_t registry_list(registry_t *self, kentry_t ***entries)
     if (!self->nlive) return 0;
     *entries = malloc(self->nlive * sizeof **entries);
     if (!*entries) return 0;
-    memcpy(*entries, self->live, self->nlive * sizeof **entries);
-    return self->nlive;
+    size_t n = 0;
+    for (size_t i = 0; i < self->nlive; i++)
+        if (!kentry_shutting_down(self->live[i])) (*entries)[n++] = self->live[i];
+    return n;
 }
 
 size_t registry_count(const registry_t *self)

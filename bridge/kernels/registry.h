@@ -33,10 +33,13 @@ void registry_destroy(registry_t **self_p);
 //  (max_kernels are alive).
 kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *cwd,
                          json_t *env, int *err);
+//  The kernel with this id, unless there is none or it is shutting down (the one way every
+//  API looks kernels up).
 kentry_t *registry_find(registry_t *self, const char *kernel_id);
-//  A snapshot of the live kernels in start order. Caller owns the array (free()), not
-//  the entries.
+//  A snapshot of the kernels that are not shutting down, in start order. Caller owns the
+//  array (free()), not the entries.
 size_t registry_list(registry_t *self, kentry_t ***entries);
+//  Kernels alive, shutting-down ones included.
 size_t registry_count(const registry_t *self);
 const char *registry_default_kernel(const registry_t *self);
 size_t registry_max_kernels(const registry_t *self);

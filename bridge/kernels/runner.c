@@ -22,7 +22,7 @@
 
 struct _run_t {
     runner_t *runner;
-    run_t *next;
+    klist_t link;
     char *code;
     bool silent;
     uint64_t timeout_ms;
@@ -38,7 +38,7 @@ struct _runner_t {
     kernel_t *kernel;
     runner_events_t events;
     void *arg;
-    run_t *head, *tail;
+    klist_t queue;  //  run_t, oldest first
     run_t *current;
     bool draining;
     bool interrupted;  //  the kernel was interrupted while the current run ran
@@ -46,7 +46,7 @@ struct _runner_t {
     uv_timer_t grace;  //  the current run went idle without a reply: REPLY_GRACE_MS
     uv_timer_t kick;   //  dispatches on the next loop turn, never inside runner_execute
     int open_handles;
-    runner_listener_t *listeners;
+    klist_t listeners;  //  runner_listener_t
     char last_activity[32];
     bool destroyed;
     bool shutdown_notified;
@@ -152,11 +152,9 @@ static bool s_ready(runner_t *self)
 
 static void s_dispatch(runner_t *self)
 {
-    while (!self->current && self->head && s_ready(self) && !self->destroyed) {
-        run_t *run = self->head;
-        self->head = run->next;
-        if (!self->head) self->tail = NULL;
-        run->next = NULL;
+    while (!self->current && !klist_empty(&self->queue) && s_ready(self) && !self->destroyed) {
+        run_t *run = klist_entry(klist_first(&self->queue), run_t, link);
+        klist_remove(&run->link);
         if (!run->helper && !run->on_event) {  //  cancelled while queued
             s_free_run(run);
             continue;
@@ -199,12 +197,12 @@ static void s_fail_all(runner_t *self, const char *name, const char *value)
         s_fail_run(run, name, value);
         s_free_run(run);
     }
-    while ((run = self->head)) {
-        self->head = run->next;
+    while (!klist_empty(&self->queue)) {
+        run = klist_entry(klist_first(&self->queue), run_t, link);
+        klist_remove(&run->link);
         s_fail_run(run, name, value);
         s_free_run(run);
     }
-    self->tail = NULL;
 }
 
 static void s_on_kernel_msg(kernel_t *kernel, kchan_type_t channel, kmsg_t *msg, void *arg)
@@ -221,8 +219,10 @@ static void s_on_kernel_msg(kernel_t *kernel, kchan_type_t channel, kmsg_t *msg,
                  !uv_is_active((uv_handle_t *) &self->grace))
             uv_timer_start(&self->grace, s_on_reply_grace, REPLY_GRACE_MS, 0);
     }
-    for (runner_listener_t *l = self->listeners, *next; l; l = next) {
-        next = l->next;
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->listeners)
+    {
+        runner_listener_t *l = klist_entry(it, runner_listener_t, link);
         if (l->on_msg) l->on_msg(l, channel, msg);
     }
 }
@@ -250,8 +250,10 @@ static void s_on_kernel_event(kernel_t *kernel, kernel_event_t event, void *arg)
     }
     //  The owner first, so listeners see its state (kentry_ready...) already updated.
     if (self->events.on_event) self->events.on_event(self, event, self->arg);
-    for (runner_listener_t *l = self->listeners, *next; l; l = next) {
-        next = l->next;
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->listeners)
+    {
+        runner_listener_t *l = klist_entry(it, runner_listener_t, link);
         if (l->on_event) l->on_event(l, event);
     }
 }
@@ -267,6 +269,8 @@ runner_t *runner_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->loop = loop;
     if (events) self->events = *events;
     self->arg = arg;
+    klist_init(&self->queue);
+    klist_init(&self->listeners);
     kb_now_iso(self->last_activity);
     kernel_events_t kev = {s_on_kernel_msg, s_on_kernel_event};
     self->kernel = kernel_new(loop, spec, opts, &kev, self, err);
@@ -302,11 +306,14 @@ void runner_destroy(runner_t **self_p)
     self->destroyed = true;
     //  Listeners hold the kernel's sockets and signer: they must hear it is going, even
     //  when it goes without a graceful shutdown.
-    if (!self->shutdown_notified)
-        for (runner_listener_t *l = self->listeners, *next; l; l = next) {
-            next = l->next;
+    if (!self->shutdown_notified) {
+        klist_t *it, *tmp;
+        klist_foreach_safe(it, tmp, &self->listeners)
+        {
+            runner_listener_t *l = klist_entry(it, runner_listener_t, link);
             if (l->on_event) l->on_event(l, KERNEL_EV_SHUTDOWN);
         }
+    }
     kernel_destroy(&self->kernel);
     uv_close((uv_handle_t *) &self->timer, s_runner_closed);
     uv_close((uv_handle_t *) &self->grace, s_runner_closed);
@@ -397,9 +404,7 @@ static run_t *s_new_run(runner_t *self, const char *code, bool silent, bool help
 
 static void s_enqueue(runner_t *self, run_t *run)
 {
-    if (self->tail) self->tail->next = run;
-    else self->head = run;
-    self->tail = run;
+    klist_push_back(&self->queue, &run->link);
 }
 
 run_t *runner_execute(runner_t *self, const char *code, const run_opts_t *opts,
@@ -487,18 +492,14 @@ void runner_shutdown(runner_t *self)
 
 void runner_listen(runner_t *self, runner_listener_t *listener)
 {
-    listener->prev = NULL;
-    listener->next = self->listeners;
-    if (self->listeners) self->listeners->prev = listener;
-    self->listeners = listener;
+    klist_init(&listener->link);
+    klist_push_front(&self->listeners, &listener->link);
 }
 
 void runner_unlisten(runner_t *self, runner_listener_t *listener)
 {
-    if (listener->prev) listener->prev->next = listener->next;
-    else if (self->listeners == listener) self->listeners = listener->next;
-    if (listener->next) listener->next->prev = listener->prev;
-    listener->prev = listener->next = NULL;
+    (void) self;
+    klist_remove(&listener->link);
 }
 
 kernel_t *runner_kernel(const runner_t *self)
@@ -509,8 +510,11 @@ kernel_t *runner_kernel(const runner_t *self)
 size_t runner_pending(const runner_t *self)
 {
     size_t n = self->current ? 1 : 0;
-    for (run_t *r = self->head; r; r = r->next)
-        if (!r->helper) n++;
+    klist_t *it;
+    klist_foreach(it, &self->queue)
+    {
+        if (!klist_entry(it, run_t, link)->helper) n++;
+    }
     return n;
 }
 

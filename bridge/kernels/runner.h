@@ -15,6 +15,7 @@
 
 #include "../../kernelmgr/kernel.h"
 #include "execution.h"
+#include "../../base/klist.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -34,7 +35,7 @@ typedef struct _runner_listener_t runner_listener_t;
 struct _runner_listener_t {
     void (*on_msg)(runner_listener_t *l, kchan_type_t channel, kmsg_t *msg);
     void (*on_event)(runner_listener_t *l, kernel_event_t event);
-    runner_listener_t *prev, *next;
+    klist_t link;
     void *arg;
 };
 

@@ -5,6 +5,7 @@
 #include "../kernels/registry.h"
 #include "../http/api.h"
 #include "session.h"
+#include "../apikit/envcheck.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -141,28 +142,22 @@ static nreq_t *s_nreq_new(native_t *native, session_t *session, nreq_kind_t kind
 
 static kentry_t *s_find(native_t *self, const char *kernel_id)
 {
-    kentry_t *entry = registry_find(self->registry, kernel_id);
-    return entry && !kentry_shutting_down(entry) ? entry : NULL;
+    return registry_find(self->registry, kernel_id);
 }
 
-//  Validate env_vars: an object of strings, keys without '=' or NUL, values without NUL.
+//  {kernel_id, kernel_name, language, cwd, state}
+static json_t *s_model(const kentry_t *entry)
+{
+    kernel_t *k = kentry_kernel(entry);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s}", "kernel_id", kernel_id(k), "kernel_name",
+                     kernel_name(k), "language", kernel_language(k), "cwd", kentry_cwd(entry),
+                     "state", kentry_state_name(entry));
+}
+
 static int s_check_env(json_t *env, char *why, size_t size)
 {
-    if (!env) return KB_OK;
-    const char *key;
-    json_t *value;
-    json_object_foreach(env, key, value)
-    {
-        if (!json_is_string(value)) {
-            snprintf(why, size, "env_vars['%s'] must be a string", key);
-            return KB_EINVAL;
-        }
-        if (!*key || strchr(key, '=') || memchr(json_string_value(value), '\0', json_string_length(value))) {
-            snprintf(why, size, "env_vars['%s']: names must be non-empty without '=', values without NUL", key);
-            return KB_EINVAL;
-        }
-    }
-    return KB_OK;
+    const char *bad;
+    return envcheck(env, &bad, why, size) == ENVCHECK_OK ? KB_OK : KB_EINVAL;
 }
 
 static void s_on_kernel_wait(kwait_t *wait, kentry_t *entry, kwait_result_t result)
@@ -171,7 +166,7 @@ static void s_on_kernel_wait(kwait_t *wait, kentry_t *entry, kwait_result_t resu
     session_t *session = req->session;
     if (result == KWAIT_READY) {
         if (req->kind == NREQ_START)
-            s_reply(session, "kernel", req->id, json_pack("{s:o}", "kernel", kentry_model_native(entry)));
+            s_reply(session, "kernel", req->id, json_pack("{s:o}", "kernel", s_model(entry)));
         else
             s_reply(session, "ok", req->id, json_pack("{s:s}", "kernel_id", req->kernel_id));
     } else if (result == KWAIT_DEAD) {
@@ -240,7 +235,7 @@ static void op_list_kernels(native_t *self, session_t *session, json_t *id)
     size_t n = registry_list(self->registry, &entries);
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_t *model = kentry_model_native(entries[i]);
+        json_t *model = s_model(entries[i]);
         json_object_set_new(model, "owned", json_boolean(session_owns_kernel(session, kentry_id(entries[i]))));
         json_array_append_new(list, model);
     }
@@ -269,7 +264,7 @@ static void op_kernel_control(native_t *self, session_t *session, json_t *id, js
     if (!entry) return;
     const char *kid = kentry_id(entry);
     if (strcmp(op, "interrupt_kernel") == 0) {
-        int rc = runner_interrupt(kentry_runner(entry));
+        int rc = kentry_interrupt(entry);
         if (rc) s_error(session, id, s_code_for(rc), "cannot interrupt kernel %s: %s", kid, kb_strerror(rc));
         else s_reply(session, "ok", id, json_pack("{s:s}", "kernel_id", kid));
         return;

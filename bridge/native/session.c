@@ -21,7 +21,7 @@ struct _session_t {
     uv_timer_t expiry;
     bufq_t backlog;  //  events for the client while no connection is attached
     uint64_t lost;
-    spending_t *pending;
+    klist_t pending;  //  spending_t
     json_t *kernels;
     char *default_kernel;
 };
@@ -45,6 +45,7 @@ session_t *session_new(uv_loop_t *loop, uint64_t keep_alive_ms, size_t max_backl
     if (events) self->events = *events;
     self->arg = arg;
     self->kernels = json_array();
+    klist_init(&self->pending);
     uv_timer_init(loop, &self->expiry);
     self->expiry.data = self;
     return self;
@@ -60,8 +61,8 @@ void session_destroy(session_t **self_p)
     if (!self_p || !*self_p) return;
     session_t *self = *self_p;
     *self_p = NULL;
-    while (self->pending) {
-        spending_t *p = self->pending;
+    while (!klist_empty(&self->pending)) {
+        spending_t *p = klist_entry(klist_first(&self->pending), spending_t, link);
         session_untrack(p);
         p->cancel(p);
     }
@@ -150,20 +151,15 @@ uint64_t session_keep_alive(const session_t *self)
 void session_track(session_t *self, spending_t *pending)
 {
     pending->session = self;
-    pending->prev = NULL;
-    pending->next = self->pending;
-    if (self->pending) self->pending->prev = pending;
-    self->pending = pending;
+    klist_init(&pending->link);
+    klist_push_front(&self->pending, &pending->link);
 }
 
 void session_untrack(spending_t *pending)
 {
     session_t *self = pending->session;
     if (!self) return;
-    if (pending->prev) pending->prev->next = pending->next;
-    else self->pending = pending->next;
-    if (pending->next) pending->next->prev = pending->prev;
-    pending->prev = pending->next = NULL;
+    klist_remove(&pending->link);
     pending->session = NULL;
 }
 

@@ -10,6 +10,7 @@
 #define SESSION_H
 
 #include "../http/wsconn.h"
+#include "../../base/klist.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -23,8 +24,8 @@ typedef struct _session_t session_t;
 typedef struct _spending_t spending_t;
 struct _spending_t {
     void (*cancel)(spending_t *pending);
-    spending_t *prev, *next;
-    session_t *session;
+    klist_t link;
+    session_t *session;  //  set while tracked
 };
 
 typedef struct {

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "base/kberr.h"
 #include "kernelmgr/jraw.h"
 
 #include <stdio.h>
@@ -120,7 +121,7 @@ static void test_members(void **state)
     assert_int_equal(jraw_member(obj, "num", &v), 0);
     assert_memory_equal(v.p, "-1.5e3", v.len);
     assert_int_equal(jraw_member(obj, "escaped", &v), 0);  //  keys with escapes are decoded
-    assert_int_equal(jraw_member(obj, "missing", &v), -1);
+    assert_int_equal(jraw_member(obj, "missing", &v), KB_ENOTFOUND);
     size_t pos = 0, count = 0;
     jraw_t k;
     while (jraw_next(obj, &pos, &k, &v) == 1) count++;
@@ -128,8 +129,8 @@ static void test_members(void **state)
     //  Malformed texts are refused, never overrun.
     const char *bad[] = {"", "[]", "{", "{\"a\"", "{\"a\":", "{\"a\":\"x", "{\"a\":[1,2}", "{a:1}", "{\"a\" 1}"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        assert_int_equal(jraw_member(R(bad[i]), "a", &v), -1);
-    assert_int_equal(jraw_member(R("{}"), "a", &v), -1);
+        assert_int_equal(jraw_member(R(bad[i]), "a", &v), KB_EPROTO);
+    assert_int_equal(jraw_member(R("{}"), "a", &v), KB_ENOTFOUND);
 }
 
 static void test_ascii(void **state)

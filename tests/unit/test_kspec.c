@@ -188,6 +188,38 @@ static void test_live_connfiles_never_share_ports(void **state)
     }
 }
 
+//  {prefix} is the prefix the spec is installed under (a venv's, say), as jupyter_client's
+//  sys.prefix would be for a spec installed with `jupyter kernelspec install --prefix`.
+static void test_prefix_is_the_specs_own(void **state)
+{
+    (void) state;
+    s_write("venv/share/jupyter/kernels/py/kernel.json",
+            "{\"argv\": [\"{prefix}/bin/python\", \"-f\", \"{connection_file}\"], "
+            "\"display_name\": \"V\", \"language\": \"python\"}");
+    char dir[300], want[320];
+    snprintf(dir, sizeof dir, "%s/venv/share/jupyter/kernels/py", s_tmp);
+    int err;
+    kspec_t *spec = kspec_load(dir, "py", &err);
+    assert_non_null(spec);
+    char **argv = kspec_format_argv(spec, "/c.json");
+    char *real = realpath(s_tmp, NULL);
+    snprintf(want, sizeof want, "%s/venv/bin/python", real);
+    free(real);
+    assert_string_equal(argv[0], want);
+    kspec_argv_free(argv);
+    kspec_destroy(&spec);
+    //  Elsewhere: /usr, as Debian's system Python.
+    snprintf(dir, sizeof dir, "%s/a/kernels/echo", s_tmp);
+    s_write("a/kernels/pfx/kernel.json", "{\"argv\": [\"{prefix}/bin/x\"], \"display_name\": \"P\", \"language\": \"x\"}");
+    snprintf(dir, sizeof dir, "%s/a/kernels/pfx", s_tmp);
+    spec = kspec_load(dir, "pfx", &err);
+    assert_non_null(spec);
+    argv = kspec_format_argv(spec, "/c.json");
+    assert_string_equal(argv[0], "/usr/bin/x");
+    kspec_argv_free(argv);
+    kspec_destroy(&spec);
+}
+
 int main(void)
 {
     klog_set_level(KLOG_QUIET);
@@ -196,6 +228,7 @@ int main(void)
         cmocka_unit_test(test_names_and_invalid_specs),
         cmocka_unit_test(test_connection_file),
         cmocka_unit_test(test_live_connfiles_never_share_ports),
+        cmocka_unit_test(test_prefix_is_the_specs_own),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
