@@ -70,8 +70,8 @@ static kchan_t *s_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
     self->label = strdup(label ? label : "?");
     self->on_msg = on_msg;
     self->arg = arg;
-    zsock_t *sock = zsock_new(type == KCH_IOPUB ? ZMQ_SUB : ZMQ_DEALER);
-    if (!sock || !self->label) goto fail;
+    zsock_t *sock = self->label ? zwatch_socket(type == KCH_IOPUB ? ZMQ_SUB : ZMQ_DEALER, NULL) : NULL;
+    if (!sock) goto fail;
     zsock_set_linger(sock, 0);
     if (type == KCH_IOPUB) {
         zsock_set_subscribe(sock, "");
@@ -86,7 +86,7 @@ static kchan_t *s_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
     }
     if (zsock_connect(sock, "%s", endpoint) != 0) {
         klog_error("kernel %s: cannot connect %s to %s", self->label, s_names[type], endpoint);
-        zsock_destroy(&sock);
+        zwatch_socket_destroy(&sock);
         goto fail;
     }
     self->watch = zwatch_new(loop, &sock, s_on_zmsg, self);

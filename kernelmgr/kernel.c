@@ -278,11 +278,11 @@ static int s_connect_chans(kernel_t *self, char endpoints[KCH_COUNT][64], const 
     for (int c = 0; c < KCH_COUNT; c++) {
         const char *ep = plain ? plain[c] : endpoints[c];
         if (c == KCH_HB) {
-            zsock_t *hb = zsock_new(ZMQ_DEALER);
+            zsock_t *hb = zwatch_socket(ZMQ_DEALER, NULL);
             if (!hb) return KB_ELIMIT;
             zsock_set_linger(hb, 0);
             if (zsock_connect(hb, "%s", ep) != 0) {
-                zsock_destroy(&hb);
+                zwatch_socket_destroy(&hb);
                 return KB_EIO;
             }
             self->hb = zwatch_new(self->loop, &hb, s_on_heartbeat, self);
@@ -368,7 +368,7 @@ static void s_on_proc_start(proc_t *proc, int err, const char *why, void *arg)
     self->proc_started = true;
     self->pid = proc_pid(self->proc);
     klog_info("kernel %s: started %s (pid %d) in %s", self->label, kspec_name(self->spec),
-              self->pid, self->cwd ? self->cwd : sbx_home(self->sbx, self->user));
+              self->pid, self->cwd ? self->cwd : sbx_home(self->sbx, self->user) ? sbx_home(self->sbx, self->user) : ".");
     if (self->shutting_down || self->restart_pending) {
         //  A shutdown or restart asked for while the process was on its way.
         s_request_exit(self, self->restart_pending);
@@ -671,21 +671,9 @@ static void s_timer_closed(uv_handle_t *handle)
     }
 }
 
-//  libzmq allows 1023 sockets per context by default; a kernel takes five and each Jupyter
-//  channels connection three more. The cap can only change before the first socket exists,
-//  and creating the context earlier would cost idle memory, so it is raised here, once.
-static void s_configure_zmq(void)
-{
-    static bool done;
-    if (done) return;
-    done = true;
-    zsys_set_max_sockets(4096);
-}
-
 kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *opts,
                      const kernel_events_t *events, void *arg, int *err)
 {
-    s_configure_zmq();
     int dummy;
     if (!err) err = &dummy;
     *err = KB_EINVAL;
@@ -838,6 +826,10 @@ static void s_on_interrupt_timer(uv_timer_t *timer)
 
 int kernel_interrupt(kernel_t *self)
 {
+    //  A process still being started (or restarted) runs no code yet: nothing to interrupt.
+    if (!self->shutting_down && !self->destroyed &&
+        (self->restart_pending || (self->proc && !self->proc_started && !self->proc_exited)))
+        return KB_OK;
     if (!s_proc_alive(self)) return KB_EDEAD;
     if (kspec_interrupt_mode(self->spec) == KSPEC_INTERRUPT_MESSAGE) {
         kmsg_t *msg = kernel_msg_new(self, "interrupt_request", NULL);

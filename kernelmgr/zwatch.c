@@ -1,5 +1,8 @@
 /*  zwatch - ZeroMQ sockets on a libuv loop, edge-triggering handled in one place. */
 #include "zwatch.h"
+
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include "../base/kberr.h"
 #include "../base/klog.h"
 
@@ -93,11 +96,13 @@ static void s_hub_closed(uv_handle_t *handle)
     if (--hub->closing == 0) free(hub);
 }
 
+void zwatch_socket_destroy(zsock_t **sock_p);
+
 static void s_release(zwatch_t *w)
 {
     //  The poll handle must stop watching the fd before libzmq closes it.
     uv_poll_stop(&w->poll);
-    zsock_destroy(&w->sock);
+    zwatch_socket_destroy(&w->sock);
     uv_close((uv_handle_t *) &w->poll, s_watch_closed);
     hub_t *hub = w->hub;
     if (--hub->watchers == 0) {
@@ -186,6 +191,74 @@ static hub_t *s_hub_for(uv_loop_t *loop)
     return hub;
 }
 
+//  Sockets kbridge holds, against libzmq's cap (raised once from its default of 1023).
+//  A margin stays free for libzmq's own needs and the sockets a closing one still holds
+//  until its reaper thread lets go of it.
+#define SOCKET_MARGIN 16
+static size_t s_sockets, s_sockets_max;
+
+static void s_configure_sockets(void)
+{
+    if (s_sockets_max) return;
+    //  The cap can only change before the context exists (the first socket).
+    struct rlimit nofile;
+    size_t want = 4096;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY &&
+        nofile.rlim_cur < want)
+        want = nofile.rlim_cur;
+    size_t limit = (size_t) zsys_socket_limit();
+    if (limit && want > limit) want = limit;
+    if (want < 64) want = 64;
+    zsys_set_max_sockets(want);
+    s_sockets_max = want;
+}
+
+zsock_t *zwatch_socket(int type, int *err)
+{
+    int dummy;
+    if (!err) err = &dummy;
+    s_configure_sockets();
+    if (s_sockets + SOCKET_MARGIN >= s_sockets_max) {
+        klog_limited(KLOG_WARN, "refusing a ZeroMQ socket: %zu of %zu in use", s_sockets, s_sockets_max);
+        *err = KB_ELIMIT;
+        return NULL;
+    }
+    //  The socket's mailbox needs a descriptor (and its connection one more): make sure a
+    //  few are free, with one to spare for the I/O thread.
+    int probe[3];
+    int got = 0;
+    for (; got < 3; got++)
+        if ((probe[got] = eventfd(0, EFD_CLOEXEC)) < 0) break;
+    for (int i = 0; i < got; i++) close(probe[i]);
+    if (got < 3) {
+        klog_limited(KLOG_WARN, "refusing a ZeroMQ socket: out of file descriptors (%s)", strerror(errno));
+        *err = KB_ELIMIT;
+        return NULL;
+    }
+    zsock_t *sock = zsock_new(type);
+    if (sock) s_sockets++;
+    *err = sock ? KB_OK : KB_ENOMEM;
+    return sock;
+}
+
+void zwatch_socket_destroy(zsock_t **sock_p)
+{
+    if (!sock_p || !*sock_p) return;
+    zsock_destroy(sock_p);
+    s_sockets--;
+}
+
+size_t zwatch_sockets_in_use(void)
+{
+    return s_sockets;
+}
+
+size_t zwatch_sockets_max(void)
+{
+    s_configure_sockets();
+    return s_sockets_max;
+}
+
 zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void *arg)
 {
     zsock_t *sock = *sock_p;
@@ -194,7 +267,7 @@ zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void 
     hub_t *hub = self ? s_hub_for(loop) : NULL;
     if (!sock || !hub) {
         free(self);
-        zsock_destroy(&sock);
+        zwatch_socket_destroy(&sock);
         return NULL;
     }
     zsock_set_rcvtimeo(sock, 0);
@@ -204,7 +277,7 @@ zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void 
     self->on_msg = on_msg;
     self->arg = arg;
     if (uv_poll_init(loop, &self->poll, zsock_fd(sock)) != 0) {
-        zsock_destroy(&self->sock);
+        zwatch_socket_destroy(&self->sock);
         free(self);
         return NULL;
     }

@@ -23,6 +23,20 @@ typedef struct _zwatch_t zwatch_t;
 //  it in place to have it destroyed after the call). The callee may destroy the watcher.
 typedef void(zwatch_fn)(zwatch_t *watch, zmsg_t **msg_p, void *arg);
 
+//  A new ZeroMQ socket of type, or NULL with *err = KB_ELIMIT and the reason logged when
+//  creating it would fail: czmq aborts the process when libzmq refuses a socket (its
+//  socket cap, or no file descriptor for the socket's mailbox), so every socket kbridge
+//  makes comes from here, which checks both first and keeps a margin. Destroy it with
+//  zwatch_socket_destroy, or hand it to zwatch_new (which destroys it).
+zsock_t *zwatch_socket(int type, int *err);
+void zwatch_socket_destroy(zsock_t **sock_p);
+//  Sockets made with zwatch_socket and not yet destroyed; and the most that may be. The
+//  first call of either zwatch_socket or zwatch_sockets_max sets libzmq's cap, which
+//  libzmq allows only while no socket exists: a program making sockets of its own calls
+//  zwatch_sockets_max() first.
+size_t zwatch_sockets_in_use(void);
+size_t zwatch_sockets_max(void);
+
 //  Start watching *sock_p on loop, taking ownership of the socket (its send and receive
 //  timeouts are forced to 0 so nothing ever blocks). on_msg may be NULL for send-only
 //  sockets, whose input is then discarded. Returns NULL on failure (the socket is then

@@ -1,22 +1,37 @@
 /*  wbuf - payloads with framing room before and after. */
 #include "wbuf.h"
 
+#include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+//  The reference count sits in front of the headroom the framers use.
+#define REF_ROOM 8
+
 char *wbuf_alloc(size_t len)
 {
-    if (len > (size_t) -1 - WBUF_HEADROOM - WBUF_TAILROOM) return NULL;
-    char *raw = malloc(WBUF_HEADROOM + len + WBUF_TAILROOM);
-    return raw ? raw + WBUF_HEADROOM : NULL;
+    if (len > (size_t) -1 - REF_ROOM - WBUF_HEADROOM - WBUF_TAILROOM) return NULL;
+    char *raw = malloc(REF_ROOM + WBUF_HEADROOM + len + WBUF_TAILROOM);
+    if (!raw) return NULL;
+    *(uint32_t *) raw = 1;
+    return raw + REF_ROOM + WBUF_HEADROOM;
 }
 
 char *wbuf_realloc(char *payload, size_t len)
 {
     if (!payload) return wbuf_alloc(len);
-    if (len > (size_t) -1 - WBUF_HEADROOM - WBUF_TAILROOM) return NULL;
-    char *raw = realloc(payload - WBUF_HEADROOM, WBUF_HEADROOM + len + WBUF_TAILROOM);
-    return raw ? raw + WBUF_HEADROOM : NULL;
+    if (len > (size_t) -1 - REF_ROOM - WBUF_HEADROOM - WBUF_TAILROOM) return NULL;
+    char *raw = payload - WBUF_HEADROOM - REF_ROOM;
+    assert(*(uint32_t *) raw == 1);
+    raw = realloc(raw, REF_ROOM + WBUF_HEADROOM + len + WBUF_TAILROOM);
+    return raw ? raw + REF_ROOM + WBUF_HEADROOM : NULL;
+}
+
+char *wbuf_ref(char *payload)
+{
+    if (payload) (*(uint32_t *) (payload - WBUF_HEADROOM - REF_ROOM))++;
+    return payload;
 }
 
 char *wbuf_dup(const void *data, size_t len)
@@ -28,5 +43,7 @@ char *wbuf_dup(const void *data, size_t len)
 
 void wbuf_free(char *payload)
 {
-    if (payload) free(payload - WBUF_HEADROOM);
+    if (!payload) return;
+    char *raw = payload - WBUF_HEADROOM - REF_ROOM;
+    if (--*(uint32_t *) raw == 0) free(raw);
 }

@@ -114,7 +114,9 @@ int wsconn_send_buf(wsconn_t *self, char *payload, size_t len, bool binary)
         wbuf_free(payload);
         return KB_ECLOSED;
     }
-    if (hconn_queued(self->conn) + len > self->config.max_outbound) {
+    //  One message larger than the limit is still sent when nothing waits before it (it
+    //  cannot be split); the limit is on what piles up.
+    if (hconn_queued(self->conn) && hconn_queued(self->conn) + len > self->config.max_outbound) {
         wbuf_free(payload);
         klog_warn("websocket client %s too slow: %zu bytes queued, limit %zu; disconnecting",
                   self->peer, hconn_queued(self->conn) + len, self->config.max_outbound);

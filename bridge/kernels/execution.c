@@ -26,7 +26,10 @@ struct _execution_t {
     json_t *error;            //  {name, value, traceback} or NULL
     int64_t execution_count;  //  -1 until known
     bool got_reply, got_idle, done, muted, truncated, clear_pending;
-    size_t retained;
+    //  Logs and results are counted apart: a flood of prints must not cost the cell its
+    //  result.
+    size_t retained_logs, retained_results;
+    bool logs_full, results_full;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -111,20 +114,23 @@ static bool s_render(const execution_t *self)
     return !self->opts.raw_events;
 }
 
-//  Account for n more retained bytes; false once the limit is passed.
-static bool s_retain(execution_t *self, size_t n)
+//  Account for n more retained bytes of logs or of results; false once that limit is
+//  passed (and from then on).
+static bool s_retain(execution_t *self, size_t n, bool result)
 {
-    if (self->opts.stream_only || self->truncated) return false;
-    if (self->opts.max_retained && self->retained + n > self->opts.max_retained) {
-        self->truncated = true;
+    size_t *retained = result ? &self->retained_results : &self->retained_logs;
+    bool *full = result ? &self->results_full : &self->logs_full;
+    if (self->opts.stream_only || *full) return false;
+    if (self->opts.max_retained && *retained + n > self->opts.max_retained) {
+        *full = self->truncated = true;
         char marker[160];
         int len = snprintf(marker, sizeof marker,
-                           "\"[kbridge: output truncated, retained-output limit of %zu bytes reached]\\n\"",
-                           self->opts.max_retained);
+                           "\"[kbridge: %s truncated, retained-output limit of %zu bytes reached]\\n\"",
+                           result ? "results" : "output", self->opts.max_retained);
         s_items_add(&self->err, marker, (size_t) len);
         return false;
     }
-    self->retained += n;
+    *retained += n;
     return true;
 }
 
@@ -135,7 +141,8 @@ static void s_apply_pending_clear(execution_t *self)
     s_items_clear(&self->results);
     s_items_clear(&self->out);
     s_items_clear(&self->err);
-    self->retained = 0;
+    self->retained_logs = self->retained_results = 0;
+    self->logs_full = self->results_full = false;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,14 +372,14 @@ static void s_on_stream(execution_t *self, kmsg_t *msg)
     s_apply_pending_clear(self);
     jbuf_t body;
     jbuf_init(&body);
-    bool keep = !self->opts.stream_only && !self->truncated;
+    bool keep = !self->opts.stream_only && !self->logs_full;
     if (s_render(self) || keep) {
         jbuf_reserve(&body, text.len + 96);
         jbuf_adds(&body, "\"text\":");
         size_t token_at = body.len;
         execution_add_value(&body, text);
         size_t token_len = body.len - token_at;
-        if (keep && jbuf_text(&body) && s_retain(self, token_len))
+        if (keep && jbuf_text(&body) && s_retain(self, token_len, false))
             s_items_add(is_err ? &self->err : &self->out, jbuf_text(&body) + token_at, token_len);
         if (s_render(self)) {
             jbuf_adds(&body, ",\"timestamp\":");
@@ -423,7 +430,7 @@ static void s_on_display(execution_t *self, kmsg_t *msg, bool is_main, bool upda
             }
         } else if (members) {
             s_apply_pending_clear(self);
-            if (keep && s_retain(self, size)) {
+            if (keep && s_retain(self, size, true)) {
                 jbuf_t obj;
                 jbuf_init(&obj);
                 jbuf_add(&obj, "{", 1);

@@ -59,7 +59,8 @@ static void s_reply(session_t *session, const char *type, json_t *id, json_t *fi
     json_t *msg = json_pack("{s:s, s:O}", "type", type, "id", id ? id : json_null());
     if (fields) json_object_update(msg, fields);
     json_decref(fields);
-    session_send(session, msg);
+    //  Replies are small and a client waits for each: never dropped.
+    session_send(session, msg, id, true);
     json_decref(msg);
 }
 
@@ -296,7 +297,10 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
     jbuf_t b;
     jbuf_init(&b);
     jbuf_reserve(&b, len + 128);
-    jbuf_adds(&b, "{\"type\":\"");
+    uint64_t seq = session_next_seq(req->session);
+    char head[48];
+    snprintf(head, sizeof head, "{\"seq\":%llu,\"type\":\"", (unsigned long long) seq);
+    jbuf_adds(&b, head);
     jbuf_adds(&b, type);
     jbuf_adds(&b, "\",\"id\":");
     jbuf_add_json(&b, req->id);
@@ -313,7 +317,9 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
     jbuf_add(&b, "}", 1);
     size_t frame_len;
     char *frame = jbuf_take(&b, &frame_len);
-    if (frame) session_send_buf(req->session, frame, frame_len);
+    //  The end of an execution is never dropped: a client must not wait for one that will
+    //  not come. Its outputs may be, counted, when the client cannot take them.
+    if (frame) session_send_buf(req->session, frame, frame_len, seq, req->id, end);
     if (end) {
         req->run = NULL;  //  the runner forgets the run after its end
         s_nreq_free(req);
@@ -327,8 +333,15 @@ static void op_execute(native_t *self, session_t *session, json_t *id, json_t *r
     int64_t timeout_ms = 0;
     char why[256];
     int rc;
-    if ((rc = jx_get_str(req, "code", &code, false))) {
+    size_t code_len = 0;
+    if ((rc = jx_get_strn(req, "code", &code, &code_len, false))) {
         s_error(session, id, "bad_request", "%s", jx_describe(rc, "code", "a string", why, sizeof why));
+        return;
+    }
+    //  A kernel reads code as a C string: everything after a NUL would silently vanish.
+    if (strlen(code) != code_len) {
+        s_error(session, id, "bad_request", "code holds a NUL character (at byte %zu); remove it",
+                strlen(code));
         return;
     }
     if ((rc = jx_get_str(req, "kernel_id", &kernel_id, true)) ||
@@ -383,6 +396,18 @@ static void op_execute(native_t *self, session_t *session, json_t *id, json_t *r
     }
 }
 
+//  The client processed every message up to seq: their copies kept for a resume can go.
+//  No reply: acks are frequent and say nothing a client waits for.
+static void op_ack(session_t *session, json_t *id, json_t *req)
+{
+    int64_t seq = -1;
+    if (jx_get_int(req, "seq", &seq, false) || seq < 0) {
+        s_error(session, id, "bad_request", "seq must be a non-negative integer");
+        return;
+    }
+    session_ack(session, (uint64_t) seq);
+}
+
 static void op_keep_alive(native_t *self, session_t *session, json_t *id, json_t *req)
 {
     int64_t seconds = -1;
@@ -391,8 +416,8 @@ static void op_keep_alive(native_t *self, session_t *session, json_t *id, json_t
         return;
     }
     uint64_t max = self->config->keep_alive_max_ms;
-    uint64_t ms = (uint64_t) seconds * 1000u;
-    if (ms > max) ms = max;
+    //  Capped before the multiplication: a huge value must not wrap around to 0.
+    uint64_t ms = (uint64_t) seconds > max / 1000u ? max : (uint64_t) seconds * 1000u;
     session_set_keep_alive(session, ms);
     s_reply(session, "ok", id, json_pack("{s:I}", "seconds", (json_int_t) (ms / 1000u)));
 }
@@ -435,6 +460,8 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
         op_kernel_control(nc->native, session, id, req, op);
     } else if (strcmp(op, "keep_alive") == 0) {
         op_keep_alive(nc->native, session, id, req);
+    } else if (strcmp(op, "ack") == 0) {
+        op_ack(session, id, req);
     } else {
         s_error(session, id, "bad_request", "unknown op '%.64s'", op);
     }
@@ -552,7 +579,14 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
                               (json_int_t) (session_keep_alive(session) / 1000u));
     wsconn_send_json(conn, hello);
     json_decref(hello);
-    session_attach(session, conn);
+    char last[32];
+    int64_t last_seq = -1;
+    if (hreq_query(req, "last_seq", last, sizeof last) == KB_OK) {
+        char *endp;
+        long long v = strtoll(last, &endp, 10);
+        if (*last && !*endp && v >= 0) last_seq = v;
+    }
+    session_attach(session, conn, resumed ? last_seq : -1);
 }
 
 static void *s_create(const api_ctx_t *ctx)

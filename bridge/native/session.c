@@ -1,8 +1,6 @@
 /*  session - native-API session state, delivery and keep-alive. */
 #include "session.h"
-#include "../buf/bufq.h"
-#include "../buf/wbuf.h"
-#include "../buf/jbuf.h"
+#include "outbox.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
@@ -19,8 +17,7 @@ struct _session_t {
     void *arg;
     wsconn_t *conn;
     uv_timer_t expiry;
-    bufq_t backlog;  //  events for the client while no connection is attached
-    uint64_t lost;
+    outbox_t *out;  //  everything the client is sent, numbered
     klist_t pending;  //  spending_t
     json_t *kernels;
     char *default_kernel;
@@ -46,6 +43,14 @@ session_t *session_new(uv_loop_t *loop, uint64_t keep_alive_ms, size_t max_backl
     self->arg = arg;
     self->kernels = json_array();
     klist_init(&self->pending);
+    //  Sent messages are kept for a resume up to a few MiB (or the limit, if smaller).
+    self->out = outbox_new(max_backlog, max_backlog < (4u << 20) ? max_backlog : 4u << 20);
+    if (!self->out || !self->kernels) {
+        outbox_destroy(&self->out);
+        json_decref(self->kernels);
+        free(self);
+        return NULL;
+    }
     uv_timer_init(loop, &self->expiry);
     self->expiry.data = self;
     return self;
@@ -68,7 +73,7 @@ void session_destroy(session_t **self_p)
     }
     if (self->conn) wsconn_close(self->conn, 1000, "session closed");
     self->conn = NULL;
-    bufq_clear(&self->backlog);
+    outbox_destroy(&self->out);
     json_decref(self->kernels);
     free(self->default_kernel);
     uv_timer_stop(&self->expiry);
@@ -80,31 +85,20 @@ const char *session_id(const session_t *self)
     return self->id;
 }
 
-void session_attach(session_t *self, wsconn_t *conn)
+void session_attach(session_t *self, wsconn_t *conn, int64_t last_seq)
 {
     if (self->conn && self->conn != conn)
         wsconn_close(self->conn, 1000, "replaced by a newer connection to this session");
     self->conn = conn;
     uv_timer_stop(&self->expiry);
-    if (self->lost) {
-        json_t *note = json_pack("{s:s, s:I, s:s}", "type", "events_lost", "count",
-                                 (json_int_t) self->lost, "message",
-                                 "events were dropped while disconnected: the backlog limit was reached");
-        wsconn_send_json(conn, note);
-        json_decref(note);
-        self->lost = 0;
-    }
-    size_t len;
-    char *payload;
-    while ((payload = bufq_pop(&self->backlog, NULL, &len, NULL)))
-        if (wsconn_send_buf(conn, payload, len, false) != KB_OK) break;
-    bufq_clear(&self->backlog);
+    outbox_attach(self->out, conn, last_seq);
 }
 
 void session_detach(session_t *self, wsconn_t *conn)
 {
     if (self->conn != conn) return;
     self->conn = NULL;
+    outbox_detach(self->out, conn);
     uv_timer_start(&self->expiry, s_on_expire, self->keep_alive_ms, 0);
 }
 
@@ -113,28 +107,29 @@ wsconn_t *session_conn(const session_t *self)
     return self->conn;
 }
 
-void session_send(session_t *self, const json_t *message)
+void session_send(session_t *self, const json_t *message, const json_t *rid, bool keep)
 {
-    jbuf_t b;
-    jbuf_init(&b);
-    jbuf_add_json(&b, message);
-    size_t len;
-    char *payload = jbuf_take(&b, &len);
-    if (payload) session_send_buf(self, payload, len);
+    outbox_push_json(self->out, message, rid, keep);
 }
 
-void session_send_buf(session_t *self, char *buf, size_t len)
+uint64_t session_next_seq(session_t *self)
 {
-    if (self->conn && !wsconn_closing(self->conn)) {
-        wsconn_send_buf(self->conn, buf, len, false);
-        return;
-    }
-    if (bufq_bytes(&self->backlog) + len > self->max_backlog) {
-        wbuf_free(buf);
-        self->lost++;
-        return;
-    }
-    if (bufq_push(&self->backlog, buf, buf, len, 0) != KB_OK) self->lost++;
+    return outbox_next_seq(self->out);
+}
+
+void session_send_buf(session_t *self, char *buf, size_t len, uint64_t seq, const json_t *rid, bool keep)
+{
+    outbox_push(self->out, buf, len, seq, rid, keep);
+}
+
+void session_ack(session_t *self, uint64_t seq)
+{
+    outbox_ack(self->out, seq);
+}
+
+outbox_t *session_outbox(session_t *self)
+{
+    return self->out;
 }
 
 void session_set_keep_alive(session_t *self, uint64_t ms)

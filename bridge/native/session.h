@@ -1,10 +1,11 @@
 /*  session - a native-API client's session: the kernels started through it, its default
     kernel, and delivery of its events to whichever connection it has.
 
-    A session outlives its connections: while detached, events are kept (bounded by the
-    outbound limit; what overflows is counted and reported on reattach) and the session
-    lives for its keep-alive window, after which it is destroyed and its kernels shut
-    down. A new connection with the same session id takes over from an older one.
+    A session outlives its connections: everything it sends goes through its outbox
+    (outbox.h: numbered, bounded, replayed to a client that comes back with ?last_seq=,
+    losses reported exactly), and while detached it lives for its keep-alive window,
+    after which it is destroyed and its kernels shut down. A new connection with the same
+    session id takes over from an older one.
 */
 #ifndef SESSION_H
 #define SESSION_H
@@ -43,16 +44,25 @@ void session_destroy(session_t **self_p);
 
 const char *session_id(const session_t *self);
 
-//  Attach conn (replacing and closing any previous connection) and flush the backlog.
-void session_attach(session_t *self, wsconn_t *conn);
+//  Attach conn (replacing and closing any previous connection); last_seq as in
+//  outbox_attach.
+void session_attach(session_t *self, wsconn_t *conn, int64_t last_seq);
 //  The connection went away; the keep-alive window starts.
 void session_detach(session_t *self, wsconn_t *conn);
 wsconn_t *session_conn(const session_t *self);
 
-//  Deliver a message (borrowed) now or, while detached, later.
-void session_send(session_t *self, const json_t *message);
-//  The same for a frame already serialized into a wsconn buffer; takes ownership.
-void session_send_buf(session_t *self, char *payload, size_t len);
+//  Deliver a message (borrowed; "seq" is added) now or, while detached, later. rid is the
+//  request it answers (NULL: none); keep: never dropped (replies, ends of executions).
+void session_send(session_t *self, const json_t *message, const json_t *rid, bool keep);
+//  The same for a frame already serialized into a wbuf carrying "seq":seq from
+//  session_next_seq; takes ownership.
+uint64_t session_next_seq(session_t *self);
+void session_send_buf(session_t *self, char *payload, size_t len, uint64_t seq, const json_t *rid,
+                      bool keep);
+//  The client processed everything up to seq.
+void session_ack(session_t *self, uint64_t seq);
+typedef struct _outbox_t outbox_t;
+outbox_t *session_outbox(session_t *self);
 
 void session_set_keep_alive(session_t *self, uint64_t ms);
 uint64_t session_keep_alive(const session_t *self);

@@ -9,6 +9,7 @@
 #include "kernelmgr/kmsg.h"
 #include "base/kberr.h"
 #include "kernelmgr/kchan.h"
+#include "kernelmgr/zwatch.h"
 #include "base/klog.h"
 
 #include <string.h>
@@ -247,6 +248,8 @@ int main(void)
 {
     klog_set_level(KLOG_ERROR);
     zsys_handler_set(NULL);
+    //  libzmq's socket cap is set before the first socket, as kbridge does at start.
+    zwatch_sockets_max();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_good_with_identities_and_buffers),
         cmocka_unit_test(test_decode_rejects),
