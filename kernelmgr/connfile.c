@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/fsuid.h>
 #include <netinet/in.h>
 #include <sodium.h>
 #include <stdint.h>
@@ -174,11 +175,21 @@ connfile_t *connfile_new(const connfile_opts_t *opts, int *err)
     if (!text) goto fail;
     //  0600 from creation: the key must never be readable by anyone else, even briefly.
     int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW;
+    //  Created as its owner: a sandbox's filesystems belong to its user namespace, where
+    //  kbridge's own uid means nothing (creating a file as it fails with EOVERFLOW).
+    bool as_owner = opts->uid != (uid_t) -1 && geteuid() == 0;
+    int old_gid = as_owner ? setfsgid(opts->gid) : 0, old_uid = as_owner ? setfsuid(opts->uid) : 0;
     int fd = self->dirfd >= 0 ? openat(self->dirfd, self->name, flags, 0600)
                               : open(self->host_path, flags, 0600);
+    int saved = errno;
+    if (as_owner) {
+        setfsuid((uid_t) old_uid);
+        setfsgid((gid_t) old_gid);
+    }
+    errno = saved;
     ssize_t written = fd >= 0 ? write(fd, text, len) : -1;
     free(text);
-    bool owned = fd >= 0 && (opts->uid == (uid_t) -1 || fchown(fd, opts->uid, opts->gid) == 0);
+    bool owned = fd >= 0 && (opts->uid == (uid_t) -1 || as_owner || fchown(fd, opts->uid, opts->gid) == 0);
     if (fd < 0 || written != (ssize_t) len || !owned) {
         klog_error("cannot write connection file %s: %s", self->path, strerror(errno));
         if (fd >= 0) {
@@ -251,6 +262,13 @@ const char *connfile_scheme(const connfile_t *self)
 const char *connfile_endpoint(const connfile_t *self, kchan_type_t channel)
 {
     return (unsigned) channel < KCH_COUNT ? self->endpoints[channel] : NULL;
+}
+
+void connfile_remove_sockets(connfile_t *self)
+{
+    if (self->dirfd < 0) return;
+    for (int i = 0; i < KCH_COUNT; i++)
+        if (self->sock_names[i]) unlinkat(self->dirfd, self->sock_names[i], 0);
 }
 
 const char *connfile_socket_name(const connfile_t *self, kchan_type_t channel)

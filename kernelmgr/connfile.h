@@ -55,5 +55,8 @@ const char *connfile_endpoint(const connfile_t *self, kchan_type_t channel);
 //  ipc sockets in the file's directory: the channel's socket file name there (for openat
 //  on the directory fd), or NULL.
 const char *connfile_socket_name(const connfile_t *self, kchan_type_t channel);
+//  Remove the ipc socket files a previous process left (it was killed before it could):
+//  the next one binds fresh ones, and nothing connects to a dead one meanwhile.
+void connfile_remove_sockets(connfile_t *self);
 
 #endif

@@ -48,6 +48,7 @@ struct _kernel_t {
     kspec_t *spec;
     char *cwd;
     json_t *env, *base_env;
+    int start_err;  //  of the last process start
     sbx_t *sbx;
     bool isolated;  //  sockets reached by fd, per process (see s_connect_isolated)
     char *user;
@@ -188,6 +189,7 @@ static char **s_build_env(kernel_t *self)
 static int s_spawn(kernel_t *self)
 {
     uv_timer_stop(&self->interrupt_timer);  //  it was for the previous process
+    if (self->isolated) connfile_remove_sockets(self->conn);
     char **argv = kspec_format_argv(self->spec, connfile_path(self->conn));
     if (!argv) return KB_ENOMEM;
     if (!self->isolated && !s_find_executable(argv[0])) {
@@ -349,6 +351,7 @@ static void s_on_proc_start(proc_t *proc, int err, const char *why, void *arg)
 {
     (void) proc;
     kernel_t *self = arg;
+    self->start_err = err;
     if (err) {
         snprintf(self->exit_reason, sizeof self->exit_reason, "cannot start kernel: %s",
                  why && *why ? why : kb_strerror(err));
@@ -914,6 +917,11 @@ json_t *kernel_info(const kernel_t *self)
 const char *kernel_cwd(const kernel_t *self)
 {
     return self->cwd;
+}
+
+int kernel_start_error(const kernel_t *self)
+{
+    return self->start_err;
 }
 
 const char *kernel_exit_reason(const kernel_t *self)

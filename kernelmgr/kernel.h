@@ -122,6 +122,9 @@ json_t *kernel_info(const kernel_t *self);
 const char *kernel_cwd(const kernel_t *self);
 //  Why the last process ended, e.g. "killed by signal 9 (Killed)"; "" if it has not.
 const char *kernel_exit_reason(const kernel_t *self);
+//  Why the last process could not be started (KB_ENOTDIR: its cwd; KB_ENOTFOUND: its
+//  executable...), or 0 if it was.
+int kernel_start_error(const kernel_t *self);
 //  Endpoint of a channel, for clients that need their own sockets (borrowed). NULL for
 //  kernels in isolated sandboxes: kbridge reaches their sockets by fd, per process.
 const char *kernel_endpoint(const kernel_t *self, kchan_type_t channel);

@@ -1,9 +1,10 @@
 # Fails the build if an #include crosses the architecture's layers the wrong way:
 #   base <- sandbox <- kernelmgr <- bridge (a layer includes only itself and those left of it)
 # and, inside bridge/: the front door (http/) and buffers (buf/) know no kernels and no API;
-# the kernel table (kernels/) knows no front door and no API; apikit/ knows no API; no API
+# the kernel table (kernels/) knows no front door and no API; the sandbox table
+# (sandboxes/) knows only the kernel table; apikit/ knows no API; no API
 # folder includes another API; only apis.c and cli/ see every API.
-set(_apis native jupyter e2b console sandboxes envd proxy)
+set(_apis native jupyter e2b console control envd proxy)
 
 function(_module path out)
   file(RELATIVE_PATH _rel ${ROOT} ${path})
@@ -53,7 +54,11 @@ function(_allowed from to out)
         set(_ok TRUE)
       endif()
     elseif(_f STREQUAL "apikit")
-      if(_t STREQUAL "buf" OR _t STREQUAL "http" OR _t STREQUAL "kernels")
+      if(_t STREQUAL "buf" OR _t STREQUAL "http" OR _t STREQUAL "kernels" OR _t STREQUAL "sandboxes")
+        set(_ok TRUE)
+      endif()
+    elseif(_f STREQUAL "sandboxes")
+      if(_t STREQUAL "kernels")
         set(_ok TRUE)
       endif()
     else()

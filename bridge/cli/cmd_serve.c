@@ -3,6 +3,7 @@
 #include "hostsbx.h"
 #include "options.h"
 #include "../kernels/registry.h"
+#include "../sandboxes/sandboxes.h"
 #include "../http/server.h"
 #include "../config.h"
 #include "../../kernelmgr/hmac.h"
@@ -29,8 +30,9 @@
 typedef struct {
     uv_loop_t *loop;
     registry_t *registry;
+    sandboxes_t *sandboxes;
     server_t *server;
-    sbx_t *host;  //  the default sandbox
+    sbx_t *host;  //  the default sandbox's, unless --isolate-default
     uv_signal_t sigint, sigterm;
     uv_timer_t trim;
     bool stopping;
@@ -51,6 +53,8 @@ static void s_on_all_down(void *arg)
 {
     serve_t *st = arg;
     server_close(st->server);
+    //  Sandboxes first: their kernels go with them, from the registry still there.
+    sandboxes_destroy(&st->sandboxes);
     registry_destroy(&st->registry);
     sbx_destroy(&st->host);
     uv_close((uv_handle_t *) &st->sigint, NULL);
@@ -112,7 +116,8 @@ static void s_installed(char *out, size_t size)
     kspec_list_destroy(&specs, n);
 }
 
-static void s_banner(const config_t *cfg, int port, const char *token, const char *kernel)
+static void s_banner(const config_t *cfg, int port, const char *token, const char *kernel,
+                     sbx_isolation_t iso, const char *state_dir)
 {
     const char *host = strchr(cfg->ip, ':') ? "[::1]"
                        : strcmp(cfg->ip, "0.0.0.0") == 0 ? "127.0.0.1" : cfg->ip;
@@ -125,6 +130,10 @@ static void s_banner(const config_t *cfg, int port, const char *token, const cha
            auth ? token : "");
     printf("  E2B API:       E2B_SANDBOX_URL=http://%s:%d%s\n", host, port,
            auth ? " (the token goes in E2B-Traffic-Access-Token)" : "");
+    if (iso == SBX_ISOLATION_NAMESPACES)
+        printf("  Sandboxes:     isolated (namespaces), kept in %s\n", state_dir);
+    else
+        printf("  Sandboxes:     NOT ISOLATED (--isolation none): code runs on this host as this user\n");
     if (auth) printf("  Clients read:  export KBRIDGE_TOKEN=%s\n", token);
     printf("\n");
     fflush(stdout);
@@ -163,6 +172,21 @@ int cmd_serve(int argc, char **argv)
     snprintf(conns_def, sizeof conns_def, "%llu here", (unsigned long long) max_connections);
     const char *default_kernel = "python3";
     const char *ip = "127.0.0.1", *domain = NULL;
+    //  Sandboxes
+    const char *isolation = NULL, *state_dir = NULL, *node_id = "kb", *kernel_user = "user";
+    bool isolate_default = false;
+    json_t *templates = json_object();
+    uint64_t sandbox_memory = 1ull << 30, sandbox_pids = 1024, sandbox_max_timeout = 86400000;
+    uint64_t sandbox_cpus = (uint64_t) uv_available_parallelism();
+    uint64_t max_sandboxes = mem / (128u << 20);
+    if (max_sandboxes > 1024) max_sandboxes = 1024;
+    if (max_sandboxes < 4) max_sandboxes = 4;
+    char sandboxes_def[32], cpus_def[32], state_def[64];
+    snprintf(sandboxes_def, sizeof sandboxes_def, "%llu here", (unsigned long long) max_sandboxes);
+    snprintf(cpus_def, sizeof cpus_def, "%llu here", (unsigned long long) sandbox_cpus);
+    snprintf(state_def, sizeof state_def, "%s", geteuid() == 0 ? "/var/lib/kbridge" : "~/.local/state/kbridge");
+    static const char *const isolations[] = {"namespaces", "none", NULL};
+    static const char *const users[] = {"user", "root", NULL};
     static const char *const transports[] = {"tcp", "ipc", NULL};
     static const char *const schemes[] = {"hmac-sha256", "hmac-sha512", NULL};
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
@@ -192,6 +216,17 @@ int cmd_serve(int argc, char **argv)
         {"max-outbound-bytes", 0, OPT_SIZE, "KBRIDGE_MAX_OUTBOUND_BYTES", "N", "output queued for one slow client before it is disconnected", "64M", 65536, 1ull << 36, NULL, &max_outbound},
         {"max-buffered-bytes", 0, OPT_SIZE, "KBRIDGE_MAX_BUFFERED_BYTES", "N", "output queued for all clients before the slowest is dropped", "1G", 65536, 1ull << 40, NULL, &max_buffered},
         {"max-retained-output", 0, OPT_SIZE, "KBRIDGE_MAX_RETAINED_OUTPUT", "N", "output kept in one Execution object (the stream always carries everything)", "4M", 0, 1ull << 32, NULL, &max_retained},
+        {"isolation", 0, OPT_CHOICE, "KBRIDGE_ISOLATION", "I", "sandboxes: namespaces (own filesystem, users, network, limits) or none (host processes)", "namespaces where supported", 0, 0, isolations, &isolation},
+        {"isolate-default", 0, OPT_FLAG, "KBRIDGE_ISOLATE_DEFAULT", NULL, "run the default sandbox (Jupyter, E2B without a sandbox id) isolated too", NULL, 0, 0, NULL, &isolate_default},
+        {"state-dir", 0, OPT_STRING, "KBRIDGE_STATE_DIR", "PATH", "where sandboxes persist (their files, settings and end times)", state_def, 0, 0, NULL, &state_dir},
+        {"node-id", 0, OPT_STRING, "KBRIDGE_NODE_ID", "ID", "prefix of every sandbox id ([a-z0-9], at most 8)", "kb", 0, 0, NULL, &node_id},
+        {"template", 0, OPT_KV, NULL, "NAME=DIR", "a sandbox template from a root-filesystem directory (e.g. made with debootstrap)", NULL, 0, 0, NULL, &templates},
+        {"max-sandboxes", 0, OPT_UINT, "KBRIDGE_MAX_SANDBOXES", "N", "sandboxes alive at once (the default one excluded)", sandboxes_def, 1, 49150, NULL, &max_sandboxes},
+        {"sandbox-memory", 0, OPT_SIZE, "KBRIDGE_SANDBOX_MEMORY", "N", "memory of a sandbox (default and most a client may ask for)", "1G", 16u << 20, 1ull << 44, NULL, &sandbox_memory},
+        {"sandbox-cpus", 0, OPT_UINT, "KBRIDGE_SANDBOX_CPUS", "N", "CPUs of a sandbox (default and most a client may ask for)", cpus_def, 1, 4096, NULL, &sandbox_cpus},
+        {"sandbox-pids", 0, OPT_UINT, "KBRIDGE_SANDBOX_PIDS", "N", "processes and threads in a sandbox", "1024", 16, 4194304, NULL, &sandbox_pids},
+        {"sandbox-max-timeout", 0, OPT_SECONDS, "KBRIDGE_SANDBOX_MAX_TIMEOUT", "S", "the longest a sandbox may be asked to live", "86400", 1, 86400u * 365, NULL, &sandbox_max_timeout},
+        {"sandbox-kernel-user", 0, OPT_CHOICE, "KBRIDGE_SANDBOX_KERNEL_USER", "U", "the user kernels run as in isolated sandboxes: user or root", "user", 0, 0, users, &kernel_user},
         {"access-log", 0, OPT_FLAG, "KBRIDGE_ACCESS_LOG", NULL, "log one line per request (method, path without the token, status, bytes, ms)", NULL, 0, 0, NULL, &access_log},
         {"log-level", 0, OPT_CHOICE, "KBRIDGE_LOG_LEVEL", "L", "debug, info, warn or error", "info", 0, 0, levels, &log_level},
     };
@@ -294,23 +329,101 @@ int cmd_serve(int argc, char **argv)
         rc = 1;
         goto done;
     }
-    serve_t st;
-    memset(&st, 0, sizeof st);
-    st.loop = uv_default_loop();
-    st.host = hostsbx_start(st.loop, rundir_path(rundir), why, sizeof why);
-    if (!st.host) {
-        fprintf(stderr, "kbridge serve: %s\n", why);
+    //  Sandboxes: isolated wherever this host can, and only not when asked.
+    if (strspn(node_id, "abcdefghijklmnopqrstuvwxyz0123456789") != strlen(node_id) || !*node_id ||
+        strlen(node_id) > 8) {
+        fprintf(stderr, "kbridge serve: --node-id '%s': 1 to 8 characters of [a-z0-9]\n", node_id);
+        goto done;
+    }
+    sbx_isolation_t iso = SBX_ISOLATION_NAMESPACES;
+    if (isolation && strcmp(isolation, "none") == 0) {
+        iso = SBX_ISOLATION_NONE;
+        if (isolate_default) {
+            fprintf(stderr, "kbridge serve: --isolate-default needs --isolation namespaces\n");
+            goto done;
+        }
+    } else if (sbx_probe(hostsbx_agent_path(), why, sizeof why) != 0) {
+        fprintf(stderr, "kbridge serve: sandboxes cannot be isolated on this host: %s.\n"
+                        "Fix that, or pass --isolation none (code then runs on this host as "
+                        "this user, unisolated).\n", why);
         rc = 1;
         goto done;
     }
-    registry_config_t rcfg = {st.host, env, transport, default_kernel, !no_autorestart, scheme,
+    char state_buf[4096];
+    if (!state_dir) {
+        const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+        if (geteuid() == 0)
+            snprintf(state_buf, sizeof state_buf, "/var/lib/kbridge");
+        else if (xdg && *xdg)
+            snprintf(state_buf, sizeof state_buf, "%s/kbridge", xdg);
+        else
+            snprintf(state_buf, sizeof state_buf, "%s/.local/state/kbridge", home && *home ? home : "/tmp");
+        state_dir = state_buf;
+    } else if (state_dir[0] != '/') {
+        char cwd[2048];
+        snprintf(state_buf, sizeof state_buf, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", state_dir);
+        state_dir = state_buf;
+    }
+    //  Ours only: another kbridge (another state directory) keeps its sandboxes.
+    char cgroup_parent[64];
+    sandboxes_cgroup_parent(state_dir, cgroup_parent, sizeof cgroup_parent);
+    if (geteuid() == 0) sbx_reap_stale(cgroup_parent);
+
+    serve_t st;
+    memset(&st, 0, sizeof st);
+    st.loop = uv_default_loop();
+    if (!isolate_default) {
+        st.host = hostsbx_start(st.loop, rundir_path(rundir), why, sizeof why);
+        if (!st.host) {
+            fprintf(stderr, "kbridge serve: %s\n", why);
+            rc = 1;
+            goto done;
+        }
+    }
+    registry_config_t rcfg = {env, transport, default_kernel, !no_autorestart, scheme,
                               (size_t) max_kernels};
     st.registry = registry_new(st.loop, &rcfg);
+    //  What no sandbox may see, besides the state directory (the table adds it).
+    const char *hidden[4] = {rundir_path(rundir), token_file, NULL, NULL};
+    size_t ntemplates = json_object_size(templates);
+    sandboxes_template_t *tlist = calloc(ntemplates + 1, sizeof *tlist);
+    {
+        size_t i = 0;
+        const char *tname;
+        json_t *tdir;
+        json_object_foreach(templates, tname, tdir)
+        {
+            tlist[i].name = tname;
+            tlist[i].dir = json_string_value(tdir);
+            i++;
+        }
+    }
+    sandboxes_config_t scfg = {
+        .state_dir = state_dir,
+        .agent_path = hostsbx_agent_path(),
+        .node_id = node_id,
+        .isolation = iso,
+        .hidden = hidden,
+        .templates = tlist,
+        .ntemplates = ntemplates,
+        .memory_bytes = sandbox_memory,
+        .cpu_millis = (uint32_t) (sandbox_cpus * 1000u),
+        .pids = (uint32_t) sandbox_pids,
+        .max_timeout_ms = sandbox_max_timeout,
+        .max_sandboxes = (size_t) max_sandboxes,
+        .kernel_user = kernel_user,
+        .host = st.host,
+        .isolate_default = isolate_default,
+        .cgroup_parent = geteuid() == 0 ? cgroup_parent : NULL,
+    };
     snprintf(why, sizeof why, "out of memory");
-    api_ctx_t ctx = {st.loop, st.registry, &cfg};
-    st.server = st.registry ? server_new(&ctx, why, sizeof why) : NULL;
+    st.sandboxes = st.registry && tlist ? sandboxes_new(st.loop, &scfg, st.registry, why, sizeof why) : NULL;
+    free(tlist);
+    api_ctx_t ctx = {st.loop, st.registry, st.sandboxes, &cfg};
+    st.server = st.sandboxes ? server_new(&ctx, why, sizeof why) : NULL;
     if (!st.server) {
         fprintf(stderr, "kbridge serve: %s\n", why);
+        sandboxes_destroy(&st.sandboxes);
         registry_destroy(&st.registry);
         sbx_destroy(&st.host);
         uv_run(st.loop, UV_RUN_DEFAULT);
@@ -329,7 +442,7 @@ int cmd_serve(int argc, char **argv)
     uv_timer_start(&st.trim, s_on_trim, TRIM_INTERVAL_MS, TRIM_INTERVAL_MS);
     uv_unref((uv_handle_t *) &st.trim);
 
-    s_banner(&cfg, server_port(st.server), token_arg, default_kernel);
+    s_banner(&cfg, server_port(st.server), token_arg, default_kernel, iso, state_dir);
     uv_run(st.loop, UV_RUN_DEFAULT);
     server_destroy(&st.server);
     uv_run(st.loop, UV_RUN_DEFAULT);
@@ -343,5 +456,6 @@ done:
     json_decref(cfg.allowed_hosts);
     json_decref(cfg.allowed_origins);
     json_decref(env);
+    json_decref(templates);
     return rc;
 }

@@ -1,5 +1,6 @@
 /*  e2b - /execute, /contexts and /health as the E2B code interpreter serves them. */
 #include "e2b.h"
+#include "../sandboxes/sandboxes.h"
 #include "../apikit/envcheck.h"
 #include "../apikit/hwait.h"
 #include "../buf/jbuf.h"
@@ -38,6 +39,7 @@ typedef struct {
 struct _e2b_t {
     uv_loop_t *loop;
     registry_t *registry;
+    sandboxes_t *sandboxes;
     const config_t *config;
     klist_t streams;  //  stream_t
     json_t *contexts;
@@ -115,7 +117,8 @@ static json_t *s_context_model(e2b_t *self, kentry_t *entry)
 
 static kentry_t *s_live(e2b_t *self, const char *id)
 {
-    return id ? registry_find(s_registry(self), id) : NULL;
+    kentry_t *entry = id ? registry_find(s_registry(self), id) : NULL;
+    return entry && sandbox_has_kernel(sandboxes_default(self->sandboxes), entry) ? entry : NULL;
 }
 
 //  Start a context for language in cwd. On failure, *why says what went wrong.
@@ -128,7 +131,7 @@ static kentry_t *s_create_context(e2b_t *self, const char *language, const char 
         return NULL;
     }
     int err;
-    kentry_t *entry = registry_start(s_registry(self), kernel, cwd, NULL, &err);
+    kentry_t *entry = sandbox_start_kernel(sandboxes_default(self->sandboxes), kernel, cwd, NULL, &err);
     if (!entry)
         snprintf(why, size, "Failed to start the %s kernel for language '%s': %s", kernel, language,
                  err == KB_EINVAL ? "cwd is not a directory"
@@ -485,7 +488,7 @@ static void s_http(void *api, hreq_t *req)
             s_contexts_post(self, req);
         } else if (m == HM_GET) {
             kentry_t **entries;
-            size_t n = registry_list(s_registry(self), &entries);
+            size_t n = sandbox_kernels(sandboxes_default(self->sandboxes), &entries);
             json_t *list = json_array();
             for (size_t i = 0; i < n; i++)
                 json_array_append_new(list, s_context_model(self, entries[i]));
@@ -510,6 +513,7 @@ static void *s_create(const api_ctx_t *ctx)
     if (!self) return NULL;
     self->loop = ctx->loop;
     self->registry = ctx->registry;
+    self->sandboxes = ctx->sandboxes;
     self->config = ctx->config;
     klist_init(&self->streams);
     self->contexts = json_object();

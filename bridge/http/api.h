@@ -19,10 +19,12 @@
 #include <uv.h>
 
 typedef struct _registry_t registry_t;
+typedef struct _sandboxes_t sandboxes_t;
 
 typedef struct {
     uv_loop_t *loop;
     registry_t *registry;    //  every kernel
+    sandboxes_t *sandboxes;  //  every sandbox (bridge/sandboxes/sandboxes.h)
     const config_t *config;
 } api_ctx_t;
 

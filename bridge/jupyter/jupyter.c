@@ -1,5 +1,6 @@
 /*  jupyter - Jupyter Server REST kernels/sessions API and channels WebSockets. */
 #include "jupyter.h"
+#include "../sandboxes/sandboxes.h"
 #include "../apikit/hwait.h"
 #include "channels.h"
 #include "../kernels/kentry.h"
@@ -39,6 +40,7 @@ typedef struct _jupyter_t jupyter_t;
 struct _jupyter_t {
     uv_loop_t *loop;
     registry_t *registry;
+    sandboxes_t *sandboxes;
     const config_t *config;
     char started[32];
     char last_request[32];
@@ -52,9 +54,11 @@ static registry_t *s_registry(jupyter_t *self)
     return self->registry;
 }
 
+//  Jupyter clients see the default sandbox's kernels: the others have no channels.
 static kentry_t *s_kernel(jupyter_t *self, const char *id)
 {
-    return registry_find(s_registry(self), id);
+    kentry_t *entry = registry_find(s_registry(self), id);
+    return entry && sandbox_has_kernel(sandboxes_default(self->sandboxes), entry) ? entry : NULL;
 }
 
 static size_t s_count_channels(jupyter_t *self, kentry_t *entry);
@@ -213,7 +217,8 @@ static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const c
     }
     int err;
     json_t *env = session_name && *session_name ? json_pack("{s:s}", "JPY_SESSION_NAME", session_name) : NULL;
-    kentry_t *entry = registry_start(s_registry(self), name, has_cwd ? cwd : NULL, env, &err);
+    kentry_t *entry = sandbox_start_kernel(sandboxes_default(self->sandboxes), name,
+                                           has_cwd ? cwd : NULL, env, &err);
     json_decref(env);
     if (!entry) {
         char message[256];
@@ -278,7 +283,7 @@ static void s_kernels(jupyter_t *self, hreq_t *req, const char *rest)
     if (*rest == '\0') {
         if (m == HM_GET) {
             kentry_t **entries;
-            size_t n = registry_list(s_registry(self), &entries);
+            size_t n = sandbox_kernels(sandboxes_default(self->sandboxes), &entries);
             json_t *list = json_array();
             for (size_t i = 0; i < n; i++)
                 json_array_append_new(list, s_model(self, entries[i]));
@@ -660,6 +665,7 @@ static void *s_create(const api_ctx_t *ctx)
     if (!self) return NULL;
     self->loop = ctx->loop;
     self->registry = ctx->registry;
+    self->sandboxes = ctx->sandboxes;
     self->config = ctx->config;
     klist_init(&self->sessions);
     klist_init(&self->conns);

@@ -13,7 +13,6 @@
 struct _registry_t {
     uv_loop_t *loop;
     registry_config_t config;
-    sbx_t *sbx;
     char *transport, *default_kernel, *scheme;
     json_t *env;
     kentry_t **live;
@@ -67,7 +66,6 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     registry_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
     self->loop = loop;
-    self->sbx = config->sbx;
     self->transport = kb_strdup(config->transport ? config->transport : "tcp");
     self->scheme = kb_strdup(config->signature_scheme);
     self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
@@ -111,8 +109,8 @@ void registry_destroy(registry_t **self_p)
     uv_close((uv_handle_t *) &self->deadline, s_free_registry);
 }
 
-kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *cwd,
-                         json_t *env, int *err)
+kentry_t *registry_start(registry_t *self, const char *kernel_name, const registry_place_t *place,
+                         int *err)
 {
     int dummy;
     if (!err) err = &dummy;
@@ -129,14 +127,16 @@ kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *
     kspec_t *spec = kspec_find(kernel_name ? kernel_name : self->default_kernel, err);
     if (!spec) return NULL;
     json_t *merged = json_deep_copy(self->env);
-    if (env) json_object_update(merged, env);
+    if (place->env) json_object_update(merged, place->env);
     kernel_opts_t opts;
     memset(&opts, 0, sizeof opts);
-    opts.cwd = cwd;
+    opts.cwd = place->cwd;
+    opts.user = place->user;
     opts.env = merged;
     opts.transport = self->transport;
     opts.signature_scheme = self->scheme;
-    opts.sbx = self->sbx;
+    opts.sbx = place->sbx;
+    opts.base_env = place->base_env;
     opts.autorestart = self->config.autorestart;
     kentry_events_t events = {s_on_shutdown};
     kentry_t *entry = kentry_new(self->loop, spec, &opts, &events, self, err);
@@ -178,6 +178,30 @@ size_t registry_list(registry_t *self, kentry_t ***entries)
     for (size_t i = 0; i < self->nlive; i++)
         if (!kentry_shutting_down(self->live[i])) (*entries)[n++] = self->live[i];
     return n;
+}
+
+size_t registry_list_in(registry_t *self, const sbx_t *sbx, kentry_t ***entries)
+{
+    size_t n = registry_list(self, entries);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (kernel_sbx(kentry_kernel((*entries)[i])) == sbx) (*entries)[kept++] = (*entries)[i];
+    return kept;
+}
+
+void registry_kill_in(registry_t *self, const sbx_t *sbx)
+{
+    for (size_t i = 0; i < self->nlive;) {
+        kentry_t *entry = self->live[i];
+        if (kernel_sbx(kentry_kernel(entry)) != sbx) {
+            i++;
+            continue;
+        }
+        //  At once: the sandbox's agent, which its process belongs to, goes next.
+        memmove(&self->live[i], &self->live[i + 1], (self->nlive - i - 1) * sizeof *self->live);
+        self->nlive--;
+        kentry_destroy(&entry);
+    }
 }
 
 size_t registry_count(const registry_t *self)

@@ -12,7 +12,6 @@
 typedef struct _registry_t registry_t;
 
 typedef struct {
-    sbx_t *sbx;                  //  the default sandbox, where kernels run (borrowed)
     json_t *env;                 //  environment added to every kernel (borrowed)
     const char *transport;       //  "tcp" or "ipc"
     const char *default_kernel;  //  kernelspec used when none is named
@@ -26,19 +25,32 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config);
 //  Kill every kernel at once and free everything. Nullifies *self_p.
 void registry_destroy(registry_t **self_p);
 
-//  Start a kernel from kernelspec name (NULL: the default) in cwd (NULL: ours) with env
-//  (object of strings, borrowed; NULL: none) on top of the configured environment.
-//  Returns the new entry (starting), or NULL with *err = KB_ENOTFOUND (no such
-//  kernelspec), KB_EINVAL (bad cwd), KB_ESPAWN, KB_ECLOSED (shutting down), KB_ELIMIT
+//  Where a kernel runs: every kernel belongs to one sandbox (bridge/sandboxes/).
+typedef struct {
+    sbx_t *sbx;        //  the sandbox (borrowed; ready)
+    const char *user;  //  the sandbox user it runs as; NULL: the agent's
+    const char *cwd;   //  NULL: the user's home (the host: kbridge's cwd)
+    json_t *env;       //  object of strings on top of the configured environment (borrowed)
+    json_t *base_env;  //  the environment to start from (borrowed); NULL: kbridge's own
+} registry_place_t;
+
+//  Start a kernel from kernelspec name (NULL: the default) at place. Returns the new
+//  entry (starting), or NULL with *err = KB_ENOTFOUND (no such kernelspec), KB_EINVAL
+//  (bad cwd), KB_ESPAWN, KB_ECLOSED (shutting down, or the sandbox is gone), KB_ELIMIT
 //  (max_kernels are alive).
-kentry_t *registry_start(registry_t *self, const char *kernel_name, const char *cwd,
-                         json_t *env, int *err);
+kentry_t *registry_start(registry_t *self, const char *kernel_name, const registry_place_t *place,
+                         int *err);
 //  The kernel with this id, unless there is none or it is shutting down (the one way every
 //  API looks kernels up).
 kentry_t *registry_find(registry_t *self, const char *kernel_id);
 //  A snapshot of the kernels that are not shutting down, in start order. Caller owns the
 //  array (free()), not the entries.
 size_t registry_list(registry_t *self, kentry_t ***entries);
+//  The same, of one sandbox's kernels.
+size_t registry_list_in(registry_t *self, const sbx_t *sbx, kentry_t ***entries);
+//  Kill a sandbox's kernels at once (it is ending), before its sbx_t goes: their pending
+//  executions fail now. Not from inside a kernel's own callbacks.
+void registry_kill_in(registry_t *self, const sbx_t *sbx);
 //  Kernels alive, shutting-down ones included.
 size_t registry_count(const registry_t *self);
 const char *registry_default_kernel(const registry_t *self);

@@ -4,6 +4,7 @@
 #include "../kernels/kentry.h"
 #include "../kernels/registry.h"
 #include "../http/api.h"
+#include "../sandboxes/sandboxes.h"
 #include "session.h"
 #include "../apikit/envcheck.h"
 #include "../../base/jx.h"
@@ -17,25 +18,49 @@
 //  Executions queued on one kernel before new ones are refused with "busy".
 #define MAX_QUEUED_PER_KERNEL 10000
 
+//  Messages a connection sent before its sandbox ran, kept (bounded) until it does.
+#define EARLY_MAX_MESSAGES 64
+#define EARLY_MAX_BYTES (4u << 20)
+
+//  A session and the sandbox it is on (the session's id is the sandbox's).
 typedef struct sess_link_s {
     struct sess_link_s *next;
     session_t *session;
+    sandbox_t *sandbox;
 } sess_link_t;
 
 typedef struct _native_t native_t;
 struct _native_t {
     uv_loop_t *loop;
     registry_t *registry;
+    sandboxes_t *sandboxes;
     const config_t *config;
+    klist_t conns;  //  nconn_t
     sess_link_t *sessions;
     uv_timer_t reaper;
     sess_link_t *expired;  //  sessions to destroy on the next loop turn
 };
 
+typedef struct {
+    klist_t link;
+    size_t len;
+    char data[];
+} early_t;
+
 //  One connection's view: which session it serves.
 typedef struct {
+    klist_t link;  //  in native_t.conns
     native_t *native;
     session_t *session;
+    sandbox_t *sandbox;
+    wsconn_t *conn;
+    bool held;  //  holds its sandbox alive
+    sandbox_wait_t wait;  //  until the sandbox runs
+    bool attached;        //  the session message went out; ops run
+    bool resumed;
+    int64_t last_seq;
+    klist_t early;        //  early_t
+    size_t nearly, early_bytes;
 } nconn_t;
 
 //  An asynchronous request of a session.
@@ -141,9 +166,19 @@ static nreq_t *s_nreq_new(native_t *native, session_t *session, nreq_kind_t kind
 // ---------------------------------------------------------------------------------------
 //  Kernels
 
-static kentry_t *s_find(native_t *self, const char *kernel_id)
+static sandbox_t *s_sandbox(native_t *self, session_t *session)
 {
-    return registry_find(self->registry, kernel_id);
+    for (sess_link_t *l = self->sessions; l; l = l->next)
+        if (l->session == session) return l->sandbox;
+    return NULL;
+}
+
+//  A kernel of the session's sandbox: a session never reaches into another sandbox.
+static kentry_t *s_find(native_t *self, session_t *session, const char *kernel_id)
+{
+    kentry_t *entry = registry_find(self->registry, kernel_id);
+    sandbox_t *sb = s_sandbox(self, session);
+    return entry && sb && sandbox_has_kernel(sb, entry) ? entry : NULL;
 }
 
 //  {kernel_id, kernel_name, language, cwd, state}
@@ -170,6 +205,12 @@ static void s_on_kernel_wait(kwait_t *wait, kentry_t *entry, kwait_result_t resu
             s_reply(session, "kernel", req->id, json_pack("{s:o}", "kernel", s_model(entry)));
         else
             s_reply(session, "ok", req->id, json_pack("{s:s}", "kernel_id", req->kernel_id));
+    } else if (result == KWAIT_DEAD && req->kind == NREQ_START &&
+               kernel_start_error(kentry_kernel(entry)) == KB_ENOTDIR) {
+        //  In an isolated sandbox the cwd is only known to be bad once the agent tries it.
+        s_error(session, req->id, "bad_request", "cwd '%s' is not a directory in the sandbox (%s)",
+                kentry_cwd(entry), kernel_exit_reason(kentry_kernel(entry)));
+        kentry_shutdown(entry);
     } else if (result == KWAIT_DEAD) {
         s_error(session, req->id, "kernel_dead", "kernel %s is dead: %s", req->kernel_id,
                 kernel_exit_reason(kentry_kernel(entry)));
@@ -184,10 +225,14 @@ static void s_on_kernel_wait(kwait_t *wait, kentry_t *entry, kwait_result_t resu
 static kentry_t *s_start_kernel(native_t *self, session_t *session, json_t *id,
                                 const char *name, const char *cwd, json_t *env)
 {
-    int err;
-    kentry_t *entry = registry_start(self->registry, name, cwd, env, &err);
+    int err = KB_ECLOSED;
+    sandbox_t *sb = s_sandbox(self, session);
+    kentry_t *entry = sb ? sandbox_start_kernel(sb, name, cwd, env, &err) : NULL;
     if (!entry) {
-        if (err == KB_ENOTFOUND)
+        if (err == KB_EAGAIN || err == KB_ECLOSED)
+            s_error(session, id, "sandbox_unavailable", "sandbox %s is %s", session_id(session),
+                    sb ? sandbox_state_name(sb) : "gone");
+        else if (err == KB_ENOTFOUND)
             s_error(session, id, "not_found", "no kernelspec named '%s'",
                     name ? name : registry_default_kernel(self->registry));
         else if (err == KB_EINVAL)
@@ -233,7 +278,8 @@ static void op_start_kernel(native_t *self, session_t *session, json_t *id, json
 static void op_list_kernels(native_t *self, session_t *session, json_t *id)
 {
     kentry_t **entries;
-    size_t n = registry_list(self->registry, &entries);
+    sandbox_t *sb = s_sandbox(self, session);
+    size_t n = sb ? sandbox_kernels(sb, &entries) : 0;
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *model = s_model(entries[i]);
@@ -253,7 +299,7 @@ static kentry_t *s_require_kernel(native_t *self, session_t *session, json_t *id
         s_error(session, id, "bad_request", "%s", jx_describe(rc, "kernel_id", "a string", why, sizeof why));
         return NULL;
     }
-    kentry_t *entry = s_find(self, kernel_id);
+    kentry_t *entry = s_find(self, session, kernel_id);
     if (!entry) s_error(session, id, "not_found", "no kernel with id '%s'", kernel_id);
     return entry;
 }
@@ -358,13 +404,13 @@ static void op_execute(native_t *self, session_t *session, json_t *id, json_t *r
     }
     kentry_t *entry;
     if (kernel_id) {
-        entry = s_find(self, kernel_id);
+        entry = s_find(self, session, kernel_id);
         if (!entry) {
             s_error(session, id, "not_found", "no kernel with id '%s'", kernel_id);
             return;
         }
     } else {
-        entry = s_find(self, session_default_kernel(session));
+        entry = s_find(self, session, session_default_kernel(session));
         if (!entry) {
             entry = s_start_kernel(self, session, id, NULL, NULL, NULL);
             if (!entry) return;
@@ -425,9 +471,9 @@ static void op_keep_alive(native_t *self, session_t *session, json_t *id, json_t
 // ---------------------------------------------------------------------------------------
 //  Connections
 
-static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool binary, void *arg)
+static void s_dispatch(nconn_t *nc, const char *data, size_t len, bool binary)
 {
-    nconn_t *nc = arg;
+    wsconn_t *conn = nc->conn;
     session_t *session = nc->session;
     if (binary) {
         s_conn_error(conn, "bad_request", "binary frames are not accepted: send JSON text");
@@ -468,6 +514,59 @@ static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool bina
     json_decref(req);
 }
 
+static void s_free_early(nconn_t *nc)
+{
+    while (!klist_empty(&nc->early)) {
+        early_t *e = klist_entry(klist_first(&nc->early), early_t, link);
+        klist_remove(&e->link);
+        free(e);
+    }
+    nc->nearly = nc->early_bytes = 0;
+}
+
+//  Forget a connection's state (the connection itself is closed by the caller, or is
+//  closing): unwait, let go of its sandbox, free.
+static void s_nconn_free(nconn_t *nc)
+{
+    sandbox_unwait(&nc->wait);
+    s_free_early(nc);
+    klist_remove(&nc->link);
+    if (nc->held && nc->sandbox) {
+        sess_link_t *l = NULL;
+        for (sess_link_t *it = nc->native->sessions; it; it = it->next)
+            if (it->session == nc->session) l = it;
+        //  A sandbox that ended is no longer the session's: nothing to let go of.
+        if (l && l->sandbox == nc->sandbox)
+            sandbox_release(nc->sandbox, session_keep_alive(nc->session));
+    }
+    free(nc);
+}
+
+static void s_on_message(wsconn_t *conn, const char *data, size_t len, bool binary, void *arg)
+{
+    nconn_t *nc = arg;
+    if (nc->attached) {
+        s_dispatch(nc, data, len, binary);
+        return;
+    }
+    //  The sandbox is still starting: keep what the client sends until it runs.
+    if (nc->nearly >= EARLY_MAX_MESSAGES || nc->early_bytes + len > EARLY_MAX_BYTES) {
+        s_conn_error(conn, "busy", "the sandbox is still starting: wait for the session message");
+        return;
+    }
+    early_t *e = malloc(sizeof *e + len + 1);
+    if (!e) {
+        s_conn_error(conn, "internal", "out of memory");
+        return;
+    }
+    e->len = binary ? len | ((size_t) 1 << (sizeof(size_t) * 8 - 1)) : len;
+    memcpy(e->data, data, len);
+    klist_init(&e->link);
+    klist_push_back(&nc->early, &e->link);
+    nc->nearly++;
+    nc->early_bytes += len;
+}
+
 static void s_on_too_large(wsconn_t *conn, size_t len, void *arg)
 {
     (void) arg;
@@ -476,11 +575,18 @@ static void s_on_too_large(wsconn_t *conn, size_t len, void *arg)
     s_conn_error(conn, "too_large", message);
 }
 
+static sess_link_t *s_link_of(native_t *self, session_t *session)
+{
+    for (sess_link_t *l = self->sessions; l; l = l->next)
+        if (l->session == session) return l;
+    return NULL;
+}
+
 static void s_on_close(wsconn_t *conn, void *arg)
 {
     nconn_t *nc = arg;
-    session_detach(nc->session, conn);
-    free(nc);
+    if (nc->session && session_conn(nc->session) == conn) session_detach(nc->session, conn);
+    s_nconn_free(nc);
 }
 
 static session_t *s_find_session(native_t *self, const char *id)
@@ -492,22 +598,35 @@ static session_t *s_find_session(native_t *self, const char *id)
 
 static void s_destroy_session(native_t *self, session_t *session)
 {
-    //  Shut down what the session started; kernels of other APIs stay.
-    json_t *kernels = json_deep_copy(session_kernels(session));
-    size_t i;
-    json_t *kid;
-    json_array_foreach(kernels, i, kid)
-    {
-        kentry_t *entry = registry_find(self->registry, json_string_value(kid));
-        if (entry) kentry_shutdown(entry);
+    sess_link_t *link = s_link_of(self, session);
+    //  In the default sandbox, what the session started goes with it; elsewhere its
+    //  kernels are the sandbox's and end with it.
+    if (link && link->sandbox && sandbox_is_default(link->sandbox)) {
+        json_t *kernels = json_deep_copy(session_kernels(session));
+        size_t i;
+        json_t *kid;
+        json_array_foreach(kernels, i, kid)
+        {
+            kentry_t *entry = registry_find(self->registry, json_string_value(kid));
+            if (entry) kentry_shutdown(entry);
+        }
+        json_decref(kernels);
     }
-    json_decref(kernels);
     for (sess_link_t **p = &self->sessions; *p; p = &(*p)->next) {
         if ((*p)->session != session) continue;
         sess_link_t *l = *p;
         *p = l->next;
         free(l);
         break;
+    }
+    //  Its connections stay open a moment while they close: they must not find us.
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->conns)
+    {
+        nconn_t *nc = klist_entry(it, nconn_t, link);
+        if (nc->session != session) continue;
+        wsconn_clear_events(nc->conn);
+        s_nconn_free(nc);
     }
     session_destroy(&session);
 }
@@ -531,9 +650,101 @@ static void s_on_expire(session_t *session, void *arg)
     sess_link_t *l = malloc(sizeof *l);
     if (!l) return;
     l->session = session;
+    l->sandbox = NULL;
     l->next = self->expired;
     self->expired = l;
     uv_timer_start(&self->reaper, s_reap, 0, 0);
+}
+
+//  The sandbox runs: the session message, then what the client sent meanwhile, then the
+//  backlog.
+static void s_attach(nconn_t *nc)
+{
+    nc->attached = true;
+    sandbox_t *sb = nc->sandbox;
+    json_t *hello = json_pack("{s:s, s:s, s:s, s:b, s:I, s:o}", "type", "session", "session_id",
+                              session_id(nc->session), "sandbox_id", sandbox_id(sb), "resumed",
+                              nc->resumed, "keep_alive",
+                              (json_int_t) (session_keep_alive(nc->session) / 1000u), "sandbox",
+                              sandbox_model(sb));
+    wsconn_send_json(nc->conn, hello);
+    json_decref(hello);
+    session_attach(nc->session, nc->conn, nc->resumed ? nc->last_seq : -1);
+    while (!klist_empty(&nc->early) && nc->attached) {
+        early_t *e = klist_entry(klist_first(&nc->early), early_t, link);
+        klist_remove(&e->link);
+        size_t top = (size_t) 1 << (sizeof(size_t) * 8 - 1);
+        s_dispatch(nc, e->data, e->len & ~top, (e->len & top) != 0);
+        free(e);
+    }
+    nc->nearly = nc->early_bytes = 0;
+}
+
+static void s_on_sandbox_running(sandbox_wait_t *wait, sandbox_t *sb, int err, const char *why)
+{
+    (void) sb;
+    nconn_t *nc = wait->arg;
+    if (!err) {
+        s_attach(nc);
+        return;
+    }
+    char message[400];
+    snprintf(message, sizeof message, "the sandbox could not start: %s", why ? why : kb_strerror(err));
+    s_conn_error(nc->conn, "internal", message);
+    wsconn_t *conn = nc->conn;
+    wsconn_clear_events(conn);
+    nc->held = false;  //  it ended: nothing to let go of
+    s_nconn_free(nc);
+    wsconn_close(conn, 1011, "the sandbox could not start");
+}
+
+static void s_on_sandbox_end(sandbox_t *sb, const char *why, void *arg)
+{
+    native_t *self = arg;
+    for (sess_link_t *l = self->sessions; l; l = l->next) {
+        if (l->sandbox != sb) continue;
+        l->sandbox = NULL;
+        wsconn_t *conn = session_conn(l->session);
+        klist_t *it, *tmp;
+        klist_foreach_safe(it, tmp, &self->conns)
+        {
+            nconn_t *nc = klist_entry(it, nconn_t, link);
+            if (nc->sandbox != sb) continue;
+            nc->held = false;
+            if (nc->conn != conn) {
+                wsconn_t *other = nc->conn;
+                wsconn_clear_events(other);
+                s_nconn_free(nc);
+                wsconn_close(other, 1000, "sandbox ended");
+            }
+        }
+        if (conn) session_detach(l->session, conn);
+        if (conn) {
+            json_t *msg = json_pack("{s:s, s:s, s:s}", "type", "sandbox_ended", "sandbox_id",
+                                    sandbox_id(sb), "reason", why ? why : "");
+            wsconn_send_json(conn, msg);
+            json_decref(msg);
+            char reason[120];
+            snprintf(reason, sizeof reason, "sandbox ended: %.100s", why ? why : "");
+            wsconn_close(conn, 1000, reason);
+        }
+        //  The session goes on the next turn (not inside the sandbox's end).
+        s_on_expire(l->session, self);
+    }
+}
+
+static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
+{
+    native_t *self = api;
+    char wanted[64];
+    if ((hreq_query(req, "sandbox_id", wanted, sizeof wanted) == KB_OK && *wanted) ||
+        (hreq_query(req, "session_id", wanted, sizeof wanted) == KB_OK && *wanted)) {
+        if (!sandboxes_find(self->sandboxes, wanted)) {
+            snprintf(why, size, "no sandbox with id '%.64s' (it ended, or never existed)", wanted);
+            return 404;
+        }
+    }
+    return 0;
 }
 
 static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprotocol)
@@ -546,47 +757,92 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
         return;
     }
     nc->native = self;
-    char wanted[64];
+    nc->conn = conn;
+    nc->last_seq = -1;
+    klist_init(&nc->early);
+    klist_init(&nc->link);
+    klist_push_back(&self->conns, &nc->link);
+    nc->wait.fn = s_on_sandbox_running;
+    nc->wait.arg = nc;
+    char wanted[64] = "";
+    if (hreq_query(req, "sandbox_id", wanted, sizeof wanted) != KB_OK || !*wanted)
+        if (hreq_query(req, "session_id", wanted, sizeof wanted) != KB_OK) wanted[0] = '\0';
+    char last[32];
+    if (hreq_query(req, "last_seq", last, sizeof last) == KB_OK) {
+        char *endp;
+        long long v = strtoll(last, &endp, 10);
+        if (*last && !*endp && v >= 0) nc->last_seq = v;
+    }
     session_t *session = NULL;
-    bool resumed = false;
-    if (hreq_query(req, "session_id", wanted, sizeof wanted) == KB_OK && *wanted) {
+    sandbox_t *sb = NULL;
+    if (*wanted) {
         session = s_find_session(self, wanted);
-        resumed = session != NULL;
+        sess_link_t *l = session ? s_link_of(self, session) : NULL;
+        sb = l ? l->sandbox : sandboxes_find(self->sandboxes, wanted);
+        nc->resumed = session != NULL;
+        if (!sb) {
+            char message[160];
+            snprintf(message, sizeof message, "no sandbox with id '%.64s'", wanted);
+            s_conn_error(conn, "not_found", message);
+            wsconn_close(conn, 1008, "no such sandbox");
+            s_nconn_free(nc);
+            return;
+        }
+    } else {
+        //  A connection without a sandbox gets one of its own.
+        sandbox_opts_t opts;
+        memset(&opts, 0, sizeof opts);
+        //  Its life is the connection's, plus the keep-alive window after it.
+        opts.timeout_ms = self->config->keep_alive_ms ? self->config->keep_alive_ms : 1;
+        int err;
+        char why[256];
+        sb = sandboxes_create(self->sandboxes, &opts, &err, why, sizeof why);
+        if (!sb) {
+            s_conn_error(conn, err == KB_ELIMIT ? "busy" : "internal", why);
+            wsconn_close(conn, err == KB_ELIMIT ? 1013 : 1011, "no sandbox");
+            s_nconn_free(nc);
+            return;
+        }
     }
     if (!session) {
         const config_t *cfg = self->config;
         session_events_t events = {s_on_expire};
-        session = session_new(self->loop, cfg->keep_alive_ms, cfg->max_outbound_bytes,
+        session = session_new(self->loop, sandbox_id(sb), cfg->keep_alive_ms, cfg->max_outbound_bytes,
                               &events, self);
         sess_link_t *l = malloc(sizeof *l);
         if (!session || !l) {
             session_destroy(&session);
             free(l);
-            free(nc);
+            s_nconn_free(nc);
             wsconn_close(conn, 1011, "out of memory");
             return;
         }
         l->session = session;
+        l->sandbox = sb;
         l->next = self->sessions;
         self->sessions = l;
     }
     nc->session = session;
+    nc->sandbox = sb;
+    //  A newer connection takes over the session: the older one lets go of the sandbox.
+    sandbox_hold(sb);
+    nc->held = true;
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->conns)
+    {
+        nconn_t *onc = klist_entry(it, nconn_t, link);
+        if (onc == nc || onc->session != session) continue;
+        wsconn_t *old = onc->conn;
+        if (session_conn(session) == old) session_detach(session, old);
+        wsconn_clear_events(old);
+        s_nconn_free(onc);
+        wsconn_close(old, 1000, "replaced by a newer connection to this session");
+    }
     wsconn_events_t events = {s_on_message, s_on_too_large, s_on_close};
     wsconn_set_events(conn, &events, nc);
-    //  The session message goes first, before any backlog.
-    json_t *hello = json_pack("{s:s, s:s, s:b, s:I}", "type", "session", "session_id",
-                              session_id(session), "resumed", resumed, "keep_alive",
-                              (json_int_t) (session_keep_alive(session) / 1000u));
-    wsconn_send_json(conn, hello);
-    json_decref(hello);
-    char last[32];
-    int64_t last_seq = -1;
-    if (hreq_query(req, "last_seq", last, sizeof last) == KB_OK) {
-        char *endp;
-        long long v = strtoll(last, &endp, 10);
-        if (*last && !*endp && v >= 0) last_seq = v;
-    }
-    session_attach(session, conn, resumed ? last_seq : -1);
+    //  Attaching resumes a paused sandbox, as E2B's connect does.
+    if (sandbox_state(sb) == SANDBOX_PAUSED) sandbox_resume(sb);
+    if (sandbox_wait_running(sb, &nc->wait)) s_attach(nc);
 }
 
 static void *s_create(const api_ctx_t *ctx)
@@ -595,7 +851,14 @@ static void *s_create(const api_ctx_t *ctx)
     if (!self) return NULL;
     self->loop = ctx->loop;
     self->registry = ctx->registry;
+    self->sandboxes = ctx->sandboxes;
     self->config = ctx->config;
+    klist_init(&self->conns);
+    sandboxes_observer_t obs = {s_on_sandbox_end, NULL};
+    if (sandboxes_observe(self->sandboxes, &obs, self)) {
+        free(self);
+        return NULL;
+    }
     uv_timer_init(self->loop, &self->reaper);
     self->reaper.data = self;
     return self;
@@ -616,12 +879,12 @@ static void s_destroy(void **api_p)
         self->expired = l->next;
         free(l);
     }
-    while (self->sessions) {
-        session_t *session = self->sessions->session;
-        //  Connections may outlive us by a loop turn while lws closes them.
-        wsconn_t *conn = session_conn(session);
-        if (conn) free(wsconn_clear_events(conn));
-        s_destroy_session(self, session);
+    sandboxes_unobserve(self->sandboxes, self);
+    while (self->sessions) s_destroy_session(self, self->sessions->session);
+    while (!klist_empty(&self->conns)) {
+        nconn_t *nc = klist_entry(klist_first(&self->conns), nconn_t, link);
+        wsconn_clear_events(nc->conn);
+        s_nconn_free(nc);
     }
     uv_close((uv_handle_t *) &self->reaper, s_free_native);
 }
@@ -649,5 +912,6 @@ const api_desc_t native_api = {
     .claims = s_claims,
     .http = s_http,
     .subprotocols = s_subprotocols,
+    .ws_check = s_ws_check,
     .ws_accept = s_accept,
 };

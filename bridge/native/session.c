@@ -5,11 +5,12 @@
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct _session_t {
-    char id[37];
+    char id[64];
     uv_loop_t *loop;
     uint64_t keep_alive_ms;
     size_t max_backlog;
@@ -30,12 +31,12 @@ static void s_on_expire(uv_timer_t *timer)
     if (self->events.on_expire) self->events.on_expire(self, self->arg);
 }
 
-session_t *session_new(uv_loop_t *loop, uint64_t keep_alive_ms, size_t max_backlog,
+session_t *session_new(uv_loop_t *loop, const char *id, uint64_t keep_alive_ms, size_t max_backlog,
                        const session_events_t *events, void *arg)
 {
     session_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
-    kb_uuid4(self->id);
+    snprintf(self->id, sizeof self->id, "%s", id);
     self->loop = loop;
     self->keep_alive_ms = keep_alive_ms;
     self->max_backlog = max_backlog;

@@ -1,5 +1,6 @@
-/*  session - a native-API client's session: the kernels started through it, its default
-    kernel, and delivery of its events to whichever connection it has.
+/*  session - a native-API client's session on one sandbox (the session id is the
+    sandbox's id): the kernels started through it, its default kernel, and delivery of
+    its events to whichever connection it has.
 
     A session outlives its connections: everything it sends goes through its outbox
     (outbox.h: numbered, bounded, replayed to a client that comes back with ?last_seq=,
@@ -35,8 +36,9 @@ typedef struct {
     void (*on_expire)(session_t *session, void *arg);
 } session_events_t;
 
+//  A session with this id (copied; at most 63 characters).
 //  Caller owns return value and must destroy it when done.
-session_t *session_new(uv_loop_t *loop, uint64_t keep_alive_ms, size_t max_backlog,
+session_t *session_new(uv_loop_t *loop, const char *id, uint64_t keep_alive_ms, size_t max_backlog,
                        const session_events_t *events, void *arg);
 //  Cancel what is pending, detach, free. Kernels are the owner's business (see
 //  session_kernels). Nullifies *self_p.

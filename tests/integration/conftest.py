@@ -50,6 +50,39 @@ def assert_nothing_left(runtime_dir, timeout=10.0):
     assert not files, f"connection files left behind: {files}"
 
 
+def sandbox_processes(sandbox_id):
+    """PIDs of live processes in a sandbox's cgroup (kbridge/<instance>/<id>)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cgroup") as f:
+                groups = f.read()
+        except OSError:
+            continue
+        # kbridge/<instance>/<id>, and below it
+        if any("/kbridge/" in line and (line.endswith(f"/{sandbox_id}") or f"/{sandbox_id}/" in line)
+               for line in groups.splitlines()):
+            found.append(int(entry))
+    return found
+
+
+def assert_no_sandbox_left(state_dir, timeout=10.0):
+    """No process of any sandbox a server kept in state_dir still runs."""
+    base = pathlib.Path(state_dir) / "sandboxes"
+    ids = [p.name for p in base.iterdir()] if base.is_dir() else []
+    deadline = time.time() + timeout
+    left = []
+    while time.time() < deadline:
+        left = [(i, sandbox_processes(i)) for i in ids]
+        left = [x for x in left if x[1]]
+        if not left:
+            return
+        time.sleep(0.1)
+    assert not left, f"sandbox processes left behind: {left}"
+
+
 @pytest.fixture
 def runtime_dir(tmp_path):
     d = tmp_path / "run"

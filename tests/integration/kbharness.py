@@ -15,7 +15,7 @@ import time
 import jsonschema
 import websockets
 
-from conftest import assert_nothing_left, kbridge_bin
+from conftest import assert_nothing_left, assert_no_sandbox_left, kbridge_bin
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "schema"
@@ -27,10 +27,12 @@ def _load_schema(name):
 
 _NATIVE = _load_schema("native.schema.json")
 _EXECUTION = _load_schema("execution.schema.json")
+_SANDBOX = _load_schema("sandbox.schema.json")
 _RESOLVER = jsonschema.RefResolver(
     base_uri=_NATIVE["$id"], referrer=_NATIVE,
     store={_NATIVE["$id"]: _NATIVE, _EXECUTION["$id"]: _EXECUTION,
-           "execution.schema.json": _EXECUTION})
+           "execution.schema.json": _EXECUTION, _SANDBOX["$id"]: _SANDBOX,
+           "sandbox.schema.json": _SANDBOX})
 _SERVER_MESSAGE = {"$ref": _NATIVE["$id"] + "#/definitions/server_message"}
 _REQUEST = {"$ref": _NATIVE["$id"] + "#/definitions/request"}
 
@@ -47,6 +49,10 @@ def validate_execution(obj):
     jsonschema.validate(obj, _EXECUTION)
 
 
+def validate_sandbox(obj):
+    jsonschema.validate(obj, _SANDBOX)
+
+
 class KBridge:
     def __init__(self, tmp_path, *args, token="test-token", env=None):
         self.runtime = tmp_path / f"run-{time.monotonic_ns()}"
@@ -55,6 +61,9 @@ class KBridge:
         full_env = dict(os.environ)
         full_env["XDG_RUNTIME_DIR"] = str(self.runtime)
         full_env.pop("KBRIDGE_TOKEN", None)
+        # Each server keeps its sandboxes in its own state directory.
+        self.state_dir = tmp_path / f"state-{time.monotonic_ns()}"
+        full_env["KBRIDGE_STATE_DIR"] = str(self.state_dir)
         if env:
             full_env.update(env)
         cmd = [kbridge_bin(), "serve", "--port", "0"]
@@ -110,6 +119,7 @@ class KBridge:
         if check:
             assert rc == 0, f"kbridge exited with {rc}\n{self.logs()[-20000:]}"
             assert_nothing_left(self.runtime)
+            assert_no_sandbox_left(self.state_dir)
         return rc
 
 
@@ -123,8 +133,10 @@ class NativeClient:
         self._next = 0
 
     @classmethod
-    async def connect(cls, server, session_id=None, subprotocol=True, **kw):
+    async def connect(cls, server, session_id=None, subprotocol=True, sandbox_id=None, **kw):
         query = {"session_id": session_id} if session_id else {}
+        if sandbox_id:
+            query["sandbox_id"] = sandbox_id
         ws = await websockets.connect(server.ws_url(**query),
                                       subprotocols=["kbridge.v1"] if subprotocol else None,
                                       max_size=None, **kw)

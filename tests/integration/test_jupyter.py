@@ -393,7 +393,11 @@ def test_dead_after_restarts_run_out(tmp_path):
 
 def test_native_and_jupyter_share_kernels(server):
     async def go():
-        n = await NativeClient.connect(server)
+        # Jupyter's kernels are the default sandbox's: a native client attached to it
+        # shares them; one on a sandbox of its own does not see them.
+        other = await NativeClient.connect(server)
+        n = await NativeClient.connect(server, sandbox_id="default")
+        assert n.session["sandbox_id"] == "default"
         kid = (await n.request(op="start_kernel"))["kernel"]["kernel_id"]
         await n.execute("shared = 'from native'", kernel_id=kid)
         assert kid in [k["id"] for k in http(server, "GET", "/api/kernels")[2]]
@@ -406,6 +410,11 @@ def test_native_and_jupyter_share_kernels(server):
         assert jk in [k["kernel_id"] for k in r["kernels"]]
         _, end = await n.execute("40 + 2", kernel_id=jk)
         assert end["execution"]["results"][0]["text"] == "42"
+        r = await other.request(op="list_kernels")
+        assert jk not in [k["kernel_id"] for k in r["kernels"]]
+        m = await other.request(op="execute", code="1", kernel_id=jk)
+        assert m["type"] == "request_error" and m["code"] == "not_found"
+        await other.close()
         await n.request(op="shutdown_kernel", kernel_id=kid)
         await n.close()
         assert http(server, "DELETE", f"/api/kernels/{jk}")[0] == 204

@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 import websockets
 
+from conftest import sandbox_processes
 from kbharness import KBridge, NativeClient, run, validate_execution, validate_request
 
 
@@ -75,15 +76,16 @@ def test_state_kept_in_default_kernel(server):
 def test_kernel_ops(server, tmp_path):
     async def go():
         c = await NativeClient.connect(server)
-        r = await c.request(op="start_kernel", kernel_name="python3", cwd=str(tmp_path),
+        # The session's sandbox is isolated: paths are the sandbox's own.
+        r = await c.request(op="start_kernel", kernel_name="python3", cwd="/tmp",
                             env_vars={"KB_GREETING": "hello"})
         assert r["type"] == "kernel"
         k = r["kernel"]
         assert k["kernel_name"] == "python3" and k["language"] == "python"
-        assert k["cwd"] == str(tmp_path) and k["state"] in ("idle", "busy")
+        assert k["cwd"] == "/tmp" and k["state"] in ("idle", "busy")
         kid = k["kernel_id"]
         _, end = await c.execute("import os; (os.getcwd(), os.environ['KB_GREETING'])", kernel_id=kid)
-        assert main_text(end["execution"]) == repr((str(tmp_path), "hello"))
+        assert main_text(end["execution"]) == repr(("/tmp", "hello"))
         r = await c.request(op="list_kernels")
         mine = [x for x in r["kernels"] if x["kernel_id"] == kid]
         assert len(mine) == 1 and mine[0]["owned"] is True
@@ -218,7 +220,9 @@ def test_interrupts_land_under_cpu_load(server):
             c = await NativeClient.connect(server)
             # Seen only in young kernels: a fresh one per round.
             for i in range(10):
-                kid = (await c.request(op="start_kernel", timeout=120))["kernel"]["kernel_id"]
+                r = await c.request(op="start_kernel", timeout=120)
+                assert r["type"] == "kernel", r
+                kid = r["kernel"]["kernel_id"]
                 await c.execute("1", kernel_id=kid)
                 rid = await c.send(op="execute", code="import time; time.sleep(120)", kernel_id=kid)
                 await c.wait_for(rid, types=["number_of_executions"], timeout=60)
@@ -279,10 +283,15 @@ def test_newer_connection_replaces_older(server):
     run(go())
 
 
-def test_unknown_session_id_gives_a_new_session(server):
+def test_unknown_session_or_sandbox_id_is_not_found(server):
     async def go():
-        c = await NativeClient.connect(server, session_id="no-such-session")
-        assert c.session["resumed"] is False and c.session["session_id"] != "no-such-session"
+        for key in ("session_id", "sandbox_id"):
+            with pytest.raises(websockets.InvalidStatusCode) as info:
+                await websockets.connect(server.ws_url(**{key: "nosuchsandbox"}))
+            assert info.value.status_code == 404
+        # The service is fine.
+        c = await NativeClient.connect(server)
+        assert c.session["resumed"] is False
         await c.close()
     run(go())
 
@@ -507,7 +516,9 @@ def test_retained_output_is_truncated_with_a_marker(tmp_path):
 def test_twenty_concurrent_clients(server):
     async def one(i):
         c = await NativeClient.connect(server)
-        kid = (await c.request(op="start_kernel", timeout=120))["kernel"]["kernel_id"]
+        r = await c.request(op="start_kernel", timeout=120)
+        assert r["type"] == "kernel", r
+        kid = r["kernel"]["kernel_id"]
         _, end = await c.execute(f"for j in range(2000): print({i}, j)", kernel_id=kid)
         lines = "".join(end["execution"]["logs"]["stdout"]).splitlines()
         assert lines == [f"{i} {j}" for j in range(2000)]
@@ -527,15 +538,19 @@ def test_session_expires_and_its_kernels_shut_down(tmp_path):
         async def go():
             c = await NativeClient.connect(srv)
             sid = c.session["session_id"]
+            assert sid == c.session["sandbox_id"]
             _, end = await c.execute("import os; os.getpid()")
-            pid = int(main_text(end["execution"]))
+            assert sandbox_processes(sid), "the kernel runs in the session's sandbox"
             await c.close()
-            await asyncio.sleep(3)
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
-            c2 = await NativeClient.connect(srv, session_id=sid)
-            assert c2.session["resumed"] is False
-            await c2.close()
+            # One second after the last connection, the sandbox ends with everything in it.
+            deadline = time.monotonic() + 10
+            while sandbox_processes(sid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not sandbox_processes(sid)
+            with pytest.raises(websockets.InvalidStatusCode) as info:
+                await websockets.connect(srv.ws_url(session_id=sid))
+            assert info.value.status_code == 404
+            assert f"sandbox {sid}: ended" in srv.logs()
         run(go())
     finally:
         srv.stop()
