@@ -288,3 +288,14 @@ def test_connection_file_of_a_jupyter_api_kernel(kbridge):
         info = json.load(f)
     assert {"shell_port", "iopub_port", "key", "signature_scheme", "transport"} <= set(info)
     assert http(kbridge.http, kbridge.token, "DELETE", f"/api/kernels/{kid}")[0] == 204
+
+
+def test_attach_example(kbridge):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([PY, os.path.join(root, "examples", "attach_jupyter_client.py"),
+                          "--url", kbridge.ws_url(token=False), "--token", kbridge.token],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"connection file: {kbridge.runtime}/kbridge/")
+    assert lines[1:] == ["jupyter_client sees 42", "kbridge sees 42"]

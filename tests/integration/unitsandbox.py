@@ -22,6 +22,7 @@ import ctypes.util
 import errno
 import os
 import resource
+import signal
 import subprocess
 import sys
 
@@ -186,6 +187,9 @@ def main(argv):
         service = parse_unit(f.read())["Service"]
     setenv = [opts[i + 1] for i, o in enumerate(opts) if o == "--setenv"]
     apply(service, "--private-tmp" in opts[1:], setenv)
+    # systemd starts services with default signal dispositions; Python ignores these two.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     os.execvp(cmd[0], cmd)
 
 
