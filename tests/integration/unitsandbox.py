@@ -8,7 +8,8 @@ applied by hand.
 Applied: ProtectSystem=full (/usr, /boot, /efi, /etc read-only), ProtectKernelModules=
 (/usr/lib/modules inaccessible), ProtectKernelLogs= (/proc/kmsg, /dev/kmsg inaccessible),
 PrivateTmp= (fresh /tmp and /var/tmp; only with --private-tmp, since the caller's files may
-live in /tmp), UMask=, LimitNOFILE=, Environment=, NoNewPrivileges=, CapabilityBoundingSet=~...,
+live in /tmp), UMask=, LimitNOFILE=, Environment=, NoNewPrivileges= (with every mount made nosuid, as
+systemd does in a mount namespace), CapabilityBoundingSet=~...,
 SystemCallArchitectures=native and SystemCallFilter=~@group... with SystemCallErrorNumber=
 (the groups expanded by `systemd-analyze syscall-filter`, loaded through libseccomp).
 Not applied: LockPersonality= and RestrictRealtime= (argument-filtered seccomp rules),
@@ -51,6 +52,10 @@ CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "C
         "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"]
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+SYS_mount_setattr = 442  # x86_64 (and every architecture using the generic table)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_NOSUID = 0x2
 SCMP_ACT_ALLOW = 0x7FFF0000
 
 
@@ -148,8 +153,16 @@ def apply(service, private_tmp, setenv=()):
                 e = ctypes.get_errno()
                 if e != errno.EINVAL:  # a capability this kernel does not know
                     sys.exit(f"unitsandbox: cannot drop {cap}: {os.strerror(e)}")
-    if one.get("NoNewPrivileges") == "yes" and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        sys.exit("unitsandbox: cannot set no_new_privs")
+    if one.get("NoNewPrivileges") == "yes":
+        # systemd.exec(5): with NoNewPrivileges= in a mount namespace (and no SELinux),
+        # every file system is mounted nosuid.
+        if "ProtectSystem" in one or "PrivateTmp" in one:
+            attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_NOSUID, 0, 0, 0)
+            if libc.syscall(SYS_mount_setattr, AT_FDCWD, b"/", AT_RECURSIVE, attr,
+                            ctypes.sizeof(attr)) != 0:
+                sys.exit(f"unitsandbox: mount_setattr nosuid: {os.strerror(ctypes.get_errno())}")
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            sys.exit("unitsandbox: cannot set no_new_privs")
     filters = service.get("SystemCallFilter", [])
     if filters or one.get("SystemCallArchitectures") == "native":
         seccomp = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
