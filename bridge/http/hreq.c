@@ -782,17 +782,23 @@ static size_t s_serve(hserve_t *hs, char *data, size_t len)
             }
             if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM) {
                 hconn_set_timer(hs->conn, hs->config.idle_timeout_ms);
+                //  The body's end may answer the request and finish the exchange, which
+                //  drops the last references to req: hold one until we are done with it.
+                hreq_hold(req);
                 long n = s_feed_body(req, data + used, len - used);
                 if (n < 0) {
                     if (!req->replied) {
                         req->close_after = true;
                         hreq_reply_error(req, 400, "malformed chunked request body");
                     }
+                    hreq_release(&req);
                     hconn_close(hs->conn, true);
                     return len;
                 }
+                bool finish = req->body_mode == BODY_DONE && hs->cur == req;
+                hreq_release(&req);
                 used += (size_t) n;
-                if (req->body_mode == BODY_DONE) {
+                if (finish) {
                     hconn_set_timer(hs->conn, 0);
                     s_finish_exchange(hs);
                 }

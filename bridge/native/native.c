@@ -181,13 +181,16 @@ static kentry_t *s_find(native_t *self, session_t *session, const char *kernel_i
     return entry && sb && sandbox_has_kernel(sb, entry) ? entry : NULL;
 }
 
-//  {kernel_id, kernel_name, language, cwd, state}
+//  {kernel_id, kernel_name, language, cwd, state, connection_file}. The connection file is
+//  for jupyter_client and friends: null where the host cannot use it (a kernel in an
+//  isolated sandbox has no host endpoints, and its file's path is the one inside).
 static json_t *s_model(const kentry_t *entry)
 {
     kernel_t *k = kentry_kernel(entry);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s}", "kernel_id", kernel_id(k), "kernel_name",
+    const char *cf = kernel_endpoint(k, KCH_SHELL) ? kernel_connection_file(k) : NULL;
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s?}", "kernel_id", kernel_id(k), "kernel_name",
                      kernel_name(k), "language", kernel_language(k), "cwd", kentry_cwd(entry),
-                     "state", kentry_state_name(entry));
+                     "state", kentry_state_name(entry), "connection_file", cf);
 }
 
 static int s_check_env(json_t *env, char *why, size_t size)
