@@ -19,6 +19,21 @@ def kbridge_bin():
     return path
 
 
+def in_ci():
+    """True when the environment variable CI is set (to anything but "", "0" or "false")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def missing_tool(message):
+    """A test cannot run for want of a tool (node, npm packages...): skipped locally, but a
+    failure under CI, where everything must be installed and a skip would hide that the
+    test never ran."""
+    if in_ci():
+        pytest.fail(f"{message} (CI is set: a missing tool fails the run instead of skipping it)",
+                    pytrace=False)
+    pytest.skip(message)
+
+
 def processes_mentioning(text):
     """PIDs of live processes whose command line contains text."""
     found = []
