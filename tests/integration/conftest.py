@@ -19,6 +19,52 @@ def kbridge_bin():
     return path
 
 
+def in_ci():
+    """True when the environment variable CI is set (to anything but "", "0" or "false")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def missing_tool(message):
+    """A test cannot run for want of a tool (node, npm packages...): skipped locally, but a
+    failure under CI, where everything must be installed and a skip would hide that the
+    test never ran."""
+    if in_ci():
+        pytest.fail(f"{message} (CI is set: a missing tool fails the run instead of skipping it)",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, message=None):
+    """Poll predicate() until it returns something truthy, which is returned; fail with
+    message (or the predicate's name) after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message or f"timed out after {timeout} s waiting for "
+                                 f"{getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate, timeout=10.0, interval=0.05, message=None):
+    """wait_until for coroutines: predicate may be a plain function or a coroutine function."""
+    import asyncio
+    import inspect
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message or f"timed out after {timeout} s waiting for "
+                                 f"{getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)
+
+
 def processes_mentioning(text):
     """PIDs of live processes whose command line contains text."""
     found = []

@@ -4,8 +4,7 @@ import pathlib
 import shutil
 import subprocess
 
-import pytest
-
+from conftest import missing_tool
 from kbharness import KBridge
 
 COMPAT = pathlib.Path(__file__).resolve().parents[1] / "compat"
@@ -13,9 +12,9 @@ COMPAT = pathlib.Path(__file__).resolve().parents[1] / "compat"
 
 def test_e2b_sdk(tmp_path):
     if not shutil.which("node"):
-        pytest.skip("node is not installed (scripts/setup.sh --test installs it)")
+        missing_tool("node is not installed (scripts/setup.sh --test installs it)")
     if not (COMPAT / "node_modules" / "@e2b" / "code-interpreter").is_dir():
-        pytest.skip("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
+        missing_tool("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
     srv = KBridge(tmp_path)
     try:
         env = dict(os.environ, KBRIDGE_URL=srv.http, KBRIDGE_TOKEN=srv.token)

@@ -3,7 +3,8 @@
 Starts kbridge (kbharness.KBridge: own XDG_RUNTIME_DIR, free port, SIGTERM stop and orphan
 checks) and runs the node:test suite tests/compat/jupyterlab*.test.js against it, with
 KBRIDGE_URL and KBRIDGE_TOKEN in the environment. Skipped only when node or
-tests/compat/node_modules (`npm ci` in tests/compat) is missing.
+tests/compat/node_modules (`npm ci` in tests/compat) is missing, and then only outside CI
+(with $CI set it fails).
 """
 import os
 import pathlib
@@ -13,6 +14,7 @@ import subprocess
 
 import pytest
 
+from conftest import missing_tool
 from kbharness import KBridge
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -30,9 +32,9 @@ def _test_files():
 def test_jupyterlab_services_compat(tmp_path):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: cannot run the @jupyterlab/services compatibility suite")
+        missing_tool("node is not installed: cannot run the @jupyterlab/services compatibility suite")
     if not (COMPAT / "node_modules").is_dir():
-        pytest.skip("tests/compat/node_modules is missing: run `npm ci` in tests/compat "
+        missing_tool("tests/compat/node_modules is missing: run `npm ci` in tests/compat "
                     "to install the pinned @jupyterlab/services")
     files = _test_files()
     assert files, f"no jupyterlab*.test.js files in {COMPAT}"

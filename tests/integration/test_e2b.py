@@ -74,6 +74,17 @@ def raw_post(server, path, body, headers=None, token_header="E2B-Traffic-Access-
     return RawResponse(status, headers, chunks, header_time)
 
 
+def read_chunk(f):
+    """The next chunk of a chunked body as sent (one NDJSON line), or None at its end."""
+    size = int(f.readline().strip(), 16)
+    if size == 0:
+        f.readline()
+        return None
+    data = f.read(size)
+    assert f.read(2) == b"\r\n"
+    return data
+
+
 def execute(server, code, **fields):
     r = raw_post(server, "/execute", json.dumps(dict(code=code, **fields)))
     assert r.status == 200, r.body
@@ -127,25 +138,29 @@ def test_keepalive_after_five_silent_seconds(server):
 
 def test_headers_at_once_while_queued(server):
     ctx = raw_post(server, "/contexts", "{}").lines()[0]
-    results = {}
-
-    def long_run():
-        results["first"] = execute(server, "import time; time.sleep(2); 'first'", context_id=ctx["id"])
-    t = threading.Thread(target=long_run)
-    t.start()
-    time.sleep(0.5)
+    s, f, status, _ = raw_post(server, "/execute", json.dumps(
+        {"code": "import time; time.sleep(2); 'first'", "context_id": ctx["id"]}), read=False)
+    assert status == 200
+    # The first run is executing (its output is small: it waits in the socket meanwhile).
+    assert json.loads(read_chunk(f))["type"] == "number_of_executions"
     r = raw_post(server, "/execute", json.dumps({"code": "'second'", "context_id": ctx["id"]}))
-    t.join()
+    first = [json.loads(c) for c in iter(lambda: read_chunk(f), None)]
+    f.close()
+    s.close()
     assert r.header_time < 0.5, "200 and headers come before the queued run starts"
-    assert r.lines()[-2]["text"] == "second" and results["first"][-2]["text"] == "first"
+    assert r.lines()[-2]["text"] == "second" and first[-2]["text"] == "first"
 
 
 def test_client_gone_interrupts_and_next_run_is_clean(server):
     ctx = raw_post(server, "/contexts", "{}").lines()[0]
     s, f, status, _ = raw_post(server, "/execute", json.dumps(
-        {"code": "import time\nfor i in range(600): time.sleep(0.1)", "context_id": ctx["id"]}), read=False)
+        {"code": "import time\nprint('running', flush=True)\nfor i in range(600): time.sleep(0.1)",
+         "context_id": ctx["id"]}), read=False)
     assert status == 200
-    time.sleep(1)
+    # The cell's own code is running (an interrupt right after execute_input could land in
+    # IPython's history writing instead, and spoil the next run with its error message).
+    while json.loads(read_chunk(f))["type"] != "stdout":
+        pass
     f.close()  # the SDK's timeoutMs aborts like this (makefile() holds the socket open)
     s.close()
     t0 = time.monotonic()
@@ -164,7 +179,8 @@ def test_client_gone_while_ipykernel_swallows_the_interrupt(server):
     s, f, status, _ = raw_post(server, "/execute", json.dumps(
         {"code": "'slow to start'", "context_id": ctx["id"]}), read=False)
     assert status == 200
-    time.sleep(1)
+    # execute_input is out: ipykernel is now in _slow, for 3 s, before the cell's code.
+    assert json.loads(read_chunk(f))["type"] == "number_of_executions"
     f.close()
     s.close()
     t0 = time.monotonic()

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import missing_tool
 from kbharness import KBridge
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_client_api(server):
 def test_e2b_sdk_example(server):
     node_modules = ROOT / "tests" / "compat" / "node_modules"
     if not shutil.which("node") or not (node_modules / "@e2b" / "code-interpreter").is_dir():
-        pytest.skip("node or tests/compat/node_modules missing (scripts/test.sh installs them)")
+        missing_tool("node or tests/compat/node_modules missing (scripts/test.sh installs them)")
     env = dict(os.environ, NODE_PATH=str(node_modules), KBRIDGE_TOKEN=server.token, E2B_DEBUG="true",
                E2B_SANDBOX_URL=server.http)
     proc = subprocess.run(["node", str(ROOT / "examples" / "e2b_sdk.js")], env=env, capture_output=True,

@@ -48,6 +48,10 @@ def raw(server, data, read_timeout=5.0, until_close=False):
                           if l.lower().startswith(b"content-length:")]
                 if length and len(rest) >= length[0]:
                     break
+                # 204 and 304 end with their head (no Content-Length, no body): waiting for
+                # a pause would only cost read_timeout.
+                if head.split(b" ", 2)[1:2] in ([b"204"], [b"304"]):
+                    break
     except socket.timeout:
         pass
     s.close()

@@ -2,8 +2,13 @@
 
     Each test starts a real kernel (Debian's python3-ipykernel) and drives it through the
     runner: interrupts, timeouts, SIGKILL mid-cell, restarts, automatic restarts,
-    shutdown, per-execution env vars, message-mode interrupts, the ipc transport and the
-    heartbeat. After each test no process of the kernel and no file of it may remain.
+    shutdown, per-execution env vars (Python and R), message-mode interrupts, the ipc
+    transport, the heartbeat and the restart limit. After each test no process of the
+    kernel and no file of it may remain.
+
+    The restart limit's stability window (a kernel that lived STABLE_START_MS resets the
+    count) is tested without waiting for it: this binary interposes clock_gettime and can
+    move the monotonic clocks forward (s_advance_clock). Nothing else in kbridge changes.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,13 +24,42 @@
 #include "sandbox/sbx.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+//  The monotonic clocks as this process sees them, plus a skew the tests can add to. Every
+//  caller in the process goes through here: kernelmgr (kb_now_ms), libuv's loop time and
+//  libzmq, so time moves forward consistently for all of them (never backwards).
+static int64_t s_clock_skew_ns;
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    typedef int(clock_fn)(clockid_t, struct timespec *);
+    static clock_fn *real;
+    if (!real) real = (clock_fn *) dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    if (rc == 0 && s_clock_skew_ns
+        && (id == CLOCK_MONOTONIC || id == CLOCK_MONOTONIC_COARSE || id == CLOCK_MONOTONIC_RAW
+            || id == CLOCK_BOOTTIME)) {
+        int64_t ns = (int64_t) ts->tv_nsec + s_clock_skew_ns % 1000000000;
+        ts->tv_sec += (time_t) (s_clock_skew_ns / 1000000000 + ns / 1000000000);
+        ts->tv_nsec = (long) (ns % 1000000000);
+    }
+    return rc;
+}
+
+static void s_advance_clock(uint64_t ms)
+{
+    s_clock_skew_ns += (int64_t) ms * 1000000;
+}
 
 typedef struct {
     uv_loop_t loop;
@@ -211,6 +245,74 @@ static int s_teardown(void **state)
     assert_int_equal(uv_loop_close(&c->loop), 0);
     free(c);
     return 0;
+}
+
+//  A kernelspec of our own: JUPYTER_PATH points at <base>/jp while the kernel starts.
+static void s_write_spec(ctx_t *c, const char *name, const char *argv_json, const char *language)
+{
+    char dir[512], cmd[1024], file[600];
+    snprintf(dir, sizeof dir, "%s/jp/kernels/%s", c->base, name);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(file, sizeof file, "%s/kernel.json", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"argv\": %s, \"display_name\": \"%s\", \"language\": \"%s\"}", argv_json, name, language);
+    fclose(f);
+}
+
+static void s_remove_specs(ctx_t *c)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s/jp", c->base);
+    assert_int_equal(system(cmd), 0);
+}
+
+//  Start without waiting for readiness (a kernel that never gets there).
+static void s_start_nowait(ctx_t *c, const char *spec_name, kernel_opts_t *extra)
+{
+    char jp[512];
+    snprintf(jp, sizeof jp, "%s/jp", c->base);
+    setenv("JUPYTER_PATH", jp, 1);
+    int err;
+    kspec_t *spec = kspec_find(spec_name, &err);
+    unsetenv("JUPYTER_PATH");
+    assert_non_null(spec);
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    if (extra) opts = *extra;
+    opts.sbx = c->sbx;
+    runner_events_t ev = {s_on_runner};
+    c->runner = runner_new(&c->loop, spec, &opts, &ev, c, &err);
+    kspec_destroy(&spec);
+    assert_non_null(c->runner);
+}
+
+//  stderr (klog's records) into a file for the duration of a test step.
+static int s_capture_stderr(const char *path)
+{
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    close(fd);
+    return saved;
+}
+
+static char *s_release_stderr(int saved, const char *path)
+{
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    unlink(path);
+    return text;
 }
 
 static void test_state_and_results(void **state)
@@ -417,6 +519,244 @@ static void test_shutdown_of_busy_kernel(void **state)
     runner_destroy(&c->runner);
 }
 
+static void test_gives_up_after_restart_limit(void **state)
+{
+    ctx_t *c = *state;
+    //  A "kernel" that exits at once, every time it is started.
+    s_write_spec(c, "dies", "[\"/bin/sh\", \"-c\", \"exit 3\", \"{connection_file}\"]", "python");
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.autorestart = true;
+    opts.restart_limit = 3;
+    char log[600];
+    snprintf(log, sizeof log, "%s/stderr.log", c->base);
+    int saved = s_capture_stderr(log);
+    klog_set_level(KLOG_INFO);
+    s_start_nowait(c, "dies", &opts);
+    bool dead = s_wait(c, &c->dead, 1, 30000);
+    //  Given up for good: nothing more happens (no restart is pending on any timer).
+    int never = 0;
+    s_wait(c, &never, 1, 300);
+    klog_set_level(KLOG_WARN);
+    const char *text = s_release_stderr(saved, log);
+    s_remove_specs(c);
+    assert_true(dead);
+    assert_int_equal(c->dead, 1);
+    //  The first start and each of the 3 restarts died; no process ever became ready.
+    assert_int_equal(c->died, 4);
+    assert_int_equal(c->restarting, 3);
+    assert_int_equal(c->ready, 0);
+    kernel_t *k = runner_kernel(c->runner);
+    assert_int_equal(kernel_generation(k), 4);
+    assert_int_equal(kernel_state(k), KERNEL_DEAD);
+    assert_string_equal(kernel_exit_reason(k), "exited with code 3");
+    assert_non_null(strstr(text, "giving up after 3 restarts"));
+    assert_non_null(strstr(text, "restarting automatically (3 of 3)"));
+    assert_null(strstr(text, "(4 of 3)"));
+    int err;
+    assert_null(runner_execute(c->runner, "1", NULL, s_on_exec, c, &err));
+    assert_int_equal(err, KB_EDEAD);
+}
+
+//  kernel.c's STABLE_START_MS.
+#define STABLE_WINDOW_MS 10000
+
+static void s_kill_and_wait_died(ctx_t *c)
+{
+    int want = c->died + 1;
+    assert_int_equal(kill(kernel_pid(runner_kernel(c->runner)), SIGKILL), 0);
+    assert_true(s_wait(c, &c->died, want, 10000));
+}
+
+static void test_restart_count_resets_after_a_stable_run(void **state)
+{
+    ctx_t *c = *state;
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.autorestart = true;
+    opts.restart_limit = 1;
+    s_start(c, "python3", &opts);
+    //  A short life: the one restart allowed is used.
+    s_kill_and_wait_died(c);
+    assert_true(s_wait(c, &c->ready, 2, 30000));
+    assert_int_equal(c->restarting, 1);
+    //  This process outlives the stability window, so its death is not "in a row": the
+    //  count starts over and it is restarted again.
+    s_advance_clock(STABLE_WINDOW_MS + 1000);
+    uv_update_time(&c->loop);
+    s_kill_and_wait_died(c);
+    assert_true(s_wait(c, &c->ready, 3, 30000));
+    assert_int_equal(c->restarting, 2);
+    assert_int_equal(c->dead, 0);
+    assert_string_equal(s_main_text(s_exec(c, "'alive'", NULL, 10000)), "'alive'");
+    //  This one dies just inside the window: that is in a row, the limit is used up and
+    //  there are no more restarts.
+    s_advance_clock(STABLE_WINDOW_MS - 1000);
+    uv_update_time(&c->loop);
+    s_kill_and_wait_died(c);
+    assert_true(s_wait(c, &c->dead, 1, 10000));
+    assert_int_equal(c->restarting, 2);
+    assert_int_equal(c->ready, 3);
+    assert_int_equal(kernel_state(runner_kernel(c->runner)), KERNEL_DEAD);
+    assert_int_equal(kernel_generation(runner_kernel(c->runner)), 3);
+}
+
+//  Values a naive recipe would get wrong: every kind of quote, backslashes (one at the
+//  end), newlines and other control characters, non-ASCII (a character outside the BMP
+//  too), '=' and shell or printf syntax, the empty string.
+typedef struct {
+    const char *key, *value;
+} kv_t;
+static const kv_t NASTY[] = {
+    {"KB_QUOTES", "it's \"double\" and 'single' and `back`"},
+    {"KB_BACKSLASH", "C:\\dir\\n \\\\ \\u2713 \\x41 \\"},
+    {"KB_CONTROL", "one\ntwo\r\nthree\tfour\x01\x1f\x7f end"},
+    {"KB_UNICODE", "\xe2\x9c\x93 \xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80"},
+    {"KB_EQUALS", "=a=b==c="},
+    {"KB_SYNTAX", "$HOME ${x} $(id) %s %n %% {} [[1]] ); q()"},
+    {"KB_EMPTY", ""},
+    {"KB_PRESET", "overridden \"value\"\n"},
+};
+#define NNASTY (sizeof NASTY / sizeof NASTY[0])
+//  KB_PRESET's value before the execution, itself not plain.
+static const char PRESET_BEFORE[] = "before: it's \"set\" \\ \n\xe2\x9c\x93 =x";
+
+static void s_hex(const char *s, char *out)
+{
+    for (const unsigned char *p = (const unsigned char *) s; *p; p++, out += 2) sprintf(out, "%02x", *p);
+    *out = '\0';
+}
+
+//  What the report cell prints for each NASTY key: KEY=<hex of its bytes> or KEY=UNSET.
+static char *s_expected(bool during)
+{
+    static char text[8192];
+    size_t at = 0;
+    for (size_t i = 0; i < NNASTY; i++) {
+        const char *v = during ? NASTY[i].value : strcmp(NASTY[i].key, "KB_PRESET") == 0 ? PRESET_BEFORE : NULL;
+        char hex[512] = "UNSET";
+        if (v) s_hex(v, hex);
+        at += (size_t) snprintf(text + at, sizeof text - at, "%s=%s\n", NASTY[i].key, hex);
+    }
+    return text;
+}
+
+static char *s_report_code(bool r)
+{
+    static char code[4096];
+    char keys[1024] = "";
+    size_t at = 0;
+    for (size_t i = 0; i < NNASTY; i++)
+        at += (size_t) snprintf(keys + at, sizeof keys - at, "%s\"%s\"", i ? ", " : "", NASTY[i].key);
+    if (r)
+        snprintf(code, sizeof code,
+                 "local({ for (k in c(%s)) { v <- Sys.getenv(k, unset = NA); cat(k, \"=\", "
+                 "if (is.na(v)) \"UNSET\" else paste(as.character(charToRaw(v)), collapse = \"\"), "
+                 "\"\\n\", sep = \"\") } })",
+                 keys);
+    else
+        snprintf(code, sizeof code,
+                 "print(''.join(k + '=' + (__import__('os').environb[k.encode()].hex() if k.encode() in "
+                 "__import__('os').environb else 'UNSET') + '\\n' for k in [%s]), end='')",
+                 keys);
+    return code;
+}
+
+static char *s_stdout(json_t *execution)
+{
+    static char text[8192];
+    size_t at = 0;
+    size_t i;
+    json_t *chunk;
+    text[0] = '\0';
+    json_array_foreach(json_object_get(json_object_get(execution, "logs"), "stdout"), i, chunk)
+        at += (size_t) snprintf(text + at, sizeof text - at, "%s", json_string_value(chunk));
+    return text;
+}
+
+static json_t *s_nasty_env(void)
+{
+    json_t *env = json_object();
+    for (size_t i = 0; i < NNASTY; i++) json_object_set_new(env, NASTY[i].key, json_string(NASTY[i].value));
+    return env;
+}
+
+//  The same checks for both recipes: the cell sees exactly the values, and afterwards
+//  every variable is as it was (KB_PRESET set to its old value, the others unset), also
+//  after a cell that failed, with nothing left behind in the kernel.
+static void s_check_env_recipe(ctx_t *c, bool r)
+{
+    char hex[512], code[4096];
+    s_hex(PRESET_BEFORE, hex);
+    if (r) {
+        size_t at = (size_t) snprintf(code, sizeof code, "Sys.setenv(KB_PRESET = rawToChar(as.raw(c(");
+        for (size_t i = 0; hex[i]; i += 2) at += (size_t) snprintf(code + at, sizeof code - at, "%s0x%.2s", i ? ", " : "", hex + i);
+        snprintf(code + at, sizeof code - at, "))))");
+    } else {
+        snprintf(code, sizeof code, "import os; os.environb[b'KB_PRESET'] = bytes.fromhex('%s')", hex);
+    }
+    json_t *ex = s_exec(c, code, NULL, 20000);
+    assert_true(json_is_null(json_object_get(ex, "error")));
+    const char *names_code = r ? "cat(is.null(getOption('kbridge.saved.env')), paste(ls(globalenv(), all.names = TRUE), collapse = ','))"
+                               : "print('_kbridge_saved_env' in vars(__import__('os')), sorted(n for n in globals() if 'kbridge' in n.lower()))";
+    char names_before[1024];
+    snprintf(names_before, sizeof names_before, "%s", s_stdout(s_exec(c, names_code, NULL, 20000)));
+    assert_string_equal(s_stdout(s_exec(c, s_report_code(r), NULL, 20000)), s_expected(false));
+
+    run_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.env_vars = s_nasty_env();
+    ex = s_exec(c, s_report_code(r), &opts, 20000);
+    assert_true(json_is_null(json_object_get(ex, "error")));
+    assert_string_equal(s_stdout(ex), s_expected(true));
+    assert_string_equal(s_stdout(s_exec(c, s_report_code(r), NULL, 20000)), s_expected(false));
+
+    //  A cell that fails is followed by the restore all the same.
+    ex = s_exec(c, r ? "stop('boom')" : "raise ValueError('boom')", &opts, 20000);
+    assert_false(json_is_null(json_object_get(ex, "error")));
+    json_decref(opts.env_vars);
+    assert_string_equal(s_stdout(s_exec(c, s_report_code(r), NULL, 20000)), s_expected(false));
+    assert_string_equal(s_stdout(s_exec(c, names_code, NULL, 20000)), names_before);
+    //  (IRkernel keeps .pbd_env in the global environment.)
+    if (r) assert_true(strncmp(names_before, "TRUE ", 5) == 0);
+    else assert_string_equal(names_before, "False []\n");
+}
+
+static void test_env_vars_nasty_values_python(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    s_check_env_recipe(c, false);
+}
+
+static void test_env_vars_nasty_values_r(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "ir", NULL);
+    assert_string_equal(kernel_language(runner_kernel(c->runner)), "R");
+    s_check_env_recipe(c, true);
+}
+
+//  KNOWN BUG (reported, not fixed here): when the R kernel runs in a non-UTF-8 locale
+//  (kbridge started without LANG, as under a bare systemd unit or container), the recipe's
+//  UTF-8 string literals are translated to the native encoding by Sys.setenv, and the
+//  cell sees "<U+2713>" instead of the character. Python is unaffected. Skipped unless
+//  KBRIDGE_TEST_KNOWN_BUGS is set; enable it for good once the recipe passes bytes.
+static void test_env_vars_nasty_values_r_c_locale(void **state)
+{
+    ctx_t *c = *state;
+    if (!getenv("KBRIDGE_TEST_KNOWN_BUGS")) {
+        print_message("known bug: the R env-var recipe mangles non-ASCII values in the C locale\n");
+        skip();
+    }
+    kernel_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.env = json_pack("{s:s, s:s}", "LC_ALL", "C", "LANG", "C");
+    s_start(c, "ir", &opts);
+    json_decref(opts.env);
+    s_check_env_recipe(c, true);
+}
+
 int main(void)
 {
     klog_set_level(KLOG_WARN);
@@ -433,6 +773,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ipc_transport, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_heartbeat, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_of_busy_kernel, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_gives_up_after_restart_limit, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_restart_count_resets_after_a_stable_run, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_env_vars_nasty_values_python, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_env_vars_nasty_values_r, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_env_vars_nasty_values_r_c_locale, s_setup, s_teardown),
     };
+    //  KBRIDGE_TEST_FILTER=test_name (cmocka's pattern) runs just the matching tests.
+    if (getenv("KBRIDGE_TEST_FILTER")) cmocka_set_test_filter(getenv("KBRIDGE_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

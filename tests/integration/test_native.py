@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import websockets
 
-from conftest import sandbox_processes
+from conftest import async_wait_until, sandbox_processes
 from kbharness import KBridge, NativeClient, run, validate_execution, validate_request
 
 
@@ -35,6 +35,22 @@ def raw_upgrade(server, path, host=None):
     data = s.recv(4096)
     s.close()
     return data
+
+
+def kernel_state(server, kid):
+    """execution_state of a kernel, from the Jupyter API (any kernel, any session)."""
+    req = urllib.request.Request(f"{server.http}/api/kernels/{kid}",
+                                 headers={"Authorization": f"token {server.token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())["execution_state"]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main_text(execution):
@@ -246,8 +262,11 @@ def test_disconnect_mid_cell_and_resume(server):
         sid = c.session["session_id"]
         rid = await c.send(op="execute", code="import time\nfor i in range(6):\n    print(i, flush=True)\n    time.sleep(0.25)")
         first = await c.wait_for(rid, types=["stdout"])
+        kid = [k["kernel_id"] for k in (await c.request(op="list_kernels"))["kernels"] if k["owned"]][0]
         await c.ws.close()  # the client vanishes mid-stream
-        await asyncio.sleep(2.5)
+        # The cell runs on without a client, to its end: the kernel goes idle.
+        await async_wait_until(lambda: kernel_state(server, kid) == "idle", timeout=15,
+                               message="the cell did not finish while detached")
         c2 = await NativeClient.connect(server, session_id=sid)
         assert c2.session["session_id"] == sid and c2.session["resumed"] is True
         texts = [first["text"]]
@@ -455,12 +474,11 @@ def test_kernel_killed_mid_cell_other_clients_unaffected(server):
         endb = await b.wait_for(rb, types=["end_of_execution"])
         assert "".join(endb["execution"]["logs"]["stdout"]) == "".join(f"{i}\n" for i in range(10))
         # The crashed kernel restarts by itself and works again.
-        for _ in range(50):
+        async def ka_idle():
             r = await a.request(op="list_kernels")
-            state = [k["state"] for k in r["kernels"] if k["kernel_id"] == ka][0]
-            if state == "idle":
-                break
-            await asyncio.sleep(0.2)
+            return [k["state"] for k in r["kernels"] if k["kernel_id"] == ka][0] == "idle"
+        await async_wait_until(ka_idle, timeout=10, interval=0.2,
+                               message="the crashed kernel did not come back")
         _, end = await a.execute("'back'", kernel_id=ka)
         assert main_text(end["execution"]) == "'back'"
         await a.close()
@@ -477,7 +495,9 @@ def test_slow_client_is_disconnected_with_reason(tmp_path):
             c = await NativeClient.connect(srv, max_queue=1)
             c.ws.transport.pause_reading()
             await c.send(op="execute", code="import sys\nfor i in range(200):\n    sys.stdout.write('x' * 100000 + '\\n'); sys.stdout.flush()")
-            await asyncio.sleep(8)
+            # Not reading until the server has given up on this client.
+            await async_wait_until(lambda: "too slow" in srv.logs(), timeout=30, interval=0.1,
+                                   message="the server kept buffering for a client that does not read")
             c.ws.transport.resume_reading()
             frames = 0
             with pytest.raises(websockets.ConnectionClosed) as info:
@@ -543,10 +563,8 @@ def test_session_expires_and_its_kernels_shut_down(tmp_path):
             assert sandbox_processes(sid), "the kernel runs in the session's sandbox"
             await c.close()
             # One second after the last connection, the sandbox ends with everything in it.
-            deadline = time.monotonic() + 10
-            while sandbox_processes(sid) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert not sandbox_processes(sid)
+            await async_wait_until(lambda: not sandbox_processes(sid), timeout=15,
+                                   message="the expired session's sandbox still has processes")
             with pytest.raises(websockets.InvalidStatusCode) as info:
                 await websockets.connect(srv.ws_url(session_id=sid))
             assert info.value.status_code == 404

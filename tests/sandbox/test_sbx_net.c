@@ -100,7 +100,7 @@ static void test_internet_through_pasta(void **state)
 {
     (void) state;
     NEED_ROOT();
-    if (access("/usr/bin/pasta", X_OK) != 0) skip();
+    H_NEED_TOOL("/usr/bin/pasta");
     sbx_opts_t o;
     h_ns_opts(&o, "inet");
     o.internet = true;
