@@ -23,7 +23,9 @@ def main():
     ap.add_argument("--url", default=os.environ.get("KBRIDGE_URL", "ws://127.0.0.1:49999/ws"))
     ap.add_argument("--token", default=os.environ.get("KBRIDGE_TOKEN"))
     args = ap.parse_args()
-    with KBridge(args.url, token=args.token) as kb:
+    # Kernels of the default sandbox run on the host, where jupyter_client can reach them;
+    # those of an isolated sandbox have no connection file outside it.
+    with KBridge(args.url, token=args.token, session_id="default") as kb:
         kid = kb.notebook.create_kernel()
         kb.notebook.exec_cell("x = 41", kernel_id=kid)
         cf = next(k["connection_file"] for k in kb.notebook.list_kernels()

@@ -335,6 +335,12 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "kbridge serve: --node-id '%s': 1 to 8 characters of [a-z0-9]\n", node_id);
         goto done;
     }
+    if (!hostsbx_agent_path()) {
+        fprintf(stderr, "kbridge serve: kbridge-agent not found (next to kbridge, in "
+                        "../lib/kbridge, or $KBRIDGE_AGENT): reinstall kbridge\n");
+        rc = 1;
+        goto done;
+    }
     sbx_isolation_t iso = SBX_ISOLATION_NAMESPACES;
     if (isolation && strcmp(isolation, "none") == 0) {
         iso = SBX_ISOLATION_NONE;

@@ -223,7 +223,7 @@ def test_jupyter_client_attaches_through_connection_file(kbridge):
     from jupyter_client import BlockingKernelClient
 
     async def start():
-        c = await NativeClient.connect(kbridge)
+        c = await NativeClient.connect(kbridge, sandbox_id="default")
         reply = await c.request(op="start_kernel", kernel_name="python3")
         assert reply["type"] == "kernel", reply
         return c, reply["kernel"]
@@ -277,7 +277,7 @@ def test_connection_file_of_a_jupyter_api_kernel(kbridge):
     kid = model["id"]
 
     async def go():
-        c = await NativeClient.connect(kbridge)
+        c = await NativeClient.connect(kbridge, sandbox_id="default")
         listed = (await c.request(op="list_kernels"))["kernels"]
         await c.close()
         return [k for k in listed if k["kernel_id"] == kid][0]

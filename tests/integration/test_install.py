@@ -74,8 +74,9 @@ class Served(KBridge):
     ExecStart), with the KBridge harness's helpers and checks (stop() checks that nothing
     is left in runtime)."""
 
-    def __init__(self, tmp_path, argv, token, runtime):
+    def __init__(self, tmp_path, argv, token, runtime, state_dir):
         self.runtime = runtime
+        self.state_dir = state_dir
         self.token = token
         self.log_path = tmp_path / f"kbridge-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
@@ -132,7 +133,13 @@ def check_serves(server, prefix):
     assert agent in children_exes(server.proc.pid), children_exes(server.proc.pid)
 
     async def go():
-        c = await NativeClient.connect(server)
+        # An isolated sandbox of its own, with the installed agent in it.
+        s = await NativeClient.connect(server)
+        _, end = await s.execute("import socket; socket.gethostname()")
+        assert end["execution"]["results"][0]["text"] == repr(s.session["sandbox_id"]), end
+        await s.close()
+        # The default sandbox, on the host: its kernels have connection files there.
+        c = await NativeClient.connect(server, sandbox_id="default")
         events, end = await c.execute("1+1")
         assert end["type"] == "end_of_execution", end
         results = end["execution"]["results"]
@@ -212,7 +219,7 @@ def test_unit_contents(prefix, unit):
     s = {k: v[-1] for k, v in unit["Service"].items()}
     assert s["Type"] == "simple" and s["User"] == "root"
     assert s["ExecStart"] == (f"{prefix}/bin/kbridge serve --ip 127.0.0.1 --port 49999 "
-                              f"--token-file {TOKEN}")
+                              f"--token-file {TOKEN} --state-dir /var/lib/kbridge")
     assert s["ExecStartPre"] == f"{prefix}/lib/kbridge/kbridge-token {TOKEN}"
     assert s["ConfigurationDirectory"] == "kbridge" and s["ConfigurationDirectoryMode"] == "0700"
     assert s["StateDirectory"] == "kbridge" and s["StateDirectoryMode"] == "0700"
@@ -229,10 +236,6 @@ def test_unit_contents(prefix, unit):
                 "DeviceAllow", "DynamicUser", "PrivateNetwork"):
         assert key not in s, key
     assert not any(v.startswith("@system-service") for v in unit["Service"].get("SystemCallFilter", []))
-    # --state-dir does not exist (yet): a marked placeholder, not an invented flag.
-    text = (prefix / UNIT_REL).read_text()
-    assert "--state-dir" not in s["ExecStart"]
-    assert re.search(r"^# PLACEHOLDER: kbridge has no --state-dir option yet", text, re.M)
 
 
 def test_unit_uses_only_real_options(prefix, unit):
@@ -256,8 +259,10 @@ def test_unit_verifies(prefix):
 def test_installed_kbridge_serves(prefix, tmp_path):
     token_file = tmp_path / "token"
     token = make_token(prefix, token_file)
+    state = tmp_path / "state"
     server = Served(tmp_path, [str(prefix / "bin/kbridge"), "serve", "--port", "0",
-                               "--token-file", str(token_file)], token, new_runtime(tmp_path))
+                               "--token-file", str(token_file), "--state-dir", str(state)],
+                    token, new_runtime(tmp_path), state)
     try:
         assert token not in server.logs()
         check_serves(server, prefix)
@@ -296,7 +301,9 @@ def test_unit_execstart_under_its_hardening(prefix, unit, tmp_path):
     assert re.fullmatch(r"[0-9a-f]{48}", token)
     argv = shlex.split(svc["ExecStart"][-1].replace(TOKEN, str(token_file)))
     argv[argv.index("--port") + 1] = "0"
-    server = Served(tmp_path, emulate + argv, token, runtime)
+    state = tmp_path / "state"  # the machine's /var/lib/kbridge is not the test's
+    argv[argv.index("--state-dir") + 1] = str(state)
+    server = Served(tmp_path, emulate + argv, token, runtime, state)
     try:
         with open(f"/proc/{server.proc.pid}/status") as f:
             status = f.read()
