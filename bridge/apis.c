@@ -3,9 +3,10 @@
 */
 #include "http/api.h"
 #include "console/console.h"
+#include "control/control.h"
 #include "e2b/e2b.h"
 #include "jupyter/jupyter.h"
 #include "native/native.h"
 
-const api_desc_t *const kb_apis[] = {&native_api, &jupyter_api, &e2b_api, &console_api};
+const api_desc_t *const kb_apis[] = {&native_api, &jupyter_api, &control_api, &e2b_api, &console_api};
 const size_t kb_napis = sizeof kb_apis / sizeof *kb_apis;

@@ -496,6 +496,11 @@ const char *sandbox_kernel_user(const sandbox_t *self)
     return sandboxes__config(self->table)->kernel_user;
 }
 
+int64_t sandbox_now_ms(void)
+{
+    return sandbox__wall_ms();
+}
+
 int64_t sandbox_started_at(const sandbox_t *self)
 {
     return self->started_at;

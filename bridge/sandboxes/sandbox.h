@@ -40,6 +40,8 @@ json_t *sandbox_env(const sandbox_t *self);
 const char *sandbox_cwd(const sandbox_t *self);
 //  The user kernels run as inside ("user" by default; NULL in a host sandbox).
 const char *sandbox_kernel_user(const sandbox_t *self);
+//  The wall clock, ms since the epoch (what the times below are in).
+int64_t sandbox_now_ms(void);
 //  Wall-clock times, ms since the epoch. The end of a paused sandbox moves with the
 //  clock (its remaining time is frozen); the default sandbox never ends (0).
 int64_t sandbox_started_at(const sandbox_t *self);
