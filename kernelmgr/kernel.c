@@ -607,7 +607,12 @@ static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
     kernel_t *self = arg;
     self->proc_exited = true;
     self->oom_killed = exit->oom_killed;
-    if (exit->oom_killed)
+    sbx_stats_t st;
+    if (exit->oom_killed && sbx_stats(self->sbx, &st) == 0 && st.memory_limit)
+        snprintf(self->exit_reason, sizeof self->exit_reason,
+                 "killed: out of memory (the sandbox's memory limit of %llu MiB was reached)",
+                 (unsigned long long) (st.memory_limit >> 20));
+    else if (exit->oom_killed)
         snprintf(self->exit_reason, sizeof self->exit_reason,
                  "killed: out of memory (the sandbox's memory limit)");
     else if (!exit->exited)

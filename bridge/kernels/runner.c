@@ -234,6 +234,12 @@ static void s_on_kernel_event(kernel_t *kernel, kernel_event_t event, void *arg)
     switch (event) {
     case KERNEL_EV_READY: s_dispatch(self); break;
     case KERNEL_EV_DIED:
+        if (kernel_oom_killed(kernel)) {
+            //  What a cell that takes too much memory gets: the limit, and what happens next.
+            snprintf(reason, sizeof reason, "The kernel was %s; it is restarted", kernel_exit_reason(kernel));
+            s_fail_all(self, "OutOfMemoryError", reason);
+            break;
+        }
         snprintf(reason, sizeof reason, "The kernel died (%s)", kernel_exit_reason(kernel));
         s_fail_all(self, "KernelDied", reason);
         break;

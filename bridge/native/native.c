@@ -11,6 +11,7 @@
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -750,6 +751,20 @@ static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
     return 0;
 }
 
+static void s_session_id(native_t *self, sandbox_t *sb, char out[SESSION_ID_MAX + 1])
+{
+    snprintf(out, SESSION_ID_MAX + 1, "%s", sandbox_id(sb));
+    if (!s_find_session(self, out)) return;
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    do {
+        unsigned char rnd[20];
+        randombytes_buf(rnd, sizeof rnd);
+        memcpy(out, "ses-", 4);
+        for (size_t i = 0; i < sizeof rnd; i++) out[4 + i] = alphabet[rnd[i] % 36];
+        out[4 + sizeof rnd] = '\0';
+    } while (s_find_session(self, out));
+}
+
 static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprotocol)
 {
     (void) subprotocol;
@@ -767,9 +782,11 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     klist_push_back(&self->conns, &nc->link);
     nc->wait.fn = s_on_sandbox_running;
     nc->wait.arg = nc;
+    //  ?session_id= resumes that session (or starts it again on the sandbox of that id);
+    //  ?sandbox_id= starts a new session of its own on that sandbox.
     char wanted[64] = "";
-    if (hreq_query(req, "sandbox_id", wanted, sizeof wanted) != KB_OK || !*wanted)
-        if (hreq_query(req, "session_id", wanted, sizeof wanted) != KB_OK) wanted[0] = '\0';
+    bool by_sandbox = hreq_query(req, "sandbox_id", wanted, sizeof wanted) == KB_OK && *wanted;
+    if (!by_sandbox && hreq_query(req, "session_id", wanted, sizeof wanted) != KB_OK) wanted[0] = '\0';
     char last[32];
     if (hreq_query(req, "last_seq", last, sizeof last) == KB_OK) {
         char *endp;
@@ -779,7 +796,7 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     session_t *session = NULL;
     sandbox_t *sb = NULL;
     if (*wanted) {
-        session = s_find_session(self, wanted);
+        session = by_sandbox ? NULL : s_find_session(self, wanted);
         sess_link_t *l = session ? s_link_of(self, session) : NULL;
         sb = l ? l->sandbox : sandboxes_find(self->sandboxes, wanted);
         nc->resumed = session != NULL;
@@ -810,8 +827,12 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     if (!session) {
         const config_t *cfg = self->config;
         session_events_t events = {s_on_expire};
-        session = session_new(self->loop, sandbox_id(sb), cfg->keep_alive_ms, cfg->max_outbound_bytes,
-                              &events, self);
+        //  The first session on a sandbox takes its id (the /ws that made it resumes with
+        //  it); any other gets one of its own.
+        char sid[SESSION_ID_MAX + 1];
+        s_session_id(self, sb, sid);
+        session = session_new(self->loop, sid, cfg->keep_alive_ms, cfg->max_outbound_bytes, &events,
+                              self);
         sess_link_t *l = malloc(sizeof *l);
         if (!session || !l) {
             session_destroy(&session);

@@ -36,7 +36,9 @@ typedef struct {
     void (*on_expire)(session_t *session, void *arg);
 } session_events_t;
 
-//  A session with this id (copied; at most 63 characters).
+#define SESSION_ID_MAX 63
+
+//  A session with this id (copied; at most SESSION_ID_MAX characters).
 //  Caller owns return value and must destroy it when done.
 session_t *session_new(uv_loop_t *loop, const char *id, uint64_t keep_alive_ms, size_t max_backlog,
                        const session_events_t *events, void *arg);

@@ -31,6 +31,7 @@ sandbox_t *sandbox__new(sandboxes_t *table, const char *id, bool is_default)
     sandbox_t *self = calloc(1, sizeof *self);
     if (!self) return NULL;
     self->table = table;
+    self->loop = sandboxes__loop(table);
     klist_init(&self->link);
     klist_init(&self->waiters);
     snprintf(self->id, sizeof self->id, "%s", id);
@@ -187,7 +188,7 @@ static void s_queue_write(sandbox_t *self, bool make_dirs)
         j->work.data = j;
     }
     json_decref(saved);
-    if (!j || !j->dir || !j->text || uv_queue_work(sandboxes__loop(self->table), &j->work,
+    if (!j || !j->dir || !j->text || uv_queue_work(self->loop, &j->work,
                                                    s_write_work, s_write_after) < 0) {
         if (j) s_job_free(j);
         klog_warn("sandbox %s: cannot save its settings (out of memory)", self->id);
@@ -226,7 +227,7 @@ static void s_remove_dir(sandbox_t *self)
     }
     self->remove_after_save = false;
     self->pending_work++;
-    sbx_remove_state(sandboxes__loop(self->table), self->dir, s_removed, self);
+    sbx_remove_state(self->loop, self->dir, s_removed, self);
 }
 
 json_t *sandbox__to_json(const sandbox_t *self)

@@ -11,7 +11,8 @@
 #define SANDBOX_TOKEN_HEX 24  //  bytes of randomness in each token (48 hex digits)
 
 struct _sandbox_t {
-    sandboxes_t *table;
+    sandboxes_t *table;  //  not to be used by threadpool completions: they may outlive it
+    uv_loop_t *loop;
     klist_t link;  //  in the table, creation order
     char id[SANDBOX_ID_MAX + 1];
     bool is_default, restarted, internet;

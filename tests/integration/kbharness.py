@@ -11,6 +11,8 @@ import pathlib
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import jsonschema
 import websockets
@@ -94,6 +96,26 @@ class KBridge:
             query.setdefault("token", self.token)
         qs = "&".join(f"{k}={v}" for k, v in query.items())
         return f"ws://127.0.0.1:{self.port}{path}" + (f"?{qs}" if qs else "")
+
+    def api(self, method, path, body=None, token=True, headers=None, timeout=60):
+        """A control-plane request (X-API-Key, as E2B's SDK sends it): (status, headers, JSON
+        body or None)."""
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(self.http + path, data=data, method=method)
+        if token is True and self.token:
+            req.add_header("X-API-Key", self.token)
+        elif isinstance(token, str):
+            req.add_header("X-API-Key", token)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw, status, hdrs = r.read(), r.status, dict(r.headers)
+        except urllib.error.HTTPError as e:
+            raw, status, hdrs = e.read(), e.code, dict(e.headers)
+        return status, {k.lower(): v for k, v in hdrs.items()}, (json.loads(raw) if raw else None)
 
     def logs(self):
         if not self.log.closed:

@@ -258,7 +258,8 @@ def test_interrupts_land_under_cpu_load(server):
 
 def test_disconnect_mid_cell_and_resume(server):
     async def go():
-        c = await NativeClient.connect(server)
+        # On the default sandbox, so that its kernel can be watched from the Jupyter API.
+        c = await NativeClient.connect(server, sandbox_id="default")
         sid = c.session["session_id"]
         rid = await c.send(op="execute", code="import time\nfor i in range(6):\n    print(i, flush=True)\n    time.sleep(0.25)")
         first = await c.wait_for(rid, types=["stdout"])

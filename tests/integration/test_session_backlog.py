@@ -113,7 +113,9 @@ def test_backlog_while_detached(server, tmp_path, shape):
     go1, go2 = tmp_path / f"go1-{n}", tmp_path / f"go2-{n}"
 
     async def go():
-        ws = await websockets.connect(server.ws_url(), subprotocols=["kbridge.v1"], max_size=None)
+        # On the default sandbox: its kernels are the ones Jupyter clients see.
+        ws = await websockets.connect(server.ws_url(sandbox_id="default"), subprotocols=["kbridge.v1"],
+                                      max_size=None)
         hello = json.loads(await recv_raw(ws))
         sid = hello["session_id"]
         kid = (await request(ws, "k", op="start_kernel"))["kernel"]["kernel_id"]
