@@ -60,12 +60,16 @@ static kentry_t *s_kernel(jupyter_t *self, const char *id)
 static size_t s_count_channels(jupyter_t *self, kentry_t *entry);
 
 //  Jupyter Server's kernel model: {id, name, last_activity, execution_state, connections}.
+//  Jupyter Server has no state for a kernel whose heartbeat stopped; "unknown" is one
+//  that JupyterLab's Kernel.Status has.
 static json_t *s_model(jupyter_t *self, kentry_t *entry)
 {
     kernel_t *k = kentry_kernel(entry);
+    const char *state = kentry_state_name(entry);
+    if (strcmp(state, "unresponsive") == 0) state = "unknown";
     return json_pack("{s:s, s:s, s:s, s:s, s:i}", "id", kernel_id(k), "name", kernel_name(k),
-                     "last_activity", kentry_last_activity(entry), "execution_state",
-                     kentry_state_name(entry), "connections", (int) s_count_channels(self, entry));
+                     "last_activity", kentry_last_activity(entry), "execution_state", state,
+                     "connections", (int) s_count_channels(self, entry));
 }
 
 // ---------------------------------------------------------------------------------------
