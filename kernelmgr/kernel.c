@@ -625,6 +625,28 @@ static void s_on_deadline(uv_timer_t *timer)
     s_emit(self, KERNEL_EV_DEAD);
 }
 
+//  An automatic restart runs on fresh ports: the dead process's may have been taken since
+//  (or been the reason it died: "Address already in use" on the same ports again would
+//  use up every restart). Returns false if the kernel cannot be reached any more.
+static bool s_fresh_ports(kernel_t *self)
+{
+    if (self->isolated || connfile_new_ports(self->conn) != KB_OK) return true;
+    s_drop_chans(self);
+    const char *eps[KCH_COUNT];
+    for (int c = 0; c < KCH_COUNT; c++) eps[c] = connfile_endpoint(self->conn, (kchan_type_t) c);
+    int rc = s_connect_chans(self, NULL, eps);
+    if (rc != KB_OK) {
+        snprintf(self->exit_reason, sizeof self->exit_reason, "cannot connect to the kernel: %s",
+                 kb_strerror(rc));
+        klog_error("kernel %s: %s", self->label, self->exit_reason);
+        s_drop_chans(self);
+        return false;
+    }
+    klog_info("kernel %s: restarting on fresh ports (%s ...)", self->label, eps[KCH_SHELL]);
+    s_emit(self, KERNEL_EV_ENDPOINTS);
+    return true;
+}
+
 static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
 {
     (void) proc;
@@ -669,6 +691,12 @@ static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
                   self->restart_count, self->restart_limit);
         self->state = KERNEL_RESTARTING;
         s_emit(self, KERNEL_EV_RESTARTING);
+        if (self->destroyed || self->shutting_down || self->proc) return;
+        if (!s_fresh_ports(self)) {
+            self->state = KERNEL_DEAD;
+            s_emit(self, KERNEL_EV_DEAD);
+            return;
+        }
         if (!self->destroyed && !self->shutting_down && !self->proc) s_respawn(self);
     } else if (self->autorestart) {
         klog_error("kernel %s: giving up after %d restarts", self->label, self->restart_count);
@@ -789,7 +817,8 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->hmac = hmac_new(connfile_scheme(self->conn), key, strlen(key), err);
     if (!self->hmac) goto fail;
     if (!isolated) {
-        //  On the host the endpoints are fixed for the kernel's life (restarts keep them).
+        //  On the host the endpoints stay for restarts asked for; automatic restarts after a
+        //  death choose fresh ports (s_fresh_ports).
         const char *eps[KCH_COUNT];
         for (int c = 0; c < KCH_COUNT; c++) eps[c] = connfile_endpoint(self->conn, (kchan_type_t) c);
         if ((*err = s_connect_chans(self, NULL, eps)) != KB_OK) goto fail;

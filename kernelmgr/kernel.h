@@ -5,7 +5,8 @@
     sockets, a random key) is written where only that sandbox sees it; kbridge connects
     the shell, control and stdin DEALERs, the iopub SUB and the heartbeat, and the kernel
     is ready once a kernel_info_reply and an iopub message have both arrived (the
-    PUB/SUB slow joiner). Interrupt, restart (same ports, new process) and shutdown
+    PUB/SUB slow joiner). Interrupt, restart (same ports, new process; an automatic
+    restart after a death gets fresh ports) and shutdown
     (shutdown_request on control, then SIGTERM, then SIGKILL, 2.5 s apart as
     jupyter_client does) are asynchronous and report through kernel_events_t. A kernel
     that dies unexpectedly can be restarted automatically.

@@ -96,3 +96,71 @@ def test_heartbeat_loss_is_a_state_and_ends_runs(tmp_path):
         assert "heartbeat lost" in srv.logs() and "heartbeat is back" in srv.logs()
     finally:
         srv.stop()
+
+
+def connection_ports(srv, kernel_id):
+    path = next(srv.runtime.rglob(f"kernel-{kernel_id}.json"))
+    info = json.loads(path.read_text())
+    return [info[k] for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+
+
+def occupy(ports, timeout=10):
+    """Listen on every port (as soon as the dead kernel has let go of it)."""
+    held, deadline = [], time.monotonic() + timeout
+    for port in ports:
+        while True:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                s.listen(16)
+                held.append(s)
+                break
+            except OSError:
+                s.close()
+                assert time.monotonic() < deadline, f"port {port} never came free"
+                time.sleep(0.02)
+    return held
+
+
+def test_autorestart_after_address_in_use_gets_fresh_ports(tmp_path):
+    from jws import Channels
+    srv = KBridge(tmp_path)
+    held = []
+    try:
+        async def go():
+            c = await NativeClient.connect(srv)
+            kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+            ch = await Channels.connect(srv, kid)
+            reply, _ = await ch.execute("1+1")
+            assert reply["content"]["status"] == "ok"
+            before = connection_ports(srv, kid)
+            pid = kernel_pid(kid)
+            # kbridge is held still while the kernel dies and someone else takes its ports,
+            # so its automatic restart meets them taken ("Address already in use").
+            os.kill(srv.proc.pid, signal.SIGSTOP)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                held.extend(occupy(before))
+            finally:
+                os.kill(srv.proc.pid, signal.SIGCONT)
+            state = await wait_state(c, kid, lambda s: s in ("idle", "dead"), timeout=90)
+            assert state == "idle", srv.logs()[-4000:]
+            after = connection_ports(srv, kid)
+            assert not set(after) & set(before), (before, after)
+            _, end = await c.execute("1+1", kernel_id=kid, timeout=30)
+            assert end["execution"]["results"][0]["text"] == "2"
+            # A Jupyter channels connection opened before follows the kernel to its new ports.
+            reply, iopub = await ch.execute("6*7")
+            assert reply["content"]["status"] == "ok"
+            assert any(m["header"]["msg_type"] == "execute_result" and
+                       m["content"]["data"]["text/plain"] == "42" for m in iopub)
+            await ch.close()
+            await c.close()
+
+        run(go())
+        assert "fresh ports" in srv.logs()
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
