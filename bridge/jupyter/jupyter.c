@@ -10,6 +10,7 @@
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
+#include "../../kernelmgr/zwatch.h"
 
 #include <fcntl.h>
 #include <libgen.h>
@@ -595,8 +596,14 @@ static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
     }
     if (self->config->max_channels_per_kernel &&
         s_count_channels(self, s_kernel(self, kernel_id)) >= self->config->max_channels_per_kernel) {
-        snprintf(why, size, "kernel %.64s has %zu channels connections (--max-connections per kernel)",
+        snprintf(why, size, "kernel %.64s has %zu channels connections (--max-channels-per-kernel)",
                  kernel_id, self->config->max_channels_per_kernel);
+        return 503;
+    }
+    //  Its three sockets (shell, control, stdin): refused now, while a status can be said.
+    if (zwatch_socket_room(3) != KB_OK) {
+        snprintf(why, size, "out of ZeroMQ sockets or file descriptors for a channels connection "
+                            "(raise ulimit -n, or lower --max-connections)");
         return 503;
     }
     return 0;
