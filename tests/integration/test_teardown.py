@@ -6,7 +6,6 @@ double fork), is gone within seconds, and so is every connection file with its k
 """
 import asyncio
 import os
-import pathlib
 import signal
 import time
 
@@ -15,13 +14,17 @@ from kbharness import KBridge, NativeClient, run
 
 
 def files_with_keys(root):
+    # os.walk, not rglob: the directories go away while we look, which rglob raises for.
     found = []
-    for p in pathlib.Path(root).rglob("*"):
-        try:
-            if p.is_file() and b'"key"' in p.read_bytes():
-                found.append(str(p))
-        except OSError:
-            pass
+    for d, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(d, name)
+            try:
+                with open(path, "rb") as f:
+                    if b'"key"' in f.read():
+                        found.append(path)
+            except OSError:
+                pass
     return found
 
 
