@@ -44,6 +44,12 @@ connfile_t *connfile_new(const connfile_opts_t *opts, int *err);
 //  files left behind. Nullifies *self_p.
 void connfile_destroy(connfile_t **self_p, bool remove_files);
 
+//  TCP on the host: choose five fresh ports (none of the current ones) and rewrite the
+//  file with them, same key, for the next process; the endpoints change accordingly.
+//  Returns 0, KB_EINVAL (ipc, or a file in a sandbox's directory: nothing to choose) or
+//  KB_EIO / KB_ENOMEM (the old ports stay).
+int connfile_new_ports(connfile_t *self);
+
 //  The file's path as the kernel sees it (borrowed).
 const char *connfile_path(const connfile_t *self);
 //  The key and scheme (borrowed).

@@ -23,6 +23,11 @@ extern char **environ;
 
 #define NUDGE_INTERVAL_MS 500
 #define HB_INTERVAL_MS 3000
+#define HB_TIMEOUT_MS 30000
+//  The heartbeat ticks at least this often relative to the timeout, so that a loss
+//  (HB_MISSES_DEAD ticks without an answer) is seen before the timeout ends what runs.
+#define HB_TICKS_PER_TIMEOUT 4
+#define HB_MIN_INTERVAL_MS 50
 //  A process-directed SIGINT goes to any thread of the kernel that does not block it.
 //  When it lands on one of ipykernel's helper threads, Python sets its flag there but the
 //  main thread, blocked in a system call (time.sleep, a lock, a read), is not woken and
@@ -56,6 +61,7 @@ struct _kernel_t {
     int restart_limit;
     int ready_timeout_ms;
     int hb_interval_ms;
+    int hb_timeout_ms;
     kernel_events_t events;
     void *arg;
 
@@ -89,6 +95,9 @@ struct _kernel_t {
     //  heartbeat
     uint64_t hb_seq, hb_acked;
     int hb_misses;
+    uint64_t hb_ok_at;     //  when the heartbeat last answered (or the kernel got ready)
+    bool hb_lost;          //  HB_MISSES_DEAD pings in a row unanswered (KERNEL_EV_HB_LOST)
+    bool hb_expired;       //  and for hb_timeout_ms (KERNEL_EV_HB_TIMEOUT)
 
     //  interrupt follow-up (signal mode)
     bool interrupt_landed;
@@ -412,9 +421,21 @@ static void s_on_heartbeat_timer(uv_timer_t *timer)
     if (!s_proc_alive(self) || !self->hb) return;
     if (self->hb_seq && self->hb_acked != self->hb_seq) {
         self->hb_misses++;
-        if (self->hb_misses == HB_MISSES_DEAD)
-            klog_warn("kernel %s: heartbeat lost (%d pings unanswered)", self->label,
-                      HB_MISSES_DEAD);
+        uint64_t silent = kb_now_ms() - self->hb_ok_at;
+        if (self->hb_misses >= HB_MISSES_DEAD && !self->hb_lost) {
+            self->hb_lost = true;
+            klog_warn("kernel %s: heartbeat lost (%d pings unanswered); runs end after %d s of "
+                      "silence", self->label, self->hb_misses, self->hb_timeout_ms / 1000);
+            s_emit(self, KERNEL_EV_HB_LOST);
+            if (self->destroyed || !s_proc_alive(self)) return;
+        }
+        if (self->hb_lost && !self->hb_expired && silent >= (uint64_t) self->hb_timeout_ms) {
+            self->hb_expired = true;
+            klog_warn("kernel %s: no heartbeat for %llu ms (--heartbeat-timeout): ending its runs",
+                      self->label, (unsigned long long) silent);
+            s_emit(self, KERNEL_EV_HB_TIMEOUT);
+            if (self->destroyed || !s_proc_alive(self)) return;
+        }
     }
     char ping[32];
     int n = snprintf(ping, sizeof ping, "ping %llu", (unsigned long long) ++self->hb_seq);
@@ -439,11 +460,15 @@ static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg)
         buf[zframe_size(frame)] = '\0';
         sscanf(buf, "ping %llu", &seq);
     }
-    if (seq == self->hb_seq) {
-        if (self->hb_misses >= HB_MISSES_DEAD)
-            klog_info("kernel %s: heartbeat is back", self->label);
-        self->hb_acked = seq;
-        self->hb_misses = 0;
+    //  Only the latest ping counts: a kernel that was stopped answers the backlog at once.
+    if (seq != self->hb_seq) return;
+    self->hb_acked = seq;
+    self->hb_misses = 0;
+    self->hb_ok_at = kb_now_ms();
+    if (self->hb_lost) {
+        self->hb_lost = self->hb_expired = false;
+        klog_info("kernel %s: heartbeat is back", self->label);
+        s_emit(self, KERNEL_EV_HB_BACK);
     }
 }
 
@@ -459,6 +484,8 @@ static void s_check_ready(kernel_t *self)
     self->ready_at = kb_now_ms();
     self->hb_seq = self->hb_acked = 0;
     self->hb_misses = 0;
+    self->hb_ok_at = self->ready_at;
+    self->hb_lost = self->hb_expired = false;
     uv_timer_start(&self->hb_timer, s_on_heartbeat_timer, (uint64_t) self->hb_interval_ms,
                    (uint64_t) self->hb_interval_ms);
     klog_info("kernel %s: ready (%s)", self->label, self->language);
@@ -601,6 +628,28 @@ static void s_on_deadline(uv_timer_t *timer)
     s_emit(self, KERNEL_EV_DEAD);
 }
 
+//  An automatic restart runs on fresh ports: the dead process's may have been taken since
+//  (or been the reason it died: "Address already in use" on the same ports again would
+//  use up every restart). Returns false if the kernel cannot be reached any more.
+static bool s_fresh_ports(kernel_t *self)
+{
+    if (self->isolated || connfile_new_ports(self->conn) != KB_OK) return true;
+    s_drop_chans(self);
+    const char *eps[KCH_COUNT];
+    for (int c = 0; c < KCH_COUNT; c++) eps[c] = connfile_endpoint(self->conn, (kchan_type_t) c);
+    int rc = s_connect_chans(self, NULL, eps);
+    if (rc != KB_OK) {
+        snprintf(self->exit_reason, sizeof self->exit_reason, "cannot connect to the kernel: %s",
+                 kb_strerror(rc));
+        klog_error("kernel %s: %s", self->label, self->exit_reason);
+        s_drop_chans(self);
+        return false;
+    }
+    klog_info("kernel %s: restarting on fresh ports (%s ...)", self->label, eps[KCH_SHELL]);
+    s_emit(self, KERNEL_EV_ENDPOINTS);
+    return true;
+}
+
 static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
 {
     (void) proc;
@@ -650,6 +699,12 @@ static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
                   self->restart_count, self->restart_limit);
         self->state = KERNEL_RESTARTING;
         s_emit(self, KERNEL_EV_RESTARTING);
+        if (self->destroyed || self->shutting_down || self->proc) return;
+        if (!s_fresh_ports(self)) {
+            self->state = KERNEL_DEAD;
+            s_emit(self, KERNEL_EV_DEAD);
+            return;
+        }
         if (!self->destroyed && !self->shutting_down && !self->proc) s_respawn(self);
     } else if (self->autorestart) {
         klog_error("kernel %s: giving up after %d restarts", self->label, self->restart_count);
@@ -720,7 +775,14 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->autorestart = opts->autorestart;
     self->restart_limit = opts->restart_limit > 0 ? opts->restart_limit : 5;
     self->ready_timeout_ms = opts->ready_timeout_ms > 0 ? opts->ready_timeout_ms : 60000;
-    self->hb_interval_ms = opts->hb_interval_ms > 0 ? opts->hb_interval_ms : HB_INTERVAL_MS;
+    self->hb_timeout_ms = opts->hb_timeout_ms > 0 ? opts->hb_timeout_ms : HB_TIMEOUT_MS;
+    if (opts->hb_interval_ms > 0) {
+        self->hb_interval_ms = opts->hb_interval_ms;
+    } else {
+        self->hb_interval_ms = self->hb_timeout_ms / HB_TICKS_PER_TIMEOUT;
+        if (self->hb_interval_ms > HB_INTERVAL_MS) self->hb_interval_ms = HB_INTERVAL_MS;
+        if (self->hb_interval_ms < HB_MIN_INTERVAL_MS) self->hb_interval_ms = HB_MIN_INTERVAL_MS;
+    }
     if (events) self->events = *events;
     self->arg = arg;
     snprintf(self->language, sizeof self->language, "%s", kspec_language(spec));
@@ -763,7 +825,8 @@ kernel_t *kernel_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->hmac = hmac_new(connfile_scheme(self->conn), key, strlen(key), err);
     if (!self->hmac) goto fail;
     if (!isolated) {
-        //  On the host the endpoints are fixed for the kernel's life (restarts keep them).
+        //  On the host the endpoints stay for restarts asked for; automatic restarts after a
+        //  death choose fresh ports (s_fresh_ports).
         const char *eps[KCH_COUNT];
         for (int c = 0; c < KCH_COUNT; c++) eps[c] = connfile_endpoint(self->conn, (kchan_type_t) c);
         if ((*err = s_connect_chans(self, NULL, eps)) != KB_OK) goto fail;
@@ -966,7 +1029,17 @@ bool kernel_oom_killed(const kernel_t *self)
 
 bool kernel_heartbeat_ok(const kernel_t *self)
 {
-    return self->hb_misses < HB_MISSES_DEAD;
+    return !self->hb_lost;
+}
+
+bool kernel_heartbeat_expired(const kernel_t *self)
+{
+    return self->hb_expired;
+}
+
+int kernel_heartbeat_timeout_ms(const kernel_t *self)
+{
+    return self->hb_timeout_ms;
 }
 
 int kernel_generation(const kernel_t *self)

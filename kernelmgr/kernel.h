@@ -5,7 +5,8 @@
     sockets, a random key) is written where only that sandbox sees it; kbridge connects
     the shell, control and stdin DEALERs, the iopub SUB and the heartbeat, and the kernel
     is ready once a kernel_info_reply and an iopub message have both arrived (the
-    PUB/SUB slow joiner). Interrupt, restart (same ports, new process) and shutdown
+    PUB/SUB slow joiner). Interrupt, restart (same ports, new process; an automatic
+    restart after a death gets fresh ports) and shutdown
     (shutdown_request on control, then SIGTERM, then SIGKILL, 2.5 s apart as
     jupyter_client does) are asynchronous and report through kernel_events_t. A kernel
     that dies unexpectedly can be restarted automatically.
@@ -45,7 +46,16 @@ typedef enum {
     KERNEL_EV_DIED,        //  the process exited unexpectedly (see kernel_exit_reason)
     KERNEL_EV_RESTARTING,  //  an automatic restart after a death has begun
     KERNEL_EV_DEAD,        //  gave up: start failed, or too many automatic restarts
-    KERNEL_EV_SHUTDOWN     //  kernel_shutdown() finished; the owner may destroy it now
+    KERNEL_EV_SHUTDOWN,    //  kernel_shutdown() finished; the owner may destroy it now
+    //  The process is alive but its heartbeat stopped answering (a stopped or wedged
+    //  process): lost after 3 pings in a row, timed out after hb_timeout_ms of silence,
+    //  back at the first answer. The kernel's state is unchanged by these.
+    KERNEL_EV_HB_LOST,
+    KERNEL_EV_HB_TIMEOUT,
+    KERNEL_EV_HB_BACK,
+    //  New endpoints (an automatic restart on fresh ports): clients with sockets of their
+    //  own must reconnect them to kernel_endpoint().
+    KERNEL_EV_ENDPOINTS
 } kernel_event_t;
 
 typedef struct {
@@ -68,7 +78,9 @@ typedef struct {
     bool autorestart;         //  restart automatically after an unexpected death
     int restart_limit;        //  consecutive automatic restarts before giving up (0: 5)
     int ready_timeout_ms;     //  how long a start may take to become ready (0: 60000)
-    int hb_interval_ms;       //  heartbeat period (0: 3000); 3 misses in a row = lost
+    int hb_timeout_ms;        //  heartbeat silence before KERNEL_EV_HB_TIMEOUT (0: 30000)
+    int hb_interval_ms;       //  heartbeat period (0: 3000, or hb_timeout_ms / 4 if less);
+                              //  3 misses in a row = lost
 } kernel_opts_t;
 
 //  Start a kernel from spec (copied). Returns NULL if it could not be started (*err =
@@ -138,8 +150,11 @@ int kernel_pid(const kernel_t *self);
 sbx_t *kernel_sbx(const kernel_t *self);
 //  True if the last process was killed by its sandbox's memory limit.
 bool kernel_oom_killed(const kernel_t *self);
-//  False after three heartbeats in a row went unanswered.
+//  False after three heartbeats in a row went unanswered, until one is answered.
 bool kernel_heartbeat_ok(const kernel_t *self);
+//  True once the heartbeat has been silent for the heartbeat timeout, until it answers.
+bool kernel_heartbeat_expired(const kernel_t *self);
+int kernel_heartbeat_timeout_ms(const kernel_t *self);
 //  Number of processes started for this kernel (1 + restarts).
 int kernel_generation(const kernel_t *self);
 

@@ -213,28 +213,43 @@ static void s_configure_sockets(void)
     s_sockets_max = want;
 }
 
+//  Descriptors that must stay free after a socket is made. Each socket takes one at once
+//  (its mailbox) and one later, when libzmq's I/O thread connects it; that thread retries
+//  a connect that failed for want of a descriptor every 100 ms, and so takes whatever is
+//  freed - the accept path's spare among it, which then cannot even refuse connections.
+//  With this much headroom kept, the I/O thread always finds its descriptor at once and
+//  the accept path has room to answer.
+#define FD_HEADROOM 16
+
+int zwatch_socket_room(size_t n)
+{
+    s_configure_sockets();
+    if (s_sockets + n + SOCKET_MARGIN > s_sockets_max) {
+        klog_limited(KLOG_WARN, "refusing a ZeroMQ socket: %zu of %zu in use", s_sockets, s_sockets_max);
+        return KB_ELIMIT;
+    }
+    enum { MAX_PROBE = FD_HEADROOM + 3 * 8 };
+    size_t want = FD_HEADROOM + 2 * n;
+    if (want > MAX_PROBE) want = MAX_PROBE;
+    int probe[MAX_PROBE];
+    size_t got = 0;
+    for (; got < want; got++)
+        if ((probe[got] = eventfd(0, EFD_CLOEXEC)) < 0) break;
+    int saved = errno;
+    for (size_t i = 0; i < got; i++) close(probe[i]);
+    if (got < want) {
+        klog_limited(KLOG_WARN, "refusing a ZeroMQ socket: out of file descriptors (%s; %zu kept free)",
+                     strerror(saved), (size_t) FD_HEADROOM);
+        return KB_ELIMIT;
+    }
+    return KB_OK;
+}
+
 zsock_t *zwatch_socket(int type, int *err)
 {
     int dummy;
     if (!err) err = &dummy;
-    s_configure_sockets();
-    if (s_sockets + SOCKET_MARGIN >= s_sockets_max) {
-        klog_limited(KLOG_WARN, "refusing a ZeroMQ socket: %zu of %zu in use", s_sockets, s_sockets_max);
-        *err = KB_ELIMIT;
-        return NULL;
-    }
-    //  The socket's mailbox needs a descriptor (and its connection one more): make sure a
-    //  few are free, with one to spare for the I/O thread.
-    int probe[3];
-    int got = 0;
-    for (; got < 3; got++)
-        if ((probe[got] = eventfd(0, EFD_CLOEXEC)) < 0) break;
-    for (int i = 0; i < got; i++) close(probe[i]);
-    if (got < 3) {
-        klog_limited(KLOG_WARN, "refusing a ZeroMQ socket: out of file descriptors (%s)", strerror(errno));
-        *err = KB_ELIMIT;
-        return NULL;
-    }
+    if ((*err = zwatch_socket_room(1)) != KB_OK) return NULL;
     zsock_t *sock = zsock_new(type);
     if (sock) s_sockets++;
     *err = sock ? KB_OK : KB_ENOMEM;

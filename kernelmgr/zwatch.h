@@ -29,6 +29,10 @@ typedef void(zwatch_fn)(zwatch_t *watch, zmsg_t **msg_p, void *arg);
 //  makes comes from here, which checks both first and keeps a margin. Destroy it with
 //  zwatch_socket_destroy, or hand it to zwatch_new (which destroys it).
 zsock_t *zwatch_socket(int type, int *err);
+//  KB_OK if n more sockets can be made now (under the cap, with their descriptors and a
+//  headroom of free ones to spare), else KB_ELIMIT with the reason logged: for callers
+//  that need several at once and would rather refuse than get half of them.
+int zwatch_socket_room(size_t n);
 void zwatch_socket_destroy(zsock_t **sock_p);
 //  Sockets made with zwatch_socket and not yet destroyed; and the most that may be. The
 //  first call of either zwatch_socket or zwatch_sockets_max sets libzmq's cap, which

@@ -89,6 +89,7 @@ enum {
     APT_INTERNET = 11,    //  u32
     APT_PASTA = 12,       //  str: the pasta executable
     APT_DEBUG = 13,       //  u32
+    APT_OWN_KERNEL_DIR = 14,  //  u32 (isolation none): empty and remove the kernel dir on exit
     //  AP_SPAWN, AP_KILL
     APT_ARGV = 20,        //  str, repeated
     APT_ENV = 21,         //  str, repeated

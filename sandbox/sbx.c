@@ -117,6 +117,7 @@ struct _sbx_t {
     const template_t *tmpl;
     uint32_t uid_base;
     bool internet;
+    bool own_kernel_dir;
     cgroup_limits_t limits;
     uint64_t tmp_bytes;
     sbx_events_t ev;
@@ -712,6 +713,7 @@ static void s_start_agent(sbx_t *self)
     } else {
         ap_put_str(&w, APT_KERNEL_DIR, self->kernel_dir);
         ap_put_str(&w, APT_HOME, self->home);
+        if (self->own_kernel_dir) ap_put_u32(&w, APT_OWN_KERNEL_DIR, 1);
     }
     if (self->cg) {
         const char *files[8];
@@ -1207,6 +1209,7 @@ sbx_t *sbx_new(uv_loop_t *loop, const sbx_opts_t *opts, const sbx_events_t *even
     self->tmpl = opts->tmpl;
     self->uid_base = opts->uid_base;
     self->internet = ns && opts->internet;
+    self->own_kernel_dir = !ns && opts->kernel_dir && opts->own_kernel_dir;
     self->limits.memory_bytes = opts->memory_bytes;
     self->limits.cpu_millis = opts->cpu_millis;
     self->limits.pids = opts->pids;

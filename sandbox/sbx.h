@@ -42,6 +42,9 @@ typedef struct {
     const char *agent_path;     //  the kbridge-agent executable
     //  isolation none
     const char *kernel_dir;     //  private directory for kernels' connection files (exists)
+    //  kernel_dir is this sandbox's alone: the agent empties and removes it when it ends,
+    //  which it does when kbridge goes, however (a SIGKILL included), so no key stays
+    bool own_kernel_dir;
     const char *home;           //  default cwd (NULL: kbridge's cwd)
     //  isolation namespaces
     const template_t *tmpl;     //  the read-only layers (borrowed; must outlive the sandbox)

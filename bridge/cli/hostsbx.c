@@ -86,6 +86,7 @@ sbx_t *hostsbx_start(uv_loop_t *loop, const char *kernel_dir, char *why, size_t 
     opts.isolation = SBX_ISOLATION_NONE;
     opts.agent_path = agent;
     opts.kernel_dir = kernel_dir;
+    opts.own_kernel_dir = true;  //  this instance's rundir
     wait_t w = {false, 0, ""};
     sbx_events_t events = {s_on_ready, s_on_lost};
     int err;

@@ -490,8 +490,13 @@ static void s_http(void *api, hreq_t *req)
             kentry_t **entries;
             size_t n = sandbox_kernels(sandboxes_default(self->sandboxes), &entries);
             json_t *list = json_array();
-            for (size_t i = 0; i < n; i++)
-                json_array_append_new(list, s_context_model(self, entries[i]));
+            //  The listing also says each context's state (E2B's model has none; its SDKs
+            //  ignore the field): "unresponsive" is how a stopped kernel shows.
+            for (size_t i = 0; i < n; i++) {
+                json_t *model = s_context_model(self, entries[i]);
+                json_object_set_new(model, "state", json_string(kentry_state_name(entries[i])));
+                json_array_append_new(list, model);
+            }
             free(entries);
             hreq_reply_json(req, 200, list);
         } else {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 
 //  Reads land in a shared slab while nothing is left over, so an idle connection holds no
@@ -111,17 +112,19 @@ static void s_free_unaccepted(uv_handle_t *handle)
     free(handle->data);
 }
 
-hconn_t *hconn_accept(uv_loop_t *loop, uv_stream_t *listener, int *err)
+hconn_t *hconn_adopt(uv_loop_t *loop, int fd, int *err)
 {
     hconn_t *self = calloc(1, sizeof *self);
     if (!self) {
+        close(fd);
         *err = UV_ENOMEM;
         return NULL;
     }
     uv_tcp_init(loop, &self->tcp);
     self->tcp.data = self;
-    *err = uv_accept(listener, (uv_stream_t *) &self->tcp);
+    *err = uv_tcp_open(&self->tcp, fd);
     if (*err != 0) {
+        close(fd);
         uv_close((uv_handle_t *) &self->tcp, s_free_unaccepted);
         return NULL;
     }

@@ -42,10 +42,10 @@ typedef struct {
     void (*on_shed)(hconn_t *conn, void *arg);
 } hconn_driver_t;
 
-//  Accept the next connection on listener (TCP_NODELAY set). Returns NULL with *err (a
-//  libuv error code) if there was none or it could not be set up. Reading starts once a
-//  driver is set. Caller owns return value: it is freed after on_close.
-hconn_t *hconn_accept(uv_loop_t *loop, uv_stream_t *listener, int *err);
+//  Take an accepted, non-blocking TCP socket (TCP_NODELAY set). Returns NULL with *err (a
+//  libuv error code) if it could not be set up; the fd is closed then. Reading starts
+//  once a driver is set. Caller owns return value: it is freed after on_close.
+hconn_t *hconn_adopt(uv_loop_t *loop, int fd, int *err);
 //  Hand the connection to a driver (replacing the previous one); reading starts or goes on.
 void hconn_set_driver(hconn_t *self, const hconn_driver_t *driver, void *arg);
 void *hconn_driver_arg(const hconn_t *self);

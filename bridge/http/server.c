@@ -7,11 +7,21 @@
 #include "../../base/kutil.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+//  Connections accepted per loop turn: a flood of connects cannot starve the rest.
+#define ACCEPT_BATCH 64
+//  Out of descriptors with none to spare: stop accepting this long, doubling to the max.
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 1000
 
 //  A connection that has not finished a request head, for the per-peer cap.
 typedef struct {
@@ -24,7 +34,17 @@ struct _server_t {
     uv_loop_t *loop;
     const config_t *config;
     api_ctx_t ctx;
-    uv_tcp_t listener;
+    //  The listening socket is ours, watched with a poll handle: libuv's own accept loop
+    //  retries an accept that fails with EMFILE at once, for ever, when its spare
+    //  descriptor was taken by another thread (libzmq's), which pinned the loop at 100%.
+    int listen_fd;
+    uv_poll_t listener;
+    uv_timer_t backoff;
+    uint64_t backoff_ms;
+    int spare_fd;  //  given up to answer connections when out of descriptors (-1: none)
+    klog_limit_t shed_log;
+    size_t shed_unreported;  //  connections refused that no log line has counted yet
+    int open_handles;
     bool listening, closed;
     int port;
     bool auth;
@@ -355,19 +375,10 @@ static size_t s_ignore_read(hconn_t *conn, char *data, size_t len, void *arg)
     return len;
 }
 
-static void s_on_connection(uv_stream_t *listener, int status)
+static void s_on_accepted(server_t *self, int fd)
 {
-    server_t *self = listener->data;
-    if (status < 0) {
-        //  Out of fds, typically: libuv has already accepted and closed the connections
-        //  waiting (its reserve fd), so this does not spin; say so once a second at most.
-        klog_limited(KLOG_ERROR, "accepting a connection failed: %s (%zu open; raise the fd limit "
-                                 "or lower --max-connections)",
-                     uv_strerror(status), hconn_count());
-        return;
-    }
     int err;
-    hconn_t *conn = hconn_accept(self->loop, listener, &err);
+    hconn_t *conn = hconn_adopt(self->loop, fd, &err);
     if (!conn) {
         klog_limited(KLOG_ERROR, "accepting a connection failed: %s", uv_strerror(err));
         return;
@@ -390,6 +401,101 @@ static void s_on_connection(uv_stream_t *listener, int status)
     else self->served++;
 }
 
+static void s_on_listener(uv_poll_t *poll, int status, int events);
+
+static void s_on_backoff(uv_timer_t *timer)
+{
+    server_t *self = timer->data;
+    if (!self->closed) uv_poll_start(&self->listener, UV_READABLE, s_on_listener);
+}
+
+//  Out of descriptors: the spare one is given up to take the waiting connections one by
+//  one and answer each with a 503 (a best effort: its request is not read), then taken
+//  back. Without a spare (another thread took the slot), accepting pauses, backing off.
+static void s_shed(server_t *self, int why)
+{
+    static const char body[] =
+        "{\"message\":\"the server is out of file descriptors (ulimit -n); try later\",\"reason\":null}";
+    char reply[512];
+    int rn = snprintf(reply, sizeof reply,
+                      "HTTP/1.1 503 Service Unavailable\r\nServer: kbridge\r\nContent-Type: "
+                      "application/json\r\nContent-Length: %zu\r\nConnection: close\r\n"
+                      "Retry-After: 1\r\n\r\n%s",
+                      sizeof body - 1, body);
+    if (self->spare_fd >= 0) {
+        close(self->spare_fd);
+        self->spare_fd = -1;
+    }
+    size_t refused = 0;
+    int err = why;
+    for (;;) {
+        int fd = accept4(self->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            err = errno;
+            if (err == EINTR || err == ECONNABORTED) continue;
+            break;
+        }
+        //  What the client sent is read first, so that closing does not reset the
+        //  connection before the answer is seen (when it all arrived already).
+        char scratch[4096];
+        ssize_t n = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
+        n = send(fd, reply, (size_t) rn, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) n;
+        shutdown(fd, SHUT_WR);
+        close(fd);
+        refused++;
+    }
+    self->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    bool drained = err == EAGAIN || err == EWOULDBLOCK;
+    self->shed_unreported += refused;
+    if (drained && self->spare_fd >= 0) {
+        self->backoff_ms = 0;
+        //  One line a second at most, counting every refusal since the last one.
+        uint64_t dropped;
+        if (self->shed_unreported && klog_enabled(KLOG_ERROR) && klog_limit_pass(&self->shed_log, &dropped)) {
+            klog(KLOG_ERROR, "out of file descriptors: refused %zu connection(s) with 503 since the "
+                             "last report (%zu open; raise ulimit -n or lower --max-connections)",
+                 self->shed_unreported, hconn_count());
+            self->shed_unreported = 0;
+        }
+        return;
+    }
+    self->backoff_ms = self->backoff_ms ? self->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (self->backoff_ms > BACKOFF_MAX_MS) self->backoff_ms = BACKOFF_MAX_MS;
+    klog_limited(KLOG_ERROR, "out of file descriptors (%s; %zu connections open): not accepting "
+                             "for %llu ms (raise ulimit -n or lower --max-connections)",
+                 strerror(drained ? EMFILE : err), hconn_count(),
+                 (unsigned long long) self->backoff_ms);
+    uv_poll_stop(&self->listener);
+    uv_timer_start(&self->backoff, s_on_backoff, self->backoff_ms, 0);
+}
+
+static void s_on_listener(uv_poll_t *poll, int status, int events)
+{
+    (void) events;
+    server_t *self = poll->data;
+    if (status < 0) {
+        klog_limited(KLOG_ERROR, "the listening socket failed: %s", uv_strerror(status));
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && !self->closed; i++) {
+        int fd = accept4(self->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            s_on_accepted(self, fd);
+            continue;
+        }
+        int err = errno;
+        if (err == EAGAIN || err == EWOULDBLOCK) return;
+        if (err == EINTR || err == ECONNABORTED) continue;
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+            s_shed(self, err);
+            return;
+        }
+        klog_limited(KLOG_ERROR, "accepting a connection failed: %s", strerror(err));
+        return;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 //  Lifecycle
 
@@ -403,33 +509,49 @@ static int s_listen(server_t *self, char *why, size_t size)
         snprintf(why, size, "--ip %s is not an IP address", ip);
         return -1;
     }
-    uv_tcp_init(self->loop, &self->listener);
-    self->listener.data = self;
-    self->listening = true;
-    rc = uv_tcp_bind(&self->listener, (struct sockaddr *) &addr, 0);
-    if (rc == 0) rc = uv_listen((uv_stream_t *) &self->listener, 511, s_on_connection);
-    if (rc == UV_EADDRINUSE) {
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int on = 1;
+    rc = fd < 0 ? -errno : 0;
+    if (rc == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0) rc = -errno;
+    socklen_t alen = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (rc == 0 && bind(fd, (struct sockaddr *) &addr, alen) != 0) rc = -errno;
+    if (rc == 0 && listen(fd, 511) != 0) rc = -errno;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    if (rc == 0 && getsockname(fd, (struct sockaddr *) &bound, &blen) != 0) rc = -errno;
+    if (rc != 0 && fd >= 0) close(fd);
+    if (rc == -EADDRINUSE) {
         snprintf(why, size, "port %d is in use: another kbridge? pass --port", self->config->port);
         return -1;
     }
-    if (rc == UV_EADDRNOTAVAIL) {
+    if (rc == -EADDRNOTAVAIL) {
         snprintf(why, size, "--ip %s is not an address of this machine", ip);
         return -1;
     }
-    if (rc == UV_EACCES) {
+    if (rc == -EACCES) {
         snprintf(why, size, "no permission to listen on port %d (ports below 1024 need root)",
                  self->config->port);
         return -1;
     }
     if (rc != 0) {
-        snprintf(why, size, "cannot listen on %s:%d: %s", ip, self->config->port, uv_strerror(rc));
+        snprintf(why, size, "cannot listen on %s:%d: %s", ip, self->config->port, strerror(-rc));
         return -1;
     }
-    struct sockaddr_storage bound;
-    int len = sizeof bound;
-    uv_tcp_getsockname(&self->listener, (struct sockaddr *) &bound, &len);
     self->port = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *) &bound)->sin6_port)
                                              : ntohs(((struct sockaddr_in *) &bound)->sin_port);
+    if ((rc = uv_poll_init_socket(self->loop, &self->listener, fd)) != 0) {
+        close(fd);
+        snprintf(why, size, "cannot watch the listening socket: %s", uv_strerror(rc));
+        return -1;
+    }
+    self->listen_fd = fd;
+    self->listener.data = self;
+    uv_timer_init(self->loop, &self->backoff);
+    self->backoff.data = self;
+    self->open_handles = 2;
+    self->listening = true;
+    self->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    uv_poll_start(&self->listener, UV_READABLE, s_on_listener);
     return 0;
 }
 
@@ -443,8 +565,19 @@ static void s_free_server(server_t *self)
 static void s_listener_closed(uv_handle_t *handle)
 {
     server_t *self = handle->data;
+    if (--self->open_handles > 0) return;
+    close(self->listen_fd);  //  only now: the poll handle watched it
+    self->listen_fd = -1;
     self->listener_closed = true;
     if (self->destroyed && !self->served) s_free_server(self);
+}
+
+static void s_close_listener(server_t *self)
+{
+    if (self->spare_fd >= 0) close(self->spare_fd);
+    self->spare_fd = -1;
+    uv_close((uv_handle_t *) &self->listener, s_listener_closed);
+    uv_close((uv_handle_t *) &self->backoff, s_listener_closed);
 }
 
 server_t *server_new(const api_ctx_t *ctx, char *why, size_t size)
@@ -476,12 +609,8 @@ server_t *server_new(const api_ctx_t *ctx, char *why, size_t size)
         snprintf(why, size, "out of memory");
         return NULL;
     }
+    self->listen_fd = self->spare_fd = -1;
     if (s_listen(self, why, size) != 0) {
-        if (self->listening) {
-            self->destroyed = true;
-            uv_close((uv_handle_t *) &self->listener, s_listener_closed);
-            return NULL;
-        }
         free(self->apis);
         free(self);
         return NULL;
@@ -511,7 +640,8 @@ void server_close(server_t *self)
         free(p);
     }
     hconn_close_all();
-    uv_close((uv_handle_t *) &self->listener, s_listener_closed);
+    if (self->listening) s_close_listener(self);
+    else self->listener_closed = true;
 }
 
 void server_destroy(server_t **self_p)

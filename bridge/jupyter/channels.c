@@ -20,6 +20,7 @@ typedef struct {
 } held_t;
 
 struct _channels_t {
+    uv_loop_t *loop;
     kentry_t *entry;
     wsconn_t *conn;
     char session_id[128];
@@ -119,6 +120,26 @@ static void s_release_kernel_side(channels_t *self)
     s_drop_held(self);
 }
 
+//  This connection's shell, control and stdin sockets, with its session id as routing id.
+static int s_connect(channels_t *self)
+{
+    kernel_t *kernel = kentry_kernel(self->entry);
+    static const kchan_type_t types[] = {KCH_SHELL, KCH_CONTROL, KCH_STDIN};
+    for (size_t i = 0; i < 3; i++) {
+        const char *endpoint = kernel_endpoint(kernel, types[i]);
+        self->chan[types[i]] =
+            endpoint ? kchan_new_immediate(self->loop, types[i], endpoint, self->session_id,
+                                           kernel_hmac(kernel), kentry_id(self->entry), s_on_reply,
+                                           s_on_connected, self)
+                     : NULL;
+        if (!self->chan[types[i]]) {
+            for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
+            return KB_EIO;
+        }
+    }
+    return KB_OK;
+}
+
 static void s_on_kernel_msg(runner_listener_t *l, kchan_type_t channel, kmsg_t *msg)
 {
     if (channel == KCH_IOPUB) s_send(l->arg, KCH_IOPUB, msg);
@@ -131,6 +152,14 @@ static void s_on_kernel_event(runner_listener_t *l, kernel_event_t event)
     case KERNEL_EV_READY: s_flush_held(self); break;
     case KERNEL_EV_RESTARTING: s_send_status(self, "restarting"); break;
     case KERNEL_EV_DEAD: s_send_status(self, "dead"); break;
+    case KERNEL_EV_ENDPOINTS:
+        //  The next process listens elsewhere; what is held waits for it as before.
+        for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
+        if (s_connect(self) != KB_OK) {
+            s_release_kernel_side(self);
+            if (self->conn) wsconn_close(self->conn, 1011, "cannot connect to the kernel");
+        }
+        break;
     case KERNEL_EV_SHUTDOWN:
         //  The kernel's sockets and signer go away with it.
         s_release_kernel_side(self);
@@ -204,6 +233,7 @@ channels_t *channels_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const
         wsconn_close(conn, 1011, "out of memory");
         return NULL;
     }
+    self->loop = loop;
     self->entry = entry;
     self->conn = conn;
     self->proto = proto;
@@ -214,20 +244,10 @@ channels_t *channels_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const
         snprintf(self->session_id, sizeof self->session_id, "%s", session_id);
     else
         kb_uuid4(self->session_id);
-    kernel_t *kernel = kentry_kernel(entry);
-    static const kchan_type_t types[] = {KCH_SHELL, KCH_CONTROL, KCH_STDIN};
-    for (size_t i = 0; i < 3; i++) {
-        const char *endpoint = kernel_endpoint(kernel, types[i]);
-        self->chan[types[i]] =
-            endpoint ? kchan_new_immediate(loop, types[i], endpoint, self->session_id, kernel_hmac(kernel),
-                                           kentry_id(entry), s_on_reply, s_on_connected, self)
-                     : NULL;
-        if (!self->chan[types[i]]) {
-            for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
-            free(self);
-            wsconn_close(conn, 1011, "cannot connect to the kernel");
-            return NULL;
-        }
+    if (s_connect(self) != KB_OK) {
+        free(self);
+        wsconn_close(conn, 1011, "cannot connect to the kernel");
+        return NULL;
     }
     self->listener.on_msg = s_on_kernel_msg;
     self->listener.on_event = s_on_kernel_event;

@@ -11,6 +11,7 @@
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
+#include "../../kernelmgr/zwatch.h"
 
 #include <fcntl.h>
 #include <libgen.h>
@@ -64,12 +65,16 @@ static kentry_t *s_kernel(jupyter_t *self, const char *id)
 static size_t s_count_channels(jupyter_t *self, kentry_t *entry);
 
 //  Jupyter Server's kernel model: {id, name, last_activity, execution_state, connections}.
+//  Jupyter Server has no state for a kernel whose heartbeat stopped; "unknown" is one
+//  that JupyterLab's Kernel.Status has.
 static json_t *s_model(jupyter_t *self, kentry_t *entry)
 {
     kernel_t *k = kentry_kernel(entry);
+    const char *state = kentry_state_name(entry);
+    if (strcmp(state, "unresponsive") == 0) state = "unknown";
     return json_pack("{s:s, s:s, s:s, s:s, s:i}", "id", kernel_id(k), "name", kernel_name(k),
-                     "last_activity", kentry_last_activity(entry), "execution_state",
-                     kentry_state_name(entry), "connections", (int) s_count_channels(self, entry));
+                     "last_activity", kentry_last_activity(entry), "execution_state", state,
+                     "connections", (int) s_count_channels(self, entry));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -596,8 +601,14 @@ static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
     }
     if (self->config->max_channels_per_kernel &&
         s_count_channels(self, s_kernel(self, kernel_id)) >= self->config->max_channels_per_kernel) {
-        snprintf(why, size, "kernel %.64s has %zu channels connections (--max-connections per kernel)",
+        snprintf(why, size, "kernel %.64s has %zu channels connections (--max-channels-per-kernel)",
                  kernel_id, self->config->max_channels_per_kernel);
+        return 503;
+    }
+    //  Its three sockets (shell, control, stdin): refused now, while a status can be said.
+    if (zwatch_socket_room(3) != KB_OK) {
+        snprintf(why, size, "out of ZeroMQ sockets or file descriptors for a channels connection "
+                            "(raise ulimit -n, or lower --max-connections)");
         return 503;
     }
     return 0;

@@ -164,7 +164,10 @@ int kentry_interrupt(kentry_t *self)
 const char *kentry_state_name(const kentry_t *self)
 {
     if (self->shutting_down) return "dead";
-    return kernel_state_name(kernel_state(kentry_kernel(self)));
+    kernel_t *k = kentry_kernel(self);
+    kernel_state_t st = kernel_state(k);
+    if ((st == KERNEL_IDLE || st == KERNEL_BUSY) && !kernel_heartbeat_ok(k)) return "unresponsive";
+    return kernel_state_name(st);
 }
 
 const char *kentry_cwd(const kentry_t *self)

@@ -58,7 +58,8 @@ int kentry_interrupt(kentry_t *self);
 int kentry_restart(kentry_t *self);
 void kentry_shutdown(kentry_t *self);
 
-//  "starting", "idle", "busy", "restarting", "dead" (shutting down counts as dead).
+//  "starting", "idle", "busy", "restarting", "dead" (shutting down counts as dead), or
+//  "unresponsive": the process is alive but its heartbeat stopped answering.
 const char *kentry_state_name(const kentry_t *self);
 //  Its working directory (the kernel's, or kbridge's when it inherited it). Borrowed.
 const char *kentry_cwd(const kentry_t *self);

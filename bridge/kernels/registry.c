@@ -72,6 +72,7 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     self->env = config->env ? json_deep_copy(config->env) : json_object();
     self->config.autorestart = config->autorestart;
     self->config.max_kernels = config->max_kernels;
+    self->config.heartbeat_timeout_ms = config->heartbeat_timeout_ms;
     uv_timer_init(loop, &self->reaper);
     uv_timer_init(loop, &self->deadline);
     self->reaper.data = self->deadline.data = self;
@@ -138,6 +139,7 @@ kentry_t *registry_start(registry_t *self, const char *kernel_name, const regist
     opts.sbx = place->sbx;
     opts.base_env = place->base_env;
     opts.autorestart = self->config.autorestart;
+    opts.hb_timeout_ms = self->config.heartbeat_timeout_ms;
     kentry_events_t events = {s_on_shutdown};
     kentry_t *entry = kentry_new(self->loop, spec, &opts, &events, self, err);
     kspec_destroy(&spec);

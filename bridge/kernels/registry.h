@@ -18,6 +18,7 @@ typedef struct {
     bool autorestart;            //  restart kernels that die
     const char *signature_scheme;  //  "hmac-sha256" (NULL) or "hmac-sha512"
     size_t max_kernels;          //  kernels alive at once (0: no cap)
+    int heartbeat_timeout_ms;    //  heartbeat silence that ends a kernel's runs (0: 30 s)
 } registry_config_t;
 
 //  Caller owns return value and must destroy it when done.

@@ -144,14 +144,43 @@ static void s_on_run_timeout(uv_timer_t *timer)
     s_start_drain(self);
 }
 
+//  A kernel whose heartbeat is lost gets nothing new: a stopped process would only
+//  queue it, and it could run long after its requester was told it failed.
 static bool s_ready(runner_t *self)
 {
     kernel_state_t st = kernel_state(self->kernel);
-    return st == KERNEL_IDLE || st == KERNEL_BUSY;
+    return (st == KERNEL_IDLE || st == KERNEL_BUSY) && kernel_heartbeat_ok(self->kernel);
+}
+
+static void s_unresponsive_error(runner_t *self, char *value, size_t size)
+{
+    snprintf(value, size, "The kernel stopped answering: no heartbeat for %d s (its process is "
+                          "alive but not responding: stopped, or stuck)",
+             kernel_heartbeat_timeout_ms(self->kernel) / 1000);
+}
+
+//  End the queued runs with an error; helpers stay, so that an environment set before a
+//  run is still restored after it.
+static void s_fail_queued(runner_t *self, const char *name, const char *value)
+{
+    klist_t *it, *tmp;
+    klist_foreach_safe(it, tmp, &self->queue)
+    {
+        run_t *run = klist_entry(it, run_t, link);
+        if (run->helper) continue;
+        klist_remove(&run->link);
+        s_fail_run(run, name, value);
+        s_free_run(run);
+    }
 }
 
 static void s_dispatch(runner_t *self)
 {
+    if (kernel_heartbeat_expired(self->kernel) && !self->destroyed) {
+        char value[200];
+        s_unresponsive_error(self, value, sizeof value);
+        s_fail_queued(self, "KernelNotResponding", value);
+    }
     while (!self->current && !klist_empty(&self->queue) && s_ready(self) && !self->destroyed) {
         run_t *run = klist_entry(klist_first(&self->queue), run_t, link);
         klist_remove(&run->link);
@@ -252,6 +281,17 @@ static void s_on_kernel_event(kernel_t *kernel, kernel_event_t event, void *arg)
         s_fail_all(self, "KernelShutdown", "The kernel was shut down");
         self->shutdown_notified = true;
         break;
+    case KERNEL_EV_HB_TIMEOUT:
+        //  What runs is interrupted as a timed-out run is: the signal waits in a stopped
+        //  process, so a cell its requester was told failed does not go on once it resumes.
+        s_unresponsive_error(self, reason, sizeof reason);
+        if (self->current && !self->draining) {
+            execution_fail(self->current->exec, "KernelNotResponding", reason);
+            s_start_drain(self);
+        }
+        s_fail_queued(self, "KernelNotResponding", reason);
+        break;
+    case KERNEL_EV_HB_BACK: s_dispatch(self); break;
     default: break;
     }
     //  The owner first, so listeners see its state (kentry_ready...) already updated.

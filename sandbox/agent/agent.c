@@ -8,7 +8,9 @@
     watches in short-lived workers (fileops.c), exits through a signalfd.
 
     When the socket closes (kbridge exited, even by SIGKILL), the agent kills everything
-    it started and exits; as pid 1 of a PID namespace, exiting does that by itself.
+    it started and exits; as pid 1 of a PID namespace, exiting does that by itself. On
+    the host it also removes kbridge's kernel directory (the connection files and their
+    keys) when kbridge said it is the sandbox's own.
 */
 #include "agent.h"
 #include "base/kberr.h"
@@ -291,6 +293,9 @@ static int s_read_config(char *why, size_t size)
     v = 0;
     ap_get_u32(&m, APT_DEBUG, &v);
     g_cfg.debug = v != 0;
+    v = 0;
+    ap_get_u32(&m, APT_OWN_KERNEL_DIR, &v);
+    g_cfg.own_kernel_dir = v != 0 && g_cfg.kernel_dir;
     ap_u64(ap_get(m.f, m.n, APT_TMP_BYTES), &g_cfg.tmp_bytes);
     for (size_t i = 0; i < m.n; i++) {
         const char *s = ap_str(&m.f[i]);
@@ -347,6 +352,25 @@ static void s_kill_children_once(void)
     closedir(d);
 }
 
+//  The connection files (with their keys) and ipc sockets of kbridge's kernels: kbridge
+//  removes them itself when it exits cleanly, but not when it is killed. Entries are
+//  unlinked by name in the directory (a planted symlink goes, not what it points to).
+static void s_remove_kernel_dir(void)
+{
+    if (!g_cfg.own_kernel_dir) return;
+    int dfd = open(g_cfg.kernel_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        if (dfd >= 0) close(dfd);
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (de->d_type != DT_DIR) unlinkat(dfd, de->d_name, 0);
+    closedir(d);
+    rmdir(g_cfg.kernel_dir);  //  fails, harmlessly, if something else is in it
+}
+
 static void s_shutdown(void)
 {
     if (g_cfg.mode == 1) _exit(0);  //  pid 1: the kernel kills the rest of the namespace
@@ -368,6 +392,7 @@ static void s_shutdown(void)
         struct timespec pause = {0, 2 * 1000 * 1000};
         nanosleep(&pause, NULL);
     }
+    s_remove_kernel_dir();
     _exit(0);
 }
 

@@ -29,6 +29,7 @@ typedef struct {
     size_t ncg;
     uint64_t tmp_bytes;
     bool internet, debug;
+    bool own_kernel_dir;  //  empty and remove kernel_dir on the way out
 } agent_config_t;
 
 extern agent_config_t g_cfg;

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import pathlib
+import resource
 import signal
 import subprocess
 import time
@@ -56,7 +57,8 @@ def validate_sandbox(obj):
 
 
 class KBridge:
-    def __init__(self, tmp_path, *args, token="test-token", env=None):
+    def __init__(self, tmp_path, *args, token="test-token", env=None, nofile=None):
+        """nofile: run it under that fd limit (soft and hard), as `ulimit -n` would."""
         self.runtime = tmp_path / f"run-{time.monotonic_ns()}"
         self.runtime.mkdir(mode=0o700)
         self.token = token
@@ -74,8 +76,11 @@ class KBridge:
         cmd += list(args)
         self.log_path = tmp_path / f"kbridge-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
+                                     stderr=self.log, text=True,
+                                     preexec_fn=limit if nofile else None)
         first = self.proc.stdout.readline()
         assert "listening on http://" in first, f"kbridge did not start: {first!r}\n{self.logs()}"
         self.port = int(first.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])

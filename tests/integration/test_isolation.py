@@ -84,13 +84,19 @@ def test_files_of_others_and_of_kbridge_are_out_of_reach(server):
             _, end = await p.b.execute("open('/home/user/secret-b', 'w').write('B-SECRET'); 1")
             assert main_text(end) == "1"
             host_paths = [str(server.runtime), str(server.state_dir),
-                          f"{server.state_dir}/sandboxes/{p.idb}/fs", "/var/lib/kbridge",
+                          f"{server.state_dir}/sandboxes/{p.idb}/fs", "/var/lib/kbridge", "/etc/kbridge",
                           f"/proc/{server.proc.pid}/root", f"/proc/{server.proc.pid}/environ"]
             _, end = await p.a.execute(
                 "import os, glob\n"
+                "def readable(path):\n"
+                "    # A masked path may exist, as an empty read-only mount: nothing in it.\n"
+                "    try:\n"
+                "        return bool(os.listdir(path)) if os.path.isdir(path) else bool(open(path, 'rb').read(1))\n"
+                "    except OSError:\n"
+                "        return False\n"
                 "found = []\n"
                 f"for path in {host_paths!r}:\n"
-                "    found.append((path, os.path.exists(path)))\n"
+                "    found.append((path, readable(path)))\n"
                 "hits = []\n"
                 "for root in ['/proc', '/home', '/tmp', '/run', '/var', '/root']:\n"
                 "    for dirpath, dirs, files in os.walk(root, onerror=lambda e: None):\n"
