@@ -782,17 +782,23 @@ static size_t s_serve(hserve_t *hs, char *data, size_t len)
             }
             if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM) {
                 hconn_set_timer(hs->conn, hs->config.idle_timeout_ms);
+                //  The body's end goes to the handler, which may answer and release the
+                //  request at once: it must outlive this turn.
+                hreq_hold(req);
                 long n = s_feed_body(req, data + used, len - used);
                 if (n < 0) {
                     if (!req->replied) {
                         req->close_after = true;
                         hreq_reply_error(req, 400, "malformed chunked request body");
                     }
+                    hreq_release(&req);
                     hconn_close(hs->conn, true);
                     return len;
                 }
                 used += (size_t) n;
-                if (req->body_mode == BODY_DONE) {
+                bool body_done = req->body_mode == BODY_DONE;
+                hreq_release(&req);
+                if (body_done) {
                     hconn_set_timer(hs->conn, 0);
                     s_finish_exchange(hs);
                 }
@@ -831,9 +837,11 @@ static void s_on_eof(hconn_t *conn, void *arg)
     hserve_t *hs = arg;
     hreq_t *req = hs->cur;
     if (req) {
+        hreq_hold(req);  //  the handler may release it when told the body ended
         if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM)
             s_body_end(req, KB_ECLOSED);
         if (!req->response_done) s_gone(req);
+        hreq_release(&req);
     }
     hconn_close(conn, true);
 }
@@ -855,8 +863,10 @@ static void s_on_timer(hconn_t *conn, void *arg)
     //  A body that stalled.
     if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM) {
         req->close_after = true;
+        hreq_hold(req);  //  the handler may answer and release it when told
         s_body_end(req, KB_ETIMEDOUT);
         if (!req->replied) hreq_reply_error(req, 408, "the request body stalled");
+        hreq_release(&req);
         hconn_close(conn, true);
     }
 }
