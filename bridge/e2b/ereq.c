@@ -3,6 +3,7 @@
 #include "../apikit/envcheck.h"
 #include "../../base/jx.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -67,9 +68,11 @@ static int s_context(ereq_t *self, json_t **detail)
         return s_422(detail, "model_attributes_type", json_pack("[s]", "body"),
                      "Input should be a valid dictionary or object to extract fields from", NULL);
     json_t *lang = json_object_get(doc, "language"), *cwd = json_object_get(doc, "cwd");
-    if ((lang && !json_is_null(lang) && !json_is_string(lang)) || (cwd && !json_is_null(cwd) && !json_is_string(cwd)))
-        return s_422(detail, "string_type",
-                     json_pack("[s, s]", "body", lang && !json_is_string(lang) ? "language" : "cwd"),
+    bool bad_lang = lang && !json_is_null(lang) && !json_is_string(lang);
+    bool bad_cwd = cwd && !json_is_null(cwd) && !json_is_string(cwd);
+    //  loc names the field that is wrong (a null language is fine: the default).
+    if (bad_lang || bad_cwd)
+        return s_422(detail, "string_type", json_pack("[s, s]", "body", bad_lang ? "language" : "cwd"),
                      "Input should be a valid string", NULL);
     self->language = json_string_value(lang);
     self->cwd = json_string_value(cwd);
