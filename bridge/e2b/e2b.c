@@ -5,6 +5,7 @@
 #include "../apikit/hwait.h"
 #include "../buf/jbuf.h"
 #include "e2b_events.h"
+#include "ereq.h"
 #include "../buf/wbuf.h"
 #include "../kernels/execution.h"
 #include "../kernels/kentry.h"
@@ -164,16 +165,6 @@ static kentry_t *s_default_context(e2b_t *self, const char *language, char *why,
 }
 
 // ---------------------------------------------------------------------------------------
-//  FastAPI-style validation errors
-
-static void s_reply_422(hreq_t *req, const char *type, json_t *loc, const char *msg, json_t *input)
-{
-    json_t *detail = json_pack("{s:s, s:o, s:s, s:o}", "type", type, "loc", loc, "msg", msg, "input",
-                               input ? input : json_null());
-    hreq_reply_json(req, 422, json_pack("{s:[o]}", "detail", detail));
-}
-
-// ---------------------------------------------------------------------------------------
 //  /execute
 
 //  One NDJSON line, sent as one chunk: everything non-ASCII escaped as \uXXXX, as
@@ -243,83 +234,28 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
     }
 }
 
-//  Validate the body as E2B's FastAPI server does; on failure the reply is sent and NULL
-//  returned. Caller owns the returned document.
-static json_t *s_execute_body(hreq_t *req)
+//  Check the body as E2B's FastAPI server does; on failure the reply is sent and false
+//  returned.
+static bool s_parse_body(hreq_t *req, ereq_kind_t kind, ereq_t *out)
 {
     size_t blen;
     const char *body = hreq_body(req, &blen);
-    json_error_t jerr;
-    json_t *doc = jx_loadb(body, blen, &jerr);
-    if (!doc) {
-        json_t *detail = json_pack("{s:s, s:[s, i], s:s, s:{}, s:{s:s}}", "type", "json_invalid", "loc",
-                                   "body", jerr.position, "msg", "JSON decode error", "input", "ctx",
-                                   "error", jerr.text);
-        hreq_reply_json(req, 422, json_pack("{s:[o]}", "detail", detail));
-        return NULL;
-    }
-    if (!json_is_object(doc)) {
-        s_reply_422(req, "model_attributes_type", json_pack("[s]", "body"),
-                    "Input should be a valid dictionary or object to extract fields from", json_incref(doc));
-        goto refuse;
-    }
-    json_t *code = json_object_get(doc, "code");
-    if (!code) {
-        s_reply_422(req, "missing", json_pack("[s, s]", "body", "code"), "Field required", json_incref(doc));
-        goto refuse;
-    }
-    static const char *strings[] = {"code", "context_id", "language"};
-    for (int i = 0; i < 3; i++) {
-        json_t *v = json_object_get(doc, strings[i]);
-        if (v && !json_is_string(v) && !(i > 0 && json_is_null(v))) {
-            s_reply_422(req, "string_type", json_pack("[s, s]", "body", strings[i]),
-                        "Input should be a valid string", json_incref(v));
-            goto refuse;
-        }
-    }
-    json_t *env = json_object_get(doc, "env_vars");
-    if (json_is_null(env)) {
-        json_object_del(doc, "env_vars");
-        env = NULL;
-    }
-    const char *bad;
+    json_t *detail;
     char why[200];
-    switch (envcheck(env, &bad, why, sizeof why)) {
-    case ENVCHECK_OK: break;
-    case ENVCHECK_NOT_OBJECT:
-        s_reply_422(req, "dict_type", json_pack("[s, s]", "body", "env_vars"),
-                    "Input should be a valid dictionary", json_incref(env));
-        goto refuse;
-    case ENVCHECK_NOT_STRING:
-        s_reply_422(req, "string_type", json_pack("[s, s, s]", "body", "env_vars", bad),
-                    "Input should be a valid string", json_incref(json_object_get(env, bad)));
-        goto refuse;
-    default:
-        s_reply_422(req, "value_error", json_pack("[s, s, s]", "body", "env_vars", bad),
-                    "Value error, environment variable names must be non-empty without '=', "
-                    "values without NUL",
-                    json_incref(json_object_get(env, bad)));
-        goto refuse;
-    }
-    if (json_string_value(json_object_get(doc, "context_id")) &&
-        json_string_value(json_object_get(doc, "language"))) {
-        hreq_reply_text(req, 400, "Only one of context_id or language can be provided");
-        goto refuse;
-    }
-    return doc;
-refuse:
-    json_decref(doc);
-    return NULL;
+    int status = ereq_parse(kind, body, blen, out, &detail, why, sizeof why);
+    if (status == 0) return true;
+    if (detail) hreq_reply_json(req, status, detail);
+    else hreq_reply_text(req, status, why);
+    ereq_free(out);
+    return false;
 }
 
 static void s_execute(e2b_t *self, hreq_t *req)
 {
-    json_t *doc = s_execute_body(req);
-    if (!doc) return;
-    const char *code = json_string_value(json_object_get(doc, "code"));
-    const char *context_id = json_string_value(json_object_get(doc, "context_id"));
-    const char *language = json_string_value(json_object_get(doc, "language"));
-    json_t *env = json_object_get(doc, "env_vars");
+    ereq_t doc;
+    if (!s_parse_body(req, EREQ_EXECUTE, &doc)) return;
+    const char *code = doc.code, *context_id = doc.context_id, *language = doc.language;
+    json_t *env = doc.env_vars;
     kentry_t *entry;
     stream_t *st = NULL;
     char why[300];
@@ -378,7 +314,7 @@ static void s_execute(e2b_t *self, hreq_t *req)
         s_stream_free(st);
     }
 done:
-    json_decref(doc);
+    ereq_free(&doc);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -389,26 +325,12 @@ static void s_reply_after(e2b_t *self, hreq_t *req, kentry_t *entry, ctx_op_t op
 
 static void s_contexts_post(e2b_t *self, hreq_t *req)
 {
-    size_t blen;
-    const char *body = hreq_body(req, &blen);
-    json_t *doc = blen ? jx_loadb(body, blen, NULL) : json_object();
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        s_reply_422(req, "model_attributes_type", json_pack("[s]", "body"),
-                    "Input should be a valid dictionary or object to extract fields from", NULL);
-        return;
-    }
-    json_t *lang = json_object_get(doc, "language"), *cwd = json_object_get(doc, "cwd");
-    if ((lang && !json_is_null(lang) && !json_is_string(lang)) || (cwd && !json_is_null(cwd) && !json_is_string(cwd))) {
-        s_reply_422(req, "string_type", json_pack("[s, s]", "body", lang && !json_is_string(lang) ? "language" : "cwd"),
-                    "Input should be a valid string", NULL);
-        json_decref(doc);
-        return;
-    }
+    ereq_t doc;
+    if (!s_parse_body(req, EREQ_CONTEXT, &doc)) return;
     char language[64], why[300];
-    s_normalize_language(json_is_string(lang) ? json_string_value(lang) : "python", language, sizeof language);
-    kentry_t *entry = s_create_context(self, language, json_string_value(cwd), false, why, sizeof why);
-    json_decref(doc);
+    s_normalize_language(doc.language ? doc.language : "python", language, sizeof language);
+    kentry_t *entry = s_create_context(self, language, doc.cwd, false, why, sizeof why);
+    ereq_free(&doc);
     if (!entry) {
         hreq_reply_text(req, 500, why);
         return;

@@ -92,7 +92,9 @@ static int s_headers(char *p, char *end, hhead_t *head, char *why, size_t size)
 static int s_version(const char *v, int *minor)
 {
     if (strncmp(v, "HTTP/1.", 7) != 0 || !isdigit((unsigned char) v[7]) || v[8]) return -1;
-    *minor = v[7] - '0';
+    //  A later 1.x is served as 1.1, the highest minor we speak (RFC 9110 2.5), with all
+    //  of its rules: a 1.9 request without Host is not let through as if it were 1.0.
+    *minor = v[7] == '0' ? 0 : 1;
     return 0;
 }
 
@@ -155,6 +157,14 @@ int hparse_request(const char *data, size_t len, hhead_t *head, char *why, size_
     if (rc) return rc;
     if (head->version_minor == 1 && !hparse_header(head, "host")) {
         s_set_why(why, size, "HTTP/1.1 requests need a Host header");
+        return 400;
+    }
+    //  Two Hosts: the Host check would read the first, a proxy in front may route by the
+    //  other (RFC 9112 3.2: 400).
+    size_t hosts = 0;
+    for (size_t i = 0; i < head->nheaders; i++) hosts += strcmp(head->headers[i].name, "host") == 0;
+    if (hosts > 1) {
+        s_set_why(why, size, "more than one Host header");
         return 400;
     }
     return 0;

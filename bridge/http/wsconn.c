@@ -45,6 +45,17 @@ int wsconn_check(const hreq_t *req, char *why, size_t size)
         snprintf(why, size, "a WebSocket handshake must be a GET");
         return 400;
     }
+    //  RFC 6455 4.1: HTTP/1.1 at least. A 1.0 client cannot have meant an upgrade.
+    if (hreq_head(req)->version_minor == 0) {
+        snprintf(why, size, "a WebSocket handshake needs HTTP/1.1");
+        return 400;
+    }
+    //  A body's bytes would otherwise be read as the first frames: what the client framed
+    //  as HTTP must not be taken for WebSocket.
+    if (hreq_has_body(req)) {
+        snprintf(why, size, "a WebSocket handshake cannot have a body");
+        return 400;
+    }
     const char *version = hreq_header(req, "sec-websocket-version");
     if (!version || strcmp(version, "13") != 0) {
         snprintf(why, size, "unsupported WebSocket version %s (13 is)", version ? version : "(none)");

@@ -39,7 +39,7 @@ typedef struct {
 } wsconn_events_t;
 
 //  Whether req is an acceptable opening handshake. Returns 0, or the status to refuse it
-//  with: 400 (malformed: key, method, headers) or 426 (a version other than 13; the
+//  with: 400 (malformed: key, method, version, headers, a body) or 426 (a version other than 13; the
 //  reply must carry Sec-WebSocket-Version: 13), with why.
 int wsconn_check(const hreq_t *req, char *why, size_t size);
 //  The subprotocol to select from the client's offer: the first of supported (NULL-

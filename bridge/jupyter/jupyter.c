@@ -3,6 +3,7 @@
 #include "../sandboxes/sandboxes.h"
 #include "../apikit/hwait.h"
 #include "channels.h"
+#include "jreq.h"
 #include "../kernels/kentry.h"
 #include "../kernels/registry.h"
 #include "../http/api.h"
@@ -190,23 +191,16 @@ static int s_cwd_for_path(const char *path, char *cwd, size_t size)
     return 0;
 }
 
-static json_t *s_parse_body(hreq_t *req, char *why, size_t size)
+//  The request's body as kind (jreq.h); on failure the 400 is sent and false returned.
+static bool s_parse_body(hreq_t *req, jreq_kind_t kind, jreq_t *out)
 {
+    char why[256];
     size_t len;
     const char *body = hreq_body(req, &len);
-    //  Bodies are JSON whatever Content-Type says (JupyterLab sends text/plain); an empty
-    //  body is an empty object.
-    while (len && (*body == ' ' || *body == '\n' || *body == '\r' || *body == '\t')) body++, len--;
-    if (len == 0) return json_object();
-    json_error_t jerr;
-    json_t *doc = jx_loadb(body, len, &jerr);
-    if (!doc) snprintf(why, size, "Invalid JSON in request body: %s", jerr.text);
-    else if (!json_is_object(doc)) {
-        snprintf(why, size, "Request body must be a JSON object");
-        json_decref(doc);
-        doc = NULL;
-    }
-    return doc;
+    if (jreq_parse(kind, body, len, out, why, sizeof why) == 0) return true;
+    hreq_reply_error(req, 400, why);
+    jreq_free(out);
+    return false;
 }
 
 //  session_name: the notebook path a session's kernel serves, given to it as
@@ -245,20 +239,10 @@ static kentry_t *s_start(jupyter_t *self, hreq_t *req, const char *name, const c
 
 static void s_kernels_post(jupyter_t *self, hreq_t *req)
 {
-    char why[256];
-    json_t *body = s_parse_body(req, why, sizeof why);
-    if (!body) {
-        hreq_reply_error(req, 400, why);
-        return;
-    }
-    const char *name = NULL, *path = NULL;
-    if (jx_get_str(body, "name", &name, true) || jx_get_str(body, "path", &path, true)) {
-        json_decref(body);
-        hreq_reply_error(req, 400, "'name' and 'path' must be strings");
-        return;
-    }
-    kentry_t *entry = s_start(self, req, name, path, NULL);
-    json_decref(body);
+    jreq_t body;
+    if (!s_parse_body(req, JREQ_KERNEL_POST, &body)) return;
+    kentry_t *entry = s_start(self, req, body.name, body.path, NULL);
+    jreq_free(&body);
     if (!entry) return;
     char location[128];
     snprintf(location, sizeof location, "/api/kernels/%s", kentry_id(entry));
@@ -374,18 +358,13 @@ static jsess_t *s_find_session(jupyter_t *self, const char *id)
 }
 
 //  Pick the kernel for a session from {"kernel": {"id"} or {"name"}}: attach or start.
-static kentry_t *s_session_kernel(jupyter_t *self, hreq_t *req, json_t *body, const char *path)
+static kentry_t *s_session_kernel(jupyter_t *self, hreq_t *req, const jreq_t *body, const char *path)
 {
-    json_t *kernel = NULL;
-    if (jx_get_obj(body, "kernel", &kernel, true)) {
-        hreq_reply_error(req, 400, "'kernel' must be an object");
+    if (body->kernel_why) {
+        hreq_reply_error(req, 400, body->kernel_why);
         return NULL;
     }
-    const char *kid = NULL, *name = NULL;
-    if (jx_get_str(kernel, "id", &kid, true) || jx_get_str(kernel, "name", &name, true)) {
-        hreq_reply_error(req, 400, "kernel 'id' and 'name' must be strings");
-        return NULL;
-    }
+    const char *kid = body->kernel_id, *name = body->kernel_name;
     if (kid) {
         kentry_t *entry = s_kernel(self, kid);
         if (!entry) s_reply_not_found(req, "Kernel", kid);
@@ -396,19 +375,9 @@ static kentry_t *s_session_kernel(jupyter_t *self, hreq_t *req, json_t *body, co
 
 static void s_sessions_post(jupyter_t *self, hreq_t *req)
 {
-    char why[256];
-    json_t *body = s_parse_body(req, why, sizeof why);
-    if (!body) {
-        hreq_reply_error(req, 400, why);
-        return;
-    }
-    const char *path = NULL, *name = NULL, *type = "notebook";
-    if (jx_get_str(body, "path", &path, true) || jx_get_str(body, "name", &name, true) ||
-        jx_get_str(body, "type", &type, true)) {
-        json_decref(body);
-        hreq_reply_error(req, 400, "'path', 'name' and 'type' must be strings");
-        return;
-    }
+    jreq_t body;
+    if (!s_parse_body(req, JREQ_SESSION_POST, &body)) return;
+    const char *path = body.path, *name = body.name, *type = body.type;
     s_prune_sessions(self);
     //  As Jupyter Server: a session for a path that already has one is that session.
     jsess_t *s = NULL;
@@ -420,14 +389,14 @@ static void s_sessions_post(jupyter_t *self, hreq_t *req)
         if (path && p && strcmp(p, path) == 0) s = other;
     }
     if (!s) {
-        kentry_t *entry = s_session_kernel(self, req, body, path);
+        kentry_t *entry = s_session_kernel(self, req, &body, path);
         if (!entry) {
-            json_decref(body);
+            jreq_free(&body);
             return;
         }
         s = calloc(1, sizeof *s);
         if (!s) {
-            json_decref(body);
+            jreq_free(&body);
             hreq_reply_error(req, 500, "out of memory");
             return;
         }
@@ -438,7 +407,7 @@ static void s_sessions_post(jupyter_t *self, hreq_t *req)
         klist_init(&s->link);
         klist_push_front(&self->sessions, &s->link);
     }
-    json_decref(body);
+    jreq_free(&body);
     char location[128];
     snprintf(location, sizeof location, "/api/sessions/%s", s->id);
     hreq_add_header(req, "location:", location);
@@ -473,35 +442,21 @@ static void s_sessions(jupyter_t *self, hreq_t *req, const char *rest)
     if (m == HM_GET) {
         hreq_reply_json(req, 200, s_session_model(self, s));
     } else if (m == HM_PATCH) {
-        char why[256];
-        json_t *body = s_parse_body(req, why, sizeof why);
-        if (!body) {
-            hreq_reply_error(req, 400, why);
-            return;
-        }
-        static const char *fields[] = {"path", "name", "type"};
-        for (int i = 0; i < 3; i++) {
-            json_t *v = json_object_get(body, fields[i]);
-            if (v && !json_is_string(v)) {
-                json_decref(body);
-                hreq_reply_error(req, 400, "'path', 'name' and 'type' must be strings");
-                return;
-            }
-            if (v) json_object_set(s->model, fields[i], v);
-        }
-        json_t *kernel = json_object_get(body, "kernel");
-        if (kernel) {
+        jreq_t body;
+        if (!s_parse_body(req, JREQ_SESSION_PATCH, &body)) return;
+        json_object_update(s->model, body.patch);
+        if (body.has_kernel) {
             //  A new kernel replaces the old one, which is shut down (as Jupyter Server).
             kentry_t *old = s_kernel(self, s->kernel_id);
-            kentry_t *entry = s_session_kernel(self, req, body, json_string_value(json_object_get(s->model, "path")));
+            kentry_t *entry = s_session_kernel(self, req, &body, json_string_value(json_object_get(s->model, "path")));
             if (!entry) {
-                json_decref(body);
+                jreq_free(&body);
                 return;
             }
             snprintf(s->kernel_id, sizeof s->kernel_id, "%s", kentry_id(entry));
             if (old && old != entry) kentry_shutdown(old);
         }
-        json_decref(body);
+        jreq_free(&body);
         hreq_reply_json(req, 200, s_session_model(self, s));
     } else if (m == HM_DELETE) {
         kentry_t *entry = s_kernel(self, s->kernel_id);

@@ -5,9 +5,8 @@
 #include "../kernels/registry.h"
 #include "../http/api.h"
 #include "../sandboxes/sandboxes.h"
+#include "nmsg.h"
 #include "session.h"
-#include "../apikit/envcheck.h"
-#include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 
@@ -194,12 +193,6 @@ static json_t *s_model(const kentry_t *entry)
                      "state", kentry_state_name(entry), "connection_file", cf);
 }
 
-static int s_check_env(json_t *env, char *why, size_t size)
-{
-    const char *bad;
-    return envcheck(env, &bad, why, size) == ENVCHECK_OK ? KB_OK : KB_EINVAL;
-}
-
 static void s_on_kernel_wait(kwait_t *wait, kentry_t *entry, kwait_result_t result)
 {
     nreq_t *req = wait->arg;
@@ -256,22 +249,9 @@ static kentry_t *s_start_kernel(native_t *self, session_t *session, json_t *id,
 // ---------------------------------------------------------------------------------------
 //  Ops
 
-static void op_start_kernel(native_t *self, session_t *session, json_t *id, json_t *req)
+static void op_start_kernel(native_t *self, session_t *session, json_t *id, const nmsg_t *req)
 {
-    const char *name = NULL, *cwd = NULL;
-    json_t *env = NULL;
-    char why[256];
-    int rc;
-    if ((rc = jx_get_str(req, "kernel_name", &name, true)) ||
-        (rc = jx_get_str(req, "cwd", &cwd, true)) || (rc = jx_get_obj(req, "env_vars", &env, true))) {
-        s_error(session, id, "bad_request", "kernel_name and cwd must be strings, env_vars an object");
-        return;
-    }
-    if (s_check_env(env, why, sizeof why)) {
-        s_error(session, id, "bad_request", "%s", why);
-        return;
-    }
-    kentry_t *entry = s_start_kernel(self, session, id, name, cwd, env);
+    kentry_t *entry = s_start_kernel(self, session, id, req->kernel_name, req->cwd, req->env_vars);
     if (!entry) return;
     nreq_t *nreq = s_nreq_new(self, session, NREQ_START, id, kentry_id(entry));
     if (!nreq) return;
@@ -294,21 +274,15 @@ static void op_list_kernels(native_t *self, session_t *session, json_t *id)
     s_reply(session, "kernels", id, json_pack("{s:o}", "kernels", list));
 }
 
-static kentry_t *s_require_kernel(native_t *self, session_t *session, json_t *id, json_t *req)
+static kentry_t *s_require_kernel(native_t *self, session_t *session, json_t *id, const nmsg_t *req)
 {
-    const char *kernel_id = NULL;
-    int rc = jx_get_str(req, "kernel_id", &kernel_id, false);
-    if (rc) {
-        char why[128];
-        s_error(session, id, "bad_request", "%s", jx_describe(rc, "kernel_id", "a string", why, sizeof why));
-        return NULL;
-    }
+    const char *kernel_id = req->kernel_id;
     kentry_t *entry = s_find(self, session, kernel_id);
     if (!entry) s_error(session, id, "not_found", "no kernel with id '%s'", kernel_id);
     return entry;
 }
 
-static void op_kernel_control(native_t *self, session_t *session, json_t *id, json_t *req,
+static void op_kernel_control(native_t *self, session_t *session, json_t *id, const nmsg_t *req,
                               const char *op)
 {
     kentry_t *entry = s_require_kernel(self, session, id, req);
@@ -376,36 +350,11 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
     }
 }
 
-static void op_execute(native_t *self, session_t *session, json_t *id, json_t *req)
+static void op_execute(native_t *self, session_t *session, json_t *id, const nmsg_t *req)
 {
-    const char *code = NULL, *kernel_id = NULL;
-    json_t *env = NULL;
-    int64_t timeout_ms = 0;
-    char why[256];
-    int rc;
-    size_t code_len = 0;
-    if ((rc = jx_get_strn(req, "code", &code, &code_len, false))) {
-        s_error(session, id, "bad_request", "%s", jx_describe(rc, "code", "a string", why, sizeof why));
-        return;
-    }
-    //  A kernel reads code as a C string: everything after a NUL would silently vanish.
-    if (strlen(code) != code_len) {
-        s_error(session, id, "bad_request", "code holds a NUL character (at byte %zu); remove it",
-                strlen(code));
-        return;
-    }
-    if ((rc = jx_get_str(req, "kernel_id", &kernel_id, true)) ||
-        (rc = jx_get_obj(req, "env_vars", &env, true)) ||
-        (rc = jx_get_int(req, "timeout_ms", &timeout_ms, true)) || timeout_ms < 0) {
-        s_error(session, id, "bad_request",
-                "kernel_id must be a string, env_vars an object of strings, timeout_ms a "
-                "non-negative integer");
-        return;
-    }
-    if (s_check_env(env, why, sizeof why)) {
-        s_error(session, id, "bad_request", "%s", why);
-        return;
-    }
+    const char *code = req->code, *kernel_id = req->kernel_id;
+    json_t *env = req->env_vars;
+    int64_t timeout_ms = req->timeout_ms;
     kentry_t *entry;
     if (kernel_id) {
         entry = s_find(self, session, kernel_id);
@@ -448,23 +397,14 @@ static void op_execute(native_t *self, session_t *session, json_t *id, json_t *r
 
 //  The client processed every message up to seq: their copies kept for a resume can go.
 //  No reply: acks are frequent and say nothing a client waits for.
-static void op_ack(session_t *session, json_t *id, json_t *req)
+static void op_ack(session_t *session, const nmsg_t *req)
 {
-    int64_t seq = -1;
-    if (jx_get_int(req, "seq", &seq, false) || seq < 0) {
-        s_error(session, id, "bad_request", "seq must be a non-negative integer");
-        return;
-    }
-    session_ack(session, (uint64_t) seq);
+    session_ack(session, (uint64_t) req->seq);
 }
 
-static void op_keep_alive(native_t *self, session_t *session, json_t *id, json_t *req)
+static void op_keep_alive(native_t *self, session_t *session, json_t *id, const nmsg_t *req)
 {
-    int64_t seconds = -1;
-    if (jx_get_int(req, "seconds", &seconds, false) || seconds < 0) {
-        s_error(session, id, "bad_request", "seconds must be a non-negative integer");
-        return;
-    }
+    int64_t seconds = req->seconds;
     uint64_t max = self->config->keep_alive_max_ms;
     //  Capped before the multiplication: a huge value must not wrap around to 0.
     uint64_t ms = (uint64_t) seconds > max / 1000u ? max : (uint64_t) seconds * 1000u;
@@ -479,43 +419,27 @@ static void s_dispatch(nconn_t *nc, const char *data, size_t len, bool binary)
 {
     wsconn_t *conn = nc->conn;
     session_t *session = nc->session;
-    if (binary) {
-        s_conn_error(conn, "bad_request", "binary frames are not accepted: send JSON text");
+    nmsg_t req;
+    char why[512];
+    json_t *id;
+    if (nmsg_parse(data, len, binary, &req, why, sizeof why) != KB_OK) {
+        if (req.id) s_error(session, req.id, "bad_request", "%s", why);
+        else s_conn_error(conn, "bad_request", why);
+        nmsg_free(&req);
         return;
     }
-    json_error_t jerr;
-    json_t *req = jx_loadb(data, len, &jerr);
-    if (!req) {
-        char message[256];
-        snprintf(message, sizeof message, "malformed JSON: %s", jerr.text);
-        s_conn_error(conn, "bad_request", message);
-        return;
+    id = req.id;
+    switch (req.op) {
+    case NMSG_EXECUTE: op_execute(nc->native, session, id, &req); break;
+    case NMSG_START_KERNEL: op_start_kernel(nc->native, session, id, &req); break;
+    case NMSG_LIST_KERNELS: op_list_kernels(nc->native, session, id); break;
+    case NMSG_INTERRUPT_KERNEL:
+    case NMSG_RESTART_KERNEL:
+    case NMSG_SHUTDOWN_KERNEL: op_kernel_control(nc->native, session, id, &req, req.op_name); break;
+    case NMSG_KEEP_ALIVE: op_keep_alive(nc->native, session, id, &req); break;
+    case NMSG_ACK: op_ack(session, &req); break;
     }
-    json_t *id = json_object_get(req, "id");
-    const char *op = NULL;
-    if (!json_is_object(req)) {
-        s_conn_error(conn, "bad_request", "a request must be a JSON object");
-    } else if (!id || !(json_is_string(id) || json_is_integer(id))) {
-        s_conn_error(conn, "bad_request", "field 'id' is required: a string or an integer");
-    } else if (jx_get_str(req, "op", &op, false)) {
-        s_error(session, id, "bad_request", "field 'op' is required: a string");
-    } else if (strcmp(op, "execute") == 0) {
-        op_execute(nc->native, session, id, req);
-    } else if (strcmp(op, "start_kernel") == 0) {
-        op_start_kernel(nc->native, session, id, req);
-    } else if (strcmp(op, "list_kernels") == 0) {
-        op_list_kernels(nc->native, session, id);
-    } else if (strcmp(op, "interrupt_kernel") == 0 || strcmp(op, "restart_kernel") == 0 ||
-               strcmp(op, "shutdown_kernel") == 0) {
-        op_kernel_control(nc->native, session, id, req, op);
-    } else if (strcmp(op, "keep_alive") == 0) {
-        op_keep_alive(nc->native, session, id, req);
-    } else if (strcmp(op, "ack") == 0) {
-        op_ack(session, id, req);
-    } else {
-        s_error(session, id, "bad_request", "unknown op '%.64s'", op);
-    }
-    json_decref(req);
+    nmsg_free(&req);
 }
 
 static void s_free_early(nconn_t *nc)
@@ -741,10 +665,14 @@ static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
 {
     native_t *self = api;
     char wanted[64];
-    if ((hreq_query(req, "sandbox_id", wanted, sizeof wanted) == KB_OK && *wanted) ||
-        (hreq_query(req, "session_id", wanted, sizeof wanted) == KB_OK && *wanted)) {
+    if (hreq_query(req, "sandbox_id", wanted, sizeof wanted) == KB_OK && *wanted) {
         if (!sandboxes_find(self->sandboxes, wanted)) {
             snprintf(why, size, "no sandbox with id '%.64s' (it ended, or never existed)", wanted);
+            return 404;
+        }
+    } else if (hreq_query(req, "session_id", wanted, sizeof wanted) == KB_OK && *wanted) {
+        if (!s_find_session(self, wanted) && !sandboxes_find(self->sandboxes, wanted)) {
+            snprintf(why, size, "no session with id '%.64s' (it expired, or never existed)", wanted);
             return 404;
         }
     }
@@ -754,7 +682,7 @@ static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
 static void s_session_id(native_t *self, sandbox_t *sb, char out[SESSION_ID_MAX + 1])
 {
     snprintf(out, SESSION_ID_MAX + 1, "%s", sandbox_id(sb));
-    if (!s_find_session(self, out)) return;
+    if (!sandbox_is_default(sb) && !s_find_session(self, out)) return;
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
     do {
         unsigned char rnd[20];

@@ -14,6 +14,9 @@
 //  Bytes handed to the connection at once: enough to keep the socket busy, little enough
 //  that what a dropped connection loses stays in reach of a replay.
 #define WINDOW (1u << 20)
+//  Replies and ends already sent, kept for a client that has not acked them: at most this
+//  many bytes of them per session (the most recent).
+#define KEPT_RETAIN (1u << 20)
 //  Sent messages whose copies were let go, remembered (seq, size, request) so that a
 //  client coming back after them is told exactly what it missed.
 #define EVICTED_MAX 65536
@@ -141,15 +144,18 @@ static item_t *s_first_unsent(outbox_t *self)
 //  what they were.
 static void s_trim(outbox_t *self)
 {
+    size_t kept_retain = self->retain < KEPT_RETAIN ? self->retain : KEPT_RETAIN;
     klist_t *it, *tmp;
     klist_foreach_safe(it, tmp, &self->items)
     {
-        if (self->sent_bytes <= self->retain) break;
+        if (self->sent_bytes <= self->retain && self->kept_bytes <= kept_retain) break;
         item_t *item = klist_entry(it, item_t, link);
         if (!item->sent) break;
-        //  A reply or an end is held until the client has it: there is one per request and
-        //  requests are bounded, so this is too.
-        if (item->keep) continue;
+        //  A reply or an end is held until the client acks it, but not for the session's
+        //  whole life: a client that never acks (the simplest ones do not) would make
+        //  every end it was ever sent stay here. Past their own retention the oldest go
+        //  too, recorded like the rest, so a resume from before them reports them exactly.
+        if (item->keep ? self->kept_bytes <= kept_retain : self->sent_bytes <= self->retain) continue;
         if (self->ev_count == EVICTED_MAX) {
             //  The oldest record falls off: what it was can no longer be told apart.
             evicted_t *old = &self->evicted[self->ev_start];

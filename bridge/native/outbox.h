@@ -11,8 +11,10 @@
     Bounded: unsent messages up to the limit (past it an attached client is too slow: it
     is disconnected with 1008, and further output is dropped and counted); sent messages
     are kept for replay up to a smaller retention. Messages pushed with keep (replies,
-    end_of_execution) are never dropped, so a client never waits for an end that will not
-    come.
+    end_of_execution) are never dropped before they are sent, so a client never waits for
+    an end that will not come; once sent they are kept until acked, the most recent 1 MiB
+    of them at most (a client that never acks must not make a session grow for ever);
+    one resuming from before those is told of them in events_lost.
 */
 #ifndef OUTBOX_H
 #define OUTBOX_H

@@ -153,3 +153,38 @@ def test_huge_keep_alive_is_capped_not_wrapped(tmp_path):
         run(go())
     finally:
         srv.stop()
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def test_client_that_never_acks_does_not_grow_the_session(tmp_path):
+    # The simplest clients (examples/kbridge_client.py) never ack. Every end_of_execution
+    # they were sent (each carrying its Execution, here 8 KB of output) must not be kept
+    # for the session's whole life; one resuming from long ago is told what it missed.
+    srv = KBridge(tmp_path)
+    try:
+        async def go():
+            c = await NativeClient.connect(srv)
+            sid = c.session["session_id"]
+            rss = []
+            for i in range(1500):
+                _, end = await c.execute("print('y' * 8000)")
+                assert end["type"] == "end_of_execution"
+                if i in (300, 1499):
+                    rss.append(_rss_kib(srv.proc.pid))
+            await c.ws.close()
+            ws = await websockets.connect(srv.ws_url(session_id=sid, last_seq="1"), max_size=None)
+            hello = json.loads(await ws.recv())
+            first = json.loads(await ws.recv())
+            await ws.close()
+            return rss, hello, first
+        rss, hello, first = run(go())
+        # Before: 1,200 more ends of 8 KB kept, ~10 MiB more.
+        assert rss[1] - rss[0] < 4 * 1024, rss
+        assert hello["resumed"] is True
+        assert first["type"] == "events_lost" and first["count"] > 0, first
+    finally:
+        srv.stop()

@@ -208,6 +208,28 @@ def test_bad_body_framing_is_refused_and_closes(server, framing, status):
     assert len(re.findall(rb"HTTP/1\.1 \d{3} ", out)) == 1 and b"Connection: close" in out
 
 
+@pytest.mark.parametrize("framing,body", [
+    (b"Content-Length: 11", [b'{"name": 5}']),
+    (b"Transfer-Encoding: chunked", [b"b\r\n", b'{"name": 5}\r\n', b"0\r\n\r\n"]),
+    (b"Transfer-Encoding: chunked", [b"zz\r\n"]),
+])
+def test_body_in_later_reads_than_the_head(server, framing, body):
+    # A body that arrives after its head (as most clients send it) ends while the handler
+    # holds the request: answering and releasing it then must not free it under the
+    # reader (a use-after-free the hreq fuzz target found).
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.settimeout(10)
+    s.sendall(b"POST /api/kernels?token=" + server.token.encode() + b" HTTP/1.1\r\nHost: localhost\r\n" +
+              framing + b"\r\n\r\n")
+    for piece in body:
+        time.sleep(0.2)
+        s.sendall(piece)
+    assert _read_response(s).startswith(b"HTTP/1.1 400")
+    s.close()
+    assert server.alive()
+    assert raw(server, b"GET /api HTTP/1.1\r\nHost: localhost\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+
 def test_malformed_chunked_body_is_400(server):
     req = (b"POST /api/kernels?token=" + server.token.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
            b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")

@@ -49,17 +49,18 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def stdout_frame(rid, text, date):
+def stdout_frame(rid, text, date, seq):
     """The native stdout event exactly as kbridge serializes it (ASCII text only)."""
-    return ('{"type":"stdout","id":' + json.dumps(rid) + ',"text":' + json.dumps(text)
-            + ',"timestamp":' + json.dumps(date) + '}')
+    return ('{"seq":' + str(seq) + ',"type":"stdout","id":' + json.dumps(rid) + ',"text":'
+            + json.dumps(text) + ',"timestamp":' + json.dumps(date) + '}')
 
 
 def keep_or_drop(frames, limit):
-    """session_send_buf's rule: keep what fits in what is left, count the rest."""
+    """outbox_push's rule: keep what fits in what is left (the first always does), count
+    the rest."""
     kept, used, lost = [], 0, 0
     for f in frames:
-        if used + len(f.encode()) > limit:
+        if used and used + len(f.encode()) > limit:
             lost += 1
         else:
             kept.append(f)
@@ -98,11 +99,17 @@ def overflow_shape():
     itself stay under the limit: a single frame larger than --max-outbound-bytes gets even a
     client that reads everything disconnected as "too slow"."""
     date = "2026-01-01T00:00:00.000001Z"
-    tail = len(stdout_frame("run", "tail\n", date))
     for width in range(30, 120):
-        frame = len(stdout_frame("run", "00000 " + "x" * width + "\n", date))
-        fit = MAX_OUTBOUND // frame
-        if MAX_OUTBOUND - fit * frame >= tail + 16:
+        # The detached frames' seqs start a few after the session's first (the exact start
+        # moves the sums by a byte or two: the margin covers it).
+        used, fit = 0, 0
+        while True:
+            frame = len(stdout_frame("run", "00000 " + "x" * width + "\n", date, 4 + fit))
+            if used + frame > MAX_OUTBOUND:
+                break
+            used, fit = used + frame, fit + 1
+        tail = len(stdout_frame("run", "tail\n", date, 4 + fit + 50))
+        if tail + 16 <= MAX_OUTBOUND - used < frame - 16:
             return fit + 50, width
     raise AssertionError("no width leaves room for the tail")
 
@@ -136,11 +143,14 @@ def test_backlog_while_detached(server, tmp_path, shape):
         streams = await streams_until(observer, "tail\n")
         parent = streams[-1]["parent_header"]["msg_id"]
         assert streams[0]["content"]["text"] == "attached\n"
-        assert stdout_frame("run", "attached\n", streams[0]["header"]["date"]) == raw
+        seq0 = m["seq"]
+        assert stdout_frame("run", "attached\n", streams[0]["header"]["date"], seq0) == raw
         detached = [s for s in streams[1:] if s["parent_header"]["msg_id"] == parent]
         texts = [s["content"]["text"] for s in detached]
         assert "".join(texts) == "".join(f"{i:05d} " + "x" * width + "\n" for i in range(n)) + "tail\n"
-        frames = [stdout_frame("run", s["content"]["text"], s["header"]["date"]) for s in detached]
+        # Numbered in order, the dropped ones too.
+        frames = [stdout_frame("run", s["content"]["text"], s["header"]["date"], seq0 + 1 + i)
+                  for i, s in enumerate(detached)]
         kept, lost = keep_or_drop(frames, MAX_OUTBOUND)
 
         ws2 = await websockets.connect(server.ws_url(session_id=sid), subprotocols=["kbridge.v1"],

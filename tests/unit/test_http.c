@@ -73,6 +73,8 @@ static void test_refused_heads(void **state)
         int status;
     } cases[] = {
         {"GET / HTTP/1.1\r\n\r\n", 400},                                 //  no Host
+        {"GET / HTTP/1.9\r\n\r\n", 400},                                 //  a later 1.x is 1.1
+        {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},           //  two Hosts
         {"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505},
         {"GET / FOO/1.1\r\nHost: a\r\n\r\n", 400},
         {"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
