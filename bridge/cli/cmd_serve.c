@@ -152,7 +152,8 @@ int cmd_serve(int argc, char **argv)
     uint64_t port = 49999, keep_alive = 60000, keep_alive_max = 3600000;
     uint64_t max_message = 16u << 20, max_body = 16u << 20, max_outbound = 64u << 20;
     uint64_t max_retained = 4u << 20, max_buffered = 1024u << 20;
-    uint64_t header_timeout = 10000, max_pending = 32, heartbeat_timeout = 30000;
+    uint64_t header_timeout = 10000, max_pending = 32, heartbeat_timeout = 30000, cull_idle = 0;
+    bool cull_connected = false;
     //  Defaults sized from the machine: a Python kernel takes ~70 MiB and a few fds;
     //  each connection a socket, a channels connection three ZeroMQ sockets more.
     struct rlimit nofile = {1024, 1024};
@@ -203,6 +204,8 @@ int cmd_serve(int argc, char **argv)
         {"env", 0, OPT_KV, NULL, "K=V", "environment variable for every kernel", NULL, 0, 0, NULL, &env},
         {"kernel-transport", 0, OPT_CHOICE, "KBRIDGE_KERNEL_TRANSPORT", "T", "how kbridge reaches kernels: tcp or ipc", "tcp", 0, 0, transports, &transport},
         {"signature-scheme", 0, OPT_CHOICE, "KBRIDGE_SIGNATURE_SCHEME", "S", "hmac-sha256 or hmac-sha512", "hmac-sha256", 0, 0, schemes, &scheme},
+        {"cull-idle-timeout", 0, OPT_SECONDS, "KBRIDGE_CULL_IDLE_TIMEOUT", "S", "shut down kernels idle (not busy) this long, in any sandbox, as Jupyter Server's cull_idle_timeout (0: never)", "0", 0, 31536000, NULL, &cull_idle},
+        {"cull-connected", 0, OPT_FLAG, "KBRIDGE_CULL_CONNECTED", NULL, "cull idle kernels even with Jupyter channels connections open", NULL, 0, 0, NULL, &cull_connected},
         {"no-autorestart", 0, OPT_FLAG, "KBRIDGE_NO_AUTORESTART", NULL, "do not restart kernels that die", NULL, 0, 0, NULL, &no_autorestart},
         {"heartbeat-timeout", 0, OPT_SECONDS, "KBRIDGE_HEARTBEAT_TIMEOUT", "S", "seconds a kernel's heartbeat may stay silent before its runs end with KernelNotResponding", "30", 1, 86400, NULL, &heartbeat_timeout},
         {"keep-alive", 0, OPT_SECONDS, "KBRIDGE_KEEP_ALIVE", "S", "seconds a disconnected session lives", "60", 0, 86400, NULL, &keep_alive},
@@ -388,7 +391,7 @@ int cmd_serve(int argc, char **argv)
         }
     }
     registry_config_t rcfg = {env, transport, default_kernel, !no_autorestart, scheme,
-                              (size_t) max_kernels, (int) heartbeat_timeout};
+                              (size_t) max_kernels, (int) heartbeat_timeout, cull_idle, cull_connected};
     st.registry = registry_new(st.loop, &rcfg);
     //  What no sandbox may see, besides the state directory (the table adds it).
     //  Also the well-known places of any other kbridge on this host (its sandboxes, token).

@@ -577,6 +577,8 @@ static void s_on_conn_gone(channels_t *conn, void *arg)
     {
         jlink_t *l = klist_entry(it, jlink_t, link);
         if (l->conn != conn) continue;
+        kentry_t *entry = channels_kentry(conn);
+        if (entry) kentry_disconnect(entry);
         klist_remove(&l->link);
         free(l);
         self->nconns--;
@@ -620,6 +622,7 @@ static void s_ws_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subp
         return;
     }
     link->conn = jc;
+    kentry_connect(entry);
     klist_init(&link->link);
     klist_push_front(&self->conns, &link->link);
     self->nconns++;

@@ -19,7 +19,7 @@ struct _registry_t {
     size_t nlive, cap;
     kentry_t **dead;  //  shut down, to be reaped
     size_t ndead, dead_cap;
-    uv_timer_t reaper, deadline;
+    uv_timer_t reaper, deadline, cull;
     char last_activity[32];  //  latest activity of kernels already gone
     bool closing;
     void (*all_done)(void *arg);
@@ -61,6 +61,35 @@ static void s_on_shutdown(kentry_t *entry, void *arg)
     uv_timer_start(&self->reaper, s_reap, 0, 0);
 }
 
+//  Jupyter Server's culling: a kernel idle (not busy, nothing queued) for cull_idle_ms
+//  is shut down, unless clients are connected to it and cull_connected is off.
+static void s_cull(uv_timer_t *timer)
+{
+    registry_t *self = timer->data;
+    if (self->closing || self->all_done) return;
+    uint64_t now = uv_now(self->loop);
+    size_t n = 0;
+    kentry_t **idle = self->nlive ? calloc(self->nlive, sizeof *idle) : NULL;
+    if (!idle) return;
+    for (size_t i = 0; i < self->nlive; i++) {
+        kentry_t *e = self->live[i];
+        runner_t *r = kentry_runner(e);
+        if (kentry_shutting_down(e) || !kentry_ready(e) || runner_pending(r) ||
+            kernel_state(kentry_kernel(e)) != KERNEL_IDLE)
+            continue;
+        if (now - runner_active_at(r) < self->config.cull_idle_ms) continue;
+        if (kentry_connections(e) && !self->config.cull_connected) continue;
+        idle[n++] = e;
+    }
+    //  Shut down after the scan: each one leaves the live list.
+    for (size_t i = 0; i < n; i++) {
+        klog_info("culling kernel %s: idle for %llu s (--cull-idle-timeout)", kentry_id(idle[i]),
+                  (unsigned long long) ((now - runner_active_at(kentry_runner(idle[i]))) / 1000));
+        kentry_shutdown(idle[i]);
+    }
+    free(idle);
+}
+
 registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
 {
     registry_t *self = calloc(1, sizeof *self);
@@ -73,9 +102,19 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     self->config.autorestart = config->autorestart;
     self->config.max_kernels = config->max_kernels;
     self->config.heartbeat_timeout_ms = config->heartbeat_timeout_ms;
+    self->config.cull_idle_ms = config->cull_idle_ms;
+    self->config.cull_connected = config->cull_connected;
     uv_timer_init(loop, &self->reaper);
     uv_timer_init(loop, &self->deadline);
-    self->reaper.data = self->deadline.data = self;
+    uv_timer_init(loop, &self->cull);
+    self->reaper.data = self->deadline.data = self->cull.data = self;
+    if (self->config.cull_idle_ms) {
+        //  Checked a few times per timeout (Jupyter Server's cull_interval, scaled).
+        uint64_t every = self->config.cull_idle_ms / 4;
+        if (every < 500) every = 500;
+        if (every > 60000) every = 60000;
+        uv_timer_start(&self->cull, s_cull, every, every);
+    }
     return self;
 }
 
@@ -106,6 +145,7 @@ void registry_destroy(registry_t **self_p)
         kentry_t *entry = self->live[--self->nlive];
         kentry_destroy(&entry);
     }
+    uv_close((uv_handle_t *) &self->cull, NULL);
     uv_close((uv_handle_t *) &self->reaper, NULL);
     uv_close((uv_handle_t *) &self->deadline, s_free_registry);
 }

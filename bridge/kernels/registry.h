@@ -19,6 +19,8 @@ typedef struct {
     const char *signature_scheme;  //  "hmac-sha256" (NULL) or "hmac-sha512"
     size_t max_kernels;          //  kernels alive at once (0: no cap)
     int heartbeat_timeout_ms;    //  heartbeat silence that ends a kernel's runs (0: 30 s)
+    uint64_t cull_idle_ms;       //  shut down kernels idle this long (0: never)
+    bool cull_connected;         //  ... even those with clients connected
 } registry_config_t;
 
 //  Caller owns return value and must destroy it when done.

@@ -48,6 +48,7 @@ struct _runner_t {
     int open_handles;
     klist_t listeners;  //  runner_listener_t
     char last_activity[32];
+    uint64_t active_at;  //  uv_now of the last activity
     bool destroyed;
     bool shutdown_notified;
 };
@@ -238,7 +239,10 @@ static void s_on_kernel_msg(kernel_t *kernel, kchan_type_t channel, kmsg_t *msg,
 {
     (void) kernel;
     runner_t *self = arg;
-    if (channel == KCH_IOPUB) kb_now_iso(self->last_activity);
+    if (channel == KCH_IOPUB) {
+        kb_now_iso(self->last_activity);
+        self->active_at = uv_now(self->loop);
+    }
     run_t *run = self->current;
     const char *parent = kmsg_parent_id(msg);
     if (run && parent && strcmp(parent, execution_msg_id(run->exec)) == 0) {
@@ -318,6 +322,7 @@ runner_t *runner_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     klist_init(&self->queue);
     klist_init(&self->listeners);
     kb_now_iso(self->last_activity);
+    self->active_at = uv_now(loop);
     kernel_events_t kev = {s_on_kernel_msg, s_on_kernel_event};
     self->kernel = kernel_new(loop, spec, opts, &kev, self, err);
     if (!self->kernel) {
@@ -567,4 +572,9 @@ size_t runner_pending(const runner_t *self)
 const char *runner_last_activity(const runner_t *self)
 {
     return self->last_activity;
+}
+
+uint64_t runner_active_at(const runner_t *self)
+{
+    return self->active_at;
 }

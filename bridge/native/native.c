@@ -710,11 +710,12 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     klist_push_back(&self->conns, &nc->link);
     nc->wait.fn = s_on_sandbox_running;
     nc->wait.arg = nc;
-    //  ?session_id= resumes that session (or starts it again on the sandbox of that id);
-    //  ?sandbox_id= starts a new session of its own on that sandbox.
+    //  ?sandbox_id= and ?session_id= mean the same: a sandbox's session has its id, and
+    //  attaching resumes it. The default sandbox is shared: each connection gets a
+    //  session of its own there (resumed by its own id).
     char wanted[64] = "";
-    bool by_sandbox = hreq_query(req, "sandbox_id", wanted, sizeof wanted) == KB_OK && *wanted;
-    if (!by_sandbox && hreq_query(req, "session_id", wanted, sizeof wanted) != KB_OK) wanted[0] = '\0';
+    if (hreq_query(req, "sandbox_id", wanted, sizeof wanted) != KB_OK || !*wanted)
+        if (hreq_query(req, "session_id", wanted, sizeof wanted) != KB_OK) wanted[0] = '\0';
     char last[32];
     if (hreq_query(req, "last_seq", last, sizeof last) == KB_OK) {
         char *endp;
@@ -724,7 +725,7 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     session_t *session = NULL;
     sandbox_t *sb = NULL;
     if (*wanted) {
-        session = by_sandbox ? NULL : s_find_session(self, wanted);
+        session = s_find_session(self, wanted);
         sess_link_t *l = session ? s_link_of(self, session) : NULL;
         sb = l ? l->sandbox : sandboxes_find(self->sandboxes, wanted);
         nc->resumed = session != NULL;
@@ -755,8 +756,7 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     if (!session) {
         const config_t *cfg = self->config;
         session_events_t events = {s_on_expire};
-        //  The first session on a sandbox takes its id (the /ws that made it resumes with
-        //  it); any other gets one of its own.
+        //  A sandbox's session takes its id; the default sandbox's get ids of their own.
         char sid[SESSION_ID_MAX + 1];
         s_session_id(self, sb, sid);
         session = session_new(self->loop, sid, cfg->keep_alive_ms, cfg->max_outbound_bytes, &events,
