@@ -31,21 +31,26 @@ def _load_schema(name):
 _NATIVE = _load_schema("native.schema.json")
 _EXECUTION = _load_schema("execution.schema.json")
 _SANDBOX = _load_schema("sandbox.schema.json")
-_RESOLVER = jsonschema.RefResolver(
-    base_uri=_NATIVE["$id"], referrer=_NATIVE,
-    store={_NATIVE["$id"]: _NATIVE, _EXECUTION["$id"]: _EXECUTION,
-           "execution.schema.json": _EXECUTION, _SANDBOX["$id"]: _SANDBOX,
-           "sandbox.schema.json": _SANDBOX})
+_STORE = {_NATIVE["$id"]: _NATIVE, _EXECUTION["$id"]: _EXECUTION,
+          "execution.schema.json": _EXECUTION, _SANDBOX["$id"]: _SANDBOX,
+          "sandbox.schema.json": _SANDBOX}
+
+
+def _resolver():
+    # A new one each time: a validation that stops at its first error leaves the
+    # resolver's scope pushed (the $ref generator is never finished), and the next one
+    # would then resolve relative refs against the wrong document.
+    return jsonschema.RefResolver(base_uri=_NATIVE["$id"], referrer=_NATIVE, store=_STORE)
 _SERVER_MESSAGE = {"$ref": _NATIVE["$id"] + "#/definitions/server_message"}
 _REQUEST = {"$ref": _NATIVE["$id"] + "#/definitions/request"}
 
 
 def validate_server_message(msg):
-    jsonschema.validate(msg, _SERVER_MESSAGE, resolver=_RESOLVER)
+    jsonschema.validate(msg, _SERVER_MESSAGE, resolver=_resolver())
 
 
 def validate_request(msg):
-    jsonschema.validate(msg, _REQUEST, resolver=_RESOLVER)
+    jsonschema.validate(msg, _REQUEST, resolver=_resolver())
 
 
 def validate_execution(obj):

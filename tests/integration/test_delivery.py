@@ -7,6 +7,7 @@ request id) in one events_lost message; and every execution's end_of_execution a
 import asyncio
 import json
 import time
+import urllib.request
 
 import websockets
 
@@ -24,6 +25,19 @@ async def _drain(ws, until_end_of=None, timeout=120):
             return got
 
 
+def _wait_idle(srv, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(f"{srv.http}/api/kernels",
+                                     headers={"Authorization": f"token {srv.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            kernels = json.loads(r.read())
+        if kernels and all(k["execution_state"] == "idle" for k in kernels):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the cell did not finish")
+
+
 def _wait_for_log(srv, text, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -39,7 +53,8 @@ def test_slow_client_resumes_and_every_loss_is_counted(tmp_path):
     try:
         async def go():
             # No pings of our own: we want the server, not our library, to give up on us.
-            c = await NativeClient.connect(srv, ping_interval=None)
+            # On the default sandbox, where the Jupyter API shows when the cell is done.
+            c = await NativeClient.connect(srv, ping_interval=None, sandbox_id="default")
             sid = c.session["session_id"]
             # More output than the loopback socket buffers hold (several MiB), so that the
             # server sees a client that does not read.
@@ -55,6 +70,9 @@ def test_slow_client_resumes_and_every_loss_is_counted(tmp_path):
             cut = await asyncio.get_running_loop().run_in_executor(
                 None, _wait_for_log, srv, "too slow", 90)
             last = max(m["seq"] for m in seen)
+            # Resume once the cell is over: a resumed client slower than the kernel (a
+            # loaded machine) would be cut off again, rightly.
+            await asyncio.get_running_loop().run_in_executor(None, _wait_idle, srv)
             ws2 = await websockets.connect(srv.ws_url(session_id=sid, last_seq=str(last)), max_size=None)
             hello = json.loads(await ws2.recv())
             assert hello["type"] == "session" and hello["resumed"] is True

@@ -107,7 +107,7 @@ def test_out_of_descriptors_refused_clearly_without_spinning(tmp_path):
     srv = KBridge(tmp_path, nofile=256)
     try:
         async def go():
-            c = await NativeClient.connect(srv)
+            c = await NativeClient.connect(srv, sandbox_id="default")
             await canary(c)
             kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
             # Channels connections until the descriptors run out (each costs seven).
@@ -166,7 +166,7 @@ def test_channels_past_the_per_kernel_cap_are_refused(tmp_path):
     srv = KBridge(tmp_path)  # default limits: 64 channels connections per kernel
     try:
         async def go():
-            c = await NativeClient.connect(srv)
+            c = await NativeClient.connect(srv, sandbox_id="default")
             kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
             live, refusals = await open_channels(srv, kid, 1500, batch=16)
             assert srv.alive()

@@ -52,7 +52,7 @@ def test_heartbeat_loss_is_a_state_and_ends_runs(tmp_path):
     srv = KBridge(tmp_path, "--heartbeat-timeout", "2")
     try:
         async def go():
-            c = await NativeClient.connect(srv)
+            c = await NativeClient.connect(srv, sandbox_id="default")
             kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
             pid = kernel_pid(kid)
             rid = await c.send(op="execute", code="import time\ntime.sleep(60)\n'slept'",
@@ -129,7 +129,7 @@ def test_autorestart_after_address_in_use_gets_fresh_ports(tmp_path):
     held = []
     try:
         async def go():
-            c = await NativeClient.connect(srv)
+            c = await NativeClient.connect(srv, sandbox_id="default")
             kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
             ch = await Channels.connect(srv, kid)
             reply, _ = await ch.execute("1+1")

@@ -45,7 +45,7 @@ def sigkill(srv):
 
 def start_kernels(srv, n=1):
     async def go():
-        c = await NativeClient.connect(srv)
+        c = await NativeClient.connect(srv, sandbox_id="default")
         kids = []
         for _ in range(n):
             kids.append((await c.request(op="start_kernel"))["kernel"]["kernel_id"])
@@ -96,7 +96,7 @@ def _escapees_die_with(tmp_path, how):
     mark = f"kbescapee-{os.getpid()}-{time.monotonic_ns()}"
     try:
         async def go():
-            c = await NativeClient.connect(srv)
+            c = await NativeClient.connect(srv, sandbox_id="default")
             _, end = await c.execute(DAEMONS.format(mark=mark))
             assert end["execution"]["error"] is None, end
             await c.close()
@@ -153,7 +153,7 @@ def test_fork_runner_dies_with_sigkill(tmp_path):
     srv = KBridge(tmp_path)
     try:
         async def go():
-            c = await NativeClient.connect(srv)
+            c = await NativeClient.connect(srv, sandbox_id="default")
             _, end = await c.execute(RUNNER.format(beat=str(beat)))
             assert end["execution"]["error"] is None, end
             await c.close()
