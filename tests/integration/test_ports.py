@@ -198,6 +198,10 @@ def test_http_host_and_path_forms(env):
         st, _, body = request(srv, "GET", f"/n{i}", host=host_of(srv, sid, HTTP_PORT),
                               headers={"X-Access-Token": srv.token, "Connection": "keep-alive"})
         assert st == 200 and json.loads(body)["path"] == f"/n{i}"
+    # E2B's header routing: E2b-Sandbox-Id and E2b-Sandbox-Port, any Host and path.
+    st, _, body = request(srv, "GET", "/execute", headers={
+        "X-Access-Token": srv.token, "E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(HTTP_PORT)})
+    assert st == 200 and json.loads(body)["path"] == "/execute", body
     # The other APIs are untouched.
     st, _, body = request(srv, "GET", "/api/status", headers={"X-Access-Token": srv.token})
     assert st == 200
@@ -381,3 +385,37 @@ def test_default_sandbox_is_the_host(env, tmp_path):
     t.join(10)
     s.close()
     assert st == 200 and body == b"host"
+
+
+def test_custom_domain(tmp_path):
+    """--domain: P-ID.<domain> routes (and P-ID.localhost still does)."""
+    srv = KBridge(tmp_path, "--domain", "sbx.example.test")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+
+    def serve():
+        for _ in range(2):
+            c, _ = s.accept()
+            d = b""
+            while b"\r\n\r\n" not in d:
+                d += c.recv(4096)
+            host = [l for l in d.split(b"\r\n") if l.lower().startswith(b"host:")][0][5:].strip()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                      % (len(host), host))
+            c.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        for host in (f"{port}-default.sbx.example.test", f"{port}-default.localhost:{srv.port}"):
+            st, _, body = request(srv, "GET", "/", host=host, headers={"X-Access-Token": srv.token})
+            assert st == 200 and body == host.encode(), (st, body)
+        # A name under no domain of ours is not a port (and not an allowed Host either).
+        st, _, _ = request(srv, "GET", "/", host=f"{port}-default.elsewhere.test",
+                           headers={"X-Access-Token": srv.token})
+        assert st == 403
+    finally:
+        t.join(10)
+        s.close()
+        srv.stop()
