@@ -142,7 +142,11 @@ def rss_kb(pid):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    srv = KBridge(tmp_path_factory.mktemp("ports"), "--keep-alive", "1")
+    # Under AddressSanitizer freed memory waits in a quarantine (256 MiB by default) before
+    # reuse, which RSS would count as growth: a small one keeps the memory bound testable
+    # (no effect on other builds).
+    asan = ":".join(x for x in (os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=8") if x)
+    srv = KBridge(tmp_path_factory.mktemp("ports"), "--keep-alive", "1", env={"ASAN_OPTIONS": asan})
     try:
         sbs = [create(srv), create(srv)]
         for i, sb in enumerate(sbs):
@@ -361,7 +365,8 @@ def test_large_download_and_upload_bounded(env):
     assert json.loads(r.read()) == {"name": "sandbox0", "received": size}
     conn.close()
     growth = watch.growth_mb()
-    assert growth < 24, f"kbridge grew by {growth:.1f} MB moving 2 x 50 MB"
+    print(f"kbridge RSS growth: {growth:.1f} MB")
+    assert growth < 16, f"kbridge grew by {growth:.1f} MB moving 2 x 50 MB"
 
 
 def test_default_sandbox_is_the_host(env, tmp_path):
