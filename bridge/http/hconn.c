@@ -48,6 +48,8 @@ struct _hconn_t {
     bufq_t outq;
     size_t in_flight;
     bool writing, want_drain;
+    //  half-closing (hconn_shutdown): wanted, and the FIN's shutdown is under way or done
+    bool wshut_wanted, wshut;
     //  closing
     bool closing, flush_close, shut, closed;
     hconn_t *prev, *next;
@@ -431,6 +433,13 @@ static void s_on_shutdown(uv_shutdown_t *req, int status)
     s_update_reading(self);
 }
 
+static void s_on_half_shutdown(uv_shutdown_t *req, int status)
+{
+    //  Nothing to do: reading goes on, and a failure shows there (or in the next write).
+    (void) req;
+    (void) status;
+}
+
 static void s_flush(hconn_t *self)
 {
     if (self->writing || self->closed) return;
@@ -476,10 +485,26 @@ static void s_flush(hconn_t *self)
         self->want_drain = false;
         if (self->driver.on_drain) self->driver.on_drain(self, self->arg);
     }
-    if (self->flush_close && bufq_empty(&self->outq) && !self->writing && !self->shut) {
+    if (!bufq_empty(&self->outq) || self->writing) return;
+    if (self->flush_close && !self->shut) {
         self->shut = true;
+        if (self->wshut) {  //  the FIN went already (hconn_shutdown): linger
+            if (self->eof) {
+                s_start_close(self);
+                return;
+            }
+            uv_timer_start(&self->timer, s_on_timer, LINGER_MS, 0);
+            s_update_reading(self);
+            return;
+        }
+        self->wshut = true;
         self->sreq.data = self;
         if (uv_shutdown(&self->sreq, (uv_stream_t *) &self->tcp, s_on_shutdown) != 0)
+            s_start_close(self);
+    } else if (self->wshut_wanted && !self->wshut && !self->closing) {
+        self->wshut = true;
+        self->sreq.data = self;
+        if (uv_shutdown(&self->sreq, (uv_stream_t *) &self->tcp, s_on_half_shutdown) != 0)
             s_start_close(self);
     }
 }
@@ -544,6 +569,13 @@ void hconn_close(hconn_t *self, bool flush)
     self->flush_close = true;
     uv_timer_stop(&self->timer);
     s_update_reading(self);
+    s_flush(self);
+}
+
+void hconn_shutdown(hconn_t *self)
+{
+    if (self->closed || self->closing || self->wshut_wanted) return;
+    self->wshut_wanted = true;
     s_flush(self);
 }
 

@@ -87,6 +87,9 @@ void hconn_set_timer(hconn_t *self, uint64_t ms);
 //  follows from a later loop turn.
 void hconn_close(hconn_t *self, bool flush);
 bool hconn_closing(const hconn_t *self);
+//  Half-close: once the queued bytes are written the peer gets end of stream (FIN);
+//  reading goes on until the connection is closed. Idempotent; no-op while closing.
+void hconn_shutdown(hconn_t *self);
 
 const char *hconn_peer(const hconn_t *self);
 uint64_t hconn_id(const hconn_t *self);

@@ -51,10 +51,18 @@ static size_t s_on_read(hconn_t *conn, char *data, size_t len, void *arg)
     return len;
 }
 
+//  The client (side 0) stopped sending: the server gets end of stream after what is
+//  queued for it, and its answer still flows back. The server's end ends both.
 static void s_on_eof(hconn_t *conn, void *arg)
 {
     (void) conn;
-    s_end(arg);
+    side_t *s = arg;
+    side_t *o = s_other(s);
+    if (s == &s->tunnel->side[0] && !o->closed && !hconn_closing(conn)) {
+        hconn_shutdown(o->conn);
+        return;
+    }
+    s_end(s);
 }
 
 //  o's queue fell low: read its peer again.

@@ -3,9 +3,11 @@
 
     Backpressure both ways, ttyd's rule: a side is not read while the other has more
     than 256 KiB queued, and reading resumes once that queue drains, so a reader that
-    stops makes its writer stop too and nothing piles up. When one side ends (EOF or an
-    error) both are closed after their queued bytes; when either closes, so does the
-    other. The tunnel frees itself once both are closed.
+    stops makes its writer stop too and nothing piles up. Ends: the client (a) stopping
+    to send half-closes the server's connection (b gets end of stream after its queued
+    bytes; b's answer still flows to a); b's end of stream or any error closes both after
+    their queued bytes; when either closes, so does the other. The tunnel frees itself
+    once both are closed.
 */
 #ifndef HTUNNEL_H
 #define HTUNNEL_H
@@ -14,9 +16,10 @@
 
 typedef struct _htunnel_t htunnel_t;
 
-//  Join a and b: the tunnel becomes the driver of both (bytes already read and left over
-//  on either are passed on first). Returns NULL if memory ran out; a and b are then
-//  untouched. The connections own the return value: it is freed after both close.
+//  Join a (the client) and b (the server): the tunnel becomes the driver of both (bytes
+//  already read and left over on either are passed on first). Returns NULL if memory ran
+//  out; a and b are then untouched. The connections own the return value: it is freed
+//  after both close.
 htunnel_t *htunnel_new(hconn_t *a, hconn_t *b);
 
 //  Tunnels open now (for tests and the log).

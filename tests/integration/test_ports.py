@@ -202,6 +202,20 @@ def test_http_host_and_path_forms(env):
         st, _, body = request(srv, "GET", f"/n{i}", host=host_of(srv, sid, HTTP_PORT),
                               headers={"X-Access-Token": srv.token, "Connection": "keep-alive"})
         assert st == 200 and json.loads(body)["path"] == f"/n{i}"
+    # A client that half-closes after its request still gets the whole answer.
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    sock.sendall(f"GET /half HTTP/1.1\r\nHost: {host_of(srv, sid, HTTP_PORT)}\r\n"
+                 f"X-Access-Token: {srv.token}\r\n\r\n".encode())
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            break
+        data += b
+    sock.close()
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b" 200 " in head.split(b"\r\n")[0] and json.loads(body)["path"] == "/half", data
     # E2B's header routing: E2b-Sandbox-Id and E2b-Sandbox-Port, any Host and path.
     st, _, body = request(srv, "GET", "/execute", headers={
         "X-Access-Token": srv.token, "E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(HTTP_PORT)})
