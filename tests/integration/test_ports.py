@@ -383,6 +383,22 @@ def test_large_download_and_upload_bounded(env):
     assert growth < 16, f"kbridge grew by {growth:.1f} MB moving 2 x 50 MB"
 
 
+def test_paused_sandbox_is_503_and_resumes(env):
+    srv, sbs = env
+    sid = sbs[1]["sandboxID"]
+    assert f"/sandboxes/SANDBOXID/ports/PORT/" in srv.banner
+    assert srv.api("POST", f"/sandboxes/{sid}/pause", {})[0] == 204
+    try:
+        st, _, body = request(srv, "GET", "/", host=host_of(srv, sid, HTTP_PORT),
+                              headers={"X-Access-Token": srv.token})
+        assert st == 503 and "paused" in json.loads(body)["message"], body
+    finally:
+        assert srv.api("POST", f"/v2/sandboxes/{sid}/connect", {"timeout": 600})[0] == 201
+    st, _, body = request(srv, "GET", "/", host=host_of(srv, sid, HTTP_PORT),
+                          headers={"X-Access-Token": srv.token})
+    assert st == 200 and json.loads(body)["name"] == "sandbox1"
+
+
 def test_default_sandbox_is_the_host(env, tmp_path):
     """The default sandbox (isolation none here: the host) reaches servers on the host."""
     srv, _ = env
