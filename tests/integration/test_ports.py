@@ -142,6 +142,7 @@ def rss_kb(pid):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    sock = None
     # Under AddressSanitizer freed memory waits in a quarantine (256 MiB by default) before
     # reuse, which RSS would count as growth: a small one keeps the memory bound testable
     # (no effect on other builds).
@@ -172,8 +173,21 @@ def env(tmp_path_factory):
                 raise AssertionError(f"the WebSocket server in {sid} did not start")
             run(ws_up())
         yield srv, sbs
+        # kbridge stops cleanly with a tunnel still open (a WebSocket, upgraded).
+        sid = sbs[0]["sandboxID"]
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host_of(srv, sid, WS_PORT)}\r\n"
+                     f"X-Access-Token: {srv.token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     .encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        assert data.startswith(b"HTTP/1.1 101"), data
     finally:
         srv.stop()
+        if sock:
+            sock.close()
 
 
 def test_http_host_and_path_forms(env):
