@@ -230,6 +230,18 @@ def test_http_host_and_path_forms(env):
     sock.close()
     head, body = data.split(b"\r\n\r\n", 1)
     assert b" 200 " in head.split(b"\r\n")[0] and json.loads(body)["path"] == "/half", data
+    # A body in the same packet as the head (read with it, before the tunnel): not lost.
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    sock.sendall(f"POST /small HTTP/1.1\r\nHost: {host_of(srv, sid, HTTP_PORT)}\r\n"
+                 f"X-Access-Token: {srv.token}\r\nContent-Length: 11\r\n\r\nhello world".encode())
+    data = b""
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            break
+        data += b
+    sock.close()
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1]) == {"name": "sandbox0", "received": 11}, data
     # E2B's header routing: E2b-Sandbox-Id and E2b-Sandbox-Port, any Host and path.
     st, _, body = request(srv, "GET", "/execute", headers={
         "X-Access-Token": srv.token, "E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(HTTP_PORT)})
