@@ -130,6 +130,11 @@ static void s_banner(const config_t *cfg, int port, const char *token, const cha
            auth ? token : "");
     printf("  E2B API:       E2B_SANDBOX_URL=http://%s:%d%s\n", host, port,
            auth ? " (the token goes in E2B-Traffic-Access-Token)" : "");
+    char domain[300];
+    snprintf(domain, sizeof domain, "%s", cfg->domain && *cfg->domain ? cfg->domain : "");
+    if (!*domain) snprintf(domain, sizeof domain, "localhost:%d", port);
+    printf("  Ports:         http://PORT-SANDBOXID.%s/ or http://%s:%d/sandboxes/SANDBOXID/ports/PORT/\n",
+           domain, host, port);
     if (iso == SBX_ISOLATION_NAMESPACES)
         printf("  Sandboxes:     isolated (namespaces), kept in %s\n", state_dir);
     else

@@ -47,6 +47,10 @@ typedef struct {
     //  (bounded by max_body_bytes) before this is called; with true the handler reads it.
     bool (*streams_body)(void *api, hreq_t *req);
     void (*http)(void *api, hreq_t *req);
+    //  A proxy: http() gets every request the API claims as it came - WebSocket (and any
+    //  other) upgrades included, unanswered - with the body unread, as with streams_body.
+    //  It answers it (an error) or takes the connection over (hreq_detach).
+    bool proxies;
     //  WebSocket routes: the subprotocols spoken (NULL-terminated, or NULL), a check
     //  before the handshake is answered (0, or an HTTP status to refuse with and why),
     //  and the accept. NULL ws_accept: no WebSocket routes.

@@ -30,7 +30,12 @@ struct _hconn_t {
     uv_timer_t timer, kick;
     uv_write_t wreq;
     uv_shutdown_t sreq;
+    uv_connect_t creq;
     int open_handles;
+    //  outgoing (hconn_connect): not a client; cb while connecting
+    bool outgoing, connecting;
+    hconn_connect_fn *connect_cb;
+    void *connect_arg;
     uint64_t id;
     char peer[64];
     hconn_driver_t driver;
@@ -43,6 +48,8 @@ struct _hconn_t {
     bufq_t outq;
     size_t in_flight;
     bool writing, want_drain;
+    //  half-closing (hconn_shutdown): wanted, and the FIN's shutdown is under way or done
+    bool wshut_wanted, wshut;
     //  closing
     bool closing, flush_close, shut, closed;
     hconn_t *prev, *next;
@@ -72,7 +79,7 @@ static void s_handle_closed(uv_handle_t *handle)
     if (self->prev) self->prev->next = self->next;
     else s_all = self->next;
     if (self->next) self->next->prev = self->prev;
-    s_count--;
+    if (!self->outgoing) s_count--;
     free(self);
 }
 
@@ -88,6 +95,12 @@ static void s_start_close(hconn_t *self)
 static void s_on_timer(uv_timer_t *timer)
 {
     hconn_t *self = timer->data;
+    if (self->connecting) {
+        self->connecting = false;
+        self->connect_cb(self, UV_ETIMEDOUT, self->connect_arg);
+        s_start_close(self);
+        return;
+    }
     if (self->shut) {  //  the linger after a flushed close ran out
         s_start_close(self);
         return;
@@ -139,6 +152,58 @@ hconn_t *hconn_adopt(uv_loop_t *loop, int fd, int *err)
     if (s_all) s_all->prev = self;
     s_all = self;
     s_count++;
+    return self;
+}
+
+static void s_on_connect(uv_connect_t *req, int status)
+{
+    hconn_t *self = req->data;
+    if (self->closed || !self->connecting) return;  //  closed first (UV_ECANCELED)
+    self->connecting = false;
+    uv_timer_stop(&self->timer);
+    if (status == 0) s_peer_name(&self->tcp, self->peer, sizeof self->peer);
+    self->connect_cb(self, status, self->connect_arg);
+    if (status < 0) s_start_close(self);
+}
+
+hconn_t *hconn_connect(uv_loop_t *loop, int fd, const struct sockaddr *addr, uint64_t timeout_ms,
+                       hconn_connect_fn *cb, void *arg, int *err)
+{
+    hconn_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        close(fd);
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    uv_tcp_init(loop, &self->tcp);
+    self->tcp.data = self;
+    *err = uv_tcp_open(&self->tcp, fd);
+    if (*err != 0) {
+        close(fd);
+        uv_close((uv_handle_t *) &self->tcp, s_free_unaccepted);
+        return NULL;
+    }
+    uv_tcp_nodelay(&self->tcp, 1);
+    uv_timer_init(loop, &self->timer);
+    uv_timer_init(loop, &self->kick);
+    self->timer.data = self->kick.data = self;
+    self->open_handles = 3;
+    self->id = s_next_id++;
+    self->outgoing = true;
+    self->connect_cb = cb;
+    self->connect_arg = arg;
+    snprintf(self->peer, sizeof self->peer, "upstream");
+    self->next = s_all;
+    if (s_all) s_all->prev = self;
+    s_all = self;
+    self->creq.data = self;
+    *err = uv_tcp_connect(&self->creq, &self->tcp, addr, s_on_connect);
+    if (*err != 0) {
+        s_start_close(self);
+        return NULL;
+    }
+    self->connecting = true;
+    if (timeout_ms) uv_timer_start(&self->timer, s_on_timer, timeout_ms, 0);
     return self;
 }
 
@@ -368,6 +433,13 @@ static void s_on_shutdown(uv_shutdown_t *req, int status)
     s_update_reading(self);
 }
 
+static void s_on_half_shutdown(uv_shutdown_t *req, int status)
+{
+    //  Nothing to do: reading goes on, and a failure shows there (or in the next write).
+    (void) req;
+    (void) status;
+}
+
 static void s_flush(hconn_t *self)
 {
     if (self->writing || self->closed) return;
@@ -413,10 +485,26 @@ static void s_flush(hconn_t *self)
         self->want_drain = false;
         if (self->driver.on_drain) self->driver.on_drain(self, self->arg);
     }
-    if (self->flush_close && bufq_empty(&self->outq) && !self->writing && !self->shut) {
+    if (!bufq_empty(&self->outq) || self->writing) return;
+    if (self->flush_close && !self->shut) {
         self->shut = true;
+        if (self->wshut) {  //  the FIN went already (hconn_shutdown): linger
+            if (self->eof) {
+                s_start_close(self);
+                return;
+            }
+            uv_timer_start(&self->timer, s_on_timer, LINGER_MS, 0);
+            s_update_reading(self);
+            return;
+        }
+        self->wshut = true;
         self->sreq.data = self;
         if (uv_shutdown(&self->sreq, (uv_stream_t *) &self->tcp, s_on_shutdown) != 0)
+            s_start_close(self);
+    } else if (self->wshut_wanted && !self->wshut && !self->closing) {
+        self->wshut = true;
+        self->sreq.data = self;
+        if (uv_shutdown(&self->sreq, (uv_stream_t *) &self->tcp, s_on_half_shutdown) != 0)
             s_start_close(self);
     }
 }
@@ -481,6 +569,13 @@ void hconn_close(hconn_t *self, bool flush)
     self->flush_close = true;
     uv_timer_stop(&self->timer);
     s_update_reading(self);
+    s_flush(self);
+}
+
+void hconn_shutdown(hconn_t *self)
+{
+    if (self->closed || self->closing || self->wshut_wanted) return;
+    self->wshut_wanted = true;
     s_flush(self);
 }
 

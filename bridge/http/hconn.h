@@ -46,6 +46,16 @@ typedef struct {
 //  libuv error code) if it could not be set up; the fd is closed then. Reading starts
 //  once a driver is set. Caller owns return value: it is freed after on_close.
 hconn_t *hconn_adopt(uv_loop_t *loop, int fd, int *err);
+//  Connect to addr through fd, a nonblocking TCP socket made elsewhere (sbx_socket: inside
+//  a sandbox's network namespace), taken in every case. cb runs once, from the loop,
+//  unless the connection is closed first: status 0 (connected: give it a driver now), or
+//  a libuv error (UV_ECONNREFUSED; UV_ETIMEDOUT after timeout_ms, 0 for none), after which
+//  the connection closes and frees itself. Outgoing connections count in the output
+//  budget, not in hconn_count (the clients). Returns NULL with *err (a libuv error code).
+//  Caller owns return value: it is freed after on_close.
+typedef void(hconn_connect_fn)(hconn_t *conn, int status, void *arg);
+hconn_t *hconn_connect(uv_loop_t *loop, int fd, const struct sockaddr *addr, uint64_t timeout_ms,
+                       hconn_connect_fn *cb, void *arg, int *err);
 //  Hand the connection to a driver (replacing the previous one); reading starts or goes on.
 void hconn_set_driver(hconn_t *self, const hconn_driver_t *driver, void *arg);
 void *hconn_driver_arg(const hconn_t *self);
@@ -77,6 +87,9 @@ void hconn_set_timer(hconn_t *self, uint64_t ms);
 //  follows from a later loop turn.
 void hconn_close(hconn_t *self, bool flush);
 bool hconn_closing(const hconn_t *self);
+//  Half-close: once the queued bytes are written the peer gets end of stream (FIN);
+//  reading goes on until the connection is closed. Idempotent; no-op while closing.
+void hconn_shutdown(hconn_t *self);
 
 const char *hconn_peer(const hconn_t *self);
 uint64_t hconn_id(const hconn_t *self);
@@ -85,7 +98,7 @@ uint64_t hconn_id(const hconn_t *self);
 //  across all connections now.
 void hconn_budget_set(size_t max_bytes);
 size_t hconn_budget_used(void);
-//  Connections open now.
+//  Client connections open now (accepted ones, not hconn_connect's).
 size_t hconn_count(void);
 //  Close every connection at once (shutting down).
 void hconn_close_all(void);

@@ -262,6 +262,10 @@ static void s_on_request(hreq_t *req, void *arg)
         hreq_reply_error(req, 404, "Not Found");
         return;
     }
+    if (desc->proxies) {
+        desc->http(api, req);
+        return;
+    }
     if (hreq_is_websocket(req)) {
         s_websocket(self, desc, api, req);
         return;

@@ -559,6 +559,11 @@ bool sandbox_token_ok(const sandbox_t *self, const char *token)
     return a | b;
 }
 
+bool sandbox_traffic_token_ok(const sandbox_t *self, const char *token)
+{
+    return token && *token && s_token_eq(self->traffic_token, token);
+}
+
 int64_t sandbox_set_timeout(sandbox_t *self, uint64_t ms)
 {
     if (self->is_default || self->state == SANDBOX_ENDED) return 0;

@@ -57,6 +57,9 @@ const char *sandbox_envd_token(const sandbox_t *self);
 const char *sandbox_traffic_token(const sandbox_t *self);
 //  Whether token is one of this sandbox's own (constant time).
 bool sandbox_token_ok(const sandbox_t *self, const char *token);
+//  Whether token is this sandbox's traffic token (constant time): what the port proxy
+//  accepts besides kbridge's token.
+bool sandbox_traffic_token_ok(const sandbox_t *self, const char *token);
 
 //  End at now + ms (capped by the server's max timeout; the default sandbox: no-op).
 //  Returns the new end (ms since the epoch).
