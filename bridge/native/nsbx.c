@@ -797,7 +797,7 @@ static void s_on_watch_event(sbx_watch_t *w, sbx_event_t type, const char *name,
     const char *ev = type >= SBX_EV_CREATE && type <= SBX_EV_CHMOD ? names[type] : "other";
     s_reply(nw->session, "watch_event", nw->id,
             json_pack("{s:s, s:s, s:s, s:s}", "watch_id", nw->watch_id, "event", ev, "name",
-                      name ? name : "", "type", is_dir ? "dir" : "file"), false);
+                      name ? name : "", "file_type", is_dir ? "dir" : "file"), false);
 }
 
 static void s_on_watch_end(sbx_watch_t *w, int err, const char *why, void *arg)
