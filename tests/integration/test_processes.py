@@ -70,6 +70,19 @@ def test_start_env_cwd_user_exit(server):
     run(go())
 
 
+def test_default_sandbox(server):
+    """The default sandbox (the host, as kbridge's user) runs processes the same way."""
+    async def go():
+        c = await NativeClient.connect(server, sandbox_id="default")
+        try:
+            rid, p = await start(c, cmd="echo $KB_X", env_vars={"KB_X": "on the host"}, cwd="/")
+            out, ex = await collect(c, rid)
+            assert out["process_stdout"] == b"on the host\n" and ex["exit_code"] == 0
+        finally:
+            await c.close()
+    run(go())
+
+
 def test_utf8_never_split_and_base64_exact(server):
     async def go():
         c = await NativeClient.connect(server)
