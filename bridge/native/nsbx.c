@@ -703,12 +703,13 @@ static void op_files(nsbx_t *self, session_t *session, sandbox_t *sb, const nmsg
     }
     char *path = s_abs(sb, req->path), *to = req->new_path ? s_abs(sb, req->new_path) : NULL;
     freq_t *f = path && (!req->new_path || to) ? s_freq_new(session, req, path) : NULL;
+    free(path);
     if (!f) {
-        free(path);
         free(to);
         s_error(session, req->id, "internal", "out of memory");
         return;
     }
+    path = f->path;
     f->loop = self->loop;
     if (strlen(path) > PATH_MAX - 1 || (to && strlen(to) > PATH_MAX - 1)) {
         s_error(session, req->id, "too_large", "the path is longer than PATH_MAX (%d)", PATH_MAX);

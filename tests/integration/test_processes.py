@@ -9,6 +9,7 @@ bad input, each with its answer.
 """
 import asyncio
 import base64
+import os
 import time
 
 import pytest
@@ -18,8 +19,12 @@ from kbharness import KBridge, NativeClient, run
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    # Under AddressSanitizer freed memory sits in a quarantine (256 MiB by default) before
+    # it is reused: a small one, so that RSS measures what kbridge holds.
+    asan = os.environ.get("ASAN_OPTIONS", "")
     srv = KBridge(tmp_path_factory.mktemp("processes"), "--keep-alive", "30",
-                  "--max-outbound-bytes", "4M")
+                  "--max-outbound-bytes", "4M",
+                  env={"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=4"})
     yield srv
     srv.stop()
 
@@ -280,12 +285,15 @@ def test_flow_control_yes_complete_rss_flat(server):
                     assert chunk[0:1] == (b"y" if got % 2 == 0 else b"\n")
                 got += len(chunk)
                 n += 1
-                if n % 200 == 0:
+                if got < 20 * 1000 * 1000:
+                    base = _rss_kib(server.proc.pid)  # after the warm-up
+                elif n % 200 == 0:
                     peak = max(peak, _rss_kib(server.proc.pid))
                 if n < 400 and n % 50 == 0:
                     await asyncio.sleep(0.2)  # slow at first: the outbox congests
+            print("rss base/peak KiB", base, peak)
             assert got == total and m["exit_code"] == 0
-            assert peak - base < 64 * 1024, (base, peak)
+            assert peak - base < 32 * 1024, (base, peak)
         finally:
             await c.close()
     run(go())
