@@ -297,3 +297,65 @@ def test_flow_control_yes_complete_rss_flat(server):
         finally:
             await c.close()
     run(go())
+
+
+def test_no_backpressure_without_a_connection(server):
+    """With nobody attached the process is read at full speed (its output goes to the
+    session's bounded queue and the tail): it finishes, it does not block."""
+    async def go():
+        c = await NativeClient.connect(server)
+        sandbox = c.session["sandbox_id"]
+        rid, p = await start(c, cmd="yes | head -c 50000000; echo done", tag="bulk")
+        await c.close()
+        c2 = await NativeClient.connect(server, sandbox_id=sandbox)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                m = await c2.request(op="process_list")
+                if all(x["pid"] != p["pid"] for x in m["processes"]):
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the process blocked with no client attached")
+        finally:
+            await c2.close()
+    run(go())
+
+
+def test_requests_match_the_schema():
+    from kbharness import validate_request
+    import jsonschema
+    good = [
+        {"op": "process_start", "id": 1, "cmd": "ls", "env_vars": {"A": "b"}, "cwd": "/", "user": "user",
+         "stdin": True, "pty": {"cols": 80, "rows": 24}, "tag": "t", "timeout_ms": 5, "encoding": "base64"},
+        {"op": "process_start", "id": 1, "args": ["/bin/ls", "-l"]},
+        {"op": "process_connect", "id": 1, "pid": 3},
+        {"op": "process_input", "id": 1, "tag": "t", "text": "x"},
+        {"op": "process_input", "id": 1, "pid": 3, "data": "eA=="},
+        {"op": "process_close_stdin", "id": 1, "pid": 3},
+        {"op": "process_signal", "id": 1, "pid": 3, "signal": "SIGINT"},
+        {"op": "process_resize", "id": 1, "pid": 3, "cols": 1, "rows": 1},
+        {"op": "process_list", "id": 1},
+        {"op": "files_list", "id": 1, "path": "/", "depth": 2},
+        {"op": "files_write", "id": 1, "path": "/a", "data": "eA=="},
+        {"op": "files_read", "id": 1, "path": "/a", "encoding": "text"},
+        {"op": "files_rename", "id": 1, "path": "/a", "new_path": "/b"},
+        {"op": "files_make_dir", "id": 1, "path": "/d", "parents": True},
+        {"op": "watch_start", "id": 1, "path": "/d", "recursive": True},
+        {"op": "watch_stop", "id": 1, "watch_id": "w1"},
+        {"op": "sandbox_set_timeout", "id": 1, "timeout_ms": 1000},
+        {"op": "sandbox_kill", "id": 1},
+    ]
+    for r in good:
+        validate_request(r)
+    bad = [
+        {"op": "process_start", "id": 1},
+        {"op": "process_start", "id": 1, "cmd": "x", "args": ["y"]},
+        {"op": "process_input", "id": 1, "text": "x"},
+        {"op": "process_resize", "id": 1, "pid": 3, "cols": 0, "rows": 0},
+        {"op": "files_rename", "id": 1, "path": "/a"},
+        {"op": "files_write", "id": 1, "path": "/a"},
+    ]
+    for r in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            validate_request(r)
