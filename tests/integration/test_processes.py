@@ -182,6 +182,10 @@ def test_timeout_kills(server):
             _, ex = await collect(c, rid)
             assert time.monotonic() - t0 < 10
             assert ex["signal"] == 9 and ex["timed_out"] is True and "timeout" in ex["error"]
+            # Left running with its timer and a listener: kbridge's shutdown ends it, and
+            # frees everything (the sanitizer build checks), as it does a pty and a stdin.
+            await start(c, cmd="sleep 300", timeout_ms=600000, stdin=True)
+            await start(c, cmd="sleep 300", pty={"cols": 80, "rows": 24}, tag="left")
         finally:
             await c.close()
     run(go())
@@ -359,3 +363,27 @@ def test_requests_match_the_schema():
     for r in bad:
         with pytest.raises(jsonschema.ValidationError):
             validate_request(r)
+
+
+def test_tail_is_bounded_to_the_last_mib(server):
+    async def go():
+        c = await NativeClient.connect(server)
+        sandbox = c.session["sandbox_id"]
+        rid, p = await start(c, cmd="seq 1 400000; cat >/dev/null", stdin=True, tag="tail")
+        got = b""
+        while not got.endswith(b"400000\n"):
+            m = await c.wait_for(rid)
+            got += m["text"].encode()
+        await c.close()
+        c2 = await NativeClient.connect(server, sandbox_id=sandbox)
+        try:
+            rid2 = await c2.send(op="process_connect", tag="tail", encoding="base64")
+            assert (await c2.wait_for(rid2))["type"] == "process_connected"
+            await c2.request(op="process_close_stdin", tag="tail")
+            out, ex = await collect(c2, rid2)
+            tail = out["process_stdout"]
+            assert 512 * 1024 < len(tail) <= 1024 * 1024, len(tail)
+            assert got.endswith(tail) and ex["exit_code"] == 0
+        finally:
+            await c2.close()
+    run(go())
