@@ -387,3 +387,32 @@ def test_tail_is_bounded_to_the_last_mib(server):
         finally:
             await c2.close()
     run(go())
+
+
+def test_two_thousand_at_once_pids_limit(server):
+    """2,000 processes asked for at once: the sandbox's pids limit answers the rest with
+    busy; kbridge and other sandboxes carry on."""
+    async def go():
+        c = await NativeClient.connect(server)
+        other = await NativeClient.connect(server)
+        try:
+            ids = [await c.send(op="process_start", cmd="sleep 60") for _ in range(2000)]
+            started, refused = [], 0
+            for rid in ids:
+                m = await c.wait_for(rid, types=["process_started", "request_error"], timeout=300)
+                if m["type"] == "process_started":
+                    started.append(m["process"]["pid"])
+                else:
+                    assert m["code"] == "busy" and "limit" in m["message"], m
+                    refused += 1
+            assert started and started[0] > 0 and len(started) + refused == 2000
+            rid, _ = await start(other, cmd="echo fine")
+            out, ex = await collect(other, rid)
+            assert out["process_stdout"] == b"fine\n" and ex["exit_code"] == 0
+            m = await c.request(op="sandbox_kill")
+            assert m["type"] == "ok"
+        finally:
+            await c.close()
+            await other.close()
+        assert server.alive()
+    run(go())
