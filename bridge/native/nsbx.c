@@ -633,6 +633,17 @@ static void s_on_fs_read(uv_fs_t *fs)
         return;
     }
     f->done += (size_t) r;
+    //  Sizes can be wrong (files in /proc say 0, a file may grow): read on to the limit,
+    //  with room for a good read each time.
+    if (r > 0 && f->len - f->done < 65536 && f->len < READ_MAX + 1) {
+        size_t cap = f->len * 2 > f->done + 65536 ? f->len * 2 : f->done + 65536;
+        if (cap > READ_MAX + 1) cap = READ_MAX + 1;
+        char *grown = realloc(f->buf, cap);
+        if (grown) {
+            f->buf = grown;
+            f->len = cap;
+        }
+    }
     if (r > 0 && f->done < f->len) {
         uv_buf_t b = uv_buf_init(f->buf + f->done, (unsigned) (f->len - f->done));
         if (uv_fs_read(f->loop, &f->fs, f->fd, &b, 1, (int64_t) f->done, s_on_fs_read) == 0) {

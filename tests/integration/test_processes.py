@@ -83,6 +83,21 @@ def test_default_sandbox(server):
             rid, p = await start(c, cmd="echo $KB_X", env_vars={"KB_X": "on the host"}, cwd="/")
             out, ex = await collect(c, rid)
             assert out["process_stdout"] == b"on the host\n" and ex["exit_code"] == 0
+            # Files there are the host's, as kbridge's user.
+            path = f"/tmp/kbridge-default-{os.getpid()}.txt"
+            try:
+                m = await c.request(op="files_write", path=path, text="on the host")
+                assert m["type"] == "file", m
+                assert open(path).read() == "on the host"
+                m = await c.request(op="files_read", path=path)
+                assert m["type"] == "file_content" and m["text"] == "on the host"
+                # A file whose size says 0 is still read whole.
+                m = await c.request(op="files_read", path=f"/proc/{server.proc.pid}/smaps")
+                assert m["type"] == "file_content" and len(m["text"]) > 8192, m
+                assert m["text"].endswith("\n") and "VmFlags" in m["text"].splitlines()[-1]
+            finally:
+                if os.path.exists(path):
+                    os.unlink(path)
         finally:
             await c.close()
     run(go())
