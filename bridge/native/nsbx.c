@@ -448,19 +448,35 @@ static const char *s_type_name(sbx_ftype_t t)
     }
 }
 
+//  A name from the file system as a JSON string: bytes that are not UTF-8 (names are
+//  any bytes but / and NUL) become U+FFFD, so such files are listed, not dropped.
+static json_t *s_jname(const char *name)
+{
+    if (!name) return json_string("");
+    json_t *v = json_string(name);
+    if (v) return v;
+    unsigned char carry[4];
+    uint8_t nc = 0;
+    size_t len;
+    char *t = s_u8clean(carry, &nc, name, strlen(name), true, &len);
+    v = t ? json_stringn_nocheck(t, len) : NULL;
+    free(t);
+    return v;
+}
+
 static json_t *s_entry(const sbx_entry_t *e)
 {
     char perms[10];
     for (int i = 0; i < 9; i++) perms[i] = (e->mode >> (8 - i)) & 1 ? "rwxrwxrwx"[i] : '-';
     perms[9] = '\0';
-    json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:i, s:s, s:s, s:s, s:I}", "name", e->name ? e->name : "",
-                          "path", e->path ? e->path : "", "type", s_type_name(e->type), "size",
+    json_t *o = json_pack("{s:o, s:o, s:s, s:I, s:i, s:s, s:o, s:o, s:I}", "name", s_jname(e->name),
+                          "path", s_jname(e->path), "type", s_type_name(e->type), "size",
                           (json_int_t) e->size, "mode", (int) (e->mode & 07777), "permissions", perms,
-                          "owner", e->owner ? e->owner : "", "group", e->group ? e->group : "",
+                          "owner", s_jname(e->owner), "group", s_jname(e->group),
                           "mtime_ms", (json_int_t) (e->mtime_ns / 1000000));
     if (!o) return NULL;
     json_object_set_new(o, "symlink_target",
-                        e->symlink_target ? json_string(e->symlink_target) : json_null());
+                        e->symlink_target ? s_jname(e->symlink_target) : json_null());
     return o;
 }
 
@@ -808,8 +824,8 @@ static void s_on_watch_event(sbx_watch_t *w, sbx_event_t type, const char *name,
     static const char *const names[] = {"", "create", "write", "remove", "rename", "chmod"};
     const char *ev = type >= SBX_EV_CREATE && type <= SBX_EV_CHMOD ? names[type] : "other";
     s_reply(nw->session, "watch_event", nw->id,
-            json_pack("{s:s, s:s, s:s, s:s}", "watch_id", nw->watch_id, "event", ev, "name",
-                      name ? name : "", "file_type", is_dir ? "dir" : "file"), false);
+            json_pack("{s:s, s:s, s:o, s:s}", "watch_id", nw->watch_id, "event", ev, "name",
+                      s_jname(name), "file_type", is_dir ? "dir" : "file"), false);
 }
 
 static void s_on_watch_end(sbx_watch_t *w, int err, const char *why, void *arg)

@@ -135,6 +135,15 @@ def test_escapes_and_bad_paths(server):
             err(await c.request(op="files_list", path="/tmp", depth=0), "bad_request")
             err(await c.request(op="files_rename", path="/tmp/x"), "bad_request")
             err(await c.request(op="watch_stop", watch_id="w999"), "not_found")
+            # Names that are not UTF-8 are listed, their bad bytes as U+FFFD.
+            await sh(c, "mkdir -p /nu && touch /nu/$(printf 'a\\377\\376.txt') /nu/ok.txt "
+                        "&& ln -s $(printf '\\377') /nu/badlink")
+            m = await c.request(op="files_list", path="/nu")
+            assert m["type"] == "files", m
+            names = sorted(e["name"] for e in m["entries"])
+            assert names == ["a\ufffd\ufffd.txt", "badlink", "ok.txt"], names
+            link = next(e for e in m["entries"] if e["name"] == "badlink")
+            assert link["symlink_target"] == "\ufffd"
             # A FIFO is never opened (nothing blocks).
             await sh(c, "mkfifo /tmp/fifo")
             err(await c.request(op="files_read", path="/tmp/fifo"), "bad_request")
@@ -157,13 +166,15 @@ def test_watch(server):
             await sh(c, "echo 1 > /w/f.txt")
             await c.request(op="files_make_dir", path="/w/sub")
             await asyncio.sleep(0.3)
-            await sh(c, "echo 2 > /w/sub/g.txt; chmod 600 /w/f.txt; echo more >> /w/f.txt")
+            await sh(c, "echo 2 > /w/sub/g.txt; chmod 600 /w/f.txt; echo more >> /w/f.txt; "
+                        "touch /w/$(printf 'n\\377')")
             await c.request(op="files_write", path="/w/up.txt", text="3")
             await c.request(op="files_rename", path="/w/f.txt", new_path="/w/h.txt")
             await c.request(op="files_remove", path="/w/h.txt")
             seen = set()
             want = {("create", "sub", "dir"), ("chmod", "f.txt", "file"), ("write", "f.txt", "file"),
-                    ("remove", "h.txt", "file"), ("create", "sub/g.txt", "file")}
+                    ("remove", "h.txt", "file"), ("create", "sub/g.txt", "file"),
+                    ("create", "n\ufffd", "file")}
             async def until_seen():
                 while not want <= seen:
                     m = await c.wait_for(wid)
