@@ -37,6 +37,8 @@ static void s_reply(session_t *session, const char *type, json_t *id, json_t *fi
     json_decref(msg);
 }
 
+static json_t *s_jname(const char *name);
+
 static void s_error(session_t *session, json_t *id, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -47,7 +49,7 @@ static void s_error(session_t *session, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    s_reply(session, "request_error", id, json_pack("{s:s, s:s}", "code", code, "message", message),
+    s_reply(session, "request_error", id, json_pack("{s:s, s:o}", "code", code, "message", s_jname(message)),
             true);
 }
 
