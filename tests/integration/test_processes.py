@@ -217,8 +217,10 @@ def test_outlives_connection_connect_replays_tail(server):
         assert m["type"] == "process_stdout"
         await c.close()
         await asyncio.sleep(0.5)
-        # A second connection to the same sandbox: by tag, the tail replayed first.
+        # A second connection to the same sandbox (it resumes the sandbox's session, whose
+        # first listener is still there: ids of its own): by tag, the tail replayed first.
         c2 = await NativeClient.connect(server, sandbox_id=sandbox)
+        c2._next = 100
         try:
             rid2 = await c2.send(op="process_connect", tag="srv")
             m = await c2.wait_for(rid2)
@@ -327,6 +329,7 @@ def test_no_backpressure_without_a_connection(server):
         rid, p = await start(c, cmd="yes | head -c 50000000; echo done", tag="bulk")
         await c.close()
         c2 = await NativeClient.connect(server, sandbox_id=sandbox)
+        c2._next = 100  # the session is resumed: its first client's ids are in use
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -391,6 +394,7 @@ def test_tail_is_bounded_to_the_last_mib(server):
             got += m["text"].encode()
         await c.close()
         c2 = await NativeClient.connect(server, sandbox_id=sandbox)
+        c2._next = 100
         try:
             rid2 = await c2.send(op="process_connect", tag="tail", encoding="base64")
             assert (await c2.wait_for(rid2))["type"] == "process_connected"
