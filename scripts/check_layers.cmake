@@ -2,7 +2,8 @@
 #   base <- sandbox <- kernelmgr <- bridge (a layer includes only itself and those left of it)
 # and, inside bridge/: the front door (http/) and buffers (buf/) know no kernels and no API;
 # the kernel table (kernels/) knows no front door and no API; the sandbox table
-# (sandboxes/) knows only the kernel table; apikit/ knows no API; no API
+# (sandboxes/) knows only the kernel table; the process table (procs/) knows only the
+# sandbox table and apikit/; apikit/ knows no API; no API
 # folder includes another API; only apis.c and cli/ see every API.
 set(_apis native jupyter e2b console control envd proxy)
 
@@ -59,6 +60,10 @@ function(_allowed from to out)
       endif()
     elseif(_f STREQUAL "sandboxes")
       if(_t STREQUAL "kernels")
+        set(_ok TRUE)
+      endif()
+    elseif(_f STREQUAL "procs")
+      if(_t STREQUAL "sandboxes" OR _t STREQUAL "apikit")
         set(_ok TRUE)
       endif()
     else()

@@ -6,6 +6,7 @@
 #include "../http/api.h"
 #include "../sandboxes/sandboxes.h"
 #include "nmsg.h"
+#include "nsbx.h"
 #include "session.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -39,6 +40,7 @@ struct _native_t {
     sess_link_t *sessions;
     uv_timer_t reaper;
     sess_link_t *expired;  //  sessions to destroy on the next loop turn
+    nsbx_t *nsbx;          //  processes, files, watches in sandboxes
 };
 
 typedef struct {
@@ -429,6 +431,11 @@ static void s_dispatch(nconn_t *nc, const char *data, size_t len, bool binary)
         return;
     }
     id = req.id;
+    if (nsbx_handles(req.op)) {
+        nsbx_op(nc->native->nsbx, session, s_sandbox(nc->native, session), &req);
+        nmsg_free(&req);
+        return;
+    }
     switch (req.op) {
     case NMSG_EXECUTE: op_execute(nc->native, session, id, &req); break;
     case NMSG_START_KERNEL: op_start_kernel(nc->native, session, id, &req); break;
@@ -438,6 +445,7 @@ static void s_dispatch(nconn_t *nc, const char *data, size_t len, bool binary)
     case NMSG_SHUTDOWN_KERNEL: op_kernel_control(nc->native, session, id, &req, req.op_name); break;
     case NMSG_KEEP_ALIVE: op_keep_alive(nc->native, session, id, &req); break;
     case NMSG_ACK: op_ack(session, &req); break;
+    default: break;
     }
     nmsg_free(&req);
 }
@@ -513,7 +521,10 @@ static sess_link_t *s_link_of(native_t *self, session_t *session)
 static void s_on_close(wsconn_t *conn, void *arg)
 {
     nconn_t *nc = arg;
-    if (nc->session && session_conn(nc->session) == conn) session_detach(nc->session, conn);
+    if (nc->session && session_conn(nc->session) == conn) {
+        session_detach(nc->session, conn);
+        nsbx_detached(nc->native->nsbx, nc->session);
+    }
     s_nconn_free(nc);
 }
 
@@ -807,7 +818,9 @@ static void *s_create(const api_ctx_t *ctx)
     self->config = ctx->config;
     klist_init(&self->conns);
     sandboxes_observer_t obs = {s_on_sandbox_end, NULL};
-    if (sandboxes_observe(self->sandboxes, &obs, self)) {
+    self->nsbx = nsbx_new(self->loop, self->sandboxes);
+    if (!self->nsbx || sandboxes_observe(self->sandboxes, &obs, self)) {
+        nsbx_destroy(&self->nsbx);
         free(self);
         return NULL;
     }
@@ -833,6 +846,7 @@ static void s_destroy(void **api_p)
     }
     sandboxes_unobserve(self->sandboxes, self);
     while (self->sessions) s_destroy_session(self, self->sessions->session);
+    nsbx_destroy(&self->nsbx);
     while (!klist_empty(&self->conns)) {
         nconn_t *nc = klist_entry(klist_first(&self->conns), nconn_t, link);
         wsconn_clear_events(nc->conn);

@@ -23,7 +23,33 @@ typedef enum {
     NMSG_SHUTDOWN_KERNEL,
     NMSG_KEEP_ALIVE,
     NMSG_ACK,
+    //  processes in the attached sandbox
+    NMSG_PROCESS_START,
+    NMSG_PROCESS_CONNECT,
+    NMSG_PROCESS_INPUT,
+    NMSG_PROCESS_CLOSE_STDIN,
+    NMSG_PROCESS_SIGNAL,
+    NMSG_PROCESS_RESIZE,
+    NMSG_PROCESS_LIST,
+    //  files
+    NMSG_FILES_LIST,
+    NMSG_FILES_STAT,
+    NMSG_FILES_EXISTS,
+    NMSG_FILES_MAKE_DIR,
+    NMSG_FILES_WRITE,
+    NMSG_FILES_READ,
+    NMSG_FILES_REMOVE,
+    NMSG_FILES_RENAME,
+    NMSG_WATCH_START,
+    NMSG_WATCH_STOP,
+    //  the sandbox
+    NMSG_SANDBOX_INFO,
+    NMSG_SANDBOX_SET_TIMEOUT,
+    NMSG_SANDBOX_KILL,
 } nmsg_op_t;
+
+#define NMSG_MAX_ARGS 4096  //  argv entries of process_start
+#define NMSG_MAX_PATH 4096  //  bytes of a path, NUL excluded
 
 typedef struct {
     json_t *doc_;          //  private: the parsed message; the fields below borrow from it
@@ -40,6 +66,28 @@ typedef struct {
     int64_t timeout_ms;
     int64_t seconds;       //  keep_alive, >= 0
     int64_t seq;           //  ack, >= 0
+    //  process_start: argv (NULL-terminated, borrowed strings; from cmd as
+    //  {"/bin/bash", "-l", "-c", cmd} or from args), cwd?, env_vars?, user ("root" or
+    //  "user"; NULL: root), stdin_on, pty (cols, rows >= 1; 0 when not given: 80x24),
+    //  tag?, timeout_ms (0: none), base64 (output as base64 "data" rather than "text")
+    const char **argv;
+    const char *user, *tag;
+    bool stdin_on, pty, base64;
+    int64_t cols, rows;
+    //  process_*: the process, by pid (> 0) or tag (one of them is set)
+    int64_t pid;
+    //  process_signal: the signal number (1..64)
+    int signo;
+    //  process_input / files_write: the bytes (decoded from "data" base64 or "text";
+    //  owned by the message), and files_read: base64 wanted
+    char *bytes;
+    size_t bytes_len;
+    //  files_*: path (no NUL, at most NMSG_MAX_PATH bytes), new_path (rename), depth
+    //  (list, >= 1, default 1), parents (make_dir), recursive (watch_start); watch_stop:
+    //  watch_id
+    const char *path, *new_path, *watch_id;
+    int64_t depth;
+    bool parents, recursive;
 } nmsg_t;
 
 //  Parse a message of len bytes (binary: it came in a binary frame). Returns 0, or
