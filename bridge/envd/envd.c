@@ -1,0 +1,853 @@
+/*  envd - E2B's envd REST routes inside a sandbox: /health, /envs, /files. */
+#include "envd.h"
+#include "multipart.h"
+#include "../apikit/sbxroute.h"
+#include "../buf/wbuf.h"
+#include "../sandboxes/sandboxes.h"
+#include "../../base/kberr.h"
+#include "../../base/klist.h"
+#include "../../base/klog.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <zlib.h>
+
+//  Bytes read from a file per threadpool job, and response bytes queued before waiting.
+#define READ_CHUNK (64 * 1024)
+#define QUEUE_HIGH (512 * 1024)
+//  Uploads: the body read ahead (paused past IN_PAUSE; at most 64 KiB more come while
+//  paused), and each of the two write buffers.
+#define IN_CAP (512 * 1024)
+#define IN_PAUSE (128 * 1024)
+#define FILL_CAP (256 * 1024)
+
+typedef struct _envd_t envd_t;
+
+struct _envd_t {
+    uv_loop_t *loop;
+    sandboxes_t *sandboxes;
+    klist_t transfers;  //  dl_t and up_t, by their link
+};
+
+// ---------------------------------------------------------------------------------------
+//  Answers
+
+static void s_error(hreq_t *req, int status, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    hreq_reply_json(req, status, json_pack("{s:i, s:s}", "code", status, "message", msg));
+}
+
+//  The status upstream envd answers a file error with (e2b-selfhost.md 4.1).
+static int s_status_of(int err)
+{
+    switch (err) {
+    case KB_ENOTFOUND: return 404;
+    case KB_EISDIR:
+    case KB_ENOTDIR:
+    case KB_EINVAL:
+    case KB_ETOOBIG:
+    case KB_EEXIST: return 400;
+    case KB_EACCES: return 403;
+    case KB_ENOSPC: return 507;
+    case KB_ECLOSED: return 502;
+    default: return 500;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+//  Users and paths
+
+//  The user a request acts as (?username=; "user" by default), into user. Returns 0, or
+//  replies 400 and returns KB_EINVAL. A host sandbox has one user, kbridge's: NULL.
+static int s_user(hreq_t *req, sandbox_t *sb, char *user, size_t size, const char **out)
+{
+    char given[64] = "";
+    int rc = hreq_query(req, "username", given, sizeof given);
+    if (rc != KB_OK && rc != KB_ENOTFOUND) {
+        s_error(req, 400, "bad username");
+        return KB_EINVAL;
+    }
+    if (!sandbox_kernel_user(sb)) {
+        *out = NULL;
+        return KB_OK;
+    }
+    if (!*given) snprintf(given, sizeof given, "user");
+    if (strcmp(given, "root") != 0 && strcmp(given, "user") != 0) {
+        s_error(req, 400, "user '%s' does not exist", given);
+        return KB_EINVAL;
+    }
+    snprintf(user, size, "%s", given);
+    *out = user;
+    return KB_OK;
+}
+
+//  path made absolute (relative: from home) and lexically clean (no ".", "..", "//");
+//  ".." at the root stays there. Returns 0 or KB_ETOOBIG / KB_EINVAL (empty).
+static int s_clean_path(const char *home, const char *path, char *out, size_t size)
+{
+    if (!path || !*path) return KB_EINVAL;
+    char joined[PATH_MAX * 2];
+    int n = path[0] == '/' ? snprintf(joined, sizeof joined, "%s", path)
+                           : snprintf(joined, sizeof joined, "%s/%s", home ? home : "/", path);
+    if (n < 0 || (size_t) n >= sizeof joined) return KB_ETOOBIG;
+    size_t o = 0;
+    const char *p = joined;
+    while (*p) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        const char *seg = p;
+        while (*p && *p != '/') p++;
+        size_t len = (size_t) (p - seg);
+        if (len == 1 && seg[0] == '.') continue;
+        if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (o > 0 && out[o - 1] != '/') o--;
+            if (o > 0) o--;
+            continue;
+        }
+        if (o + 1 + len + 1 > size || o + 1 + len >= PATH_MAX) return KB_ETOOBIG;
+        out[o++] = '/';
+        memcpy(out + o, seg, len);
+        o += len;
+    }
+    if (o == 0) out[o++] = '/';
+    out[o] = '\0';
+    return KB_OK;
+}
+
+static const char *s_home(sandbox_t *sb, const char *user)
+{
+    const char *home = sandbox_sbx(sb) ? sbx_home(sandbox_sbx(sb), user) : NULL;
+    return home ? home : sandbox_cwd(sb);
+}
+
+static bool s_accepts_gzip(hreq_t *req)
+{
+    const char *ae = hreq_header(req, "accept-encoding");
+    if (!ae) return false;
+    for (const char *p = ae; (p = strcasestr(p, "gzip")) != NULL; p += 4) {
+        const char *q = p + 4;
+        while (*q == ' ') q++;
+        if (*q == ';') {
+            const char *v = strstr(q, "q=");
+            if (v && strtod(v + 2, NULL) <= 0.0) return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+// ---------------------------------------------------------------------------------------
+//  GET /files: a download
+
+typedef struct {
+    klist_t link;
+    uv_loop_t *loop;
+    hreq_t *req;
+    sbx_req_t *open;  //  while opening
+    int fd;
+    uv_work_t work;
+    bool working, gone;
+    //  the job's input and output
+    char *chunk;     //  wbuf payload being filled
+    size_t cap, len;
+    int err;
+    bool eof;
+    bool gz;
+    z_stream z;
+    bool z_ready;
+    char *raw;       //  gzip: the bytes read, before compression
+} dl_t;
+
+static void s_close_done(uv_fs_t *fs)
+{
+    uv_fs_req_cleanup(fs);
+    free(fs);
+}
+
+//  Close a descriptor in the threadpool.
+static void s_close_fd(uv_loop_t *loop, int fd)
+{
+    if (fd < 0) return;
+    uv_fs_t *fs = malloc(sizeof *fs);
+    if (!fs || uv_fs_close(loop, fs, fd, s_close_done) != 0) {
+        free(fs);
+        close(fd);
+    }
+}
+
+static void s_dl_free(dl_t *dl)
+{
+    klist_remove(&dl->link);
+    if (dl->open) sbx_req_cancel(dl->open);
+    s_close_fd(dl->loop, dl->fd);
+    if (dl->z_ready) deflateEnd(&dl->z);
+    if (dl->chunk) wbuf_free(dl->chunk);
+    free(dl->raw);
+    hreq_on_close(dl->req, NULL, NULL);
+    hreq_on_drain(dl->req, NULL, NULL);
+    hreq_release(&dl->req);
+    free(dl);
+}
+
+static void s_dl_gone(hreq_t *req, void *arg)
+{
+    (void) req;
+    dl_t *dl = arg;
+    dl->gone = true;
+    if (!dl->working) s_dl_free(dl);
+}
+
+//  In the threadpool: read the next piece, compress it if asked.
+static void s_dl_work(uv_work_t *work)
+{
+    dl_t *dl = work->data;
+    char *dst = dl->gz ? dl->raw : dl->chunk;
+    ssize_t n;
+    do n = read(dl->fd, dst, READ_CHUNK);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        dl->err = KB_EIO;
+        return;
+    }
+    dl->eof = n == 0;
+    if (!dl->gz) {
+        dl->len = (size_t) n;
+        return;
+    }
+    dl->z.next_in = (Bytef *) dl->raw;
+    dl->z.avail_in = (uInt) n;
+    dl->len = 0;
+    for (;;) {
+        if (dl->len == dl->cap) {
+            char *grown = wbuf_realloc(dl->chunk, dl->cap * 2);
+            if (!grown) {
+                dl->err = KB_ENOMEM;
+                return;
+            }
+            dl->chunk = grown;
+            dl->cap *= 2;
+        }
+        dl->z.next_out = (Bytef *) dl->chunk + dl->len;
+        dl->z.avail_out = (uInt) (dl->cap - dl->len);
+        int rc = deflate(&dl->z, dl->eof ? Z_FINISH : Z_NO_FLUSH);
+        dl->len = dl->cap - dl->z.avail_out;
+        if (rc == Z_STREAM_ERROR) {
+            dl->err = KB_EIO;
+            return;
+        }
+        if (dl->eof ? rc == Z_STREAM_END : dl->z.avail_in == 0 && dl->z.avail_out > 0) break;
+    }
+}
+
+static void s_dl_next(dl_t *dl);
+
+static void s_dl_drained(hreq_t *req, void *arg)
+{
+    hreq_on_drain(req, NULL, NULL);
+    s_dl_next(arg);
+}
+
+static void s_dl_after(uv_work_t *work, int status)
+{
+    dl_t *dl = work->data;
+    dl->working = false;
+    if (dl->gone) {
+        s_dl_free(dl);
+        return;
+    }
+    if (status != 0 || dl->err) {
+        klog_warn("envd: reading a file for download failed: %s", kb_strerror(dl->err ? dl->err : KB_EIO));
+        hreq_stream_end(dl->req);  //  cut short: a fixed length closes the connection
+        s_dl_free(dl);
+        return;
+    }
+    if (dl->len) {
+        char *chunk = dl->chunk;
+        dl->chunk = NULL;
+        if (hreq_stream_write_buf(dl->req, chunk, dl->len) != KB_OK) {
+            s_dl_free(dl);
+            return;
+        }
+    }
+    if (dl->eof) {
+        hreq_stream_end(dl->req);
+        s_dl_free(dl);
+        return;
+    }
+    s_dl_next(dl);
+}
+
+static void s_dl_next(dl_t *dl)
+{
+    if (hreq_stream_queued(dl->req) >= QUEUE_HIGH) {
+        hreq_on_drain(dl->req, s_dl_drained, dl);
+        return;
+    }
+    dl->cap = dl->gz ? READ_CHUNK / 2 : READ_CHUNK;
+    if (!dl->chunk) dl->chunk = wbuf_alloc(dl->cap);
+    if (!dl->chunk) {
+        hreq_stream_end(dl->req);
+        s_dl_free(dl);
+        return;
+    }
+    dl->len = 0;
+    dl->err = 0;
+    dl->work.data = dl;
+    if (uv_queue_work(dl->loop, &dl->work, s_dl_work, s_dl_after) != 0) {
+        hreq_stream_end(dl->req);
+        s_dl_free(dl);
+        return;
+    }
+    dl->working = true;
+}
+
+static void s_dl_opened(int err, const char *why, int fd, const sbx_entry_t *entry, void *arg)
+{
+    dl_t *dl = arg;
+    dl->open = NULL;
+    dl->fd = fd;
+    if (err) {
+        if (err == KB_ENOTFOUND) s_error(dl->req, 404, "%s", why ? why : "file not found");
+        else if (err == KB_EISDIR) s_error(dl->req, 400, "%s", why ? why : "path is a directory");
+        else s_error(dl->req, s_status_of(err), "%s", why ? why : kb_strerror(err));
+        s_dl_free(dl);
+        return;
+    }
+    if (dl->gz) {
+        dl->raw = malloc(READ_CHUNK);
+        if (!dl->raw || deflateInit2(&dl->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+            s_error(dl->req, 500, "out of memory");
+            s_dl_free(dl);
+            return;
+        }
+        dl->z_ready = true;
+        hreq_add_header(dl->req, "content-encoding", "gzip");
+        hreq_add_header(dl->req, "vary", "Accept-Encoding");
+        hreq_stream_begin(dl->req, 200, "application/octet-stream");
+    } else {
+        hreq_stream_begin_length(dl->req, 200, "application/octet-stream", entry ? entry->size : 0);
+    }
+    s_dl_next(dl);
+}
+
+static void s_download(envd_t *self, hreq_t *req, sandbox_t *sb)
+{
+    char ubuf[16], path[PATH_MAX], given[PATH_MAX];
+    const char *user;
+    if (s_user(req, sb, ubuf, sizeof ubuf, &user) != KB_OK) return;
+    int rc = hreq_query(req, "path", given, sizeof given);
+    if (rc == KB_OK) rc = s_clean_path(s_home(sb, user), given, path, sizeof path);
+    if (rc != KB_OK) {
+        s_error(req, 400, rc == KB_ETOOBIG ? "path too long" : "a path is required (?path=)");
+        return;
+    }
+    dl_t *dl = calloc(1, sizeof *dl);
+    if (!dl) {
+        s_error(req, 500, "out of memory");
+        return;
+    }
+    dl->loop = self->loop;
+    dl->req = req;
+    dl->fd = -1;
+    dl->gz = s_accepts_gzip(req);
+    klist_init(&dl->link);
+    klist_push_back(&self->transfers, &dl->link);
+    hreq_hold(req);
+    dl->open = sbx_open_read(sandbox_sbx(sb), user, path, s_dl_opened, dl);
+    if (!dl->open) {
+        s_error(req, 500, "cannot reach the sandbox");
+        s_dl_free(dl);
+        return;
+    }
+    hreq_on_close(req, s_dl_gone, dl);
+}
+
+// ---------------------------------------------------------------------------------------
+//  POST /files: an upload of one or several files
+
+typedef struct {
+    klist_t link;
+    uv_loop_t *loop;
+    sandboxes_t *sandboxes;
+    hreq_t *req;
+    char sandbox_id[64];
+    char user_buf[16];
+    const char *user;
+    char qpath[PATH_MAX];  //  ?path= (resolved), "" if none
+    bool multipart;
+    multipart_t mp;
+    int raw_state;         //  octet-stream: 0 before the part, 1 in it, 2 after
+    //  the body read ahead, not yet parsed
+    char *in;
+    size_t in_len;
+    //  the file being written
+    sbx_upload_t *up;
+    int fd;
+    char path[PATH_MAX];
+    bool in_file;      //  the current part is being written
+    bool opening;      //  waiting for sbx_upload_begin
+    bool part_ending;  //  its data is all here: flush, then commit
+    bool committing;   //  waiting for the commit
+    //  writes: fill collects, flush is being written
+    char *fill, *flush;
+    size_t fill_len, flush_len, flush_off;
+    bool writing;
+    uv_fs_t wreq;
+    //  progress
+    bool done_parsing, body_ended, finished, gone, paused;
+    size_t files;
+    json_t *results;
+} up_t;
+
+static void s_up_pump(up_t *u);
+
+static void s_up_maybe_free(up_t *u)
+{
+    if (!u->finished || u->writing || u->committing) return;
+    if (u->up) sbx_upload_abort(&u->up);
+    klist_remove(&u->link);
+    free(u->in);
+    free(u->fill);
+    free(u->flush);
+    json_decref(u->results);
+    hreq_on_close(u->req, NULL, NULL);
+    hreq_release(&u->req);
+    free(u);
+}
+
+//  The end: answer (status 0: the client is gone, or the answer is out) and let go.
+static void s_up_finish(up_t *u, int status, const char *fmt, ...)
+{
+    if (u->finished) return;
+    u->finished = true;
+    if (status && !u->gone && !hreq_replied(u->req)) {
+        char msg[600];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        s_error(u->req, status, "%s", msg);
+    }
+    //  The file being written is dropped; one with a write in flight once it returns.
+    if (u->up && !u->writing) sbx_upload_abort(&u->up);
+    s_up_maybe_free(u);
+}
+
+static void s_up_wrote(uv_fs_t *fs);
+
+static void s_up_write(up_t *u)
+{
+    char *t = u->flush;
+    u->flush = u->fill;
+    u->flush_len = u->fill_len;
+    u->flush_off = 0;
+    u->fill = t;
+    u->fill_len = 0;
+    uv_buf_t buf = uv_buf_init(u->flush, (unsigned) u->flush_len);
+    u->wreq.data = u;
+    int rc = uv_fs_write(u->loop, &u->wreq, u->fd, &buf, 1, -1, s_up_wrote);
+    if (rc != 0) {
+        s_up_finish(u, 500, "writing the file failed: %s", uv_strerror(rc));
+        return;
+    }
+    u->writing = true;
+}
+
+static void s_up_wrote(uv_fs_t *fs)
+{
+    up_t *u = fs->data;
+    ssize_t n = fs->result;
+    uv_fs_req_cleanup(fs);
+    u->writing = false;
+    if (u->finished) {
+        s_up_maybe_free(u);
+        return;
+    }
+    if (n < 0) {
+        if (n == UV_ENOSPC || n == -EDQUOT)
+            s_up_finish(u, 507, "not enough disk space to write %s", u->path);
+        else
+            s_up_finish(u, 500, "writing %s failed: %s", u->path, uv_strerror((int) n));
+        return;
+    }
+    u->flush_off += (size_t) n;
+    if (u->flush_off < u->flush_len) {
+        uv_buf_t buf = uv_buf_init(u->flush + u->flush_off, (unsigned) (u->flush_len - u->flush_off));
+        u->wreq.data = u;
+        int rc = uv_fs_write(u->loop, &u->wreq, u->fd, &buf, 1, -1, s_up_wrote);
+        if (rc != 0) s_up_finish(u, 500, "writing the file failed: %s", uv_strerror(rc));
+        else u->writing = true;
+        return;
+    }
+    u->flush_len = 0;
+    s_up_pump(u);
+}
+
+static void s_up_opened(sbx_upload_t *up, int err, const char *why, int fd, void *arg)
+{
+    (void) up;
+    up_t *u = arg;
+    u->opening = false;
+    if (err) {
+        sbx_upload_abort(&u->up);
+        s_up_finish(u, s_status_of(err), "%s", why ? why : kb_strerror(err));
+        return;
+    }
+    u->fd = fd;
+    s_up_pump(u);
+}
+
+static void s_up_committed(int err, const char *why, const sbx_entry_t *entries, size_t n, void *arg)
+{
+    up_t *u = arg;
+    u->committing = false;
+    if (u->finished) {
+        s_up_maybe_free(u);
+        return;
+    }
+    if (err) {
+        s_up_finish(u, s_status_of(err), "%s", why ? why : kb_strerror(err));
+        return;
+    }
+    const char *path = n ? entries[0].path : u->path;
+    const char *slash = strrchr(path, '/');
+    json_array_append_new(u->results, json_pack("{s:s, s:s, s:s}", "name", slash ? slash + 1 : path,
+                                                "type", "file", "path", path));
+    u->files++;
+    u->in_file = false;
+    u->part_ending = false;
+    s_up_pump(u);
+}
+
+//  A file part begins: where it goes, and the temporary file for it.
+static void s_up_begin_file(up_t *u, const mp_out_t *part)
+{
+    sandbox_t *sb = sandboxes_find(u->sandboxes, u->sandbox_id);
+    if (!sb || sandbox_state(sb) != SANDBOX_RUNNING || !sandbox_sbx(sb)) {
+        s_up_finish(u, 502, "The sandbox was not found");
+        return;
+    }
+    if (*u->qpath && u->files == 0) {
+        snprintf(u->path, sizeof u->path, "%s", u->qpath);
+    } else if (part && part->has_filename && *part->filename) {
+        int rc = s_clean_path(s_home(sb, u->user), part->filename, u->path, sizeof u->path);
+        if (rc != KB_OK) {
+            s_up_finish(u, 400, "bad file name in a part: %s", kb_strerror(rc));
+            return;
+        }
+    } else {
+        s_up_finish(u, 400, "a file part without a filename (and no ?path=)");
+        return;
+    }
+    u->up = sbx_upload_begin(sandbox_sbx(sb), u->user, u->path, true, s_up_opened, u);
+    if (!u->up) {
+        s_up_finish(u, 500, "cannot reach the sandbox");
+        return;
+    }
+    u->opening = true;
+    u->in_file = true;
+    u->fd = -1;
+}
+
+//  The octet-stream body as one part, with multipart_next's events.
+static mp_event_t s_raw_next(up_t *u, size_t max, size_t *used, mp_out_t *out)
+{
+    *used = 0;
+    switch (u->raw_state) {
+    case 0:
+        u->raw_state = 1;
+        memset(out, 0, sizeof *out);
+        snprintf(out->name, sizeof out->name, "file");
+        return MP_PART;
+    case 1:
+        if (u->in_len) {
+            out->data = u->in;
+            out->len = u->in_len < max ? u->in_len : max;
+            *used = out->len;
+            return MP_DATA;
+        }
+        if (!u->body_ended) return MP_MORE;
+        u->raw_state = 2;
+        return MP_PART_END;
+    default: return MP_DONE;
+    }
+}
+
+//  Move things on as far as they go: parse what has arrived, write it, commit files, and
+//  answer at the end. Reading of the body pauses while the next step has to wait.
+static void s_up_pump(up_t *u)
+{
+    if (u->finished) return;
+    for (;;) {
+        if (u->opening || u->committing) break;
+        if (u->in_file && u->fill_len && !u->writing) s_up_write(u);
+        if (u->finished) return;
+        if (u->part_ending) {
+            if (u->writing || u->fill_len) break;
+            u->committing = true;
+            u->fd = -1;
+            sbx_upload_commit(&u->up, s_up_committed, u);
+            break;
+        }
+        if (u->done_parsing) {
+            if (!u->body_ended) break;
+            if (!json_array_size(u->results)) {
+                s_up_finish(u, 400, "no file in the upload (multipart parts named \"file\")");
+                return;
+            }
+            hreq_reply_json(u->req, 200, json_incref(u->results));
+            s_up_finish(u, 0, NULL);
+            return;
+        }
+        size_t room = FILL_CAP - u->fill_len;
+        if (u->in_file && room == 0) break;  //  both buffers full: wait for the write
+        size_t used;
+        mp_out_t out;
+        mp_event_t ev = u->multipart
+                            ? multipart_next(&u->mp, u->in, u->in_len, u->body_ended, room ? room : 1,
+                                             &used, &out)
+                            : s_raw_next(u, room ? room : 1, &used, &out);
+        switch (ev) {
+        case MP_PART:
+            if (strcmp(out.name, "file") == 0) s_up_begin_file(u, u->multipart ? &out : NULL);
+            break;
+        case MP_DATA:
+            if (u->in_file) {
+                memcpy(u->fill + u->fill_len, out.data, out.len);
+                u->fill_len += out.len;
+            }
+            break;
+        case MP_PART_END:
+            if (u->in_file) u->part_ending = true;
+            break;
+        case MP_DONE: u->done_parsing = true; break;
+        case MP_ERROR:
+            s_up_finish(u, 400, "malformed multipart body: %s", u->mp.why ? u->mp.why : "?");
+            return;
+        case MP_MORE: break;
+        }
+        if (used) {
+            memmove(u->in, u->in + used, u->in_len - used);
+            u->in_len -= used;
+        }
+        if (u->finished) return;
+        if (ev == MP_MORE && !used) break;
+    }
+    //  Read on only while the steps keep up.
+    bool blocked = u->opening || u->committing || u->part_ending || u->in_len >= IN_PAUSE ||
+                   (u->in_file && u->fill_len == FILL_CAP);
+    if (blocked && !u->paused && !u->body_ended) {
+        u->paused = true;
+        hreq_body_pause(u->req);
+    } else if (!blocked && u->paused) {
+        u->paused = false;
+        hreq_body_resume(u->req);
+    }
+}
+
+static void s_up_data(hreq_t *req, const char *data, size_t len, void *arg)
+{
+    (void) req;
+    up_t *u = arg;
+    if (u->finished) return;
+    if (u->in_len + len > IN_CAP) {
+        s_up_finish(u, 500, "upload buffer overrun");
+        return;
+    }
+    memcpy(u->in + u->in_len, data, len);
+    u->in_len += len;
+    s_up_pump(u);
+}
+
+static void s_up_end(hreq_t *req, int err, void *arg)
+{
+    (void) req;
+    up_t *u = arg;
+    u->body_ended = true;
+    if (u->finished) return;
+    if (err == KB_ECLOSED) {
+        u->gone = true;
+        s_up_finish(u, 0, NULL);
+    } else if (err == KB_ETIMEDOUT) {
+        s_up_finish(u, 408, "the request body stalled");
+    } else if (err) {
+        s_up_finish(u, 400, "malformed request body (chunked coding)");
+    } else {
+        s_up_pump(u);
+    }
+}
+
+static void s_up_gone(hreq_t *req, void *arg)
+{
+    (void) req;
+    up_t *u = arg;
+    u->gone = true;
+    s_up_finish(u, 0, NULL);
+}
+
+static void s_upload(envd_t *self, hreq_t *req, sandbox_t *sb, const sbxroute_t *route)
+{
+    up_t *u = calloc(1, sizeof *u);
+    if (!u) {
+        s_error(req, 500, "out of memory");
+        return;
+    }
+    if (s_user(req, sb, u->user_buf, sizeof u->user_buf, &u->user) != KB_OK) {
+        free(u);
+        return;
+    }
+    char given[PATH_MAX];
+    int rc = hreq_query(req, "path", given, sizeof given);
+    if (rc == KB_OK && *given) rc = s_clean_path(s_home(sb, u->user), given, u->qpath, sizeof u->qpath);
+    else if (rc == KB_OK || rc == KB_ENOTFOUND) rc = KB_OK;
+    const char *ct = hreq_header(req, "content-type");
+    const char *ce = hreq_header(req, "content-encoding");
+    const char *why = NULL;
+    if (rc != KB_OK) {
+        s_error(req, 400, "bad path: %s", kb_strerror(rc));
+    } else if (ce && strcasecmp(ce, "identity") != 0) {
+        s_error(req, 415, "Content-Encoding %s is not supported for uploads", ce);
+    } else if (ct && strncasecmp(ct, "multipart/", 10) == 0) {
+        u->multipart = true;
+        if (multipart_init(&u->mp, ct, &why) != 0) s_error(req, 400, "%s", why);
+    } else if (!*u->qpath) {
+        s_error(req, 400, "an upload that is not multipart needs ?path=");
+    }
+    if (hreq_replied(req)) {
+        free(u);
+        return;
+    }
+    u->loop = self->loop;
+    u->sandboxes = self->sandboxes;
+    u->req = req;
+    u->fd = -1;
+    snprintf(u->sandbox_id, sizeof u->sandbox_id, "%s", route->id);
+    u->in = malloc(IN_CAP);
+    u->fill = malloc(FILL_CAP);
+    u->flush = malloc(FILL_CAP);
+    u->results = json_array();
+    klist_init(&u->link);
+    klist_push_back(&self->transfers, &u->link);
+    hreq_hold(req);
+    if (!u->in || !u->fill || !u->flush || !u->results) {
+        s_up_finish(u, 500, "out of memory");
+        return;
+    }
+    hreq_on_close(req, s_up_gone, u);
+    hreq_body_events_t events = {s_up_data, s_up_end};
+    hreq_body_stream(req, &events, u);
+    s_up_pump(u);
+}
+
+// ---------------------------------------------------------------------------------------
+//  Routing
+
+static bool s_claims(void *api, hreq_t *req)
+{
+    (void) api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    //  Bad routing headers are answered here, for every service.
+    return route.kind == SBXROUTE_ENVD || route.kind == SBXROUTE_BAD;
+}
+
+static bool s_is_public(void *api, hreq_t *req)
+{
+    (void) api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    return route.kind == SBXROUTE_BAD || strcmp(hreq_path(req), "/health") == 0;
+}
+
+static bool s_authorize(void *api, hreq_t *req, const char *token)
+{
+    envd_t *self = api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    sandbox_t *sb = sbxroute_sandbox(&route, self->sandboxes);
+    return sb && !sandbox_is_default(sb) && sbxroute_token_eq(sandbox_envd_token(sb), token);
+}
+
+static void s_refuse(void *api, hreq_t *req)
+{
+    envd_t *self = api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    sandbox_t *sb = sbxroute_sandbox(&route, self->sandboxes);
+    //  A sandbox that is gone is gone whatever the token: the SDKs read 502 so.
+    if (!sb || sandbox_state(sb) != SANDBOX_RUNNING) sbxroute_reply_gone(req, route.id, sb);
+    else s_error(req, 401, "invalid access token (X-Access-Token: the sandbox's envdAccessToken)");
+}
+
+static bool s_streams_body(void *api, hreq_t *req)
+{
+    (void) api;
+    return strcmp(hreq_path(req), "/files") == 0 && hreq_method(req) == HM_POST;
+}
+
+static void s_http(void *api, hreq_t *req)
+{
+    envd_t *self = api;
+    sbxroute_t route;
+    sandbox_t *sb = sbxroute_resolve(req, self->sandboxes, &route);
+    if (!sb) return;
+    const char *path = hreq_path(req);
+    hmethod_t m = hreq_method(req);
+    if (strcmp(path, "/health") == 0) {
+        hreq_reply(req, 204, NULL, NULL, 0);
+    } else if (strcmp(path, "/envs") == 0 && m == HM_GET) {
+        hreq_reply_json(req, 200, json_deep_copy(sandbox_env(sb)));
+    } else if (strcmp(path, "/files") == 0 && m == HM_GET) {
+        s_download(self, req, sb);
+    } else if (strcmp(path, "/files") == 0 && m == HM_POST) {
+        s_upload(self, req, sb, &route);
+    } else if (strcmp(path, "/files") == 0 || strcmp(path, "/envs") == 0) {
+        s_error(req, 405, "method not allowed");
+    } else {
+        s_error(req, 404, "no such envd route: %s", path);
+    }
+}
+
+static void *s_create(const api_ctx_t *ctx)
+{
+    envd_t *self = calloc(1, sizeof *self);
+    if (!self) return NULL;
+    self->loop = ctx->loop;
+    self->sandboxes = ctx->sandboxes;
+    klist_init(&self->transfers);
+    return self;
+}
+
+static void s_destroy(void **api_p)
+{
+    if (!api_p || !*api_p) return;
+    envd_t *self = *api_p;
+    *api_p = NULL;
+    //  Transfers still running end with their connections; what is in the threadpool
+    //  finishes first. Here they are only unlinked from the table.
+    while (!klist_empty(&self->transfers)) klist_remove(klist_first(&self->transfers));
+    free(self);
+}
+
+const api_desc_t envd_api = {
+    .name = "envd",
+    .create = s_create,
+    .destroy = s_destroy,
+    .claims = s_claims,
+    .is_public = s_is_public,
+    .authorize = s_authorize,
+    .refuse = s_refuse,
+    .streams_body = s_streams_body,
+    .http = s_http,
+};

@@ -1,0 +1,361 @@
+"""envd inside sandboxes, with the real binary: E2B's routing headers (E2b-Sandbox-Id,
+E2b-Sandbox-Port), the REST routes (/health, /envs, GET and POST /files) as
+e2b-selfhost.md 2 and 4 describe them, the tokens of each sandbox, and bad input.
+
+Uploads: multipart with full-path escaped filenames and several files, octet-stream,
+chunked, a large file streamed in bounded memory, cut-off uploads leaving nothing.
+"""
+import gzip
+import http.client
+import json
+import os
+import socket
+import time
+import uuid
+
+import pytest
+
+from kbharness import KBridge, NativeClient, run
+
+ENVD = 49983
+CODE = 49999
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = KBridge(tmp_path_factory.mktemp("envd"), "--keep-alive", "1")
+    yield srv
+    srv.stop()
+
+
+def create(srv, **body):
+    status, _, sb = srv.api("POST", "/v2/sandboxes", body or {"templateID": "base"})
+    assert status == 201, (status, sb)
+    return sb
+
+
+@pytest.fixture(scope="module")
+def sbx(server):
+    sb = create(server, templateID="base", envVars={"FOO": "bar"})
+    yield sb
+    server.api("DELETE", f"/sandboxes/{sb['sandboxID']}")
+
+
+@pytest.fixture(scope="module")
+def other(server):
+    sb = create(server)
+    yield sb
+    server.api("DELETE", f"/sandboxes/{sb['sandboxID']}")
+
+
+def envd(srv, method, path, sb=None, token=None, body=None, headers=None, port=ENVD,
+         chunked=False, sid=None, raw=False):
+    """One envd request with E2B's headers: (status, headers, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+    h = {}
+    if sb is not None or sid is not None:
+        h["E2b-Sandbox-Id"] = sid if sid is not None else sb["sandboxID"]
+        h["E2b-Sandbox-Port"] = str(port)
+    if token is None and sb is not None:
+        token = sb["envdAccessToken"]
+    if token:
+        h["X-Access-Token"] = token
+    h.update(headers or {})
+    if chunked:
+        conn.putrequest(method, path)
+        for k, v in h.items():
+            conn.putheader(k, v)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        pieces = body if isinstance(body, list) else [body]
+        for p in pieces:
+            if p:
+                conn.send(b"%x\r\n%s\r\n" % (len(p), p))
+        conn.send(b"0\r\n\r\n")
+    else:
+        conn.request(method, path, body=body, headers=h)
+    r = conn.getresponse()
+    data = r.read()
+    hdrs = {k.lower(): v for k, v in r.getheaders()}
+    conn.close()
+    return r.status, hdrs, data
+
+
+def multipart(files, boundary="----formdata-undici-012345678901"):
+    """files: [(filename as sent, bytes)]; undici's layout (e2b-selfhost.md 4.3)."""
+    out = b""
+    for name, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+def upload(srv, sb, files, query="", chunked=True, **kw):
+    body, ct = multipart(files)
+    return envd(srv, "POST", "/files" + query, sb, body=body, chunked=chunked,
+                headers={"Content-Type": ct}, **kw)
+
+
+def download(srv, sb, path, **kw):
+    from urllib.parse import quote
+    return envd(srv, "GET", "/files?path=" + quote(path, safe=""), sb, **kw)
+
+
+def test_health_routes_per_service(server, sbx):
+    # envd: 204 with no token at all; the code interpreter: "OK"; no headers: as before.
+    assert envd(server, "GET", "/health", sbx, token="")[0] == 204
+    st, _, body = envd(server, "GET", "/health", sbx, token="", port=CODE,
+                       headers={"E2B-Traffic-Access-Token": sbx["trafficAccessToken"]})
+    assert st == 200 and body == b'"OK"'
+    assert envd(server, "GET", "/health")[0] == 200
+
+
+def test_unknown_sandbox_is_502(server, sbx):
+    for port in (ENVD, CODE):
+        st, _, body = envd(server, "GET", "/health", sid="nosuchsandbox0", port=port,
+                           token=server.token)
+        assert st == 502, (port, st, body)
+        doc = json.loads(body)
+        assert doc["code"] == 502 and doc["sandboxId"] == "nosuchsandbox0"
+    # Even with a token that is not kbridge's (a killed sandbox's, say).
+    st, _, body = envd(server, "GET", "/files?path=/etc/hostname", sid="nosuchsandbox0",
+                       token=sbx["envdAccessToken"])
+    assert st == 502
+    # Malformed routing headers.
+    st, _, body = envd(server, "GET", "/health", headers={"E2b-Sandbox-Id": "x"})
+    assert st == 400 and json.loads(body)["code"] == 400
+    st, _, body = envd(server, "GET", "/health", sid="Bad-Id", token=server.token)
+    assert st == 400
+
+
+def test_envs(server, sbx):
+    st, _, body = envd(server, "GET", "/envs", sbx)
+    assert st == 200 and json.loads(body)["FOO"] == "bar"
+
+
+def test_tokens(server, sbx, other):
+    # Its own token, kbridge's: yes. None, a wrong one, another sandbox's: 401.
+    assert envd(server, "GET", "/envs", sbx)[0] == 200
+    assert envd(server, "GET", "/envs", sbx, token=server.token)[0] == 200
+    for bad in ["", "wrong", other["envdAccessToken"], sbx["trafficAccessToken"]]:
+        st, _, body = envd(server, "GET", "/envs", sbx, token=bad or "")
+        assert st == 401, (bad, st, body)
+        assert json.loads(body)["code"] == 401
+    # A sandbox's token is nothing on the control plane or in the default sandbox.
+    assert server.api("GET", "/v2/sandboxes", token=sbx["envdAccessToken"])[0] == 401
+    st, _, _ = envd(server, "GET", "/envs", sid="default", token=sbx["envdAccessToken"])
+    assert st == 401
+    # The code interpreter of a sandbox takes its traffic token, not another's.
+    h = {"E2B-Traffic-Access-Token": sbx["trafficAccessToken"], "Content-Type": "application/json"}
+    st, _, body = envd(server, "GET", "/contexts", sbx, token="", port=CODE, headers=h)
+    assert st == 200, body
+    h["E2B-Traffic-Access-Token"] = other["trafficAccessToken"]
+    st, _, body = envd(server, "GET", "/contexts", sbx, token="", port=CODE, headers=h)
+    assert st in (401, 403), (st, body)
+
+
+def test_multipart_upload_and_download(server, sbx):
+    st, _, body = upload(server, sbx, [("/home/user/a.txt", "hello é".encode())],
+                         query="?path=%2Fhome%2Fuser%2Fa.txt")
+    assert st == 200, body
+    assert json.loads(body) == [{"name": "a.txt", "type": "file", "path": "/home/user/a.txt"}]
+    st, _, data = download(server, sbx, "/home/user/a.txt")
+    assert st == 200 and data == "hello é".encode()
+    # Relative: from the user's home. As root: root's.
+    st, _, data = download(server, sbx, "a.txt")
+    assert st == 200 and data == "hello é".encode()
+    # Several files, full escaped paths, new directories.
+    st, _, body = upload(server, sbx, [("/home/user/m1.txt", b"one"),
+                                       ("/home/user/dir/sub/m2.txt", b"two"),
+                                       ('/home/user/q%22uo%0Ate é.txt', b"3")])
+    assert st == 200, body
+    got = json.loads(body)
+    assert [e["path"] for e in got] == ["/home/user/m1.txt", "/home/user/dir/sub/m2.txt",
+                                        '/home/user/q"uo\nte é.txt']
+    assert download(server, sbx, "/home/user/dir/sub/m2.txt")[2] == b"two"
+    assert download(server, sbx, '/home/user/q"uo\nte é.txt')[2] == b"3"
+    # Not chunked, and an empty file.
+    st, _, body = upload(server, sbx, [("/home/user/empty", b"")], chunked=False)
+    assert st == 200 and download(server, sbx, "/home/user/empty")[:3:2] == (200, b"")
+    # Files of the user are the user's: root's home is not.
+    st, _, body = upload(server, sbx, [("/root/x", b"no")])
+    assert st == 403, body
+    st, _, body = upload(server, sbx, [("/root/x", b"yes")], query="?username=root")
+    assert st == 200, body
+    assert download(server, sbx, "x", headers={})[0] == 404
+    st, _, data = envd(server, "GET", "/files?path=x&username=root", sbx)
+    assert st == 200 and data == b"yes"
+
+
+def test_octet_stream_and_gzip(server, sbx):
+    payload = os.urandom(300_000)
+    st, _, body = envd(server, "POST", "/files?path=%2Fhome%2Fuser%2Fbin.dat", sbx,
+                       body=[payload[:1000], payload[1000:]], chunked=True,
+                       headers={"Content-Type": "application/octet-stream"})
+    assert st == 200, body
+    assert json.loads(body)[0]["path"] == "/home/user/bin.dat"
+    st, h, data = download(server, sbx, "/home/user/bin.dat")
+    assert st == 200 and data == payload and int(h["content-length"]) == len(payload)
+    st, h, data = download(server, sbx, "/home/user/bin.dat", headers={"Accept-Encoding": "gzip, deflate"})
+    assert st == 200 and h.get("content-encoding") == "gzip"
+    assert gzip.decompress(data) == payload
+    st, h, data = download(server, sbx, "/home/user/empty", headers={"Accept-Encoding": "gzip"})
+    assert st == 200 and gzip.decompress(data) == b""
+    # octet-stream without ?path=
+    st, _, body = envd(server, "POST", "/files", sbx, body=b"x",
+                       headers={"Content-Type": "application/octet-stream"})
+    assert st == 400 and json.loads(body)["code"] == 400
+
+
+def test_download_errors(server, sbx):
+    st, _, body = download(server, sbx, "/home/user/nope.txt")
+    assert st == 404 and "/home/user/nope.txt" in json.loads(body)["message"]
+    assert download(server, sbx, "/home/user")[0] == 400
+    assert envd(server, "GET", "/files", sbx)[0] == 400
+
+
+def test_paths_stay_inside_the_sandbox(server, sbx, tmp_path):
+    # ".." stops at the sandbox's root.
+    name = f"kb-envd-{uuid.uuid4().hex}"
+    st, _, body = upload(server, sbx, [(f"/home/user/../../../../../tmp/{name}", b"inside")])
+    assert st == 200 and json.loads(body)[0]["path"] == f"/tmp/{name}"
+    assert not os.path.exists(f"/tmp/{name}")
+    assert download(server, sbx, f"/tmp/{name}")[2] == b"inside"
+    # Symlinks made inside to host paths lead to the sandbox's own files.
+    host_file = tmp_path / "secret"
+    host_file.write_text("host secret")
+
+    async def mklink():
+        c = await NativeClient.connect(server, sandbox_id=sbx["sandboxID"])
+        try:
+            await c.execute(f"import os; os.symlink({str(host_file)!r}, '/home/user/link'); "
+                            f"os.symlink({str(tmp_path)!r}, '/home/user/hostdir')")
+        finally:
+            await c.close()
+    run(mklink())
+    for path in ("/home/user/link", "/home/user/hostdir/secret"):
+        st, _, body = download(server, sbx, path)
+        assert st == 404 and b"host secret" not in body, (path, st, body)
+    # Writing through them changes the sandbox, not the host.
+    assert upload(server, sbx, [("/home/user/link", b"overwritten")])[0] == 200
+    # (through a link to a directory the sandbox does not have: no such directory)
+    assert upload(server, sbx, [("/home/user/hostdir/new", b"new")])[0] == 404
+    assert host_file.read_text() == "host secret"
+    assert not (tmp_path / "new").exists()
+
+
+def test_sandboxes_are_separate(server, sbx, other):
+    assert upload(server, sbx, [("/home/user/mine.txt", b"mine")])[0] == 200
+    assert download(server, other, "/home/user/mine.txt")[0] == 404
+
+
+def test_bad_multipart(server, sbx):
+    def post(body, ct, **kw):
+        return envd(server, "POST", "/files", sbx, body=body, headers={"Content-Type": ct}, **kw)
+    cases = [
+        (b"--x\r\n", "multipart/form-data"),                       # no boundary
+        (b"--x\r\n", "multipart/form-data; boundary="),            # empty
+        (b"--" + b"b" * 80 + b"--\r\n", "multipart/form-data; boundary=" + "b" * 80),
+        (b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--b--\r\n",
+         "multipart/form-data; boundary=b"),                       # no filename
+        (b"--b--\r\n", "multipart/form-data; boundary=b"),         # no file
+        (b"garbage", "multipart/form-data; boundary=b"),           # no boundary in body
+        (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/cut\"\r\n\r\nxx",
+         "multipart/form-data; boundary=b"),                       # ends inside the part
+        (b"--bjunk\r\n", "multipart/form-data; boundary=b"),
+        (b"--b\r\nno colon here\r\n\r\nx\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+    ]
+    for body, ct in cases:
+        st, _, resp = post(body, ct)
+        assert st == 400, (body, ct, st, resp)
+        assert json.loads(resp)["code"] == 400
+    assert download(server, sbx, "/home/user/cut")[0] == 404
+    # A part that is not "file" is ignored; gzip bodies are refused clearly.
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nzz\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/ok\"\r\n\r\nok\r\n--b--")
+    st, _, resp = post(body, "multipart/form-data; boundary=b")
+    assert st == 200 and len(json.loads(resp)) == 1
+    st, _, resp = envd(server, "POST", "/files?path=%2Fhome%2Fuser%2Fgz", sbx, body=gzip.compress(b"x"),
+                       headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"})
+    assert st == 415 and json.loads(resp)["code"] == 415
+    assert server.alive()
+
+
+def test_cut_off_upload_leaves_no_file(server, sbx):
+    body, ct = multipart([("/home/user/partial.bin", b"x" * 2_000_000)])
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall((f"POST /files HTTP/1.1\r\nHost: 127.0.0.1\r\nE2b-Sandbox-Id: {sbx['sandboxID']}\r\n"
+               f"E2b-Sandbox-Port: 49983\r\nX-Access-Token: {sbx['envdAccessToken']}\r\n"
+               f"Content-Type: {ct}\r\nContent-Length: {len(body)}\r\n\r\n").encode())
+    s.sendall(body[:1_000_000])
+    time.sleep(0.5)
+    s.close()
+    time.sleep(0.5)
+    assert download(server, sbx, "/home/user/partial.bin")[0] == 404
+    st, _, listing = upload(server, sbx, [("/home/user/after.txt", b"fine")])
+    assert st == 200
+    # Nothing of it left behind in the directory either (the temporary file went).
+    async def ls():
+        c = await NativeClient.connect(server, sandbox_id=sbx["sandboxID"])
+        try:
+            _, end = await c.execute("import os; sorted(os.listdir('/home/user'))")
+            return end
+        finally:
+            await c.close()
+    end = run(ls())
+    text = next(r["text"] for r in end["execution"]["results"] if r["is_main_result"])
+    assert "partial" not in text, text
+
+
+def rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_large_upload_and_download_in_bounded_memory(server, sbx):
+    size = 512 * 1024 * 1024
+    block = os.urandom(1 << 20)
+    before = rss_kb(server.proc.pid)
+    peak = before
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    conn.putrequest("POST", "/files?path=%2Fhome%2Fuser%2Fbig.bin")
+    for k, v in {"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "49983",
+                 "X-Access-Token": sbx["envdAccessToken"],
+                 "Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked"}.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    for i in range(size // len(block)):
+        conn.send(b"%x\r\n%s\r\n" % (len(block), block))
+        if i % 64 == 0:
+            peak = max(peak, rss_kb(server.proc.pid))
+    conn.send(b"0\r\n\r\n")
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200, body
+    peak = max(peak, rss_kb(server.proc.pid))
+    assert peak - before < 64 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
+    # And back, read slowly at first: the server waits for the client.
+    conn.request("GET", "/files?path=%2Fhome%2Fuser%2Fbig.bin",
+                 headers={"E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "49983",
+                          "X-Access-Token": sbx["envdAccessToken"]})
+    r = conn.getresponse()
+    assert r.status == 200 and int(r.getheader("content-length")) == size
+    first = r.read(len(block))
+    assert first == block
+    time.sleep(1)
+    peak = max(peak, rss_kb(server.proc.pid))
+    got = len(first)
+    while True:
+        piece = r.read(1 << 20)
+        if not piece:
+            break
+        got += len(piece)
+    assert got == size
+    peak = max(peak, rss_kb(server.proc.pid))
+    assert peak - before < 64 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
+    conn.close()
+    envd(server, "GET", "/health", sbx)
