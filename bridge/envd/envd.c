@@ -157,7 +157,8 @@ typedef struct {
     sbx_req_t *open;  //  while opening
     int fd;
     uv_work_t work;
-    bool working, gone;
+    bool working, gone, done;
+    int busy;  //  inside one of its callbacks: freed on the way out
     //  the job's input and output
     char *chunk;     //  wbuf payload being filled
     size_t cap, len;
@@ -200,12 +201,23 @@ static void s_dl_free(dl_t *dl)
     free(dl);
 }
 
+//  Free it once nothing is under way (the threadpool, a callback up the stack).
+static void s_dl_settle(dl_t *dl)
+{
+    if ((dl->done || dl->gone) && !dl->working && !dl->busy) s_dl_free(dl);
+}
+
+static void s_dl_done(dl_t *dl)
+{
+    dl->done = true;
+}
+
 static void s_dl_gone(hreq_t *req, void *arg)
 {
     (void) req;
     dl_t *dl = arg;
     dl->gone = true;
-    if (!dl->working) s_dl_free(dl);
+    s_dl_settle(dl);
 }
 
 //  In the threadpool: read the next piece, compress it if asked.
@@ -254,35 +266,45 @@ static void s_dl_next(dl_t *dl);
 
 static void s_dl_drained(hreq_t *req, void *arg)
 {
+    dl_t *dl = arg;
     hreq_on_drain(req, NULL, NULL);
-    s_dl_next(arg);
+    dl->busy++;
+    s_dl_next(dl);
+    dl->busy--;
+    s_dl_settle(dl);
 }
+
+static void s_dl_after_(dl_t *dl, int status);
 
 static void s_dl_after(uv_work_t *work, int status)
 {
     dl_t *dl = work->data;
     dl->working = false;
-    if (dl->gone) {
-        s_dl_free(dl);
-        return;
-    }
+    dl->busy++;
+    if (!dl->gone) s_dl_after_(dl, status);
+    dl->busy--;
+    s_dl_settle(dl);
+}
+
+static void s_dl_after_(dl_t *dl, int status)
+{
     if (status != 0 || dl->err) {
         klog_warn("envd: reading a file for download failed: %s", kb_strerror(dl->err ? dl->err : KB_EIO));
         hreq_stream_end(dl->req);  //  cut short: a fixed length closes the connection
-        s_dl_free(dl);
+        s_dl_done(dl);
         return;
     }
     if (dl->len) {
         char *chunk = dl->chunk;
         dl->chunk = NULL;
         if (hreq_stream_write_buf(dl->req, chunk, dl->len) != KB_OK) {
-            s_dl_free(dl);
+            s_dl_done(dl);
             return;
         }
     }
     if (dl->eof) {
         hreq_stream_end(dl->req);
-        s_dl_free(dl);
+        s_dl_done(dl);
         return;
     }
     s_dl_next(dl);
@@ -290,6 +312,7 @@ static void s_dl_after(uv_work_t *work, int status)
 
 static void s_dl_next(dl_t *dl)
 {
+    if (dl->gone || dl->done) return;
     if (hreq_stream_queued(dl->req) >= QUEUE_HIGH) {
         hreq_on_drain(dl->req, s_dl_drained, dl);
         return;
@@ -298,7 +321,7 @@ static void s_dl_next(dl_t *dl)
     if (!dl->chunk) dl->chunk = wbuf_alloc(dl->cap);
     if (!dl->chunk) {
         hreq_stream_end(dl->req);
-        s_dl_free(dl);
+        s_dl_done(dl);
         return;
     }
     dl->len = 0;
@@ -306,29 +329,39 @@ static void s_dl_next(dl_t *dl)
     dl->work.data = dl;
     if (uv_queue_work(dl->loop, &dl->work, s_dl_work, s_dl_after) != 0) {
         hreq_stream_end(dl->req);
-        s_dl_free(dl);
+        s_dl_done(dl);
         return;
     }
     dl->working = true;
 }
+
+static void s_dl_opened_(dl_t *dl, int err, const char *why, const sbx_entry_t *entry);
 
 static void s_dl_opened(int err, const char *why, int fd, const sbx_entry_t *entry, void *arg)
 {
     dl_t *dl = arg;
     dl->open = NULL;
     dl->fd = fd;
+    dl->busy++;
+    s_dl_opened_(dl, err, why, entry);
+    dl->busy--;
+    s_dl_settle(dl);
+}
+
+static void s_dl_opened_(dl_t *dl, int err, const char *why, const sbx_entry_t *entry)
+{
     if (err) {
         if (err == KB_ENOTFOUND) s_error(dl->req, 404, "%s", why ? why : "file not found");
         else if (err == KB_EISDIR) s_error(dl->req, 400, "%s", why ? why : "path is a directory");
         else s_error(dl->req, s_status_of(err), "%s", why ? why : kb_strerror(err));
-        s_dl_free(dl);
+        s_dl_done(dl);
         return;
     }
     if (dl->gz) {
         dl->raw = malloc(READ_CHUNK);
         if (!dl->raw || deflateInit2(&dl->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
             s_error(dl->req, 500, "out of memory");
-            s_dl_free(dl);
+            s_dl_done(dl);
             return;
         }
         dl->z_ready = true;
@@ -406,24 +439,49 @@ typedef struct {
     uv_fs_t wreq;
     //  progress
     bool done_parsing, body_ended, finished, gone, paused;
+    //  Content-Encoding: gzip: the body as it came, inflated into in as room allows
+    bool gz, gz_ready, gz_end;
+    z_stream z;
+    char *zin;
+    size_t zin_len;
+    int busy;  //  inside one of its steps: freed on the way out
+    bool dying;
+    uv_timer_t reaper;  //  frees it from a later loop turn
     size_t files;
     json_t *results;
 } up_t;
 
 static void s_up_pump(up_t *u);
 
-static void s_up_maybe_free(up_t *u)
+static void s_up_closed(uv_handle_t *handle)
 {
-    if (!u->finished || u->writing || u->committing) return;
-    if (u->up) sbx_upload_abort(&u->up);
-    klist_remove(&u->link);
+    up_t *u = handle->data;
     free(u->in);
     free(u->fill);
     free(u->flush);
     json_decref(u->results);
-    hreq_on_close(u->req, NULL, NULL);
-    hreq_release(&u->req);
+    if (u->gz_ready) inflateEnd(&u->z);
+    free(u->zin);
     free(u);
+}
+
+static void s_up_reap(uv_timer_t *timer)
+{
+    up_t *u = timer->data;
+    hreq_release(&u->req);
+    uv_close((uv_handle_t *) &u->reaper, s_up_closed);
+}
+
+//  Once finished and idle it goes - from the next loop turn: the server may still hand
+//  it the rest of the body piece it is reading (the answer does not stop that).
+static void s_up_maybe_free(up_t *u)
+{
+    if (!u->finished || u->writing || u->committing || u->busy || u->dying) return;
+    u->dying = true;
+    if (u->up) sbx_upload_abort(&u->up);
+    klist_remove(&u->link);
+    hreq_on_close(u->req, NULL, NULL);
+    uv_timer_start(&u->reaper, s_up_reap, 0, 0);
 }
 
 //  The end: answer (status 0: the client is gone, or the answer is out) and let go.
@@ -561,7 +619,7 @@ static void s_up_begin_file(up_t *u, const mp_out_t *part)
 }
 
 //  The octet-stream body as one part, with multipart_next's events.
-static mp_event_t s_raw_next(up_t *u, size_t max, size_t *used, mp_out_t *out)
+static mp_event_t s_raw_next(up_t *u, bool eof, size_t max, size_t *used, mp_out_t *out)
 {
     *used = 0;
     switch (u->raw_state) {
@@ -577,7 +635,7 @@ static mp_event_t s_raw_next(up_t *u, size_t max, size_t *used, mp_out_t *out)
             *used = out->len;
             return MP_DATA;
         }
-        if (!u->body_ended) return MP_MORE;
+        if (!eof) return MP_MORE;
         u->raw_state = 2;
         return MP_PART_END;
     default: return MP_DONE;
@@ -586,10 +644,54 @@ static mp_event_t s_raw_next(up_t *u, size_t max, size_t *used, mp_out_t *out)
 
 //  Move things on as far as they go: parse what has arrived, write it, commit files, and
 //  answer at the end. Reading of the body pauses while the next step has to wait.
+static void s_up_step(up_t *u);
+
 static void s_up_pump(up_t *u)
+{
+    u->busy++;
+    s_up_step(u);
+    u->busy--;
+    s_up_maybe_free(u);
+}
+
+//  Inflate what has come of a gzip body into in, as far as there is room. Returns false
+//  (and finishes) if it does not decompress.
+static bool s_up_inflate(up_t *u)
+{
+    while (!u->gz_end && u->in_len < IN_CAP && (u->zin_len || u->body_ended)) {
+        u->z.next_in = (Bytef *) u->zin;
+        u->z.avail_in = (uInt) u->zin_len;
+        u->z.next_out = (Bytef *) u->in + u->in_len;
+        u->z.avail_out = (uInt) (IN_CAP - u->in_len);
+        int rc = inflate(&u->z, Z_NO_FLUSH);
+        size_t used = u->zin_len - u->z.avail_in;
+        size_t made = (IN_CAP - u->in_len) - u->z.avail_out;
+        memmove(u->zin, u->zin + used, u->zin_len - used);
+        u->zin_len -= used;
+        u->in_len += made;
+        if (rc == Z_STREAM_END) {
+            u->gz_end = true;
+        } else if (rc == Z_BUF_ERROR || (rc == Z_OK && !used && !made)) {
+            if (u->body_ended && !u->zin_len) {
+                s_up_finish(u, 400, "the gzip body is cut short");
+                return false;
+            }
+            break;
+        } else if (rc != Z_OK) {
+            s_up_finish(u, 400, "the body does not decompress (Content-Encoding: gzip)");
+            return false;
+        }
+    }
+    return true;
+}
+
+static void s_up_step(up_t *u)
 {
     if (u->finished) return;
     for (;;) {
+        if (u->gz && !s_up_inflate(u)) return;
+        //  The parser sees the end once every byte of the body is in.
+        bool eof = u->body_ended && (!u->gz || u->gz_end);
         if (u->opening || u->committing) break;
         if (u->in_file && u->fill_len && !u->writing) s_up_write(u);
         if (u->finished) return;
@@ -601,7 +703,7 @@ static void s_up_pump(up_t *u)
             break;
         }
         if (u->done_parsing) {
-            if (!u->body_ended) break;
+            if (!eof) break;
             if (!json_array_size(u->results)) {
                 s_up_finish(u, 400, "no file in the upload (multipart parts named \"file\")");
                 return;
@@ -615,9 +717,8 @@ static void s_up_pump(up_t *u)
         size_t used;
         mp_out_t out;
         mp_event_t ev = u->multipart
-                            ? multipart_next(&u->mp, u->in, u->in_len, u->body_ended, room ? room : 1,
-                                             &used, &out)
-                            : s_raw_next(u, room ? room : 1, &used, &out);
+                            ? multipart_next(&u->mp, u->in, u->in_len, eof, room ? room : 1, &used, &out)
+                            : s_raw_next(u, eof, room ? room : 1, &used, &out);
         switch (ev) {
         case MP_PART:
             if (strcmp(out.name, "file") == 0) s_up_begin_file(u, u->multipart ? &out : NULL);
@@ -646,6 +747,7 @@ static void s_up_pump(up_t *u)
     }
     //  Read on only while the steps keep up.
     bool blocked = u->opening || u->committing || u->part_ending || u->in_len >= IN_PAUSE ||
+                   u->zin_len >= IN_PAUSE ||
                    (u->in_file && u->fill_len == FILL_CAP);
     if (blocked && !u->paused && !u->body_ended) {
         u->paused = true;
@@ -661,12 +763,14 @@ static void s_up_data(hreq_t *req, const char *data, size_t len, void *arg)
     (void) req;
     up_t *u = arg;
     if (u->finished) return;
-    if (u->in_len + len > IN_CAP) {
+    char *buf = u->gz ? u->zin : u->in;
+    size_t *have = u->gz ? &u->zin_len : &u->in_len;
+    if (*have + len > IN_CAP) {
         s_up_finish(u, 500, "upload buffer overrun");
         return;
     }
-    memcpy(u->in + u->in_len, data, len);
-    u->in_len += len;
+    memcpy(buf + *have, data, len);
+    *have += len;
     s_up_pump(u);
 }
 
@@ -716,8 +820,8 @@ static void s_upload(envd_t *self, hreq_t *req, sandbox_t *sb, const sbxroute_t 
     const char *why = NULL;
     if (rc != KB_OK) {
         s_error(req, 400, "bad path: %s", kb_strerror(rc));
-    } else if (ce && strcasecmp(ce, "identity") != 0) {
-        s_error(req, 415, "Content-Encoding %s is not supported for uploads", ce);
+    } else if (ce && strcasecmp(ce, "identity") != 0 && strcasecmp(ce, "gzip") != 0) {
+        s_error(req, 415, "Content-Encoding %s is not supported for uploads (gzip is)", ce);
     } else if (ct && strncasecmp(ct, "multipart/", 10) == 0) {
         u->multipart = true;
         if (multipart_init(&u->mp, ct, &why) != 0) s_error(req, 400, "%s", why);
@@ -737,16 +841,25 @@ static void s_upload(envd_t *self, hreq_t *req, sandbox_t *sb, const sbxroute_t 
     u->fill = malloc(FILL_CAP);
     u->flush = malloc(FILL_CAP);
     u->results = json_array();
+    if (ce && strcasecmp(ce, "gzip") == 0) {
+        u->gz = true;
+        u->zin = malloc(IN_CAP);
+        if (u->zin && inflateInit2(&u->z, 15 + 16) == Z_OK) u->gz_ready = true;
+    }
+    uv_timer_init(self->loop, &u->reaper);
+    u->reaper.data = u;
     klist_init(&u->link);
     klist_push_back(&self->transfers, &u->link);
     hreq_hold(req);
-    if (!u->in || !u->fill || !u->flush || !u->results) {
+    if (!u->in || !u->fill || !u->flush || !u->results || (u->gz && !u->gz_ready)) {
         s_up_finish(u, 500, "out of memory");
         return;
     }
+    u->busy++;  //  the body may end at once (the client already left)
     hreq_on_close(req, s_up_gone, u);
     hreq_body_events_t events = {s_up_data, s_up_end};
     hreq_body_stream(req, &events, u);
+    u->busy--;
     s_up_pump(u);
 }
 

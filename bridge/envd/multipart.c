@@ -237,7 +237,9 @@ mp_event_t multipart_next(multipart_t *mp, const char *in, size_t len, bool eof,
         } else {
             const char *hit = len >= 4 ? memmem(in, len, "\r\n\r\n", 4) : NULL;
             if (!hit) {
-                if (len >= HEAD_MAX) return s_fail(mp, "a part's head is over 16 KiB");
+                //  Its end would lie past the limit (a decision that does not depend on how
+                //  the bytes were split).
+                if (len >= HEAD_MAX + 2) return s_fail(mp, "a part's head is over 16 KiB");
                 return eof ? s_fail(mp, "the body ends inside a part's head") : MP_MORE;
             }
             head_len = (size_t) (hit - in) + 2;

@@ -9,13 +9,19 @@ import gzip
 import http.client
 import json
 import os
+import pathlib
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 
 import pytest
 
+from conftest import missing_tool
 from kbharness import KBridge, NativeClient, run
+
+COMPAT = pathlib.Path(__file__).resolve().parents[1] / "compat"
 
 ENVD = 49983
 CODE = 49999
@@ -23,7 +29,11 @@ CODE = 49999
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = KBridge(tmp_path_factory.mktemp("envd"), "--keep-alive", "1")
+    # Under ASan freed memory waits in a quarantine (256 MiB by default), which would hide
+    # what the memory bound test measures: keep it small.
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    env = {"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=16"}
+    srv = KBridge(tmp_path_factory.mktemp("envd"), "--keep-alive", "1", env=env)
     yield srv
     srv.stop()
 
@@ -203,6 +213,18 @@ def test_octet_stream_and_gzip(server, sbx):
     assert gzip.decompress(data) == payload
     st, h, data = download(server, sbx, "/home/user/empty", headers={"Accept-Encoding": "gzip"})
     assert st == 200 and gzip.decompress(data) == b""
+    # gzip uploads (the SDK's gzip: true), raw and multipart; 8 MiB from 8 KiB.
+    st, _, body = envd(server, "POST", "/files?path=%2Fhome%2Fuser%2Fz.bin", sbx,
+                       body=gzip.compress(b"z" * (8 << 20)), chunked=True,
+                       headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"})
+    assert st == 200, body
+    st, _, data = download(server, sbx, "/home/user/z.bin")
+    assert st == 200 and data == b"z" * (8 << 20)
+    mp, ct = multipart([("/home/user/gz1", b"one"), ("/home/user/gz2", payload)])
+    st, _, body = envd(server, "POST", "/files", sbx, body=gzip.compress(mp), chunked=True,
+                       headers={"Content-Type": ct, "Content-Encoding": "gzip"})
+    assert st == 200 and len(json.loads(body)) == 2, body
+    assert download(server, sbx, "/home/user/gz2")[2] == payload
     # octet-stream without ?path=
     st, _, body = envd(server, "POST", "/files", sbx, body=b"x",
                        headers={"Content-Type": "application/octet-stream"})
@@ -277,9 +299,16 @@ def test_bad_multipart(server, sbx):
             b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/ok\"\r\n\r\nok\r\n--b--")
     st, _, resp = post(body, "multipart/form-data; boundary=b")
     assert st == 200 and len(json.loads(resp)) == 1
-    st, _, resp = envd(server, "POST", "/files?path=%2Fhome%2Fuser%2Fgz", sbx, body=gzip.compress(b"x"),
-                       headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"})
+    st, _, resp = envd(server, "POST", "/files?path=%2Fhome%2Fuser%2Fbr", sbx, body=b"x",
+                       headers={"Content-Type": "application/octet-stream", "Content-Encoding": "br"})
     assert st == 415 and json.loads(resp)["code"] == 415
+    # gzip that does not decompress, or is cut short: 400, and no file.
+    for bad in (b"not gzip at all", gzip.compress(b"y" * 100000)[:-20]):
+        st, _, resp = envd(server, "POST", "/files?path=%2Fhome%2Fuser%2Fbadgz", sbx, body=bad,
+                           chunked=True, headers={"Content-Type": "application/octet-stream",
+                                                  "Content-Encoding": "gzip"})
+        assert st == 400 and json.loads(resp)["code"] == 400, resp
+    assert download(server, sbx, "/home/user/badgz")[0] == 404
     assert server.alive()
 
 
@@ -359,3 +388,60 @@ def test_large_upload_and_download_in_bounded_memory(server, sbx):
     assert peak - before < 64 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
     conn.close()
     envd(server, "GET", "/health", sbx)
+
+
+def test_code_interpreter_runs_in_the_routed_sandbox(server, sbx, other):
+    assert upload(server, sbx, [("/home/user/ci.txt", b"written by envd")])[0] == 200
+
+    def execute(sb, code, token=None):
+        h = {"Content-Type": "application/json",
+             "E2B-Traffic-Access-Token": token or sb["trafficAccessToken"]}
+        st, _, body = envd(server, "POST", "/execute", sb, port=CODE, headers=h,
+                           body=json.dumps({"code": code}).encode())
+        lines = [json.loads(x) for x in body.splitlines() if x.strip()] if st == 200 else body
+        return st, lines
+
+    st, lines = execute(sbx, "open('/home/user/ci.txt').read()")
+    assert st == 200, lines
+    results = [x for x in lines if x.get("type") == "result"]
+    assert results and results[0]["text"] == "written by envd", lines
+    # The other sandbox has no such file; its contexts are its own.
+    st, lines = execute(other, "import os; os.path.exists('/home/user/ci.txt')")
+    assert [x["text"] for x in lines if x.get("type") == "result"] == ["False"], lines
+    h = {"Content-Type": "application/json", "E2B-Traffic-Access-Token": sbx["trafficAccessToken"]}
+    st, _, body = envd(server, "GET", "/contexts", sbx, port=CODE, headers=h)
+    mine = {c["id"] for c in json.loads(body)}
+    h["E2B-Traffic-Access-Token"] = other["trafficAccessToken"]
+    st, _, body = envd(server, "GET", "/contexts", other, port=CODE, headers=h)
+    theirs = {c["id"] for c in json.loads(body)}
+    assert mine and theirs and not mine & theirs
+    # A context of one sandbox is not found through another.
+    ctx = sorted(mine)[0]
+    st, _, body = envd(server, "POST", "/execute", other, port=CODE, headers=h,
+                       body=json.dumps({"code": "1", "context_id": ctx}).encode())
+    assert st == 404, body
+    # The default sandbox (no headers) does not list them either.
+    st, _, body = envd(server, "GET", "/contexts", headers={"X-Access-Token": server.token})
+    assert st == 200 and not {c["id"] for c in json.loads(body)} & (mine | theirs)
+    # Unknown paths of a routed code interpreter are its 404s, not the host's APIs.
+    st, _, body = envd(server, "GET", "/api/kernels", sbx, port=CODE, headers=h)
+    assert st in (403, 404)
+
+
+def test_real_sdk_files_in_non_debug_mode(tmp_path):
+    """e2b and @e2b/code-interpreter from npm (tests/compat), configured as a self-hosted
+    E2B user would: the three variables, no debug mode."""
+    if not shutil.which("node"):
+        missing_tool("node is not installed (scripts/setup.sh --test installs it)")
+    if not (COMPAT / "node_modules" / "e2b").is_dir():
+        missing_tool("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
+    srv = KBridge(tmp_path)
+    try:
+        env = dict(os.environ, E2B_API_URL=srv.http, E2B_SANDBOX_URL=srv.http, E2B_API_KEY=srv.token)
+        env.pop("E2B_DEBUG", None)
+        proc = subprocess.run(["node", "--test", "--test-reporter=spec", "e2b_envd.test.mjs"],
+                              cwd=COMPAT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:] + srv.logs()[-5000:]
+        assert "fail 0" in proc.stdout
+    finally:
+        srv.stop()

@@ -1,0 +1,54 @@
+// The real E2B SDKs (e2b and @e2b/code-interpreter, pinned in package.json) in non-debug
+// mode against kbridge as a self-hosted E2B: Sandbox.create through the control plane,
+// files through envd, runCode through the sandbox's code interpreter, each routed by the
+// SDK's E2b-Sandbox-Id header. E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY come from the
+// environment (all three kbridge's URL and token).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Sandbox as BaseSandbox, FileNotFoundError } from 'e2b';
+import { Sandbox } from '@e2b/code-interpreter';
+
+test('files.write / read / multi-file write, and runCode sees them', async () => {
+  const sbx = await Sandbox.create({ timeoutMs: 120_000 });
+  try {
+    const info = await sbx.files.write('/home/user/a.txt', 'hello é');
+    assert.equal(info.path, '/home/user/a.txt');
+    assert.equal(info.name, 'a.txt');
+    assert.equal(await sbx.files.read('/home/user/a.txt'), 'hello é');
+    const bytes = new Uint8Array(200_000).map((_, i) => (i * 7) & 255);
+    await sbx.files.write('data/bin.dat', bytes.buffer);  // relative: from the home
+    const back = await sbx.files.read('/home/user/data/bin.dat', { format: 'bytes' });
+    assert.deepEqual(Buffer.from(back), Buffer.from(bytes));
+    const many = await sbx.files.write([
+      { path: '/home/user/m1.txt', data: 'one' },
+      { path: '/home/user/dir/q"uo\nte é.txt', data: 'two' },
+    ]);
+    assert.deepEqual(many.map((e) => e.path), ['/home/user/m1.txt', '/home/user/dir/q"uo\nte é.txt']);
+    assert.equal(await sbx.files.read('/home/user/dir/q"uo\nte é.txt'), 'two');
+    await assert.rejects(sbx.files.read('/home/user/nope.txt'), FileNotFoundError);
+    const ex = await sbx.runCode("open('/home/user/m1.txt').read()");
+    assert.equal(ex.text, 'one');
+    assert.equal(await sbx.isRunning(), true);
+  } finally {
+    await sbx.kill();
+  }
+  assert.equal(await sbx.isRunning(), false);
+});
+
+test('two sandboxes do not see each other, and a foreign token is refused', async () => {
+  const a = await BaseSandbox.create();
+  const b = await BaseSandbox.create();
+  try {
+    await a.files.write('/home/user/only-a.txt', 'a');
+    await assert.rejects(b.files.read('/home/user/only-a.txt'), FileNotFoundError);
+    // b's envd with a's token: refused.
+    const res = await fetch(`${process.env.E2B_SANDBOX_URL}/files?path=%2Fetc%2Fhostname`, {
+      headers: { 'E2b-Sandbox-Id': b.sandboxId, 'E2b-Sandbox-Port': '49983',
+                 'X-Access-Token': a.envdAccessToken },
+    });
+    assert.equal(res.status, 401);
+  } finally {
+    await a.kill();
+    await b.kill();
+  }
+});
