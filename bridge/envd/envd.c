@@ -4,6 +4,7 @@
 #include "../apikit/sbxroute.h"
 #include "../buf/wbuf.h"
 #include "../sandboxes/sandboxes.h"
+#include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klist.h"
 #include "../../base/klog.h"
@@ -14,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sodium.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -864,6 +867,264 @@ static void s_upload(envd_t *self, hreq_t *req, sandbox_t *sb, const sbxroute_t 
 }
 
 // ---------------------------------------------------------------------------------------
+//  Connect RPC, JSON codec, unary: filesystem.Filesystem (e2b-selfhost.md 5.3, 5.4)
+
+typedef enum { FS_STAT, FS_MKDIR, FS_MOVE, FS_LIST, FS_REMOVE } fs_op_t;
+
+typedef struct {
+    hreq_t *req;
+    sbx_req_t *sr;
+    fs_op_t op;
+} rpc_t;
+
+//  A Connect error: {"code": "<name>", "message"} with the status Connect gives it.
+static void s_rpc_error(hreq_t *req, const char *code, const char *fmt, ...)
+{
+    static const struct {
+        const char *code;
+        int status;
+    } map[] = {{"invalid_argument", 400}, {"not_found", 404},     {"already_exists", 409},
+               {"permission_denied", 403}, {"resource_exhausted", 429}, {"unimplemented", 501},
+               {"unauthenticated", 401},  {"unavailable", 503},   {"internal", 500}};
+    int status = 500;
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (strcmp(map[i].code, code) == 0) status = map[i].status;
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    hreq_reply_json(req, status, json_pack("{s:s, s:s}", "code", code, "message", msg));
+}
+
+static const char *s_rpc_code(int err)
+{
+    switch (err) {
+    case KB_ENOTFOUND: return "not_found";
+    case KB_EEXIST: return "already_exists";
+    case KB_EACCES: return "permission_denied";
+    case KB_EINVAL:
+    case KB_ENOTDIR:
+    case KB_EISDIR:
+    case KB_ETOOBIG: return "invalid_argument";
+    case KB_ENOSPC: return "resource_exhausted";
+    case KB_ECLOSED: return "unavailable";
+    default: return "internal";
+    }
+}
+
+static const char *s_file_type(sbx_ftype_t t)
+{
+    return t == SBX_FILE ? "FILE_TYPE_FILE" : t == SBX_DIR ? "FILE_TYPE_DIRECTORY"
+                         : t == SBX_SYMLINK ? "FILE_TYPE_SYMLINK" : "FILE_TYPE_UNSPECIFIED";
+}
+
+//  EntryInfo as upstream envd fills it: a symlink has its target's type and symlinkTarget,
+//  mode is the permission bits, permissions Go's FileMode.String().
+static json_t *s_entry_json(const sbx_entry_t *e)
+{
+    sbx_ftype_t type = e->type == SBX_SYMLINK && e->target_type ? e->target_type : e->type;
+    char perms[11];
+    perms[0] = e->type == SBX_DIR ? 'd' : e->type == SBX_SYMLINK ? 'L' : e->type == SBX_OTHER ? '?' : '-';
+    static const char rwx[] = "rwxrwxrwx";
+    for (int i = 0; i < 9; i++) perms[1 + i] = (e->mode & (0400u >> i)) ? rwx[i] : '-';
+    perms[10] = '\0';
+    char size[24], mtime[64];
+    snprintf(size, sizeof size, "%llu", (unsigned long long) e->size);
+    time_t secs = (time_t) (e->mtime_ns / 1000000000);
+    long nanos = (long) (e->mtime_ns % 1000000000);
+    if (nanos < 0) {
+        nanos += 1000000000;
+        secs--;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(mtime, sizeof mtime, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(mtime + n, sizeof mtime - n, ".%09ldZ", nanos);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:s}", "name", e->name, "type",
+                          s_file_type(type), "path", e->path, "size", size, "mode",
+                          (json_int_t) (e->mode & 07777), "permissions", perms, "owner",
+                          e->owner ? e->owner : "", "group", e->group ? e->group : "",
+                          "modifiedTime", mtime);
+    if (j && e->symlink_target) json_object_set_new(j, "symlinkTarget", json_string(e->symlink_target));
+    if (j && e->meta && e->meta[0]) {
+        json_t *meta = json_object();
+        for (size_t i = 0; e->meta[i] && e->meta[i + 1]; i += 2)
+            json_object_set_new(meta, e->meta[i], json_string(e->meta[i + 1]));
+        json_object_set_new(j, "metadata", meta);
+    }
+    return j;
+}
+
+static void s_rpc_free(rpc_t *r)
+{
+    hreq_on_close(r->req, NULL, NULL);
+    hreq_release(&r->req);
+    free(r);
+}
+
+static void s_rpc_gone(hreq_t *req, void *arg)
+{
+    (void) req;
+    rpc_t *r = arg;
+    if (r->sr) sbx_req_cancel(r->sr);
+    s_rpc_free(r);
+}
+
+static void s_rpc_done(int err, const char *why, const sbx_entry_t *entries, size_t n, void *arg)
+{
+    rpc_t *r = arg;
+    r->sr = NULL;
+    if (err) {
+        s_rpc_error(r->req, s_rpc_code(err), "%s", why ? why : kb_strerror(err));
+    } else if (r->op == FS_LIST) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < n; i++) json_array_append_new(list, s_entry_json(&entries[i]));
+        hreq_reply_json(r->req, 200, json_pack("{s:o}", "entries", list));
+    } else if (r->op == FS_REMOVE) {
+        hreq_reply_json(r->req, 200, json_object());
+    } else if (n) {
+        hreq_reply_json(r->req, 200, json_pack("{s:o}", "entry", s_entry_json(&entries[0])));
+    } else {
+        s_rpc_error(r->req, "internal", "no entry");
+    }
+    s_rpc_free(r);
+}
+
+//  The user of a filesystem call: Authorization: Basic base64("<user>:"), default "user".
+static int s_rpc_user(hreq_t *req, sandbox_t *sb, char *user, size_t size, const char **out)
+{
+    *out = NULL;
+    if (!sandbox_kernel_user(sb)) return KB_OK;
+    snprintf(user, size, "user");
+    const char *auth = hreq_header(req, "authorization");
+    if (auth && strncasecmp(auth, "basic ", 6) == 0) {
+        unsigned char raw[128];
+        size_t len = 0;
+        const char *b64 = auth + 6;
+        while (*b64 == ' ') b64++;
+        if (sodium_base642bin(raw, sizeof raw - 1, b64, strlen(b64), NULL, &len, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) != 0) {
+            s_rpc_error(req, "invalid_argument", "malformed Basic authorization");
+            return KB_EINVAL;
+        }
+        raw[len] = '\0';
+        char *colon = strchr((char *) raw, ':');
+        if (colon) *colon = '\0';
+        if (strlen((char *) raw) >= size) {
+            s_rpc_error(req, "unauthenticated", "no such user");
+            return KB_EINVAL;
+        }
+        if (*raw) memcpy(user, raw, strlen((char *) raw) + 1);
+    }
+    if (strcmp(user, "root") != 0 && strcmp(user, "user") != 0) {
+        s_rpc_error(req, "unauthenticated", "user '%s' does not exist", user);
+        return KB_EINVAL;
+    }
+    *out = user;
+    return KB_OK;
+}
+
+//  A string field of the request made an absolute, clean path (replies if it cannot be).
+static bool s_rpc_path(hreq_t *req, json_t *body, const char *key, const char *home, char *out,
+                       size_t size)
+{
+    json_t *v = json_object_get(body, key);
+    if (!json_is_string(v) || !*json_string_value(v)) {
+        s_rpc_error(req, "invalid_argument", "%s must be a non-empty string", key);
+        return false;
+    }
+    if (s_clean_path(home, json_string_value(v), out, size) != KB_OK) {
+        s_rpc_error(req, "invalid_argument", "%s is too long", key);
+        return false;
+    }
+    return true;
+}
+
+static void s_filesystem(hreq_t *req, sandbox_t *sb, const char *method)
+{
+    static const struct {
+        const char *name;
+        fs_op_t op;
+    } methods[] = {{"Stat", FS_STAT}, {"MakeDir", FS_MKDIR}, {"Move", FS_MOVE},
+                   {"ListDir", FS_LIST}, {"Remove", FS_REMOVE}};
+    int op = -1;
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+        if (strcmp(methods[i].name, method) == 0) op = (int) methods[i].op;
+    if (op < 0) {
+        s_rpc_error(req, "unimplemented", "filesystem.Filesystem/%s is not implemented", method);
+        return;
+    }
+    if (hreq_method(req) != HM_POST) {
+        hreq_add_header(req, "allow", "POST");
+        s_rpc_error(req, "unimplemented", "Connect unary calls are POST");
+        return;
+    }
+    const char *ct = hreq_header(req, "content-type");
+    if (!ct || strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';' && ct[16] != ' ')) {
+        hreq_add_header(req, "accept-post", "application/json");
+        hreq_reply_json(req, 415, json_pack("{s:s, s:s}", "code", "unimplemented", "message",
+                                            "only the Connect JSON codec (application/json) is served"));
+        return;
+    }
+    size_t blen;
+    const char *text = hreq_body(req, &blen);
+    json_error_t jerr;
+    json_t *body = blen ? jx_loadb(text, blen, &jerr) : json_object();
+    if (!json_is_object(body)) {
+        json_decref(body);
+        s_rpc_error(req, "invalid_argument", "the request is not a JSON object");
+        return;
+    }
+    char ubuf[16], path[PATH_MAX], to[PATH_MAX];
+    const char *user;
+    if (s_rpc_user(req, sb, ubuf, sizeof ubuf, &user) != KB_OK) {
+        json_decref(body);
+        return;
+    }
+    const char *home = s_home(sb, user);
+    bool ok = s_rpc_path(req, body, op == FS_MOVE ? "source" : "path", home, path, sizeof path);
+    if (ok && op == FS_MOVE) ok = s_rpc_path(req, body, "destination", home, to, sizeof to);
+    int64_t depth = 1;
+    json_t *d = json_object_get(body, "depth");
+    if (ok && op == FS_LIST && d && !json_is_null(d)) {
+        //  proto3 JSON: a uint32 as a number or a string
+        if (json_is_integer(d)) depth = json_integer_value(d);
+        else if (json_is_string(d)) depth = strtoll(json_string_value(d), NULL, 10);
+        else ok = false;
+        if (!ok || depth < 0 || depth > 1000) {
+            s_rpc_error(req, "invalid_argument", "depth must be a whole number (1..1000)");
+            ok = false;
+        }
+        if (depth == 0) depth = 1;
+    }
+    json_decref(body);
+    if (!ok) return;
+    rpc_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        s_rpc_error(req, "internal", "out of memory");
+        return;
+    }
+    r->req = req;
+    r->op = (fs_op_t) op;
+    hreq_hold(req);
+    sbx_t *sbx = sandbox_sbx(sb);
+    switch (r->op) {
+    case FS_STAT: r->sr = sbx_stat(sbx, user, path, s_rpc_done, r); break;
+    case FS_MKDIR: r->sr = sbx_mkdir(sbx, user, path, true, s_rpc_done, r); break;
+    case FS_MOVE: r->sr = sbx_rename(sbx, user, path, to, s_rpc_done, r); break;
+    case FS_LIST: r->sr = sbx_list(sbx, user, path, (int) depth, s_rpc_done, r); break;
+    case FS_REMOVE: r->sr = sbx_remove(sbx, user, path, s_rpc_done, r); break;
+    }
+    if (!r->sr) {
+        s_rpc_error(req, "unavailable", "cannot reach the sandbox");
+        s_rpc_free(r);
+        return;
+    }
+    hreq_on_close(req, s_rpc_gone, r);
+}
+
+// ---------------------------------------------------------------------------------------
 //  Routing
 
 static bool s_claims(void *api, hreq_t *req)
@@ -925,6 +1186,10 @@ static void s_http(void *api, hreq_t *req)
         s_download(self, req, sb);
     } else if (strcmp(path, "/files") == 0 && m == HM_POST) {
         s_upload(self, req, sb, &route);
+    } else if (strncmp(path, "/filesystem.Filesystem/", 23) == 0) {
+        s_filesystem(req, sb, path + 23);
+    } else if (strncmp(path, "/process.Process/", 17) == 0) {
+        s_rpc_error(req, "unimplemented", "process.Process is not implemented by kbridge yet");
     } else if (strcmp(path, "/files") == 0 || strcmp(path, "/envs") == 0) {
         s_error(req, 405, "method not allowed");
     } else {

@@ -35,6 +35,40 @@ test('files.write / read / multi-file write, and runCode sees them', async () =>
   assert.equal(await sbx.isRunning(), false);
 });
 
+test('files.list / exists / getInfo / makeDir / rename / remove (Connect RPC, JSON)', async () => {
+  const sbx = await BaseSandbox.create();
+  try {
+    await sbx.files.write([{ path: '/home/user/t/a.txt', data: 'aaa' },
+                           { path: '/home/user/t/sub/b.txt', data: 'b' }]);
+    const top = await sbx.files.list('/home/user/t');
+    assert.deepEqual(top.map((e) => [e.name, e.type]).sort(), [['a.txt', 'file'], ['sub', 'dir']]);
+    const a = top.find((e) => e.name === 'a.txt');
+    assert.equal(a.path, '/home/user/t/a.txt');
+    assert.equal(a.size, 3);
+    assert.equal(a.owner, 'user');
+    assert.ok(a.modifiedTime instanceof Date && !isNaN(a.modifiedTime));
+    const deep = await sbx.files.list('/home/user/t', { depth: 2 });
+    assert.ok(deep.some((e) => e.path === '/home/user/t/sub/b.txt'));
+    assert.equal(await sbx.files.exists('/home/user/t/a.txt'), true);
+    assert.equal(await sbx.files.exists('/home/user/t/nope'), false);
+    assert.equal((await sbx.files.getInfo('/home/user/t/sub')).type, 'dir');
+    assert.equal(await sbx.files.makeDir('/home/user/t/new/deeper'), true);
+    assert.equal(await sbx.files.makeDir('/home/user/t/new/deeper'), false);
+    const moved = await sbx.files.rename('/home/user/t/a.txt', '/home/user/t/new/a2.txt');
+    assert.equal(moved.path, '/home/user/t/new/a2.txt');
+    assert.equal(await sbx.files.read('/home/user/t/new/a2.txt'), 'aaa');
+    await sbx.files.remove('/home/user/t/sub');
+    assert.equal(await sbx.files.exists('/home/user/t/sub/b.txt'), false);
+    await assert.rejects(sbx.files.list('/home/user/none'), FileNotFoundError);
+    await assert.rejects(sbx.files.remove('/home/user/none'), FileNotFoundError);
+    // as root
+    await sbx.files.write('/root/r.txt', 'r', { user: 'root' });
+    assert.equal((await sbx.files.getInfo('/root/r.txt', { user: 'root' })).owner, 'root');
+  } finally {
+    await sbx.kill();
+  }
+});
+
 test('two sandboxes do not see each other, and a foreign token is refused', async () => {
   const a = await BaseSandbox.create();
   const b = await BaseSandbox.create();

@@ -445,3 +445,82 @@ def test_real_sdk_files_in_non_debug_mode(tmp_path):
         assert "fail 0" in proc.stdout
     finally:
         srv.stop()
+
+
+def rpc(srv, sb, method, body, headers=None, raw=None):
+    h = {"Content-Type": "application/json", "Connect-Protocol-Version": "1"}
+    h.update(headers or {})
+    st, hd, data = envd(srv, "POST", f"/filesystem.Filesystem/{method}", sb,
+                        body=raw if raw is not None else json.dumps(body).encode(), headers=h)
+    return st, hd, (json.loads(data) if data else None)
+
+
+def test_filesystem_rpc(server, sbx):
+    assert upload(server, sbx, [("/home/user/rpc/f.txt", b"12345")])[0] == 200
+    st, hd, doc = rpc(server, sbx, "Stat", {"path": "/home/user/rpc/f.txt"})
+    assert st == 200 and hd["content-type"].startswith("application/json"), doc
+    e = doc["entry"]
+    assert (e["name"], e["type"], e["path"], e["size"]) == ("f.txt", "FILE_TYPE_FILE", "/home/user/rpc/f.txt", "5")
+    assert e["permissions"].startswith("-rw") and e["owner"] == "user" and e["mode"] == 0o644
+    assert e["modifiedTime"].endswith("Z") and "T" in e["modifiedTime"]
+    # relative paths from the user's home; root through Basic auth
+    st, _, doc = rpc(server, sbx, "Stat", {"path": "rpc"})
+    assert st == 200 and doc["entry"]["type"] == "FILE_TYPE_DIRECTORY"
+    st, _, doc = rpc(server, sbx, "Stat", {"path": "."}, headers={"Authorization": "Basic cm9vdDo="})
+    assert st == 200 and doc["entry"]["path"] == "/root"
+    st, _, doc = rpc(server, sbx, "MakeDir", {"path": "/home/user/rpc/a/b"})
+    assert st == 200 and doc["entry"]["path"] == "/home/user/rpc/a/b"
+    st, _, doc = rpc(server, sbx, "MakeDir", {"path": "/home/user/rpc/a/b"})
+    assert st == 409 and doc["code"] == "already_exists"
+    st, _, doc = rpc(server, sbx, "ListDir", {"path": "/home/user/rpc", "depth": 2})
+    assert st == 200
+    assert sorted(x["path"] for x in doc["entries"]) == ["/home/user/rpc/a", "/home/user/rpc/a/b",
+                                                          "/home/user/rpc/f.txt"]
+    st, _, doc = rpc(server, sbx, "ListDir", {"path": "/home/user/rpc", "depth": "1"})
+    assert st == 200 and len(doc["entries"]) == 2
+    st, _, doc = rpc(server, sbx, "Move", {"source": "/home/user/rpc/f.txt", "destination": "/home/user/rpc/a/g.txt"})
+    assert st == 200 and doc["entry"]["path"] == "/home/user/rpc/a/g.txt"
+    st, _, doc = rpc(server, sbx, "Remove", {"path": "/home/user/rpc/a"})
+    assert st == 200 and doc == {}
+    st, _, doc = rpc(server, sbx, "Stat", {"path": "/home/user/rpc/a/g.txt"})
+    assert st == 404 and doc["code"] == "not_found"
+    st, _, doc = rpc(server, sbx, "Remove", {"path": "/home/user/rpc/a"})
+    assert st == 404 and doc["code"] == "not_found"
+    st, _, doc = rpc(server, sbx, "Stat", {"path": "/root"})
+    assert st in (200, 403)  # listing /root as user is refused below
+    st, _, doc = rpc(server, sbx, "ListDir", {"path": "/root"})
+    assert st == 403 and doc["code"] == "permission_denied"
+
+
+def test_filesystem_rpc_bad_input(server, sbx, other):
+    cases = [
+        ("Stat", None, b"{", "invalid_argument"),
+        ("Stat", None, b"[1]", "invalid_argument"),
+        ("Stat", {"path": 5}, None, "invalid_argument"),
+        ("Stat", {}, None, "invalid_argument"),
+        ("Move", {"source": "/tmp"}, None, "invalid_argument"),
+        ("ListDir", {"path": "/tmp", "depth": "x" * 3}, None, None),
+        ("ListDir", {"path": "/tmp", "depth": [1]}, None, "invalid_argument"),
+        ("ListDir", {"path": "/tmp", "depth": -1}, None, "invalid_argument"),
+        ("Nope", {}, None, "unimplemented"),
+        ("WatchDir", {"path": "/tmp"}, None, "unimplemented"),
+    ]
+    for method, body, raw, code in cases:
+        st, _, doc = rpc(server, sbx, method, body, raw=raw)
+        if code:
+            assert doc["code"] == code and st >= 400, (method, body, raw, st, doc)
+    st, _, doc = rpc(server, sbx, "Stat", {"path": "/"}, headers={"Authorization": "Basic bm9ib2R5Og=="})
+    assert st == 401 and doc["code"] == "unauthenticated"
+    st, _, doc = rpc(server, sbx, "Stat", {"path": "/"}, headers={"Authorization": "Basic !!!"})
+    assert st == 400
+    st, _, _ = rpc(server, sbx, "Stat", {"path": "/"}, headers={"Content-Type": "text/plain"})
+    assert st == 415
+    st, _, _ = rpc(server, sbx, "Stat", {"path": "/"}, headers={"Content-Type": "application/proto"})
+    assert st == 415
+    st, _, body = envd(server, "POST", "/process.Process/List", sbx, body=b"{}",
+                       headers={"Content-Type": "application/json"})
+    assert st == 501 and json.loads(body)["code"] == "unimplemented"
+    # Tokens hold for RPC too: another sandbox's is refused.
+    st, _, _ = rpc(server, sbx, "Stat", {"path": "/"}, headers={"X-Access-Token": other["envdAccessToken"]})
+    assert st == 401
+    assert server.alive()
