@@ -1125,6 +1125,82 @@ static void s_filesystem(hreq_t *req, sandbox_t *sb, const char *method)
 }
 
 // ---------------------------------------------------------------------------------------
+//  Signed URLs: uploadUrl()/downloadUrl() carry no sandbox id, only a signature made with
+//  the sandbox's envd token (e2b-selfhost.md 4.5)
+
+//  Whether req is /files with a signature (and no routing headers).
+static bool s_is_signed(hreq_t *req)
+{
+    char sig[8];
+    int rc = hreq_query(req, "signature", sig, sizeof sig);
+    return strcmp(hreq_path(req), "/files") == 0 && (rc == KB_OK || rc == KB_ETOOBIG);
+}
+
+//  "v1_" + base64(SHA-256("<path>:<op>:<user>:<token>[:<expiration>]")), unpadded.
+static void s_signature(const char *path, const char *op, const char *user, const char *token,
+                        const char *expiration, char *out, size_t size)
+{
+    crypto_hash_sha256_state st;
+    crypto_hash_sha256_init(&st);
+    const char *parts[] = {path, ":", op, ":", user, ":", token};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        crypto_hash_sha256_update(&st, (const unsigned char *) parts[i], strlen(parts[i]));
+    if (expiration && *expiration) {
+        crypto_hash_sha256_update(&st, (const unsigned char *) ":", 1);
+        crypto_hash_sha256_update(&st, (const unsigned char *) expiration, strlen(expiration));
+    }
+    unsigned char hash[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_final(&st, hash);
+    char b64[64];
+    sodium_bin2base64(b64, sizeof b64, hash, sizeof hash, sodium_base64_VARIANT_ORIGINAL_NO_PADDING);
+    snprintf(out, size, "v1_%s", b64);
+}
+
+//  The running sandbox whose token made the request's signature, or NULL (replied).
+static sandbox_t *s_signed_sandbox(envd_t *self, hreq_t *req)
+{
+    char sig[128], path[PATH_MAX] = "", user[64] = "", exp[32] = "";
+    if (hreq_query(req, "signature", sig, sizeof sig) != KB_OK) {
+        s_error(req, 401, "invalid signature");
+        return NULL;
+    }
+    int rc = hreq_query(req, "path", path, sizeof path);
+    if (rc != KB_OK && rc != KB_ENOTFOUND) {
+        s_error(req, 400, "bad path");
+        return NULL;
+    }
+    hreq_query(req, "username", user, sizeof user);
+    if (hreq_query(req, "signature_expiration", exp, sizeof exp) == KB_OK && *exp) {
+        char *end;
+        long long when = strtoll(exp, &end, 10);
+        if (*end || when < sandbox_now_ms() / 1000) {
+            s_error(req, 401, "the signature has expired");
+            return NULL;
+        }
+    }
+    const char *op = hreq_method(req) == HM_POST ? "write" : "read";
+    sandbox_t **all;
+    size_t n = sandboxes_list(self->sandboxes, &all);
+    sandbox_t *found = NULL;
+    for (size_t i = 0; i < n; i++) {
+        char want[128];
+        s_signature(path, op, user, sandbox_envd_token(all[i]), exp, want, sizeof want);
+        //  every sandbox compared, whichever matches: no early exit to time
+        if (sbxroute_token_eq(want, sig) && !found) found = all[i];
+    }
+    free(all);
+    if (!found) {
+        s_error(req, 401, "invalid signature");
+        return NULL;
+    }
+    if (sandbox_state(found) != SANDBOX_RUNNING || !sandbox_sbx(found)) {
+        sbxroute_reply_gone(req, sandbox_id(found), found);
+        return NULL;
+    }
+    return found;
+}
+
+// ---------------------------------------------------------------------------------------
 //  Routing
 
 static bool s_claims(void *api, hreq_t *req)
@@ -1133,7 +1209,8 @@ static bool s_claims(void *api, hreq_t *req)
     sbxroute_t route;
     sbxroute_parse(req, &route);
     //  Bad routing headers are answered here, for every service.
-    return route.kind == SBXROUTE_ENVD || route.kind == SBXROUTE_BAD;
+    return route.kind == SBXROUTE_ENVD || route.kind == SBXROUTE_BAD ||
+           (route.kind == SBXROUTE_NONE && s_is_signed(req));
 }
 
 static bool s_is_public(void *api, hreq_t *req)
@@ -1141,7 +1218,9 @@ static bool s_is_public(void *api, hreq_t *req)
     (void) api;
     sbxroute_t route;
     sbxroute_parse(req, &route);
-    return route.kind == SBXROUTE_BAD || strcmp(hreq_path(req), "/health") == 0;
+    //  A signed URL is its own credential (checked when served).
+    return route.kind == SBXROUTE_BAD || strcmp(hreq_path(req), "/health") == 0 ||
+           (route.kind == SBXROUTE_NONE && s_is_signed(req));
 }
 
 static bool s_authorize(void *api, hreq_t *req, const char *token)
@@ -1174,11 +1253,16 @@ static void s_http(void *api, hreq_t *req)
 {
     envd_t *self = api;
     sbxroute_t route;
-    sandbox_t *sb = sbxroute_resolve(req, self->sandboxes, &route);
+    sbxroute_parse(req, &route);
+    sandbox_t *sb = route.kind == SBXROUTE_NONE ? s_signed_sandbox(self, req)
+                                                : sbxroute_resolve(req, self->sandboxes, &route);
     if (!sb) return;
+    if (route.kind == SBXROUTE_NONE) snprintf(route.id, sizeof route.id, "%s", sandbox_id(sb));
     const char *path = hreq_path(req);
     hmethod_t m = hreq_method(req);
-    if (strcmp(path, "/health") == 0) {
+    if (route.kind == SBXROUTE_NONE && strcmp(path, "/files") != 0) {
+        s_error(req, 404, "not found");
+    } else if (strcmp(path, "/health") == 0) {
         hreq_reply(req, 204, NULL, NULL, 0);
     } else if (strcmp(path, "/envs") == 0 && m == HM_GET) {
         hreq_reply_json(req, 200, json_deep_copy(sandbox_env(sb)));

@@ -12,6 +12,12 @@
       streamed into the sandbox in constant memory with backpressure. Each file appears
       only complete (a cut-off upload leaves none); no space is 507. Answers a JSON array
       of {"name", "type": "file", "path"}, one per file.
+    - signed uploadUrl()/downloadUrl() URLs (/files?...&signature=v1_...), which carry no
+      sandbox id: the sandbox is the one whose envd token makes the signature.
+    Connect RPC with the JSON codec, unary: filesystem.Filesystem Stat, MakeDir, Move,
+    ListDir (depth) and Remove, acting as the user Authorization: Basic names; EntryInfo
+    and Connect errors ({"code": "not_found", ...}) as upstream. process.Process and the
+    streaming calls answer unimplemented.
     Paths are resolved inside the sandbox as the user (default "user"; relative ones from
     the user's home), so `..` and symlinks cannot leave it. Errors are
     {"code": <status>, "message"} as upstream envd sends them.

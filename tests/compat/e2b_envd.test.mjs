@@ -69,6 +69,28 @@ test('files.list / exists / getInfo / makeDir / rename / remove (Connect RPC, JS
   }
 });
 
+test('uploadUrl / downloadUrl: signed, no sandbox id', async () => {
+  const sbx = await BaseSandbox.create();
+  const other = await BaseSandbox.create();
+  try {
+    const up = await sbx.uploadUrl('/home/user/signed.txt');
+    assert.ok(!up.includes(sbx.sandboxId) && up.includes('signature=v1_'));
+    const form = new FormData();
+    form.append('file', new Blob(['via a signed url']), '/home/user/signed.txt');
+    const res = await fetch(up, { method: 'POST', body: form });
+    assert.equal(res.status, 200, await res.clone().text());
+    const down = await sbx.downloadUrl('/home/user/signed.txt', { useSignatureExpiration: 60 });
+    assert.equal(await (await fetch(down)).text(), 'via a signed url');
+    assert.equal(await other.files.exists('/home/user/signed.txt'), false);
+    // a URL signed for reading does not write; a tampered one does nothing
+    assert.equal((await fetch(down, { method: 'POST', body: form })).status, 401);
+    assert.equal((await fetch(down.replace('signed.txt', 'other.txt'))).status, 401);
+  } finally {
+    await sbx.kill();
+    await other.kill();
+  }
+});
+
 test('two sandboxes do not see each other, and a foreign token is refused', async () => {
   const a = await BaseSandbox.create();
   const b = await BaseSandbox.create();

@@ -524,3 +524,47 @@ def test_filesystem_rpc_bad_input(server, sbx, other):
     st, _, _ = rpc(server, sbx, "Stat", {"path": "/"}, headers={"X-Access-Token": other["envdAccessToken"]})
     assert st == 401
     assert server.alive()
+
+
+def sign(path, op, user, token, expiration=None):
+    import base64
+    import hashlib
+    text = f"{path}:{op}:{user}:{token}" + (f":{expiration}" if expiration is not None else "")
+    return "v1_" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip("=")
+
+
+def test_signed_urls(server, sbx, other):
+    from urllib.parse import quote
+    # upstream's formula (e2b-selfhost.md 4.5)
+    assert sign("/home/user/a.txt", "write", "", "envd-tok-sbx52899238b2") == \
+        "v1_qQHvNxkGBWW1G954439+BUK89cBJt0NGkQ7V+okkQrY"
+    tok = sbx["envdAccessToken"]
+    path = "/home/user/signed.bin"
+    body, ct = multipart([(path, b"signed")])
+    q = f"/files?path={quote(path, safe='')}&signature={quote(sign(path, 'write', '', tok), safe='')}"
+    st, _, resp = envd(server, "POST", q, body=body, headers={"Content-Type": ct}, chunked=True)
+    assert st == 200, resp
+    exp = int(time.time()) + 60
+    q = (f"/files?path={quote(path, safe='')}&signature={quote(sign(path, 'read', '', tok, exp), safe='')}"
+         f"&signature_expiration={exp}")
+    st, _, data = envd(server, "GET", q)
+    assert st == 200 and data == b"signed"
+    assert download(server, other, path)[0] == 404
+    # expired, tampered, another op, another sandbox's token, as root unsigned: 401
+    old = int(time.time()) - 5
+    bad = [
+        ("GET", f"/files?path={quote(path, safe='')}&signature={quote(sign(path, 'read', '', tok, old), safe='')}&signature_expiration={old}"),
+        ("GET", f"/files?path=%2Fetc%2Fpasswd&signature={quote(sign(path, 'read', '', tok), safe='')}"),
+        ("GET", f"/files?path={quote(path, safe='')}&signature={quote(sign(path, 'write', '', tok), safe='')}"),
+        ("GET", f"/files?path={quote(path, safe='')}&username=root&signature={quote(sign(path, 'read', '', tok), safe='')}"),
+        ("GET", f"/files?path={quote(path, safe='')}&signature=v1_x"),
+        ("GET", f"/files?path={quote(path, safe='')}&signature="),
+    ]
+    for method, q in bad:
+        st, _, resp = envd(server, method, q)
+        assert st == 401 and json.loads(resp)["code"] == 401, (q, st, resp)
+    # another sandbox's token signs for that sandbox only
+    q = f"/files?path={quote(path, safe='')}&signature={quote(sign(path, 'read', '', other['envdAccessToken']), safe='')}"
+    assert envd(server, "GET", q)[0] == 404
+    # without a signature (and without headers) /files is not envd's
+    assert envd(server, "GET", f"/files?path={quote(path, safe='')}")[0] in (403, 404)
