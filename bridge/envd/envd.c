@@ -1041,7 +1041,218 @@ static bool s_rpc_path(hreq_t *req, json_t *body, const char *key, const char *h
     return true;
 }
 
-static void s_filesystem(hreq_t *req, sandbox_t *sb, const char *method)
+// ---------------------------------------------------------------------------------------
+//  Connect streaming: filesystem.Filesystem/WatchDir
+
+typedef struct {
+    hreq_t *req;
+    sbx_watch_t *watch;
+    uv_loop_t *loop;
+    uv_timer_t keepalive, deadline;
+    bool started, ended;
+    int handles;  //  timers still open
+} wd_t;
+
+//  One Connect envelope (flags, big-endian length, JSON). Returns 0 or the write's error.
+static int s_envelope(hreq_t *req, uint8_t flags, json_t *msg)
+{
+    size_t len = 0;
+    char *text = jx_dumps(msg, false, &len);
+    json_decref(msg);
+    if (!text) return KB_ENOMEM;
+    char *buf = wbuf_alloc(len + 5);
+    if (!buf) {
+        free(text);
+        return KB_ENOMEM;
+    }
+    buf[0] = (char) flags;
+    buf[1] = (char) (len >> 24);
+    buf[2] = (char) (len >> 16);
+    buf[3] = (char) (len >> 8);
+    buf[4] = (char) len;
+    memcpy(buf + 5, text, len);
+    free(text);
+    return hreq_stream_write_buf(req, buf, len + 5);
+}
+
+static void s_wd_closed(uv_handle_t *handle)
+{
+    wd_t *w = handle->data;
+    if (--w->handles == 0) free(w);
+}
+
+//  End the stream (code NULL: success) and let go.
+static void s_wd_end(wd_t *w, const char *code, const char *message)
+{
+    if (w->ended) return;
+    w->ended = true;
+    sbx_watch_destroy(&w->watch);
+    if (!hreq_gone(w->req)) {
+        if (!w->started) hreq_stream_begin(w->req, 200, "application/connect+json");
+        json_t *end = code ? json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message)
+                           : json_object();
+        s_envelope(w->req, 0x02, end);
+        hreq_stream_end(w->req);
+    }
+    hreq_on_close(w->req, NULL, NULL);
+    hreq_release(&w->req);
+    uv_timer_stop(&w->keepalive);
+    uv_timer_stop(&w->deadline);
+    uv_close((uv_handle_t *) &w->keepalive, s_wd_closed);
+    uv_close((uv_handle_t *) &w->deadline, s_wd_closed);
+}
+
+static void s_wd_gone(hreq_t *req, void *arg)
+{
+    (void) req;
+    s_wd_end(arg, NULL, NULL);
+}
+
+static void s_wd_keepalive(uv_timer_t *t)
+{
+    wd_t *w = t->data;
+    if (s_envelope(w->req, 0, json_pack("{s:{}}", "keepalive")) != KB_OK)
+        s_wd_end(w, NULL, NULL);
+}
+
+static void s_wd_deadline(uv_timer_t *t)
+{
+    s_wd_end(t->data, "deadline_exceeded", "the watch reached its Connect-Timeout-Ms");
+}
+
+static void s_wd_start(sbx_watch_t *watch, int err, const char *why, void *arg)
+{
+    (void) watch;
+    wd_t *w = arg;
+    if (err) {
+        s_wd_end(w, s_rpc_code(err), why ? why : kb_strerror(err));
+        return;
+    }
+    w->started = true;
+    hreq_stream_begin(w->req, 200, "application/connect+json");
+    if (s_envelope(w->req, 0, json_pack("{s:{}}", "start")) != KB_OK) s_wd_end(w, NULL, NULL);
+}
+
+static void s_wd_event(sbx_watch_t *watch, sbx_event_t type, const char *name, bool is_dir, void *arg)
+{
+    (void) watch;
+    (void) is_dir;
+    wd_t *w = arg;
+    static const char *const names[] = {NULL, "EVENT_TYPE_CREATE", "EVENT_TYPE_WRITE",
+                                         "EVENT_TYPE_REMOVE", "EVENT_TYPE_RENAME", "EVENT_TYPE_CHMOD"};
+    if (w->ended || (int) type < 1 || (int) type > 5) return;
+    if (s_envelope(w->req, 0, json_pack("{s:{s:s, s:s}}", "filesystem", "name", name, "type",
+                                        names[type])) != KB_OK)
+        s_wd_end(w, NULL, NULL);
+}
+
+static void s_wd_watch_end(sbx_watch_t *watch, int err, const char *why, void *arg)
+{
+    (void) watch;
+    wd_t *w = arg;
+    s_wd_end(w, err == KB_ETOOBIG ? "resource_exhausted" : s_rpc_code(err ? err : KB_ENOTFOUND),
+             why ? why : "the watch ended");
+}
+
+//  The one message of a streaming request: 00 <len:u32be> <json>. NULL if malformed.
+static json_t *s_stream_request(hreq_t *req, const char **why)
+{
+    size_t blen;
+    const unsigned char *b = (const unsigned char *) hreq_body(req, &blen);
+    if (blen < 5) {
+        *why = "the request is not one Connect envelope";
+        return NULL;
+    }
+    if (b[0] != 0) {
+        *why = "envelope flags must be 0 (no compression)";
+        return NULL;
+    }
+    size_t len = (size_t) b[1] << 24 | (size_t) b[2] << 16 | (size_t) b[3] << 8 | b[4];
+    if (len != blen - 5) {
+        *why = len > blen - 5 ? "the envelope's length runs past the body"
+                              : "a unary request holds more than one message";
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *msg = len ? jx_loadb((const char *) b + 5, len, &jerr) : json_object();
+    if (!json_is_object(msg)) {
+        json_decref(msg);
+        *why = "the message is not a JSON object";
+        return NULL;
+    }
+    return msg;
+}
+
+//  Stream-shaped failure before anything was sent: 200 and an end-stream error (a non-200
+//  status would lose the message, e2b-selfhost.md 5.2).
+static void s_stream_error(hreq_t *req, const char *code, const char *message)
+{
+    hreq_stream_begin(req, 200, "application/connect+json");
+    s_envelope(req, 0x02, json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message));
+    hreq_stream_end(req);
+}
+
+static void s_watch_dir(envd_t *self, hreq_t *req, sandbox_t *sb)
+{
+    const char *ct = hreq_header(req, "content-type");
+    if (!ct || strncasecmp(ct, "application/connect+json", 24) != 0) {
+        hreq_reply_json(req, 415, json_pack("{s:s, s:s}", "code", "unimplemented", "message",
+                                            "WatchDir is a stream: application/connect+json"));
+        return;
+    }
+    const char *why = NULL;
+    json_t *msg = s_stream_request(req, &why);
+    if (!msg) {
+        s_stream_error(req, "invalid_argument", why);
+        return;
+    }
+    char ubuf[16], path[PATH_MAX];
+    const char *user;
+    //  s_rpc_user answers unary-shaped; check the header the same way first
+    if (s_rpc_user(req, sb, ubuf, sizeof ubuf, &user) != KB_OK) {
+        json_decref(msg);
+        return;
+    }
+    json_t *p = json_object_get(msg, "path");
+    json_t *rec = json_object_get(msg, "recursive");
+    bool recursive = json_is_true(rec);
+    if (!json_is_string(p) || !*json_string_value(p) || (rec && !json_is_boolean(rec) && !json_is_null(rec)) ||
+        s_clean_path(s_home(sb, user), json_string_value(p), path, sizeof path) != KB_OK) {
+        json_decref(msg);
+        s_stream_error(req, "invalid_argument", "path must be a non-empty string, recursive a boolean");
+        return;
+    }
+    json_decref(msg);
+    wd_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        s_stream_error(req, "internal", "out of memory");
+        return;
+    }
+    w->req = req;
+    w->loop = self->loop;
+    hreq_hold(req);
+    uv_timer_init(self->loop, &w->keepalive);
+    uv_timer_init(self->loop, &w->deadline);
+    w->keepalive.data = w->deadline.data = w;
+    w->handles = 2;
+    static const sbx_watch_events_t events = {s_wd_start, s_wd_event, s_wd_watch_end};
+    int err = 0;
+    w->watch = sbx_watch(sandbox_sbx(sb), user, path, recursive, &events, w, &err);
+    if (!w->watch) {
+        s_wd_end(w, s_rpc_code(err ? err : KB_ECLOSED), "cannot watch");
+        return;
+    }
+    hreq_on_close(req, s_wd_gone, w);
+    const char *ka = hreq_header(req, "keepalive-ping-interval");
+    long secs = ka ? strtol(ka, NULL, 10) : 90;
+    if (secs < 1 || secs > 3600) secs = 90;
+    uv_timer_start(&w->keepalive, s_wd_keepalive, (uint64_t) secs * 1000, (uint64_t) secs * 1000);
+    const char *to = hreq_header(req, "connect-timeout-ms");
+    long long ms = to ? strtoll(to, NULL, 10) : 0;
+    if (ms > 0) uv_timer_start(&w->deadline, s_wd_deadline, (uint64_t) ms, 0);
+}
+
+static void s_filesystem(envd_t *self, hreq_t *req, sandbox_t *sb, const char *method)
 {
     static const struct {
         const char *name;
@@ -1051,6 +1262,10 @@ static void s_filesystem(hreq_t *req, sandbox_t *sb, const char *method)
     int op = -1;
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
         if (strcmp(methods[i].name, method) == 0) op = (int) methods[i].op;
+    if (op < 0 && strcmp(method, "WatchDir") == 0 && hreq_method(req) == HM_POST) {
+        s_watch_dir(self, req, sb);
+        return;
+    }
     if (op < 0) {
         s_rpc_error(req, "unimplemented", "filesystem.Filesystem/%s is not implemented", method);
         return;
@@ -1271,7 +1486,7 @@ static void s_http(void *api, hreq_t *req)
     } else if (strcmp(path, "/files") == 0 && m == HM_POST) {
         s_upload(self, req, sb, &route);
     } else if (strncmp(path, "/filesystem.Filesystem/", 23) == 0) {
-        s_filesystem(req, sb, path + 23);
+        s_filesystem(self, req, sb, path + 23);
     } else if (strncmp(path, "/process.Process/", 17) == 0) {
         s_rpc_error(req, "unimplemented", "process.Process is not implemented by kbridge yet");
     } else if (strcmp(path, "/files") == 0 || strcmp(path, "/envs") == 0) {

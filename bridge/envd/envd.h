@@ -16,8 +16,9 @@
       sandbox id: the sandbox is the one whose envd token makes the signature.
     Connect RPC with the JSON codec, unary: filesystem.Filesystem Stat, MakeDir, Move,
     ListDir (depth) and Remove, acting as the user Authorization: Basic names; EntryInfo
-    and Connect errors ({"code": "not_found", ...}) as upstream. process.Process and the
-    streaming calls answer unimplemented.
+    and Connect errors ({"code": "not_found", ...}) as upstream; and the stream WatchDir
+    (start first, events, keepalives, an end-stream frame at Connect-Timeout-Ms or when
+    the watch ends). process.Process answers unimplemented.
     Paths are resolved inside the sandbox as the user (default "user"; relative ones from
     the user's home), so `..` and symlinks cannot leave it. Errors are
     {"code": <status>, "message"} as upstream envd sends them.

@@ -91,6 +91,26 @@ test('uploadUrl / downloadUrl: signed, no sandbox id', async () => {
   }
 });
 
+test('files.watchDir: recursive events, start first, stop', async () => {
+  const sbx = await BaseSandbox.create();
+  try {
+    await sbx.files.makeDir('/home/user/w/sub');
+    const seen = [];
+    const handle = await sbx.files.watchDir('/home/user/w', (ev) => seen.push(`${ev.type}:${ev.name}`),
+                                            { recursive: true, timeoutMs: 30_000 });
+    await sbx.files.write('/home/user/w/sub/f.txt', 'x');
+    await sbx.files.write('/home/user/w/top.txt', 'y');
+    await sbx.files.remove('/home/user/w/top.txt');
+    for (let i = 0; i < 100 && !seen.includes('remove:top.txt'); i++) await new Promise((r) => setTimeout(r, 50));
+    await handle.stop();
+    assert.ok(seen.some((e) => e.endsWith(':sub/f.txt')), seen.join(','));
+    assert.ok(seen.includes('remove:top.txt'), seen.join(','));
+    await assert.rejects(sbx.files.watchDir('/home/user/none', () => {}), FileNotFoundError);
+  } finally {
+    await sbx.kill();
+  }
+});
+
 test('two sandboxes do not see each other, and a foreign token is refused', async () => {
   const a = await BaseSandbox.create();
   const b = await BaseSandbox.create();

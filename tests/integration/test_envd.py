@@ -568,3 +568,63 @@ def test_signed_urls(server, sbx, other):
     assert envd(server, "GET", q)[0] == 404
     # without a signature (and without headers) /files is not envd's
     assert envd(server, "GET", f"/files?path={quote(path, safe='')}")[0] in (403, 404)
+
+
+def envelopes(data):
+    out, i = [], 0
+    while i + 5 <= len(data):
+        n = int.from_bytes(data[i + 1:i + 5], "big")
+        out.append((data[i], json.loads(data[i + 5:i + 5 + n])))
+        i += 5 + n
+    assert i == len(data), data
+    return out
+
+
+def watch(srv, sb, raw, headers=None):
+    h = {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+    h.update(headers or {})
+    return envd(srv, "POST", "/filesystem.Filesystem/WatchDir", sb, body=raw, headers=h)
+
+
+def env_of(msg):
+    b = json.dumps(msg).encode()
+    return b"\0" + len(b).to_bytes(4, "big") + b
+
+
+def test_watch_dir_stream(server, sbx):
+    assert rpc(server, sbx, "MakeDir", {"path": "/home/user/wd"})[0] == 200
+    # The deadline ends it: start first, keepalives at the interval, then the end-stream
+    # error; the HTTP status stays 200 (a stream's status would lose the message).
+    st, hd, data = watch(server, sbx, env_of({"path": "/home/user/wd"}),
+                         headers={"Connect-Timeout-Ms": "2500", "Keepalive-Ping-Interval": "1"})
+    assert st == 200 and hd["content-type"].startswith("application/connect+json")
+    frames = envelopes(data)
+    assert frames[0] == (0, {"start": {}}), frames
+    assert (0, {"keepalive": {}}) in frames
+    assert frames[-1][0] == 2 and frames[-1][1]["error"]["code"] == "deadline_exceeded"
+    # Missing directory: 200 and an end-stream not_found.
+    st, _, data = watch(server, sbx, env_of({"path": "/home/user/nowhere"}))
+    assert st == 200 and envelopes(data)[-1][1]["error"]["code"] == "not_found"
+    # Malformed envelopes.
+    good = env_of({"path": "/home/user/wd"})
+    for raw in (good[:-1], good + good, b"\x01" + good[1:], b"\0\0\0", b"\0\0\0\0\x02[]",
+                env_of({"path": 3}), env_of({"path": "/tmp", "recursive": "yes"})):
+        st, _, data = watch(server, sbx, raw)
+        assert st == 200, (raw, st)
+        assert envelopes(data) [-1][1]["error"]["code"] == "invalid_argument", (raw, data)
+    st, _, _ = envd(server, "POST", "/filesystem.Filesystem/WatchDir", sbx, body=good,
+                    headers={"Content-Type": "application/json"})
+    assert st == 415
+    # A client that leaves: its watch goes, the server carries on.
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall((f"POST /filesystem.Filesystem/WatchDir HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"E2b-Sandbox-Id: {sbx['sandboxID']}\r\nE2b-Sandbox-Port: 49983\r\n"
+               f"X-Access-Token: {sbx['envdAccessToken']}\r\nContent-Type: application/connect+json\r\n"
+               f"Content-Length: {len(good)}\r\n\r\n").encode() + good)
+    got = b""
+    while b"start" not in got:
+        piece = s.recv(4096)
+        assert piece, got
+        got += piece
+    s.close()
+    assert rpc(server, sbx, "Stat", {"path": "/home/user/wd"})[0] == 200
