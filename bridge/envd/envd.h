@@ -18,7 +18,10 @@
     ListDir (depth) and Remove, acting as the user Authorization: Basic names; EntryInfo
     and Connect errors ({"code": "not_found", ...}) as upstream; and the stream WatchDir
     (start first, events, keepalives, an end-stream frame at Connect-Timeout-Ms or when
-    the watch ends). process.Process answers unimplemented.
+    the watch ends). process.Process: the streams Start (the
+    stream's Connect-Timeout-Ms is the process's lifetime; a dropped stream leaves it
+    running) and Connect, and the unary List, SendInput, CloseStdin, SendSignal and
+    Update (PTY size); output is read only as fast as the slowest stream takes it.
     Paths are resolved inside the sandbox as the user (default "user"; relative ones from
     the user's home), so `..` and symlinks cannot leave it. Errors are
     {"code": <status>, "message"} as upstream envd sends them.

@@ -5,7 +5,7 @@
 // environment (all three kbridge's URL and token).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Sandbox as BaseSandbox, FileNotFoundError } from 'e2b';
+import { Sandbox as BaseSandbox, FileNotFoundError, CommandExitError } from 'e2b';
 import { Sandbox } from '@e2b/code-interpreter';
 
 test('files.write / read / multi-file write, and runCode sees them', async () => {
@@ -106,6 +106,43 @@ test('files.watchDir: recursive events, start first, stop', async () => {
     assert.ok(seen.some((e) => e.endsWith(':sub/f.txt')), seen.join(','));
     assert.ok(seen.includes('remove:top.txt'), seen.join(','));
     await assert.rejects(sbx.files.watchDir('/home/user/none', () => {}), FileNotFoundError);
+  } finally {
+    await sbx.kill();
+  }
+});
+
+test('commands.run, background + stdin + kill, list, connect, pty', async () => {
+  const sbx = await BaseSandbox.create({ envs: { SBX: 'sandbox-env' } });
+  try {
+    const out = [];
+    const r = await sbx.commands.run('echo $FOO $SBX $USER; echo err >&2; pwd', {
+      envs: { FOO: 'bar' }, cwd: '/tmp', onStdout: (d) => out.push(d) });
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.stdout, 'bar sandbox-env user\n/tmp\n');
+    assert.equal(r.stderr, 'err\n');
+    assert.equal(out.join(''), r.stdout);
+    assert.equal((await sbx.commands.run('id -un', { user: 'root' })).stdout, 'root\n');
+    await assert.rejects(sbx.commands.run('exit 3'), (e) => e instanceof CommandExitError && e.exitCode === 3);
+    const h = await sbx.commands.run('cat', { background: true, stdin: true });
+    assert.ok(h.pid > 0);
+    assert.ok((await sbx.commands.list()).some((p) => p.pid === h.pid && p.cmd === '/bin/bash'));
+    await sbx.commands.sendStdin(h.pid, 'input-data\n');
+    const seen = [];
+    const again = await sbx.commands.connect(h.pid, { onStdout: (d) => seen.push(d) });
+    await h.closeStdin();
+    const done = await h.wait();
+    assert.equal(done.stdout, 'input-data\n');
+    await again.wait();
+    const k = await sbx.commands.run('sleep 30', { background: true });
+    assert.equal(await sbx.commands.kill(k.pid), true);
+    await assert.rejects(k.wait(), (e) => e instanceof CommandExitError && /killed/.test(e.message));
+    assert.equal(await sbx.commands.kill(999999), false);
+    const bytes = [];
+    const t = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => bytes.push(...d) });
+    await sbx.pty.resize(t.pid, { cols: 100, rows: 30 });
+    await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size; exit\n'));
+    await t.wait().catch(() => {});
+    assert.match(Buffer.from(bytes).toString(), /30 100/);
   } finally {
     await sbx.kill();
   }

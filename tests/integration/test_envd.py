@@ -517,7 +517,7 @@ def test_filesystem_rpc_bad_input(server, sbx, other):
     assert st == 415
     st, _, _ = rpc(server, sbx, "Stat", {"path": "/"}, headers={"Content-Type": "application/proto"})
     assert st == 415
-    st, _, body = envd(server, "POST", "/process.Process/List", sbx, body=b"{}",
+    st, _, body = envd(server, "POST", "/process.Process/StreamInput", sbx, body=b"{}",
                        headers={"Content-Type": "application/json"})
     assert st == 501 and json.loads(body)["code"] == "unimplemented"
     # Tokens hold for RPC too: another sandbox's is refused.
@@ -628,3 +628,98 @@ def test_watch_dir_stream(server, sbx):
         got += piece
     s.close()
     assert rpc(server, sbx, "Stat", {"path": "/home/user/wd"})[0] == 200
+
+
+def pcall(srv, sb, method, body, headers=None):
+    h = {"Content-Type": "application/json", "Connect-Protocol-Version": "1"}
+    h.update(headers or {})
+    st, _, data = envd(srv, "POST", f"/process.Process/{method}", sb, body=json.dumps(body).encode(), headers=h)
+    return st, (json.loads(data) if data else None)
+
+
+def start(srv, sb, process, headers=None, **extra):
+    h = {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+    h.update(headers or {})
+    st, _, data = envd(srv, "POST", "/process.Process/Start", sb, body=env_of(dict(process=process, **extra)),
+                       headers=h)
+    return st, envelopes(data)
+
+
+def test_process_rpc(server, sbx):
+    import base64
+    st, frames = start(server, sbx, {"cmd": "/bin/sh", "args": ["-c", "echo $A; echo e >&2; exit 4"],
+                                     "envs": {"A": "b"}})
+    assert st == 200
+    assert "start" in frames[0][1]["event"], frames
+    out = b"".join(base64.b64decode(f[1]["event"]["data"]["stdout"]) for f in frames
+                   if f[0] == 0 and "data" in f[1]["event"] and "stdout" in f[1]["event"]["data"])
+    assert out == b"b\n"
+    end = [f[1]["event"]["end"] for f in frames if f[0] == 0 and "end" in f[1]["event"]][0]
+    assert end["exitCode"] == 4 and end["status"] == "exit status 4"
+    assert frames[-1] == (2, {})
+    # Connect-Timeout-Ms is the process's lifetime.
+    t0 = time.monotonic()
+    st, frames = start(server, sbx, {"cmd": "/bin/sleep", "args": ["30"]}, headers={"Connect-Timeout-Ms": "700"})
+    assert time.monotonic() - t0 < 10
+    end = [f[1]["event"]["end"] for f in frames if f[0] == 0 and "end" in f[1]["event"]][0]
+    assert end["status"] == "signal: killed", end
+    # A dropped stream leaves the process running; Connect finds it by pid, SendSignal ends it.
+    s = socket.create_connection(("127.0.0.1", server.port))
+    body = env_of({"process": {"cmd": "/bin/sleep", "args": ["30"]}, "tag": "sleeper"})
+    s.sendall((f"POST /process.Process/Start HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"E2b-Sandbox-Id: {sbx['sandboxID']}\r\nE2b-Sandbox-Port: 49983\r\n"
+               f"X-Access-Token: {sbx['envdAccessToken']}\r\nContent-Type: application/connect+json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    got = b""
+    while b"pid" not in got:
+        got += s.recv(4096)
+    s.close()
+    time.sleep(0.3)
+    st, doc = pcall(server, sbx, "List", {})
+    mine = [p for p in doc["processes"] if p.get("tag") == "sleeper"]
+    assert st == 200 and len(mine) == 1 and mine[0]["config"]["cmd"] == "/bin/sleep", doc
+    pid = mine[0]["pid"]
+    assert pcall(server, sbx, "SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}) == (200, {})
+    def gone():
+        return not [p for p in pcall(server, sbx, "List", {})[1]["processes"] if p["pid"] == pid]
+    deadline = time.monotonic() + 10
+    while not gone():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # Unknown pids, bad input.
+    for method, body in [("SendSignal", {"process": {"pid": 999999}, "signal": "SIGNAL_SIGKILL"}),
+                         ("SendInput", {"process": {"pid": 999999}, "input": {"stdin": "eA=="}}),
+                         ("CloseStdin", {"process": {"pid": 999999}}),
+                         ("Update", {"process": {"pid": 999999}, "pty": {"size": {"cols": 1, "rows": 1}}})]:
+        st, doc = pcall(server, sbx, method, body)
+        assert st == 404 and doc["code"] == "not_found", (method, doc)
+    h = {"Content-Type": "application/connect+json"}
+    st, _, data = envd(server, "POST", "/process.Process/Connect", sbx, body=env_of({"process": {"pid": 999999}}), headers=h)
+    assert st == 200 and envelopes(data)[-1][1]["error"]["code"] == "not_found"
+    for bad in ({"cmd": 5}, {"args": ["x"]}, {"cmd": "/bin/true", "args": [1]}, {"cmd": "/bin/true", "envs": {"A": 1}}):
+        st, frames = start(server, sbx, bad)
+        assert st == 200 and frames[-1][1]["error"]["code"] == "invalid_argument", (bad, frames)
+    st, frames = start(server, sbx, {"cmd": "/no/such/binary"})
+    assert st == 200 and frames[-1][0] == 2 and "error" in frames[-1][1], frames
+    st, _, data = envd(server, "POST", "/process.Process/Start", sbx, body=b"\0\0\0\0\x09{}",
+                       headers=h)
+    assert envelopes(data)[-1][1]["error"]["code"] == "invalid_argument"
+    assert pcall(server, sbx, "Nope", {})[1]["code"] == "unimplemented"
+    assert server.alive()
+
+
+def test_killing_a_sandbox_ends_its_streams(server):
+    sb = create(server)
+    h = {"Content-Type": "application/connect+json"}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/process.Process/Start", body=env_of({"process": {"cmd": "/bin/sleep", "args": ["60"]}}),
+                 headers=dict(h, **{"E2b-Sandbox-Id": sb["sandboxID"], "E2b-Sandbox-Port": "49983",
+                                    "X-Access-Token": sb["envdAccessToken"]}))
+    r = conn.getresponse()
+    assert r.status == 200
+    server.api("DELETE", f"/sandboxes/{sb['sandboxID']}")
+    data = r.read()
+    frames = envelopes(data)
+    assert frames[-1][0] == 2, frames
+    conn.close()
+    assert envd(server, "GET", "/health", sb, token="")[0] == 502
