@@ -723,3 +723,20 @@ def test_killing_a_sandbox_ends_its_streams(server):
     assert frames[-1][0] == 2, frames
     conn.close()
     assert envd(server, "GET", "/health", sb, token="")[0] == 502
+
+
+def test_paused_sandbox_is_502_until_resumed(server):
+    sb = create(server)
+    sid = sb["sandboxID"]
+    st, _, _ = server.api("POST", f"/sandboxes/{sid}/pause", {})
+    if st != 204:
+        pytest.skip(f"no freezer here (pause: {st})")
+    for port in (ENVD, CODE):
+        st, _, body = envd(server, "GET", "/health", sb, token="", port=port)
+        assert st == 502 and json.loads(body)["message"] == "The sandbox is paused", body
+    assert envd(server, "GET", "/envs", sb)[0] == 502
+    st, _, _ = server.api("POST", f"/v2/sandboxes/{sid}/connect", {})
+    assert st in (200, 201)
+    assert envd(server, "GET", "/health", sb, token="")[0] == 204
+    assert envd(server, "GET", "/envs", sb)[0] == 200
+    server.api("DELETE", f"/sandboxes/{sid}")
