@@ -309,10 +309,9 @@ static void s_wd_watch_end(sbx_watch_t *watch, int err, const char *why, void *a
 }
 
 //  The one message of a streaming request: 00 <len:u32be> <json>. NULL if malformed.
-json_t *envd__stream_request(hreq_t *req, const char **why)
+json_t *envd__stream_message(const char *body, size_t blen, const char **why)
 {
-    size_t blen;
-    const unsigned char *b = (const unsigned char *) hreq_body(req, &blen);
+    const unsigned char *b = (const unsigned char *) body;
     if (blen < 5) {
         *why = "the request is not one Connect envelope";
         return NULL;
@@ -328,13 +327,20 @@ json_t *envd__stream_request(hreq_t *req, const char **why)
         return NULL;
     }
     json_error_t jerr;
-    json_t *msg = len ? jx_loadb((const char *) b + 5, len, &jerr) : json_object();
+    json_t *msg = len ? jx_loadb(body + 5, len, &jerr) : json_object();
     if (!json_is_object(msg)) {
         json_decref(msg);
         *why = "the message is not a JSON object";
         return NULL;
     }
     return msg;
+}
+
+json_t *envd__stream_request(hreq_t *req, const char **why)
+{
+    size_t blen;
+    const char *body = hreq_body(req, &blen);
+    return envd__stream_message(body, blen, why);
 }
 
 //  Stream-shaped failure before anything was sent: 200 and an end-stream error (a non-200

@@ -37,7 +37,7 @@ int envd__status_of(int err);
 //  sandbox), in user. Returns 0, or replies 400 and returns KB_EINVAL.
 int envd__user(hreq_t *req, sandbox_t *sb, char *user, size_t size, const char **out);
 //  path made absolute (relative: from home) and lexically clean; ".." at the root stays
-//  there. Returns 0, KB_ETOOBIG or KB_EINVAL (empty).
+//  there. Returns 0, KB_ETOOBIG or KB_EINVAL (empty). Fuzzed: tests/fuzz/fuzz_envd.c.
 int envd__clean_path(const char *home, const char *path, char *out, size_t size);
 //  The home of user in sb (relative paths start there).
 const char *envd__home(sandbox_t *sb, const char *user);
@@ -54,7 +54,9 @@ const char *envd__rpc_code(int err);
 int envd__rpc_user(hreq_t *req, sandbox_t *sb, char *user, size_t size, const char **out);
 //  Write one envelope (flags, big-endian length, msg as JSON; msg is stolen).
 int envd__envelope(hreq_t *req, uint8_t flags, json_t *msg);
-//  The one message of a streaming request's body, or NULL with why.
+//  The one message of a streaming request's body (00 <len:u32be> <JSON object>, nothing
+//  after it), or NULL with why. Caller owns return value. Fuzzed: tests/fuzz/fuzz_envd.c.
+json_t *envd__stream_message(const char *body, size_t len, const char **why);
 json_t *envd__stream_request(hreq_t *req, const char **why);
 //  200, then an end-stream error frame (a stream's status would lose the message).
 void envd__stream_error(hreq_t *req, const char *code, const char *message);
