@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 build_pkgs=(build-essential cmake pkg-config
-  libzmq3-dev libczmq-dev libsodium-dev libjansson-dev libssl-dev libuv1-dev
+  libzmq3-dev libczmq-dev libsodium-dev libjansson-dev libssl-dev libuv1-dev zlib1g-dev
   passt)  # passt: pasta, the outbound network of sandboxes with internet
 # The default kernel (IPython with charts and tables out of the box), and R for E2B's
 # language "r".

@@ -3,6 +3,7 @@
 #include "../sandboxes/sandboxes.h"
 #include "../apikit/envcheck.h"
 #include "../apikit/hwait.h"
+#include "../apikit/sbxroute.h"
 #include "../buf/jbuf.h"
 #include "e2b_events.h"
 #include "ereq.h"
@@ -116,15 +117,16 @@ static json_t *s_context_model(e2b_t *self, kentry_t *entry)
                      kentry_cwd(entry));
 }
 
-static kentry_t *s_live(e2b_t *self, const char *id)
+//  A context of the sandbox sb.
+static kentry_t *s_live(e2b_t *self, sandbox_t *sb, const char *id)
 {
     kentry_t *entry = id ? registry_find(s_registry(self), id) : NULL;
-    return entry && sandbox_has_kernel(sandboxes_default(self->sandboxes), entry) ? entry : NULL;
+    return entry && sandbox_has_kernel(sb, entry) ? entry : NULL;
 }
 
 //  Start a context for language in cwd. On failure, *why says what went wrong.
-static kentry_t *s_create_context(e2b_t *self, const char *language, const char *cwd, bool is_default,
-                                  char *why, size_t size)
+static kentry_t *s_create_context(e2b_t *self, sandbox_t *sb, const char *language, const char *cwd,
+                                  bool is_default, char *why, size_t size)
 {
     char *kernel = s_kernel_for_language(self, language);
     if (!kernel) {
@@ -132,7 +134,7 @@ static kentry_t *s_create_context(e2b_t *self, const char *language, const char 
         return NULL;
     }
     int err;
-    kentry_t *entry = sandbox_start_kernel(sandboxes_default(self->sandboxes), kernel, cwd, NULL, &err);
+    kentry_t *entry = sandbox_start_kernel(sb, kernel, cwd, NULL, &err);
     if (!entry)
         snprintf(why, size, "Failed to start the %s kernel for language '%s': %s", kernel, language,
                  err == KB_EINVAL ? "cwd is not a directory"
@@ -142,13 +144,15 @@ static kentry_t *s_create_context(e2b_t *self, const char *language, const char 
     if (entry) {
         s_prune_contexts(self);
         json_object_set_new(self->contexts, kentry_id(entry),
-                            json_pack("{s:s, s:b}", "language", language, "default", is_default));
+                            json_pack("{s:s, s:b, s:s}", "language", language, "default", is_default,
+                                      "sandbox", sandbox_id(sb)));
     }
     return entry;
 }
 
-//  The default context of a language, created on first use.
-static kentry_t *s_default_context(e2b_t *self, const char *language, char *why, size_t size)
+//  The default context of a language in sandbox sb, created on first use.
+static kentry_t *s_default_context(e2b_t *self, sandbox_t *sb, const char *language, char *why,
+                                   size_t size)
 {
     const char *id;
     json_t *info;
@@ -157,11 +161,11 @@ static kentry_t *s_default_context(e2b_t *self, const char *language, char *why,
         const char *lang = json_string_value(json_object_get(info, "language"));
         kentry_t *entry = json_is_true(json_object_get(info, "default")) && lang &&
                                   strcmp(lang, language) == 0
-                              ? registry_find(self->registry, id)
+                              ? s_live(self, sb, id)
                               : NULL;
         if (entry) return entry;
     }
-    return s_create_context(self, language, NULL, true, why, size);
+    return s_create_context(self, sb, language, NULL, true, why, size);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -250,7 +254,7 @@ static bool s_parse_body(hreq_t *req, ereq_kind_t kind, ereq_t *out)
     return false;
 }
 
-static void s_execute(e2b_t *self, hreq_t *req)
+static void s_execute(e2b_t *self, sandbox_t *sb, hreq_t *req)
 {
     ereq_t doc;
     if (!s_parse_body(req, EREQ_EXECUTE, &doc)) return;
@@ -260,7 +264,7 @@ static void s_execute(e2b_t *self, hreq_t *req)
     stream_t *st = NULL;
     char why[300];
     if (context_id) {
-        entry = s_live(self, context_id);
+        entry = s_live(self, sb, context_id);
         if (!entry) {
             snprintf(why, sizeof why, "Context %.200s not found", context_id);
             hreq_reply_text(req, 404, why);
@@ -269,7 +273,7 @@ static void s_execute(e2b_t *self, hreq_t *req)
     } else {
         char lang[64];
         s_normalize_language(language ? language : "python", lang, sizeof lang);
-        entry = s_default_context(self, lang, why, sizeof why);
+        entry = s_default_context(self, sb, lang, why, sizeof why);
         if (!entry) {
             hreq_reply_text(req, 500, why);
             goto done;
@@ -323,13 +327,13 @@ done:
 typedef enum { CTX_CREATE, CTX_RESTART, CTX_DELETE } ctx_op_t;
 static void s_reply_after(e2b_t *self, hreq_t *req, kentry_t *entry, ctx_op_t op);
 
-static void s_contexts_post(e2b_t *self, hreq_t *req)
+static void s_contexts_post(e2b_t *self, sandbox_t *sb, hreq_t *req)
 {
     ereq_t doc;
     if (!s_parse_body(req, EREQ_CONTEXT, &doc)) return;
     char language[64], why[300];
     s_normalize_language(doc.language ? doc.language : "python", language, sizeof language);
-    kentry_t *entry = s_create_context(self, language, doc.cwd, false, why, sizeof why);
+    kentry_t *entry = s_create_context(self, sb, language, doc.cwd, false, why, sizeof why);
     ereq_free(&doc);
     if (!entry) {
         hreq_reply_text(req, 500, why);
@@ -364,9 +368,9 @@ static void s_reply_after(e2b_t *self, hreq_t *req, kentry_t *entry, ctx_op_t op
     hwait_start(req, entry, s_reply_transition, (int) op, self);
 }
 
-static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *action)
+static void s_context(e2b_t *self, sandbox_t *sb, hreq_t *req, const char *id, const char *action)
 {
-    kentry_t *entry = s_live(self, id);
+    kentry_t *entry = s_live(self, sb, id);
     if (!entry) {
         char why[300];
         snprintf(why, sizeof why, "Context %.200s not found", id);
@@ -387,9 +391,15 @@ static void s_context(e2b_t *self, hreq_t *req, const char *id, const char *acti
 // ---------------------------------------------------------------------------------------
 //  Routing
 
+//  Requests routed to a sandbox's code interpreter (E2b-Sandbox-Port 49999), whatever the
+//  path; without routing headers, the paths of the default sandbox's.
 static bool s_claims(void *api, hreq_t *req)
 {
     (void) api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    if (route.kind == SBXROUTE_CODE) return true;
+    if (route.kind != SBXROUTE_NONE) return false;
     const char *path = hreq_path(req);
     return strcmp(path, "/execute") == 0 || strcmp(path, "/health") == 0 ||
            strcmp(path, "/contexts") == 0 || strncmp(path, "/contexts/", 10) == 0;
@@ -398,19 +408,22 @@ static bool s_claims(void *api, hreq_t *req)
 static void s_http(void *api, hreq_t *req)
 {
     e2b_t *self = api;
+    sbxroute_t route;
+    sandbox_t *sb = sbxroute_resolve(req, self->sandboxes, &route);
+    if (!sb) return;
     const char *path = hreq_path(req);
     hmethod_t m = hreq_method(req);
     if (strcmp(path, "/health") == 0) {
         hreq_reply(req, 200, "application/json", "\"OK\"", 4);
     } else if (strcmp(path, "/execute") == 0) {
-        if (m == HM_POST) s_execute(self, req);
+        if (m == HM_POST) s_execute(self, sb, req);
         else hreq_reply_text(req, 405, "Method Not Allowed");
     } else if (strcmp(path, "/contexts") == 0) {
         if (m == HM_POST) {
-            s_contexts_post(self, req);
+            s_contexts_post(self, sb, req);
         } else if (m == HM_GET) {
             kentry_t **entries;
-            size_t n = sandbox_kernels(sandboxes_default(self->sandboxes), &entries);
+            size_t n = sandbox_kernels(sb, &entries);
             json_t *list = json_array();
             //  The listing also says each context's state (E2B's model has none; its SDKs
             //  ignore the field): "unresponsive" is how a stopped kernel shows.
@@ -424,13 +437,15 @@ static void s_http(void *api, hreq_t *req)
         } else {
             hreq_reply_text(req, 405, "Method Not Allowed");
         }
+    } else if (strcmp(path, "/contexts") != 0 && strncmp(path, "/contexts/", 10) != 0) {
+        hreq_reply_text(req, 404, "Not Found");
     } else {
         char id[128];
         const char *rest = path + 10;
         const char *slash = strchr(rest, '/');
         size_t n = slash ? (size_t) (slash - rest) : strlen(rest);
         snprintf(id, sizeof id, "%.*s", (int) (n < sizeof id ? n : sizeof id - 1), rest);
-        s_context(self, req, id, slash ? slash + 1 : "");
+        s_context(self, sb, req, id, slash ? slash + 1 : "");
     }
 }
 
@@ -472,11 +487,37 @@ static bool s_is_public(void *api, hreq_t *req)
     return strcmp(hreq_path(req), "/health") == 0;
 }
 
+//  A sandbox's own tokens (the SDKs send the traffic token on every call, the envd token
+//  on /execute too) act on that sandbox's code interpreter only.
+static bool s_authorize(void *api, hreq_t *req, const char *token)
+{
+    e2b_t *self = api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    if (route.kind != SBXROUTE_CODE) return false;
+    sandbox_t *sb = sbxroute_sandbox(&route, self->sandboxes);
+    return sb && !sandbox_is_default(sb) && sandbox_token_ok(sb, token);
+}
+
+static void s_refuse(void *api, hreq_t *req)
+{
+    e2b_t *self = api;
+    sbxroute_t route;
+    sbxroute_parse(req, &route);
+    sandbox_t *sb = route.kind == SBXROUTE_CODE ? sbxroute_sandbox(&route, self->sandboxes) : NULL;
+    if (route.kind == SBXROUTE_CODE && (!sb || sandbox_state(sb) != SANDBOX_RUNNING))
+        sbxroute_reply_gone(req, route.id, sb);
+    else
+        hreq_reply_error(req, 403, "Forbidden: a valid token is required");
+}
+
 const api_desc_t e2b_api = {
     .name = "e2b",
     .create = s_create,
     .destroy = s_destroy,
     .claims = s_claims,
     .is_public = s_is_public,
+    .authorize = s_authorize,
+    .refuse = s_refuse,
     .http = s_http,
 };

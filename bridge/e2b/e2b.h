@@ -6,6 +6,12 @@
     (/contexts) are kbridge kernels, visible in the other APIs. GET /health answers "OK".
     The wire contract is E2B's code-interpreter server as the official SDKs use it
     (tests/compat/e2b.test.mjs runs the real @e2b/code-interpreter against it).
+
+    Routed by E2B's headers (E2b-Sandbox-Id, E2b-Sandbox-Port 49999: bridge/apikit/
+    sbxroute.h), every path is the code interpreter of that sandbox: its contexts are its
+    kernels, and its own tokens (trafficAccessToken, envdAccessToken) act on it and on
+    nothing else. A sandbox that does not exist or does not run is 502. Without the
+    headers, the default sandbox's, as in the SDKs' debug mode.
 */
 #ifndef E2B_H
 #define E2B_H

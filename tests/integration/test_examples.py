@@ -70,3 +70,19 @@ def test_e2b_sdk_example(server):
     assert "x is 2" in out and "stdout: drawing" in out and "'png'" in out
     assert "env var: hello from E2B" in out and "context cwd: /tmp" in out
     assert "R says: [1] 6" in out and "error: ZeroDivisionError - division by zero" in out
+
+
+def test_e2b_selfhost_example(server):
+    node_modules = ROOT / "tests" / "compat" / "node_modules"
+    if not shutil.which("node") or not (node_modules / "@e2b" / "code-interpreter").is_dir():
+        missing_tool("node or tests/compat/node_modules missing (scripts/test.sh installs them)")
+    env = dict(os.environ, NODE_PATH=str(node_modules), E2B_API_URL=server.http,
+               E2B_SANDBOX_URL=server.http, E2B_API_KEY=server.token)
+    env.pop("E2B_DEBUG", None)
+    proc = subprocess.run(["node", str(ROOT / "examples" / "e2b_selfhost.js")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "files: data.csv" in out and "command says: 3 data.csv | hello from the sandbox" in out
+    assert "sum of y: 6" in out and "read back: written by the kernel" in out
+    assert "running after kill: false" in out
