@@ -542,6 +542,11 @@ static size_t s_count_channels(jupyter_t *self, kentry_t *entry)
     return n;
 }
 
+static size_t s_count_connections(kentry_t *entry, void *arg)
+{
+    return s_count_channels(arg, entry);
+}
+
 static int s_ws_check(void *api, hreq_t *req, char *why, size_t size)
 {
     jupyter_t *self = api;
@@ -577,8 +582,6 @@ static void s_on_conn_gone(channels_t *conn, void *arg)
     {
         jlink_t *l = klist_entry(it, jlink_t, link);
         if (l->conn != conn) continue;
-        kentry_t *entry = channels_kentry(conn);
-        if (entry) kentry_disconnect(entry);
         klist_remove(&l->link);
         free(l);
         self->nconns--;
@@ -622,7 +625,6 @@ static void s_ws_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subp
         return;
     }
     link->conn = jc;
-    kentry_connect(entry);
     klist_init(&link->link);
     klist_push_front(&self->conns, &link->link);
     self->nconns++;
@@ -640,6 +642,8 @@ static void *s_create(const api_ctx_t *ctx)
     klist_init(&self->conns);
     kb_now_iso(self->started);
     snprintf(self->last_request, sizeof self->last_request, "%s", self->started);
+    //  (The registry goes before the APIs at shutdown, and stops culling when it does.)
+    registry_set_connection_counter(self->registry, s_count_connections, self);
     return self;
 }
 

@@ -14,7 +14,6 @@ struct _kentry_t {
     klist_t waiters;  //  kwait_t
     bool ready;
     bool shutting_down;
-    unsigned connections;  //  clients connected to it (kentry_connect)
     char *cwd;
 };
 
@@ -181,17 +180,3 @@ const char *kentry_last_activity(const kentry_t *self)
     return runner_last_activity(self->runner);
 }
 
-void kentry_connect(kentry_t *self)
-{
-    self->connections++;
-}
-
-void kentry_disconnect(kentry_t *self)
-{
-    if (self->connections) self->connections--;
-}
-
-unsigned kentry_connections(const kentry_t *self)
-{
-    return self->connections;
-}

@@ -65,10 +65,6 @@ const char *kentry_state_name(const kentry_t *self);
 const char *kentry_cwd(const kentry_t *self);
 //  ISO-8601 time of its last activity.
 const char *kentry_last_activity(const kentry_t *self);
-//  Clients connected to the kernel (Jupyter channels connections): idle culling leaves
-//  connected kernels alone unless told otherwise.
-void kentry_connect(kentry_t *self);
-void kentry_disconnect(kentry_t *self);
-unsigned kentry_connections(const kentry_t *self);
+
 
 #endif

@@ -21,6 +21,8 @@ struct _registry_t {
     size_t ndead, dead_cap;
     uv_timer_t reaper, deadline, cull;
     char last_activity[32];  //  latest activity of kernels already gone
+    size_t (*count_connections)(kentry_t *entry, void *arg);
+    void *count_arg;
     bool closing;
     void (*all_done)(void *arg);
     void *all_done_arg;
@@ -78,7 +80,9 @@ static void s_cull(uv_timer_t *timer)
             kernel_state(kentry_kernel(e)) != KERNEL_IDLE)
             continue;
         if (now - runner_active_at(r) < self->config.cull_idle_ms) continue;
-        if (kentry_connections(e) && !self->config.cull_connected) continue;
+        if (!self->config.cull_connected && self->count_connections &&
+            self->count_connections(e, self->count_arg))
+            continue;
         idle[n++] = e;
     }
     //  Shut down after the scan: each one leaves the live list.
@@ -88,6 +92,13 @@ static void s_cull(uv_timer_t *timer)
         kentry_shutdown(idle[i]);
     }
     free(idle);
+}
+
+void registry_set_connection_counter(registry_t *self, size_t (*count)(kentry_t *entry, void *arg),
+                                     void *arg)
+{
+    self->count_connections = count;
+    self->count_arg = arg;
 }
 
 registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)

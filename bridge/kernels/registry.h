@@ -23,6 +23,12 @@ typedef struct {
     bool cull_connected;         //  ... even those with clients connected
 } registry_config_t;
 
+//  How many clients are connected to a kernel (an API that has connections says; the
+//  Jupyter API counts its channels connections): idle culling keeps connected kernels
+//  unless cull_connected. NULL count: none are.
+void registry_set_connection_counter(registry_t *self, size_t (*count)(kentry_t *entry, void *arg),
+                                     void *arg);
+
 //  Caller owns return value and must destroy it when done.
 registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config);
 //  Kill every kernel at once and free everything. Nullifies *self_p.
