@@ -567,7 +567,7 @@ void sandboxes__ended(sandboxes_t *self, sandbox_t *sb, const char *why)
     size_t n = self->nobservers;
     observer_t copy[16];
     if (n > 16) n = 16;
-    memcpy(copy, self->observers, n * sizeof *copy);
+    if (n) memcpy(copy, self->observers, n * sizeof *copy);
     for (size_t i = 0; i < n; i++)
         if (copy[i].fns.on_end) copy[i].fns.on_end(sb, why, copy[i].arg);
 }
@@ -577,7 +577,7 @@ void sandboxes__state(sandboxes_t *self, sandbox_t *sb)
     size_t n = self->nobservers;
     observer_t copy[16];
     if (n > 16) n = 16;
-    memcpy(copy, self->observers, n * sizeof *copy);
+    if (n) memcpy(copy, self->observers, n * sizeof *copy);
     for (size_t i = 0; i < n; i++)
         if (copy[i].fns.on_state) copy[i].fns.on_state(sb, copy[i].arg);
 }

@@ -61,6 +61,13 @@ def validate_sandbox(obj):
     jsonschema.validate(obj, _SANDBOX)
 
 
+def small_asan_quarantine(mb=8):
+    """The env for a kbridge whose RSS a test measures: under AddressSanitizer freed memory
+    waits in a quarantine (256 MiB by default) before reuse, which RSS would count as
+    growth. No effect on other builds."""
+    return {"ASAN_OPTIONS": ":".join(x for x in (os.environ.get("ASAN_OPTIONS"), f"quarantine_size_mb={mb}") if x)}
+
+
 class KBridge:
     def __init__(self, tmp_path, *args, token="test-token", env=None, nofile=None):
         """nofile: run it under that fd limit (soft and hard), as `ulimit -n` would."""

@@ -11,7 +11,7 @@ import urllib.request
 
 import websockets
 
-from kbharness import KBridge, NativeClient, run
+from kbharness import KBridge, NativeClient, run, small_asan_quarantine
 
 
 async def _drain(ws, until_end_of=None, timeout=120):
@@ -182,7 +182,7 @@ def test_client_that_never_acks_does_not_grow_the_session(tmp_path):
     # The simplest clients (examples/kbridge_client.py) never ack. Every end_of_execution
     # they were sent (each carrying its Execution, here 8 KB of output) must not be kept
     # for the session's whole life; one resuming from long ago is told what it missed.
-    srv = KBridge(tmp_path)
+    srv = KBridge(tmp_path, env=small_asan_quarantine(4))
     try:
         async def go():
             c = await NativeClient.connect(srv)

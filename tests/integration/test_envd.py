@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from conftest import missing_tool
-from kbharness import KBridge, NativeClient, run
+from kbharness import KBridge, NativeClient, run, small_asan_quarantine
 
 COMPAT = pathlib.Path(__file__).resolve().parents[1] / "compat"
 
@@ -29,11 +29,7 @@ CODE = 49999
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # Under ASan freed memory waits in a quarantine (256 MiB by default), which would hide
-    # what the memory bound test measures: keep it small.
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    env = {"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=16"}
-    srv = KBridge(tmp_path_factory.mktemp("envd"), "--keep-alive", "1", env=env)
+    srv = KBridge(tmp_path_factory.mktemp("envd"), "--keep-alive", "1", env=small_asan_quarantine(16))
     yield srv
     srv.stop()
 

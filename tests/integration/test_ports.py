@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from conftest import wait_until
-from kbharness import KBridge, NativeClient, run, validate_sandbox
+from kbharness import KBridge, NativeClient, run, small_asan_quarantine, validate_sandbox
 
 HTTP_PORT = 8000
 WS_PORT = 8001
@@ -143,11 +143,7 @@ def rss_kb(pid):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     sock = None
-    # Under AddressSanitizer freed memory waits in a quarantine (256 MiB by default) before
-    # reuse, which RSS would count as growth: a small one keeps the memory bound testable
-    # (no effect on other builds).
-    asan = ":".join(x for x in (os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=8") if x)
-    srv = KBridge(tmp_path_factory.mktemp("ports"), "--keep-alive", "1", env={"ASAN_OPTIONS": asan})
+    srv = KBridge(tmp_path_factory.mktemp("ports"), "--keep-alive", "1", env=small_asan_quarantine(8))
     try:
         sbs = [create(srv), create(srv)]
         for i, sb in enumerate(sbs):

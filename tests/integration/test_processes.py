@@ -14,17 +14,13 @@ import time
 
 import pytest
 
-from kbharness import KBridge, NativeClient, run
+from kbharness import KBridge, NativeClient, run, small_asan_quarantine
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # Under AddressSanitizer freed memory sits in a quarantine (256 MiB by default) before
-    # it is reused: a small one, so that RSS measures what kbridge holds.
-    asan = os.environ.get("ASAN_OPTIONS", "")
     srv = KBridge(tmp_path_factory.mktemp("processes"), "--keep-alive", "30",
-                  "--max-outbound-bytes", "4M",
-                  env={"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=4"})
+                  "--max-outbound-bytes", "4M", env=small_asan_quarantine(4))
     yield srv
     srv.stop()
 
