@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 
@@ -408,7 +407,7 @@ def test_large_download_and_upload_bounded(env):
 def test_paused_sandbox_is_503_and_resumes(env):
     srv, sbs = env
     sid = sbs[1]["sandboxID"]
-    assert f"/sandboxes/SANDBOXID/ports/PORT/" in srv.banner
+    assert "/sandboxes/SANDBOXID/ports/PORT/" in srv.banner
     assert srv.api("POST", f"/sandboxes/{sid}/pause", {})[0] == 204
     try:
         st, _, body = request(srv, "GET", "/", host=host_of(srv, sid, HTTP_PORT),
