@@ -13,7 +13,6 @@ Needs root (namespaces, cgroups).
 """
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import statistics

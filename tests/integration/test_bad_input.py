@@ -17,7 +17,6 @@ One runner per kind of case (see bad_inputs.py for the fields):
 """
 import asyncio
 import json
-import os
 import re
 import socket
 import struct

@@ -13,7 +13,6 @@ import threading
 
 import pytest
 
-from conftest import sandbox_processes
 from kbharness import KBridge, NativeClient, run
 
 

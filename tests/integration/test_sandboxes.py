@@ -6,14 +6,11 @@ connect that resumes it, persistence across a kbridge restart and a SIGKILL, and
 bad input with its exact answer.
 """
 import asyncio
-import json
 import os
-import signal
 import subprocess
 import time
 import urllib.parse
 
-import jsonschema
 import pytest
 
 from conftest import kbridge_bin, sandbox_processes, wait_until
@@ -261,7 +258,7 @@ def test_a_sandbox_survives_a_restart(tmp_path):
         # Its tokens are the same: an SDK client that holds them keeps working.
         status, _, again = srv.api("POST", f"/v2/sandboxes/{sid}/connect", {})
         assert status == 200 and again["envdAccessToken"] == sb["envdAccessToken"]
-        assert f"sandboxes: 1 restored" in srv.logs()
+        assert "sandboxes: 1 restored" in srv.logs()
         assert srv.api("DELETE", f"/sandboxes/{sid}")[0] == 204
     finally:
         srv.stop()

@@ -4,7 +4,6 @@ kbridge is stopped the polite way (SIGTERM) and the rude way (SIGKILL, which it 
 see); either way every process its kernels started, however they detached (setsid, a
 double fork), is gone within seconds, and so is every connection file with its key.
 """
-import asyncio
 import os
 import signal
 import time
