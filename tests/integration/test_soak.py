@@ -11,7 +11,7 @@ are a gap-free prefix. kbridge's RSS after warm-up must stay within a bound.
 import pathlib
 import sys
 
-from kbharness import KBridge
+from kbharness import KBridge, small_asan_quarantine
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -26,7 +26,8 @@ RSS_GROWTH_BOUND_KIB = 16 * 1024
 
 def test_soak_32_clients_x_50_cells(tmp_path):
     ipydir = soak.kernel_config_dir()
-    srv = KBridge(tmp_path, "--max-kernels", "48", "--env", f"IPYTHONDIR={ipydir}")
+    srv = KBridge(tmp_path, "--max-kernels", "48", "--env", f"IPYTHONDIR={ipydir}",
+                  env=small_asan_quarantine(8))
     try:
         s = soak.Soak(srv.port, srv.token, srv.proc.pid, clients=32, cells=50, kills=1, seed=9)
         rep = s.run()
