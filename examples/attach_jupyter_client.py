@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Attaches jupyter_client to a kernel kbridge runs, through its connection file.
 
-    examples/attach_jupyter_client.py --url ws://127.0.0.1:49999/ws --token TOKEN
+    examples/attach_jupyter_client.py --url http://127.0.0.1:49999 --token TOKEN
 
 (or set KBRIDGE_URL / KBRIDGE_TOKEN). Starts a kernel through kbridge's native API, sets
 a variable there, then reads it back with jupyter_client.BlockingKernelClient loaded
@@ -14,18 +14,18 @@ import sys
 
 from jupyter_client import BlockingKernelClient
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kbridge_client import KBridge  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
+from kbridge import CodeInterpreter  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", default=os.environ.get("KBRIDGE_URL", "ws://127.0.0.1:49999/ws"))
+    ap.add_argument("--url", default=os.environ.get("KBRIDGE_URL", "http://127.0.0.1:49999"))
     ap.add_argument("--token", default=os.environ.get("KBRIDGE_TOKEN"))
     args = ap.parse_args()
     # Kernels of the default sandbox run on the host, where jupyter_client can reach them;
     # those of an isolated sandbox have no connection file outside it.
-    with KBridge(args.url, token=args.token, session_id="default") as kb:
+    with CodeInterpreter.reconnect("default", url=args.url, api_key=args.token) as kb:
         kid = kb.notebook.create_kernel()
         kb.notebook.exec_cell("x = 41", kernel_id=kid)
         cf = next(k["connection_file"] for k in kb.notebook.list_kernels()

@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """Draws a matplotlib chart in a kbridge kernel and saves the PNG it sends back.
 
-    examples/chart.py --url ws://127.0.0.1:49999/ws --token TOKEN --out chart.png
+    examples/chart.py --url http://127.0.0.1:49999 --token TOKEN --out chart.png
 
-(or set KBRIDGE_URL / KBRIDGE_TOKEN). Prints the cell's stdout as it streams.
+(or set KBRIDGE_URL / KBRIDGE_TOKEN). Prints the cell's stdout as it streams. The kernel
+runs in a sandbox of its own (the kbridge package's CodeInterpreter, clients/python).
 """
 import argparse
 import base64
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kbridge_client import KBridge  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients", "python"))
+from kbridge import CodeInterpreter  # noqa: E402
 
 CODE = """
 import numpy as np
@@ -31,12 +32,12 @@ print("done")
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", default=os.environ.get("KBRIDGE_URL", "ws://127.0.0.1:49999/ws"))
+    ap.add_argument("--url", default=os.environ.get("KBRIDGE_URL", "http://127.0.0.1:49999"))
     ap.add_argument("--token", default=os.environ.get("KBRIDGE_TOKEN"))
     ap.add_argument("--out", default="chart.png")
     args = ap.parse_args()
-    with KBridge(args.url, token=args.token) as kb:
-        execution = kb.notebook.exec_cell(
+    with CodeInterpreter(url=args.url, api_key=args.token) as sandbox:
+        execution = sandbox.notebook.exec_cell(
             CODE, on_stdout=lambda m: print("stdout:", m.line, end=""),
             on_result=lambda r: print("result with formats", r.formats()))
         if execution.error:

@@ -179,7 +179,7 @@ def _rss_kib(pid):
 
 
 def test_client_that_never_acks_does_not_grow_the_session(tmp_path):
-    # The simplest clients (examples/kbridge_client.py) never ack. Every end_of_execution
+    # The simplest clients (the kbridge Python package in clients/python) never ack. Every end_of_execution
     # they were sent (each carrying its Execution, here 8 KB of output) must not be kept
     # for the session's whole life; one resuming from long ago is told what it missed.
     srv = KBridge(tmp_path, env=small_asan_quarantine(4))
