@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from kbharness import KBridge
+from kbharness import KBridge, validate_request, validate_server_message
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "python"
@@ -24,6 +24,26 @@ DOCS = ROOT / "examples" / "docs"
 sys.path.insert(0, str(CLIENT))
 import kbridge  # noqa: E402
 from kbridge import CodeInterpreter, KBridgeError, Sandbox  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def schema_checked():
+    """Every request the client sends and every message it gets, against the schema."""
+    from kbridge._connection import Connection
+    bad = []
+
+    def check(validate):
+        def hook(m):
+            try:
+                validate(m)
+            except Exception as e:  # noqa: BLE001 - reported below, never in the reader
+                bad.append((m, str(e).splitlines()[0]))
+        return hook
+    Connection.on_request = check(validate_request)
+    Connection.on_message = check(validate_server_message)
+    yield
+    Connection.on_request = Connection.on_message = None
+    assert not bad, bad[:3]
 
 
 @pytest.fixture(scope="module")

@@ -117,6 +117,10 @@ class Deadline:
 class Connection:
     """One /ws connection (a session on one sandbox)."""
 
+    # Debugging and test hooks: called with every request sent / message received.
+    on_request = None
+    on_message = None
+
     def __init__(self, ws_url, deadline):
         self._routes = {}
         self._ids = itertools.count(1)
@@ -150,6 +154,8 @@ class Connection:
         try:
             async for raw in self._ws:
                 m = json.loads(raw)
+                if Connection.on_message:
+                    Connection.on_message(m)
                 rid = m.get("id")
                 route = self._routes.get(rid) if rid is not None else None
                 if route is not None:
@@ -175,6 +181,8 @@ class Connection:
             raise ConnectionClosed(self.close_reason or "the connection to kbridge is closed")
         rid = f"c{next(self._ids)}"
         req = dict(req, id=rid)
+        if Connection.on_request:
+            Connection.on_request(req)
         route = route if route is not None else queue.Queue()
         with self._lock:
             self._routes[rid] = route

@@ -180,8 +180,8 @@ class Process:
             try:
                 self._sb._conn.call({"op": "process_signal", "pid": self.pid, "signal": signal},
                                     "process.kill", deadline.left())
-            except KBridgeError as e:
-                if e.code != "not_found":  # it had exited already
+            except KBridgeError:
+                if not self._finished.wait(min(1.0, deadline.left())):  # else it had exited already
                     raise
         if not self._finished.wait(deadline.left()):
             raise TimeoutError("process.kill", deadline.timeout)
