@@ -192,6 +192,14 @@ def test_server_errors_raise_with_code(server):
     with pytest.raises(KBridgeError) as info:
         Sandbox(api_key="wrong")
     assert info.value.code == 401
+    import socket
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    with pytest.raises(KBridgeError) as info:
+        Sandbox(url=f"http://127.0.0.1:{port}")
+    assert info.value.code == "unreachable" and str(port) in info.value.message
 
 
 def test_timeouts_raise_naming_the_call(server):

@@ -97,7 +97,9 @@ def http(base, token, method, path, body=None, timeout=DEFAULT_TIMEOUT, call="re
     except urllib.error.URLError as e:
         if isinstance(e.reason, builtins.TimeoutError):
             raise TimeoutError(call, total or timeout) from e
-        raise
+        raise KBridgeError("unreachable", f"kbridge at {base}: {e.reason}") from e
+    except ConnectionError as e:
+        raise KBridgeError("unreachable", f"kbridge at {base}: {e}") from e
     return status, (json.loads(raw) if raw else None)
 
 

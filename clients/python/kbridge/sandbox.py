@@ -266,8 +266,9 @@ class FilesystemEvent:
 class FilesystemWatcher:
     """watch_dir's watcher: add listeners, then start(); stop() ends it."""
 
-    def __init__(self, sandbox, path, recursive=False):
+    def __init__(self, sandbox, path, recursive=False, timeout=None):
         self._sb = sandbox
+        self._timeout = timeout
         self.path = path
         self.recursive = recursive
         self._listeners = []
@@ -319,7 +320,7 @@ class FilesystemWatcher:
             self._sb._conn.release(self._rid)
 
     def start(self, timeout: Optional[float] = None):
-        deadline = Deadline("filesystem.watch_dir.start", timeout)
+        deadline = Deadline("filesystem.watch_dir.start", self._timeout if timeout is None else timeout)
         req = {"op": "watch_start", "path": self.path}
         if self.recursive:
             req["recursive"] = True
@@ -334,7 +335,7 @@ class FilesystemWatcher:
             return
         try:
             self._sb._conn.call({"op": "watch_stop", "watch_id": self.watch_id},
-                                "filesystem.watch_dir.stop", timeout)
+                                "filesystem.watch_dir.stop", self._timeout if timeout is None else timeout)
         finally:
             self._sb._conn.release(self._rid)
             self.ended = "stopped"
@@ -391,8 +392,9 @@ class Filesystem:
                    "filesystem.rename", timeout)
 
     def watch_dir(self, path: str, timeout: Optional[float] = None, recursive: bool = False) -> FilesystemWatcher:
-        """A watcher for the directory; nothing is watched until its start()."""
-        watcher = FilesystemWatcher(self._sb, self._sb._path(path), recursive)
+        """A watcher for the directory; nothing is watched until its start() (timeout: the
+        default of its start and stop)."""
+        watcher = FilesystemWatcher(self._sb, self._sb._path(path), recursive, timeout)
         self._sb._watchers.append(watcher)
         return watcher
 
@@ -559,7 +561,8 @@ class Sandbox:
             try:
                 http(self._base, self._token, "DELETE", f"/sandboxes/{_q(self._id)}", timeout=30, call="close")
             except KBridgeError as e:
-                if e.status != 404:
+                # Gone already, or kbridge is: it ends at its lease (2 minutes) anyway.
+                if e.status != 404 and e.code != "unreachable":
                     raise
 
     def __enter__(self):
