@@ -66,13 +66,37 @@ def running(server):
     return [x["sandboxID"] for x in server.api("GET", "/v2/sandboxes")[2]]
 
 
+# Loaded by the example's interpreter: its requests and messages checked against the schema.
+SITECUSTOMIZE = f"""
+import sys
+sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+from kbharness import validate_request, validate_server_message
+from kbridge._connection import Connection
+
+def _check(validate):
+    def hook(m):
+        try:
+            validate(m)
+        except Exception as e:
+            print("SCHEMA VIOLATION", m, str(e).splitlines()[0], file=sys.stderr)
+    return hook
+
+Connection.on_request = _check(validate_request)
+Connection.on_message = _check(validate_server_message)
+"""
+
+
 def run_doc(server, tmp_path, name, timeout=240):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = dict(os.environ, KBRIDGE_URL=server.http, KBRIDGE_TOKEN=server.token,
-               PYTHONPATH=str(CLIENT), MPLBACKEND="Agg")
+               PYTHONPATH=f"{CLIENT}:{site}", MPLBACKEND="Agg")
     proc = subprocess.run([sys.executable, str(DOCS / name)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{name}: rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
+    assert "SCHEMA VIOLATION" not in proc.stderr, proc.stderr
     return proc.stdout
 
 
@@ -370,3 +394,15 @@ def test_installs_with_pip(tmp_path):
                            env=dict(os.environ, PYTHONPATH=str(target)), capture_output=True, text=True,
                            cwd=tmp_path)
     assert check.returncode == 0 and check.stdout.startswith("Sandbox " + str(target)), check.stderr
+
+
+def test_hostname_uses_the_servers_domain(tmp_path):
+    srv = KBridge(tmp_path, "--domain", "sbx.example.test")
+    try:
+        with Sandbox(url=srv.http, api_key=srv.token) as sb:
+            assert sb.get_hostname() == f"{sb.id}.sbx.example.test"
+            assert sb.get_hostname(3000) == f"3000-{sb.id}.sbx.example.test"
+            sb._domain = None  # as if the create had not said: asked of GET /sandboxes/ID
+            assert sb.get_hostname(80) == f"80-{sb.id}.sbx.example.test"
+    finally:
+        srv.stop()
