@@ -380,20 +380,23 @@ def test_kernels(server):
 
 
 def test_installs_with_pip(tmp_path):
-    """pip install --no-build-isolation (Debian's setuptools, no index), from a copy so the
-    source tree gets no build/ or egg-info."""
+    """`pip install --no-build-isolation ./clients/python` (Debian's setuptools, no index) in a
+    venv that sees Debian's packages (Debian's own python refuses pip installs: PEP 668);
+    from a copy, so the source tree gets no build/ or egg-info."""
     import shutil
     src = tmp_path / "src"
     shutil.copytree(CLIENT, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
-    target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
-                           "--no-index", "--target", str(target), str(src)],
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-build-isolation", "--no-index", str(src)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    check = subprocess.run([sys.executable, "-c", "import kbridge; print(kbridge.Sandbox.__name__, kbridge.__file__)"],
-                           env=dict(os.environ, PYTHONPATH=str(target)), capture_output=True, text=True,
-                           cwd=tmp_path)
-    assert check.returncode == 0 and check.stdout.startswith("Sandbox " + str(target)), check.stderr
+    check = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import kbridge, websockets; print(kbridge.Sandbox.__name__, kbridge.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith(f"Sandbox {venv}/lib/"), check.stdout
 
 
 def test_hostname_uses_the_servers_domain(tmp_path):
