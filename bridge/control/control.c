@@ -338,7 +338,7 @@ static void s_list(control_t *self, hreq_t *req)
     }
     sandbox_t **all;
     size_t n = sandboxes_list(self->sandboxes, &all);
-    qsort(all, n, sizeof *all, s_by_start);
+    if (n > 1) qsort(all, n, sizeof *all, s_by_start);  //  all is NULL when there are none
     bool desc = strcmp(order, "desc") == 0;
     json_t *out = json_array();
     sandbox_t *last = NULL;
