@@ -409,3 +409,33 @@ def test_hostname_uses_the_servers_domain(tmp_path):
             assert sb.get_hostname(80) == f"80-{sb.id}.sbx.example.test"
     finally:
         srv.stop()
+
+
+def test_callbacks_may_call_the_client_and_calls_run_side_by_side(server):
+    with CodeInterpreter() as sb:
+        done = threading.Event()
+
+        def on_exit(code):  # a callback using the client
+            sb.filesystem.write("/tmp/exit-code", str(code))
+            done.set()
+        ticks = []
+        proc = sb.process.start("for i in $(seq 1 20); do echo tick $i; sleep 0.05; done; exit 7",
+                                on_stdout=lambda m: ticks.append(m.line), on_exit=on_exit)
+        # Meanwhile, from this thread and another: a cell and file calls.
+        errors = []
+
+        def other():
+            try:
+                for i in range(20):
+                    sb.filesystem.write(f"/tmp/t{i}", str(i))
+                    assert sb.filesystem.read(f"/tmp/t{i}") == str(i)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        t = threading.Thread(target=other)
+        t.start()
+        assert sb.notebook.exec_cell("import time; time.sleep(0.5); 3 * 3").text == "9"
+        t.join(60)
+        assert not errors, errors
+        proc.wait(timeout=60)
+        assert done.wait(10) and sb.filesystem.read("/tmp/exit-code") == "7"
+        assert ticks == [f"tick {i}" for i in range(1, 21)]
