@@ -22,7 +22,7 @@ The cells, mixed by a seeded random choice per client:
               apart so autorestart is not exhausted)
   disconnect  30 lines 10 ms apart; after 5 the client drops its connection (an abort or a
               close), waits, and resumes with ?session_id=&last_seq=
-Half the clients ack every 16 messages, half never do (as examples/kbridge_client.py).
+Half the clients ack every 16 messages, half never do (as the simplest clients).
 
 What is checked, per cell: every numbered line arrives once and in order (stdout and
 stderr each); displays arrive once, in order; the error is the cell's own; the
