@@ -443,6 +443,27 @@ def test_real_sdk_files_in_non_debug_mode(tmp_path):
         srv.stop()
 
 
+def test_older_sdk_paths_in_non_debug_mode(tmp_path):
+    """e2b 2.50 (npm alias e2b-250): the control-plane paths without /v2 that 2.48-2.50 use
+    (create, connect), next to the ones they share with 2.51."""
+    if not shutil.which("node"):
+        missing_tool("node is not installed (scripts/setup.sh --test installs it)")
+    if not (COMPAT / "node_modules" / "e2b-250").is_dir():
+        missing_tool("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
+    srv = KBridge(tmp_path, "--access-log")
+    try:
+        env = dict(os.environ, E2B_API_URL=srv.http, E2B_SANDBOX_URL=srv.http, E2B_API_KEY=srv.token)
+        env.pop("E2B_DEBUG", None)
+        proc = subprocess.run(["node", "--test", "--test-reporter=spec", "e2b_old_paths.test.mjs"],
+                              cwd=COMPAT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:] + srv.logs()[-5000:]
+        assert "fail 0" in proc.stdout
+        logs = srv.logs()
+        assert "POST /sandboxes " in logs and "/connect" in logs, logs[-3000:]
+    finally:
+        srv.stop()
+
+
 def rpc(srv, sb, method, body, headers=None, raw=None):
     h = {"Content-Type": "application/json", "Connect-Protocol-Version": "1"}
     h.update(headers or {})
