@@ -426,7 +426,8 @@ void envd__filesystem(envd_t *self, hreq_t *req, sandbox_t *sb, const char *meth
         s_watch_dir(self, req, sb);
         return;
     }
-    if (op < 0) {
+    bool watcher = envd__is_watcher_method(method);
+    if (op < 0 && !watcher) {
         envd__rpc_error(req, "unimplemented", "filesystem.Filesystem/%s is not implemented", method);
         return;
     }
@@ -458,6 +459,14 @@ void envd__filesystem(envd_t *self, hreq_t *req, sandbox_t *sb, const char *meth
         return;
     }
     const char *home = envd__home(sb, user);
+    if (watcher) {
+        //  Only CreateWatcher has a path.
+        bool create = strcmp(method, "CreateWatcher") == 0;
+        if (!create || s_rpc_path(req, body, "path", home, path, sizeof path))
+            envd__watchers(self, req, sb, method, body, user, create ? path : NULL);
+        json_decref(body);
+        return;
+    }
     bool ok = s_rpc_path(req, body, op == FS_MOVE ? "source" : "path", home, path, sizeof path);
     if (ok && op == FS_MOVE) ok = s_rpc_path(req, body, "destination", home, to, sizeof to);
     int64_t depth = 1;

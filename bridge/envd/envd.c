@@ -282,6 +282,7 @@ static void *s_create(const api_ctx_t *ctx)
     self->sandboxes = ctx->sandboxes;
     klist_init(&self->transfers);
     klist_init(&self->procs);
+    klist_init(&self->watchers);
     sandboxes_observer_t obs = {envd__on_sandbox_end, NULL};
     if (sandboxes_observe(self->sandboxes, &obs, self) != KB_OK) {
         free(self);
@@ -300,6 +301,7 @@ static void s_destroy(void **api_p)
     //  finishes first. Here they are only unlinked from the table.
     while (!klist_empty(&self->transfers)) klist_remove(klist_first(&self->transfers));
     envd__procs_destroy(self);
+    envd__watchers_destroy(self);
     if (self->observing) sandboxes_unobserve(self->sandboxes, self);
     free(self);
 }

@@ -23,6 +23,8 @@ struct _envd_t {
     sandboxes_t *sandboxes;
     klist_t transfers;  //  downloads and uploads under way (files.c)
     klist_t procs;      //  processes started with process.Process/Start (process.c)
+    klist_t watchers;   //  polling watchers (watchers.c)
+    size_t nwatchers;
     bool observing;
 };
 
@@ -74,5 +76,15 @@ void envd__process(envd_t *self, hreq_t *req, sandbox_t *sb, const char *method)
 void envd__on_sandbox_end(sandbox_t *sb, const char *why, void *arg);
 //  Kill and forget every process (at the API's destroy).
 void envd__procs_destroy(envd_t *self);
+
+// ---------------------------------------------------------------------------------------
+//  watchers.c: CreateWatcher, GetWatcherEvents, RemoveWatcher
+
+bool envd__is_watcher_method(const char *method);
+//  A parsed unary call (body borrowed) for user at path (CreateWatcher's, resolved).
+void envd__watchers(envd_t *self, hreq_t *req, sandbox_t *sb, const char *method, json_t *body,
+                    const char *user, const char *path);
+void envd__watchers_sandbox_end(envd_t *self, sandbox_t *sb);
+void envd__watchers_destroy(envd_t *self);
 
 #endif

@@ -538,6 +538,7 @@ void envd__on_sandbox_end(sandbox_t *sb, const char *why, void *arg)
 {
     (void) why;
     envd_t *self = arg;
+    envd__watchers_sandbox_end(self, sb);
     klist_t *it, *tmp;
     klist_foreach_safe(it, tmp, &self->procs)
     {

@@ -757,3 +757,42 @@ def test_paused_sandbox_is_502_until_resumed(server):
     assert envd(server, "GET", "/health", sb, token="")[0] == 204
     assert envd(server, "GET", "/envs", sb)[0] == 200
     server.api("DELETE", f"/sandboxes/{sid}")
+
+
+def test_polling_watcher(server, sbx, other):
+    """CreateWatcher / GetWatcherEvents / RemoveWatcher, as E2B's Python sync SDK polls."""
+    assert rpc(server, sbx, "MakeDir", {"path": "/home/user/pw"})[0] == 200
+    st, _, doc = rpc(server, sbx, "CreateWatcher", {"path": "/home/user/pw", "recursive": True})
+    assert st == 200 and doc["watcherId"], doc
+    wid = doc["watcherId"]
+    # Nothing yet: an empty list, not an error.
+    st, _, doc = rpc(server, sbx, "GetWatcherEvents", {"watcherId": wid})
+    assert st == 200 and doc == {"events": []}, doc
+    assert rpc(server, sbx, "MakeDir", {"path": "/home/user/pw/sub"})[0] == 200
+    assert upload(server, sbx, [("/home/user/pw/sub/f.txt", b"x")])[0] == 200
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(e["name"].endswith("f.txt") for e in seen):
+        st, _, doc = rpc(server, sbx, "GetWatcherEvents", {"watcherId": wid})
+        assert st == 200, doc
+        seen += doc["events"]
+        time.sleep(0.1)
+    assert {"name": "sub", "type": "EVENT_TYPE_CREATE"} in seen, seen
+    assert any(e["name"] == "sub/f.txt" and e["type"] in ("EVENT_TYPE_CREATE", "EVENT_TYPE_RENAME")
+               for e in seen), seen
+    # Polled events are not given twice.
+    st, _, doc = rpc(server, sbx, "GetWatcherEvents", {"watcherId": wid})
+    assert st == 200 and not any(e["name"] == "sub" and e["type"] == "EVENT_TYPE_CREATE" for e in doc["events"])
+    # Another sandbox does not see it, even with the right id.
+    st, _, doc = rpc(server, other, "GetWatcherEvents", {"watcherId": wid})
+    assert st == 404 and doc["code"] == "not_found", doc
+    st, _, doc = rpc(server, sbx, "RemoveWatcher", {"watcherId": wid})
+    assert st == 200 and doc == {}, doc
+    st, _, doc = rpc(server, sbx, "GetWatcherEvents", {"watcherId": wid})
+    assert st == 404 and doc["code"] == "not_found", doc
+    # Bad input.
+    assert rpc(server, sbx, "GetWatcherEvents", {})[0] == 400
+    assert rpc(server, sbx, "RemoveWatcher", {"watcherId": "nope"})[0] == 404
+    st, _, doc = rpc(server, sbx, "CreateWatcher", {"path": "/home/user/no-such-dir"})
+    assert st == 404 and doc["code"] == "not_found", doc
+    assert rpc(server, sbx, "CreateWatcher", {"path": "/home/user/pw", "recursive": "yes"})[0] == 400
