@@ -443,6 +443,26 @@ def test_real_sdk_files_in_non_debug_mode(tmp_path):
         srv.stop()
 
 
+def test_real_sdk_lifecycle_ports_and_tokens(tmp_path):
+    """e2b 2.51: create with metadata/envs/timeout, getInfo, list by metadata and paged, a
+    short setTimeout ending the sandbox, pause and connect, getHost through the port proxy,
+    two sandboxes apart, a wrong and a foreign token refused."""
+    if not shutil.which("node"):
+        missing_tool("node is not installed (scripts/setup.sh --test installs it)")
+    if not (COMPAT / "node_modules" / "e2b").is_dir():
+        missing_tool("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
+    srv = KBridge(tmp_path)
+    try:
+        env = dict(os.environ, E2B_API_URL=srv.http, E2B_SANDBOX_URL=srv.http, E2B_API_KEY=srv.token)
+        env.pop("E2B_DEBUG", None)
+        proc = subprocess.run(["node", "--test", "--test-reporter=spec", "e2b_lifecycle.test.mjs"],
+                              cwd=COMPAT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:] + srv.logs()[-5000:]
+        assert "fail 0" in proc.stdout
+    finally:
+        srv.stop()
+
+
 def test_older_sdk_paths_in_non_debug_mode(tmp_path):
     """e2b 2.50 (npm alias e2b-250): the control-plane paths without /v2 that 2.48-2.50 use
     (create, connect), next to the ones they share with 2.51."""
