@@ -182,7 +182,7 @@ def test_client_that_never_acks_does_not_grow_the_session(tmp_path):
     # The simplest clients (the kbridge Python package in clients/python) never ack. Every end_of_execution
     # they were sent (each carrying its Execution, here 8 KB of output) must not be kept
     # for the session's whole life; one resuming from long ago is told what it missed.
-    srv = KBridge(tmp_path, env=small_asan_quarantine(4))
+    srv = KBridge(tmp_path, env=small_asan_quarantine(1))
     try:
         async def go():
             c = await NativeClient.connect(srv)
@@ -200,8 +200,9 @@ def test_client_that_never_acks_does_not_grow_the_session(tmp_path):
             await ws.close()
             return rss, hello, first
         rss, hello, first = run(go())
-        # Before: 1,200 more ends of 8 KB kept, ~10 MiB more.
-        assert rss[1] - rss[0] < 4 * 1024, rss
+        # Before: 1,200 more ends of 8 KB kept, ~10 MiB more. (Under ASan a few MiB come
+        # and go with its allocator: the bound leaves room for that, not for the ends.)
+        assert rss[1] - rss[0] < 6 * 1024, rss
         assert hello["resumed"] is True
         assert first["type"] == "events_lost" and first["count"] > 0, first
     finally:
