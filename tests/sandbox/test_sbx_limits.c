@@ -244,12 +244,22 @@ static void test_destroy_leaves_nothing(void **state)
         h_spin(20);
     assert_int_equal(s_count_uid_range(o.uid_base), 0);
     assert_false(s_cgroup_exists(cg));
-    //  no process anywhere is still in that mount namespace
-    char cmd[256];
+    //  no process of the sandbox is still in that mount namespace (a namespace's inode
+    //  number is reused once it is freed: another test's sandbox may have it by now, so a
+    //  process there counts only if it runs as one of this sandbox's uids)
+    char cmd[300];
     snprintf(cmd, sizeof cmd,
-             "for p in /proc/[0-9]*; do readlink $p/ns/mnt; done 2>/dev/null | grep -qF '%s'",
+             "for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/mnt)\" = '%s' ] && stat -c %%u $p; "
+             "done 2>/dev/null",
              mntns);
-    assert_int_not_equal(system(cmd), 0);
+    FILE *ps = popen(cmd, "r");
+    assert_non_null(ps);
+    unsigned long uid;
+    int left = 0;
+    while (fscanf(ps, "%lu", &uid) == 1)
+        if (uid >= o.uid_base && uid < (unsigned long) o.uid_base + 65536u) left++;
+    pclose(ps);
+    assert_int_equal(left, 0);
     //  the state survives, and a new sandbox on it sees the file
     s = h_sbx_opts(&o);
     out = h_sh(s, "user", "cat /home/user/keep.txt");
