@@ -46,6 +46,7 @@ struct _sandboxes_t {
     size_t count;
     sandbox_t *def;
     unsigned char *slots;
+    int slot_start;  //  where this instance's search for a free slot begins
     observer_t *observers;
     size_t nobservers;
     bool closing;
@@ -104,11 +105,13 @@ static void s_slot_take(sandboxes_t *self, int slot)
 
 static int s_slot_new(sandboxes_t *self)
 {
-    for (int i = 0; i < SLOTS; i++)
+    for (int k = 0; k < SLOTS; k++) {
+        int i = (self->slot_start + k) % SLOTS;
         if (!self->slots[i]) {
             self->slots[i] = 1;
             return i;
         }
+    }
     return -1;
 }
 
@@ -261,6 +264,15 @@ sandboxes_t *sandboxes_new(uv_loop_t *loop, const sandboxes_config_t *config, re
     self->pasta = config->pasta ? kb_strdup(config->pasta) : NULL;
     self->cgroup_parent = config->cgroup_parent ? kb_strdup(config->cgroup_parent) : NULL;
     self->slots = calloc(SLOTS, 1);
+    //  Each instance (state directory) starts from a place of its own, so that two
+    //  kbridges on one host do not hand the same host uids to their sandboxes.
+    if (config->state_dir) {
+        unsigned char h[4];
+        crypto_generichash(h, sizeof h, (const unsigned char *) config->state_dir,
+                           strlen(config->state_dir), NULL, 0);
+        self->slot_start = (int) (((uint32_t) h[0] << 24 | (uint32_t) h[1] << 16 | (uint32_t) h[2] << 8 | h[3]) %
+                                  SLOTS);
+    }
     size_t nhidden = 0;
     while (config->hidden && config->hidden[nhidden]) nhidden++;
     self->hidden = calloc(nhidden + 2, sizeof *self->hidden);
