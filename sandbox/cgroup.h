@@ -42,7 +42,8 @@ void cgroup_destroy(cgroup_t **self_p);
 //  The cgroup.procs files a process writes "0" into to join the group (borrowed).
 size_t cgroup_procs_files(const cgroup_t *self, const char **out, size_t cap);
 bool cgroup_has_freezer(const cgroup_t *self);
-//  Freeze (waits, briefly, until frozen) or thaw. 0, KB_EINVAL (no freezer) or KB_EIO.
+//  Freeze (waits up to 100 ms until frozen; past that it completes on its own) or thaw.
+//  0, KB_EINVAL (no freezer) or KB_EIO (the request was refused).
 int cgroup_freeze(cgroup_t *self, bool frozen);
 int cgroup_stats(const cgroup_t *self, cgroup_stats_t *stats);
 //  The memory controller's OOM-kill count (0 when unknown).

@@ -144,7 +144,9 @@ def test_out_of_descriptors_refused_clearly_without_spinning(tmp_path):
         print(f"{hammer['connects']} connects in 4 s; kbridge used {used:.0%} of a CPU; "
               f"answers {sorted(set(hammer['answers']))}")
         assert hammer["connects"] > 100
-        assert used < 0.5, f"the accept path spins: {used:.0%} of a CPU"
+        # A spinning accept path takes a whole CPU; answering thousands of connects a
+        # second with a 503 takes about half of one here (55% seen on a CI run).
+        assert used < 0.8, f"the accept path spins: {used:.0%} of a CPU"
         # Whatever was answered was answered with a status (a reset is the kernel's doing
         # when a connection is closed with its request unread).
         for a in hammer["answers"]:

@@ -173,6 +173,8 @@ static void test_freeze_thaw_stats(void **state)
     uint64_t t0 = h_now_ms();
     while (s_read_counter(s) < 5 && h_now_ms() - t0 < 5000) h_spin(10);
     assert_int_equal(sbx_freeze(s), 0);
+    //  (freezing completes asynchronously: under load, after sbx_freeze returns)
+    h_spin(200);
     long a = s_read_counter(s);
     h_spin(300);
     long b = s_read_counter(s);
