@@ -194,7 +194,8 @@ __attribute__((unused)) static void h_ns_opts(sbx_opts_t *o, const char *id)
     o->state_dir = sd;
     //  Distinct per test binary too (ctest -j): a range shared by two sandboxes would be
     //  one set of users for both.
-    o->uid_base = 1000000000u + 65536u * (uint32_t) ((getpid() % 256) * 32 + n % 32);
+    //  Below 0x40000000, where kbridge's own sandboxes start (bridge/sandboxes/sandbox.c).
+    o->uid_base = 0x10000000u + 65536u * (uint32_t) ((getpid() % 256) * 32 + n % 32);
     o->tmp_bytes = 64 << 20;
 }
 
