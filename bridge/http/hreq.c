@@ -861,8 +861,11 @@ static void s_on_timer(hconn_t *conn, void *arg)
     //  A body that stalled.
     if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM) {
         req->close_after = true;
+        //  The handler may let go of the request when told its body ended: hold it.
+        hreq_hold(req);
         s_body_end(req, KB_ETIMEDOUT);
         if (!req->replied) hreq_reply_error(req, 408, "the request body stalled");
+        hreq_release(&req);
         hconn_close(conn, true);
     }
 }
