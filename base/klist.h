@@ -60,6 +60,18 @@ static inline void klist_remove(klist_t *item)
     item->prev = item->next = item;
 }
 
+//  Move every item of from to the empty list to; from is left empty.
+static inline void klist_take_all(klist_t *to, klist_t *from)
+{
+    klist_init(to);
+    if (klist_empty(from)) return;
+    to->next = from->next;
+    to->prev = from->prev;
+    to->next->prev = to;
+    to->prev->next = to;
+    klist_init(from);
+}
+
 static inline klist_t *klist_first(const klist_t *head)
 {
     return klist_empty(head) ? NULL : head->next;

@@ -21,14 +21,7 @@ static void s_notify(kentry_t *self, kwait_result_t result)
 {
     //  Waiters may add new waiters or destroy objects of their own: take the list first.
     klist_t list;
-    klist_init(&list);
-    if (!klist_empty(&self->waiters)) {
-        list.next = self->waiters.next;
-        list.prev = self->waiters.prev;
-        list.next->prev = &list;
-        list.prev->next = &list;
-        klist_init(&self->waiters);
-    }
+    klist_take_all(&list, &self->waiters);
     while (!klist_empty(&list)) {
         kwait_t *w = klist_entry(klist_first(&list), kwait_t, link);
         klist_remove(&w->link);

@@ -298,14 +298,7 @@ bool sandbox__from_json(sandbox_t *self, json_t *saved)
 static void s_notify(sandbox_t *self, int err, const char *why)
 {
     klist_t list;
-    klist_init(&list);
-    if (!klist_empty(&self->waiters)) {
-        list.next = self->waiters.next;
-        list.prev = self->waiters.prev;
-        list.next->prev = &list;
-        list.prev->next = &list;
-        klist_init(&self->waiters);
-    }
+    klist_take_all(&list, &self->waiters);
     while (!klist_empty(&list)) {
         sandbox_wait_t *w = klist_entry(klist_first(&list), sandbox_wait_t, link);
         klist_remove(&w->link);
