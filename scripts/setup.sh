@@ -15,7 +15,8 @@ build_pkgs=(build-essential cmake pkg-config
 # language "r".
 kernel_pkgs=(python3-ipykernel python3-matplotlib python3-pandas python3-numpy r-cran-irkernel)
 test_pkgs=(libcmocka-dev python3-pytest python3-websockets python3-jsonschema
-  python3-jupyter-client jupyter-server nodejs npm clang libclang-rt-14-dev)
+  python3-jupyter-client jupyter-server nodejs npm clang libclang-rt-14-dev
+  chromium)  # chromium: the browser tests (tests/browser, driven by playwright-core)
 
 pkgs=("${build_pkgs[@]}" "${kernel_pkgs[@]}")
 [ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
