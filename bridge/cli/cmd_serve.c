@@ -379,6 +379,12 @@ int cmd_serve(int argc, char **argv)
         snprintf(state_buf, sizeof state_buf, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", state_dir);
         state_dir = state_buf;
     }
+    int state_lock = sandboxes_lock_state_dir(state_dir, why, sizeof why);
+    if (state_lock < 0) {
+        fprintf(stderr, "kbridge serve: %s\n", why);
+        rc = 1;
+        goto done;
+    }
     //  Ours only: another kbridge (another state directory) keeps its sandboxes.
     char cgroup_parent[64];
     sandboxes_cgroup_parent(state_dir, cgroup_parent, sizeof cgroup_parent);

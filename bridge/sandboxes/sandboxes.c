@@ -5,12 +5,14 @@
 #include "../../base/kutil.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sodium.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -234,6 +236,37 @@ static int s_mkdirs(const char *path, mode_t mode)
     }
     if (mkdir(buf, mode) < 0 && errno != EEXIST) return -1;
     return chmod(buf, mode);
+}
+
+int sandboxes_lock_state_dir(const char *state_dir, char *why, size_t why_len)
+{
+    if (s_mkdirs(state_dir, 0700) < 0) {
+        snprintf(why, why_len, "cannot create the state directory %s: %s", state_dir, strerror(errno));
+        return -1;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/lock", state_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        snprintf(why, why_len, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        snprintf(why, why_len,
+                 "the state directory %s is in use by another kbridge%s%s%s; give each one its "
+                 "own --state-dir", state_dir, *pid ? " (pid " : "", pid, *pid ? ")" : "");
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long) getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t) n, 0) != n)
+        klog_debug("sandboxes: cannot write the pid to %s", path);
+    return fd;
 }
 
 void sandboxes_cgroup_parent(const char *state_dir, char *out, size_t size)

@@ -69,6 +69,12 @@ typedef struct {
 
 //  The cgroup parent of the kbridge keeping its sandboxes in state_dir: "kbridge/" and a
 //  hash of the directory. out: at least 32 bytes.
+/*  Creates the state directory and takes its lock for this process's lifetime: two
+    kbridges on one state directory would each reap the other's sandboxes as stale.
+    Returns the lock's descriptor (close-on-exec; the caller keeps it open), or -1 with
+    `why` set when another kbridge holds it. */
+int sandboxes_lock_state_dir(const char *state_dir, char *why, size_t why_len);
+
 void sandboxes_cgroup_parent(const char *state_dir, char *out, size_t size);
 
 //  Load the table: restores persisted sandboxes whose end has not passed (removing the

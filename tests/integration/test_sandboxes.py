@@ -291,6 +291,27 @@ def test_sigkill_of_kbridge_leaves_nothing_running(tmp_path):
         srv.stop()
 
 
+def test_a_second_kbridge_on_the_same_state_dir_is_refused(tmp_path):
+    # It would reap the first one's sandboxes as stale: it must not start at all.
+    state = tmp_path / "state"
+    env = {"KBRIDGE_STATE_DIR": str(state)}
+    srv = KBridge(tmp_path, env=env)
+    srv.state_dir = state
+    try:
+        sid = create(srv, timeout=600)["sandboxID"]
+        assert main_text(run(run_in(srv, sid, "1"))) == "1"
+        second = subprocess.run([kbridge_bin(), "serve", "--port", "0", "--token", "t"],
+                                env={**os.environ, **env}, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 1
+        assert f"in use by another kbridge (pid {srv.proc.pid})" in second.stderr
+        assert sandbox_processes(sid), "the refused kbridge touched the first one's sandbox"
+        assert main_text(run(run_in(srv, sid, "2"))) == "2"
+        assert srv.api("DELETE", f"/sandboxes/{sid}")[0] == 204
+    finally:
+        srv.stop()
+
+
 def test_bad_templates_stop_the_start(tmp_path):
     for arg, words in ((f"nope={tmp_path}/missing", "--template nope="),
                        (f"empty={tmp_path}", "not a root filesystem")):
