@@ -31,6 +31,8 @@ def clean_env(tmp_path):
     run = tmp_path / "run"
     run.mkdir(mode=0o700, exist_ok=True)
     env["XDG_RUNTIME_DIR"] = str(run)
+    # Not the machine's /var/lib/kbridge: a kbridge running there holds its lock.
+    env["KBRIDGE_STATE_DIR"] = str(tmp_path / "state")
     return env
 
 
