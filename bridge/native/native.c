@@ -3,6 +3,7 @@
 #include "../buf/jbuf.h"
 #include "../kernels/kentry.h"
 #include "../kernels/registry.h"
+#include "../metrics/metrics.h"
 #include "../http/api.h"
 #include "../sandboxes/sandboxes.h"
 #include "nmsg.h"
@@ -101,12 +102,14 @@ static void s_error(session_t *session, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    metrics_error(code);
     s_reply(session, "request_error", id, json_pack("{s:s, s:s}", "code", code, "message", message));
 }
 
 //  Before a session exists (or outside one): straight to the connection.
 static void s_conn_error(wsconn_t *conn, const char *code, const char *message)
 {
+    metrics_error(code);
     json_t *msg = json_pack("{s:s, s:n, s:s, s:s}", "type", "request_error", "id", "code", code,
                             "message", message);
     wsconn_send_json(conn, msg);
