@@ -1,5 +1,6 @@
 /*  metrics - one registry, fixed series, the Prometheus text format. */
 #include "metrics.h"
+#include "../../base/kberr.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,9 @@ static const family_t s_families[MX_COUNT_] = {
     [MX_POOL_TAKES] = {"kbridge_pool_takes_total", "counter",
                        "Kernels and sandboxes asked of a warm pool: served from it (hit) or started cold (miss)",
                        "result", s_takes, N(s_takes)},
+    [MX_EVENTS_LOST] = {"kbridge_session_events_lost_total", "counter",
+                         "Native events dropped because a session's queue was full (reported to it in events_lost)",
+                         NULL, NULL, 1},
     [MX_KERNELS] = {"kbridge_kernels", "gauge", "Kernels, by state", "state", s_kernel_states,
                     N(s_kernel_states)},
     [MX_SANDBOXES] = {"kbridge_sandboxes", "gauge", "Sandboxes (the default one included), by state",
@@ -53,6 +57,9 @@ static const family_t s_families[MX_COUNT_] = {
                            "Output bytes queued to clients and not yet taken by their sockets", NULL, NULL, 1},
     [MX_BUFFERED_LIMIT] = {"kbridge_buffered_bytes_limit", "gauge", "--max-buffered-bytes (0: none)", NULL,
                            NULL, 1},
+    [MX_SESSION_BYTES] = {"kbridge_session_held_bytes", "gauge",
+                           "Bytes of events native sessions hold: unsent, or kept for a reconnect to replay",
+                           NULL, NULL, 1},
     [MX_START_TIME] = {"kbridge_start_time_seconds", "gauge", "When the service started, in Unix time",
                        NULL, NULL, 1},
 };
@@ -207,6 +214,36 @@ void metrics_pool_take(const char *kind, bool hit)
     char label[32];
     snprintf(label, sizeof label, "%s_%s", kind ? kind : "", hit ? "hit" : "miss");
     metrics_add(MX_POOL_TAKES, label, 1);
+}
+
+#define MAX_COLLECTORS 8
+
+static struct {
+    void (*fn)(void *arg);
+    void *arg;
+} s_collectors[MAX_COLLECTORS];
+
+int metrics_collect(void (*fn)(void *arg), void *arg)
+{
+    for (size_t i = 0; i < MAX_COLLECTORS; i++)
+        if (!s_collectors[i].fn) {
+            s_collectors[i].fn = fn;
+            s_collectors[i].arg = arg;
+            return KB_OK;
+        }
+    return KB_ELIMIT;
+}
+
+void metrics_uncollect(void *arg)
+{
+    for (size_t i = 0; i < MAX_COLLECTORS; i++)
+        if (s_collectors[i].fn && s_collectors[i].arg == arg) s_collectors[i].fn = NULL;
+}
+
+void metrics_run_collectors(void)
+{
+    for (size_t i = 0; i < MAX_COLLECTORS; i++)
+        if (s_collectors[i].fn) s_collectors[i].fn(s_collectors[i].arg);
 }
 
 void metrics_clear(void)

@@ -20,6 +20,7 @@ typedef enum {
     MX_OUTPUT_BYTES,       //  kbridge_output_bytes_total{stream}: stdout, stderr, result
     MX_ERRORS,             //  kbridge_errors_total{code}: kbridge's error names
     MX_POOL_TAKES,         //  kbridge_pool_takes_total{result}: kernel_hit, kernel_miss, sandbox_hit, sandbox_miss
+    MX_EVENTS_LOST,        //  kbridge_session_events_lost_total: native events dropped past a session's bound
     //  gauges
     MX_KERNELS,            //  kbridge_kernels{state}
     MX_SANDBOXES,          //  kbridge_sandboxes{state}
@@ -30,6 +31,7 @@ typedef enum {
     MX_KERNELS_LIMIT,      //  kbridge_kernels_limit
     MX_BUFFERED_BYTES,     //  kbridge_buffered_bytes: output queued to clients
     MX_BUFFERED_LIMIT,     //  kbridge_buffered_bytes_limit
+    MX_SESSION_BYTES,      //  kbridge_session_held_bytes: native sessions' events held (unsent, kept for replay)
     MX_START_TIME,         //  kbridge_start_time_seconds
     MX_COUNT_
 } metric_t;
@@ -67,6 +69,14 @@ const char *metrics_status_code(int status);
 //  was served from the pool (hit) or had to start one cold (miss).
 void metrics_pool_set(const char *kind, size_t ready, size_t target);
 void metrics_pool_take(const char *kind, bool hit);
+
+//  Gauges counted at scrape time by the module that knows them: fn(arg) runs before each
+//  exposition and sets its gauges. At most 8; unregister (by arg) before arg goes.
+//  Returns 0 or KB_ELIMIT.
+int metrics_collect(void (*fn)(void *arg), void *arg);
+void metrics_uncollect(void *arg);
+//  Run the collectors (the scrape, before metrics_render).
+void metrics_run_collectors(void);
 
 //  The exposition of every family. Caller owns the return value (free()); NULL when out
 //  of memory. *len is its length.

@@ -8,6 +8,7 @@
 #include "../sandboxes/sandboxes.h"
 #include "nmsg.h"
 #include "nsbx.h"
+#include "outbox.h"
 #include "session.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -811,6 +812,16 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     if (sandbox_wait_running(sb, &nc->wait)) s_attach(nc);
 }
 
+//  What sessions hold for their clients, for the metrics (counted at a scrape).
+static void s_collect(void *arg)
+{
+    native_t *self = arg;
+    size_t held = 0;
+    for (sess_link_t *l = self->sessions; l; l = l->next)
+        held += outbox_held(session_outbox(l->session));
+    metrics_set(MX_SESSION_BYTES, NULL, (double) held);
+}
+
 static void *s_create(const api_ctx_t *ctx)
 {
     native_t *self = calloc(1, sizeof *self);
@@ -829,6 +840,7 @@ static void *s_create(const api_ctx_t *ctx)
     }
     uv_timer_init(self->loop, &self->reaper);
     self->reaper.data = self;
+    metrics_collect(s_collect, self);
     return self;
 }
 
@@ -847,6 +859,7 @@ static void s_destroy(void **api_p)
         self->expired = l->next;
         free(l);
     }
+    metrics_uncollect(self);
     sandboxes_unobserve(self->sandboxes, self);
     while (self->sessions) s_destroy_session(self, self->sessions->session);
     nsbx_destroy(&self->nsbx);

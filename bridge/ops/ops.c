@@ -67,6 +67,7 @@ static void s_http(void *api, hreq_t *req)
         return;
     }
     s_count(self);
+    metrics_run_collectors();
     size_t len = 0;
     char *text = metrics_render(&len);
     if (!text) {

@@ -176,7 +176,8 @@ def test_metrics_move_with_work(tmp_path):
         for fam in ("kbridge_kernels", "kbridge_sandboxes", "kbridge_executions_total",
                     "kbridge_output_bytes_total", "kbridge_errors_total", "kbridge_pool_ready",
                     "kbridge_pool_target", "kbridge_buffered_bytes", "kbridge_buffered_bytes_limit",
-                    "kbridge_execution_duration_seconds", "kbridge_http_request_duration_seconds"):
+                    "kbridge_execution_duration_seconds", "kbridge_http_request_duration_seconds",
+                    "kbridge_session_held_bytes", "kbridge_session_events_lost_total"):
             assert fam in m0, f"{fam} missing"
         assert m0["kbridge_kernels"]["type"] == "gauge" and m0["kbridge_executions_total"]["type"] == "counter"
         assert value(m0, "kbridge_pool_ready", kind="kernel") == 0
@@ -220,6 +221,9 @@ def test_metrics_move_with_work(tmp_path):
         assert d("kbridge_errors_total", code="not_found") == 1
         assert value(m1, "kbridge_kernels", state="idle") + value(m1, "kbridge_kernels", state="busy") == 1
         assert value(m1, "kbridge_connections") >= 1  # the scrape's own
+        # the connected session keeps its replies and ends for a reconnect to replay
+        assert value(m1, "kbridge_session_held_bytes") > 0
+        assert value(m1, "kbridge_session_events_lost_total") == 0
 
         # a sandbox: created, seen running, killed, gone; errors from HTTP statuses
         status, _, sb = srv.api("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 120})

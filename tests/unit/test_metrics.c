@@ -119,12 +119,38 @@ static void test_outcomes_and_codes(void **state)
     assert_string_equal(metrics_status_code(500), "internal");
 }
 
+static void s_collector(void *arg)
+{
+    (*(int *) arg)++;
+    metrics_set(MX_SESSION_BYTES, NULL, 42);
+}
+
+static void test_collectors(void **state)
+{
+    (void) state;
+    metrics_clear();
+    int calls = 0;
+    assert_int_equal(metrics_collect(s_collector, &calls), 0);
+    metrics_run_collectors();
+    assert_int_equal(calls, 1);
+    assert_true(metrics_get(MX_SESSION_BYTES, NULL) == 42);
+    metrics_uncollect(&calls);
+    metrics_run_collectors();
+    assert_int_equal(calls, 1);
+    //  Bounded: the ninth is refused.
+    int many[9];
+    for (int i = 0; i < 8; i++) assert_int_equal(metrics_collect(s_collector, &many[i]), 0);
+    assert_int_not_equal(metrics_collect(s_collector, &many[8]), 0);
+    for (int i = 0; i < 8; i++) metrics_uncollect(&many[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_labels_are_bounded),
         cmocka_unit_test(test_histograms),
         cmocka_unit_test(test_outcomes_and_codes),
+        cmocka_unit_test(test_collectors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
