@@ -65,8 +65,6 @@ static void s_free_run(run_t *run)
     free(run);
 }
 
-static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg);
-
 //  Deliver an error and the end to a run's requester without involving the kernel.
 static void s_fail_run(run_t *run, const char *name, const char *value)
 {
@@ -76,8 +74,10 @@ static void s_fail_run(run_t *run, const char *name, const char *value)
         return;
     }
     //  Never dispatched: synthesize the events an execution would have produced.
-    execution_t *exec = execution_new("-", &run->exec_opts, s_on_exec_event, run);
-    if (!exec) run->on_event = NULL;
+    if (!run->helper)
+        metrics_execution(metrics_outcome(name), (double) (kb_now_ms() - run->submitted_ms) / 1000.0);
+    execution_t *exec = execution_new("-", &run->exec_opts, run->on_event, run->arg);
+    run->on_event = NULL;
     if (exec) {
         execution_fail(exec, name, value);
         execution_destroy(&exec);
