@@ -11,8 +11,9 @@
 #include "envd/envd.h"
 #include "jupyter/jupyter.h"
 #include "native/native.h"
+#include "ops/ops.h"
 #include "proxy/proxy.h"
 
-const api_desc_t *const kb_apis[] = {&proxy_api,   &envd_api,    &e2b_api,    &native_api,
-                                     &jupyter_api, &control_api, &console_api};
+const api_desc_t *const kb_apis[] = {&proxy_api,   &envd_api,    &e2b_api, &native_api,
+                                     &jupyter_api, &control_api, &ops_api, &console_api};
 const size_t kb_napis = sizeof kb_apis / sizeof *kb_apis;

@@ -4,8 +4,9 @@
 # the kernel table (kernels/) knows no front door and no API; the sandbox table
 # (sandboxes/) knows only the kernel table; the process table (procs/) knows only the
 # sandbox table and apikit/; apikit/ knows no API; no API
-# folder includes another API; only apis.c and cli/ see every API.
-set(_apis native jupyter e2b console control envd proxy)
+# folder includes another API; only apis.c and cli/ see every API. The metrics registry
+# (metrics/) is a leaf every module may record into; it includes nothing of bridge/.
+set(_apis native jupyter e2b console control envd proxy ops)
 
 function(_module path out)
   file(RELATIVE_PATH _rel ${ROOT} ${path})
@@ -41,6 +42,10 @@ function(_allowed from to out)
     string(REPLACE "bridge/" "" _f "${from}")
     string(REPLACE "bridge/" "" _t "${to}")
     if(_f STREQUAL _t OR _t STREQUAL "config.h")
+      set(_ok TRUE)
+    elseif(_f STREQUAL "metrics")
+      set(_ok FALSE)
+    elseif(_t STREQUAL "metrics")
       set(_ok TRUE)
     elseif(_f STREQUAL "apis.c" OR _f STREQUAL "cli" OR _f STREQUAL "main.c")
       set(_ok TRUE)

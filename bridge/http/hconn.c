@@ -48,6 +48,7 @@ struct _hconn_t {
     bufq_t outq;
     size_t in_flight;
     bool writing, want_drain;
+    uint64_t sent;  //  bytes the socket took
     //  half-closing (hconn_shutdown): wanted, and the FIN's shutdown is under way or done
     bool wshut_wanted, wshut;
     //  closing
@@ -417,6 +418,7 @@ static void s_on_written(uv_write_t *req, int status)
         return;
     }
     s_budget_used -= n;
+    self->sent += n;
     bufq_consume(&self->outq, n);
     s_flush(self);
 }
@@ -456,6 +458,7 @@ static void s_flush(hconn_t *self)
         int w = uv_try_write((uv_stream_t *) &self->tcp, bufs, (unsigned) n);
         if (w > 0) {
             s_budget_used -= (size_t) w;
+            self->sent += (uint64_t) w;
             bufq_consume(&self->outq, (size_t) w);
             if ((size_t) w == total) continue;
             //  Partial: the rest of these spans goes out with uv_write.
@@ -528,6 +531,11 @@ int hconn_write_copy(hconn_t *self, const void *data, size_t len)
     char *p = wbuf_dup(data, len);
     if (!p) return KB_ENOMEM;
     return hconn_write(self, p, p, len);
+}
+
+uint64_t hconn_bytes_sent(const hconn_t *self)
+{
+    return self->sent;
 }
 
 size_t hconn_queued(const hconn_t *self)

@@ -68,6 +68,8 @@ int hconn_write(hconn_t *self, char *payload, const char *data, size_t len);
 int hconn_write_copy(hconn_t *self, const void *data, size_t len);
 //  Bytes queued and not yet taken by the socket.
 size_t hconn_queued(const hconn_t *self);
+//  Bytes the socket has taken, since the connection was accepted.
+uint64_t hconn_bytes_sent(const hconn_t *self);
 //  Ask for on_drain once the queue falls below the low-water mark (at once if it is).
 void hconn_want_drain(hconn_t *self);
 //  Drop everything queued and not yet in flight (a slow client being cut off).

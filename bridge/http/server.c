@@ -1,6 +1,7 @@
 /*  server - the listener, connection caps, request checks and routing. */
 #include "server.h"
 #include "hutil.h"
+#include "../metrics/metrics.h"
 #include "../../base/kberr.h"
 #include "../../base/klist.h"
 #include "../../base/klog.h"
@@ -168,6 +169,33 @@ static bool s_authorized(server_t *self, const api_desc_t *desc, void *api, hreq
 // ---------------------------------------------------------------------------------------
 //  Requests
 
+//  A note on requests our WebSocket routes upgrade: their access-log line is written when
+//  the connection closes, with its duration.
+static const char s_ws_note = 0;
+
+//  What the access log says a request was: the target with its secrets redacted
+//  (token=..., signature=...). Authorization and the other headers are never logged.
+static void s_access_target(hreq_t *req, char *target, size_t size)
+{
+    char raw[1024];
+    snprintf(raw, sizeof raw, "%s%s%s", hreq_raw_path(req) ? hreq_raw_path(req) : "?",
+             *hreq_query_string(req) ? "?" : "", hreq_query_string(req));
+    hutil_redact_target(raw, target, size);
+}
+
+typedef struct {
+    uint64_t started;
+    char line[700];  //  "PEER METHOD TARGET"
+} ws_log_t;
+
+static void s_ws_gone(uint64_t bytes_sent, void *arg)
+{
+    ws_log_t *log = arg;
+    klog_info("access %s 101 %llu %llums websocket", log->line, (unsigned long long) bytes_sent,
+              (unsigned long long) (kb_now_ms() - log->started));
+    free(log);
+}
+
 static void s_add_cors(hreq_t *req)
 {
     hreq_add_header(req, "access-control-allow-origin", hreq_header(req, "origin"));
@@ -212,7 +240,18 @@ static void s_websocket(server_t *self, const api_desc_t *desc, void *api, hreq_
         return;
     }
     const char *sub = wsconn_pick_subprotocol(req, desc->subprotocols);
+    hreq_set_note(req, &s_ws_note, (void *) &s_ws_note);
     wsconn_t *conn = wsconn_upgrade(req, sub, &self->wsconfig);
+    if (conn && self->config->access_log) {
+        ws_log_t *log = malloc(sizeof *log);
+        if (log) {
+            char target[512];
+            s_access_target(req, target, sizeof target);
+            log->started = hreq_started(req);
+            snprintf(log->line, sizeof log->line, "%s %s %s", hreq_peer(req), hreq_method_name(req), target);
+            wsconn_on_gone(conn, s_ws_gone, log);
+        }
+    }
     if (conn) desc->ws_accept(api, conn, req, sub);
 }
 
@@ -252,6 +291,7 @@ static void s_on_request(hreq_t *req, void *arg)
             desc = kb_apis[i];
             api = self->apis[i];
         }
+    hreq_set_note(req, &kb_apis, (void *) desc);  //  the request metrics' api label
     bool public = desc && desc->is_public && desc->is_public(api, req);
     if (!public && !s_authorized(self, desc, api, req)) {
         if (desc && desc->refuse) desc->refuse(api, req);
@@ -283,12 +323,17 @@ static void s_on_request(hreq_t *req, void *arg)
 static void s_on_done(hreq_t *req, void *arg)
 {
     server_t *self = arg;
-    if (!self->config->access_log) return;
+    const api_desc_t *desc = hreq_note(req, &kb_apis);
+    bool upgraded = hreq_note(req, &s_ws_note) != NULL;
+    int status = hreq_status(req);
+    if (upgraded && !status) status = 101;
+    double seconds = (double) (kb_now_ms() - hreq_started(req)) / 1000.0;
+    metrics_http_request(desc ? desc->name : NULL, status, seconds);
+    const char *code = metrics_status_code(status);
+    if (code) metrics_error(code);
+    if (!self->config->access_log || upgraded) return;
     char target[512];
-    char raw[1024];
-    snprintf(raw, sizeof raw, "%s%s%s", hreq_raw_path(req) ? hreq_raw_path(req) : "?",
-             *hreq_query_string(req) ? "?" : "", hreq_query_string(req));
-    hutil_redact_target(raw, target, sizeof target);
+    s_access_target(req, target, sizeof target);
     klog_info("access %s %s %s %d %llu %llums", hreq_peer(req), hreq_method_name(req), target,
               hreq_status(req), (unsigned long long) hreq_bytes_sent(req),
               (unsigned long long) (kb_now_ms() - hreq_started(req)));

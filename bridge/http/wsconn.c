@@ -34,6 +34,8 @@ struct _wsconn_t {
     uint64_t last_rx;
     void (*on_drain)(wsconn_t *, void *);
     void *on_drain_arg;
+    void (*on_gone)(uint64_t bytes_sent, void *arg);
+    void *gone_arg;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -348,9 +350,9 @@ static void s_on_shed(hconn_t *conn, void *arg)
 
 static void s_on_close(hconn_t *conn, void *arg)
 {
-    (void) conn;
     wsconn_t *self = arg;
     if (self->events.on_close) self->events.on_close(self, self->arg);
+    if (self->on_gone) self->on_gone(hconn_bytes_sent(conn), self->gone_arg);
     free(self->in);
     free(self);
 }
@@ -391,6 +393,12 @@ void wsconn_set_events(wsconn_t *self, const wsconn_events_t *events, void *arg)
 {
     self->events = *events;
     self->arg = arg;
+}
+
+void wsconn_on_gone(wsconn_t *self, void (*fn)(uint64_t bytes_sent, void *arg), void *arg)
+{
+    self->on_gone = fn;
+    self->gone_arg = arg;
 }
 
 void *wsconn_clear_events(wsconn_t *self)

@@ -52,6 +52,10 @@ const char *wsconn_pick_subprotocol(const hreq_t *req, const char *const *suppor
 wsconn_t *wsconn_upgrade(hreq_t *req, const char *subprotocol, const wsconn_config_t *config);
 
 void wsconn_set_events(wsconn_t *self, const wsconn_events_t *events, void *arg);
+//  fn(bytes_sent, arg) once the connection is gone, after on_close, with the bytes the
+//  socket took (the handshake included): the server's access log. Independent of the
+//  events, which the API sets.
+void wsconn_on_gone(wsconn_t *self, void (*fn)(uint64_t bytes_sent, void *arg), void *arg);
 //  Stop delivering events (the owner is going away first); returns the old arg.
 void *wsconn_clear_events(wsconn_t *self);
 

@@ -1,5 +1,6 @@
 /*  runner - a kernel plus a FIFO of executions on it. */
 #include "runner.h"
+#include "../metrics/metrics.h"
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -31,6 +32,8 @@ struct _run_t {
     void *arg;
     execution_t *exec;
     bool helper;
+    uint64_t submitted_ms;  //  for the execution latency metric
+    const char *outcome;    //  metrics_outcome of its error; NULL: none so far
 };
 
 struct _runner_t {
@@ -71,6 +74,8 @@ static void s_fail_run(run_t *run, const char *name, const char *value)
         return;
     }
     //  Never dispatched: synthesize the events an execution would have produced.
+    if (!run->helper)
+        metrics_execution(metrics_outcome(name), (double) (kb_now_ms() - run->submitted_ms) / 1000.0);
     execution_t *exec = execution_new("-", &run->exec_opts, run->on_event, run->arg);
     run->on_event = NULL;
     if (exec) {
@@ -79,12 +84,33 @@ static void s_fail_run(run_t *run, const char *name, const char *value)
     }
 }
 
+//  What the requester sees is what the metrics count: helpers have no requester, and
+//  what a timed-out or cancelled run still produces is nobody's output.
+static void s_count_event(run_t *run, const exec_event_t *ev)
+{
+    switch (ev->kind) {
+    case EXEC_EV_STREAM:
+        metrics_add(MX_OUTPUT_BYTES, ev->is_stderr ? "stderr" : "stdout", (double) ev->text.len);
+        break;
+    case EXEC_EV_RESULT: metrics_add(MX_OUTPUT_BYTES, "result", (double) ev->data.len); break;
+    case EXEC_EV_ERROR: run->outcome = metrics_outcome(ev->ename); break;
+    case EXEC_EV_END:
+        metrics_execution(run->outcome ? run->outcome : "ok",
+                          (double) (kb_now_ms() - run->submitted_ms) / 1000.0);
+        break;
+    default: break;
+    }
+}
+
 static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg)
 {
     run_t *run = arg;
     execution_fn *fn = run->on_event;
     if (ev->kind == EXEC_EV_END) run->on_event = NULL;
-    if (fn) fn(exec, ev, run->arg);
+    if (fn) {
+        s_count_event(run, ev);
+        fn(exec, ev, run->arg);
+    }
 }
 
 static void s_dispatch(runner_t *self);
@@ -518,6 +544,7 @@ run_t *runner_execute(runner_t *self, const char *code, const run_opts_t *opts,
     run->exec_opts = opts->exec;
     run->on_event = on_event;
     run->arg = arg;
+    run->submitted_ms = kb_now_ms();
     if (set) s_enqueue(self, set);
     s_enqueue(self, run);
     if (restore) s_enqueue(self, restore);
@@ -531,6 +558,8 @@ void run_cancel(run_t *run)
 {
     if (!run) return;
     runner_t *self = run->runner;
+    if (run->on_event && !run->helper)
+        metrics_execution("cancelled", (double) (kb_now_ms() - run->submitted_ms) / 1000.0);
     run->on_event = NULL;
     if (run == self->current) {
         execution_mute(run->exec);

@@ -3,10 +3,12 @@
 #include "../buf/jbuf.h"
 #include "../kernels/kentry.h"
 #include "../kernels/registry.h"
+#include "../metrics/metrics.h"
 #include "../http/api.h"
 #include "../sandboxes/sandboxes.h"
 #include "nmsg.h"
 #include "nsbx.h"
+#include "outbox.h"
 #include "session.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -101,12 +103,14 @@ static void s_error(session_t *session, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    metrics_error(code);
     s_reply(session, "request_error", id, json_pack("{s:s, s:s}", "code", code, "message", message));
 }
 
 //  Before a session exists (or outside one): straight to the connection.
 static void s_conn_error(wsconn_t *conn, const char *code, const char *message)
 {
+    metrics_error(code);
     json_t *msg = json_pack("{s:s, s:n, s:s, s:s}", "type", "request_error", "id", "code", code,
                             "message", message);
     wsconn_send_json(conn, msg);
@@ -808,6 +812,16 @@ static void s_accept(void *api, wsconn_t *conn, hreq_t *req, const char *subprot
     if (sandbox_wait_running(sb, &nc->wait)) s_attach(nc);
 }
 
+//  What sessions hold for their clients, for the metrics (counted at a scrape).
+static void s_collect(void *arg)
+{
+    native_t *self = arg;
+    size_t held = 0;
+    for (sess_link_t *l = self->sessions; l; l = l->next)
+        held += outbox_held(session_outbox(l->session));
+    metrics_set(MX_SESSION_BYTES, NULL, (double) held);
+}
+
 static void *s_create(const api_ctx_t *ctx)
 {
     native_t *self = calloc(1, sizeof *self);
@@ -826,6 +840,7 @@ static void *s_create(const api_ctx_t *ctx)
     }
     uv_timer_init(self->loop, &self->reaper);
     self->reaper.data = self;
+    metrics_collect(s_collect, self);
     return self;
 }
 
@@ -844,6 +859,7 @@ static void s_destroy(void **api_p)
         self->expired = l->next;
         free(l);
     }
+    metrics_uncollect(self);
     sandboxes_unobserve(self->sandboxes, self);
     while (self->sessions) s_destroy_session(self, self->sessions->session);
     nsbx_destroy(&self->nsbx);

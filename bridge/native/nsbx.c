@@ -1,6 +1,7 @@
 /*  nsbx - native ops inside the attached sandbox: processes, files, watches, the sandbox. */
 #include "nsbx.h"
 #include "outbox.h"
+#include "../metrics/metrics.h"
 #include "../procs/procs.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
@@ -49,6 +50,7 @@ static void s_error(session_t *session, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    metrics_error(code);
     s_reply(session, "request_error", id, json_pack("{s:s, s:o}", "code", code, "message", s_jname(message)),
             true);
 }

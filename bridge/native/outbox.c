@@ -1,5 +1,6 @@
 /*  outbox - numbered, bounded, replayable delivery to a native client. */
 #include "outbox.h"
+#include "../metrics/metrics.h"
 #include "../buf/jbuf.h"
 #include "../buf/wbuf.h"
 #include "../../base/jx.h"
@@ -121,6 +122,7 @@ static void s_lost(outbox_t *self, const json_t *rid, uint64_t events, uint64_t 
                         json_integer(json_integer_value(json_object_get(entry, "bytes")) + (json_int_t) bytes));
     self->lost_events += events;
     self->lost_bytes += bytes;
+    metrics_add(MX_EVENTS_LOST, NULL, (double) events);
 }
 
 //  Which count of sent bytes an item is in.
@@ -350,6 +352,11 @@ void outbox_ack(outbox_t *self, uint64_t seq)
 size_t outbox_unsent(const outbox_t *self)
 {
     return self->unsent_bytes;
+}
+
+size_t outbox_held(const outbox_t *self)
+{
+    return self->unsent_bytes + self->sent_bytes + self->kept_bytes;
 }
 
 bool outbox_congested(const outbox_t *self)

@@ -55,6 +55,8 @@ void outbox_ack(outbox_t *self, uint64_t seq);
 //  Bytes waiting to be sent; whether that is past half the limit (producers that can
 //  wait, like process output, pause then); and a callback for when it falls back.
 size_t outbox_unsent(const outbox_t *self);
+//  Bytes held: unsent, and sent but kept for replay.
+size_t outbox_held(const outbox_t *self);
 bool outbox_congested(const outbox_t *self);
 void outbox_on_relief(outbox_t *self, void (*fn)(outbox_t *box, void *arg), void *arg);
 
