@@ -189,11 +189,13 @@ test('a kernel that dies mid-cell shows the error', async () => {
 test('a 50 MB output shows its tail and says how much was cut', async () => {
   const cell = await run('import sys\nline = "x" * 1023 + "\\n"\nfor i in range(50 * 1024):\n    sys.stdout.write(line)\nprint("THE END")');
   await done(cell);
-  const text = await cell.locator('.output pre.stdout').textContent();
+  // A loaded machine may interleave a kernel warning on stderr, splitting stdout in blocks.
+  const texts = await cell.locator('.output pre.stdout').allTextContents();
+  const text = texts[texts.length - 1];
   assert.ok(text.endsWith('THE END\n'), text.slice(-100));
-  assert.ok(text.length <= 256 * 1024, `kept ${text.length}`);
-  const cut = await cell.locator('.output .cut').innerText();
-  assert.match(cut, /MiB of output cut: showing the last/);
+  for (const t of texts) assert.ok(t.length <= 256 * 1024, `kept ${t.length}`);
+  const cuts = await cell.locator('.output .stream:has(pre.stdout) .cut:not([hidden])').allInnerTexts();
+  assert.ok(cuts.length >= 1 && cuts.every((c) => /MiB of output cut: showing the last/.test(c)), JSON.stringify(cuts));
   // The page still answers.
   assert.equal(await page.evaluate(() => 1 + 1), 2);
 });

@@ -184,6 +184,8 @@ class Native {
         this.onClosed && this.onClosed(ev);
       };
     });
+    // A connection refused before its session (a 404, a token) is told through onClosed.
+    this.ready.catch(() => {});
   }
 
   // cb sees every reply and event of the request; the promise resolves with the last one.
