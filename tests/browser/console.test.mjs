@@ -107,6 +107,11 @@ test('create a sandbox with metadata; it is listed', async () => {
   assert.equal(r.status, 200);
   assert.equal(r.body.metadata.owner, 'browser-test');
   await page.locator('#kernel-picker option[value="python3"]').waitFor({ state: 'attached', timeout: LONG });
+  // The first cell starts the kernel: the streaming check below then times only the cell.
+  const cell = await run('1 + 1');
+  await done(cell);
+  assert.equal(await cell.locator('.output pre.text').innerText(), '2',
+    await cell.locator('.output').innerText());
 });
 
 test('output streams as produced, in order', async () => {
