@@ -122,9 +122,10 @@ static void s_banner(const config_t *cfg, int port, const char *token, const cha
     const char *host = strchr(cfg->ip, ':') ? "[::1]"
                        : strcmp(cfg->ip, "0.0.0.0") == 0 ? "127.0.0.1" : cfg->ip;
     bool auth = token && *token;
-    printf("kbridge %s listening on http://%s:%d/ (default kernel: %s)\n", PROJECT_VERSION, host,
-           port, kernel);
-    printf("  Console:       http://%s:%d/%s%s\n", host, port, auth ? "#token=" : "", auth ? token : "");
+    //  The console's URL first: the one line a person needs (the token in the fragment never
+    //  reaches a request, a log or a Referer).
+    printf("kbridge %s listening on http://%s:%d/%s%s (default kernel: %s)\n", PROJECT_VERSION, host,
+           port, auth ? "#token=" : "", auth ? token : "", kernel);
     printf("  WebSocket API: ws://%s:%d/ws%s%s\n", host, port, auth ? "?token=" : "", auth ? token : "");
     printf("  Jupyter API:   http://%s:%d/api/kernels%s%s\n", host, port, auth ? "?token=" : "",
            auth ? token : "");

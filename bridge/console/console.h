@@ -1,5 +1,5 @@
-/*  console - what a browser (or a curious program) finds at `/`: a page that says what
-    this server is, which APIs it serves and where; JSON for programs that ask for it.
+/*  console - what a browser finds at `/`: the web console (bridge/console/web, built into
+    the binary), its files under /console/; JSON naming the APIs for programs that ask.
 */
 #ifndef CONSOLE_H
 #define CONSOLE_H

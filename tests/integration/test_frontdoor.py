@@ -147,7 +147,9 @@ def test_banner_names_every_api(server):
     assert f"http://127.0.0.1:{port}/api/kernels?token={server.token}" in b
     assert f"E2B_SANDBOX_URL=http://127.0.0.1:{port}" in b
     assert f"export KBRIDGE_TOKEN={server.token}" in b
-    assert f"http://127.0.0.1:{port}/#token={server.token}" in b
+    # The console's URL comes first, on the first line.
+    assert b.splitlines()[0].split(" listening on ", 1)[1].startswith(
+        f"http://127.0.0.1:{port}/#token={server.token} ")
 
 
 def test_token_file_and_environment_are_not_inherited(tmp_path):
@@ -174,7 +176,8 @@ def test_token_file_and_environment_are_not_inherited(tmp_path):
 
 def test_root_is_html_for_browsers_json_for_programs(server):
     out = raw(server, b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/html,*/*\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 200") and b"text/html" in out and b"<h1>kbridge" in out
+    assert out.startswith(b"HTTP/1.1 200") and b"text/html" in out and b"<title>kbridge console</title>" in out
+    assert b"content-security-policy: default-src 'none'; script-src 'self';" in out.lower()
     out = raw(server, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert b"application/json" in out and b'"name":"kbridge"' in out
 
