@@ -439,6 +439,19 @@ void registry_pool_prune(registry_t *self)
     }
 }
 
+bool registry_working(const registry_t *self)
+{
+    for (size_t i = 0; i < self->nlive; i++) {
+        kentry_t *e = self->live[i];
+        if (kentry_shutting_down(e)) continue;
+        kernel_state_t st = kernel_state(kentry_kernel(e));
+        if (st == KERNEL_STARTING || st == KERNEL_RESTARTING || st == KERNEL_BUSY ||
+            runner_pending(kentry_runner(e)))
+            return true;
+    }
+    return false;
+}
+
 size_t registry_pool_claims(const registry_t *self)
 {
     return self->claimed;
@@ -545,8 +558,11 @@ void registry_shutdown_all(registry_t *self, void (*done)(void *arg), void *arg)
 {
     self->all_done = done;
     self->all_done_arg = arg;
-    //  Warm kernels go the same way, counted with the others until they are down.
-    while (self->npool && s_grow(&self->live, self->nlive, &self->cap)) self->live[self->nlive++] = self->pool[--self->npool];
+    //  Warm kernels are nobody's: nothing to save, no reason to wait for them.
+    while (self->npool) {
+        kentry_t *entry = self->pool[--self->npool];
+        kentry_destroy(&entry);
+    }
     kentry_t **entries;
     size_t n = registry_list(self, &entries);
     for (size_t i = 0; i < n; i++) kentry_shutdown(entries[i]);

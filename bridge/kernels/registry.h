@@ -61,6 +61,9 @@ kentry_t *registry_prestart(registry_t *self, const char *kernel_name, const reg
 //  many are ready (ready may be NULL).
 size_t registry_pooled(const registry_t *self, const sbx_t *sbx, const char *kernel_name,
                        size_t *ready);
+//  Whether a kernel someone uses is starting, restarting, busy or has runs queued: what
+//  a warm start would compete with.
+bool registry_working(const registry_t *self);
 //  Warm kernels claimed since the start.
 size_t registry_pool_claims(const registry_t *self);
 //  Shut down warm kernels that are dead for good.

@@ -11,6 +11,10 @@
 //  to be answered and its first cell to run before a new start takes the CPU.
 #define REFILL_DELAY_MS 100
 #define BACKOFF_MAX_MS 30000
+//  A refill waits while kernels in use start or run, but not for ever (a cell that never
+//  ends would starve the pool).
+#define QUIET_WAIT_MS 100
+#define QUIET_MAX_MS 5000
 
 typedef struct {
     char *name;
@@ -31,6 +35,7 @@ struct _pool_t {
     kwait_t kwait;
     sandbox_wait_t swait;
     unsigned failures;
+    uint64_t waiting_since;  //  uv_now when a due refill first found the service working
     size_t sandboxes_claimed;
     bool closing;
 };
@@ -88,7 +93,7 @@ static void s_wait_kernel(pool_t *self, kentry_t *entry)
     kentry_wait(entry, &self->kwait);
 }
 
-static bool s_refill_kernel(pool_t *self, sandbox_t *sb)
+static void s_refill_kernel(pool_t *self, sandbox_t *sb)
 {
     int err = 0;
     kentry_t *entry = sandbox__prestart_kernel(sb, &err);
@@ -96,10 +101,9 @@ static bool s_refill_kernel(pool_t *self, sandbox_t *sb)
         self->failures++;
         klog_warn("pool: cannot start a warm kernel in sandbox %s: %s", sandbox_id(sb), kb_strerror(err));
         s_schedule(self, s_delay(self));
-        return true;
+        return;
     }
     s_wait_kernel(self, entry);
-    return true;
 }
 
 static size_t s_warm_of(const pool_t *self, const template_t *tmpl)
@@ -110,17 +114,33 @@ static size_t s_warm_of(const pool_t *self, const template_t *tmpl)
     return n;
 }
 
+//  Whether a due refill may start now; if not, it is looked at again shortly.
+static bool s_quiet(pool_t *self)
+{
+    uint64_t now = uv_now(self->loop);
+    if (registry_working(sandboxes_registry(self->table))) {
+        if (!self->waiting_since) self->waiting_since = now;
+        if (now - self->waiting_since < QUIET_MAX_MS) {
+            s_schedule(self, QUIET_WAIT_MS);
+            return false;
+        }
+    }
+    self->waiting_since = 0;
+    return true;
+}
+
 static void s_tick(uv_timer_t *timer)
 {
     pool_t *self = timer->data;
     if (self->closing || self->busy) return;
     registry_t *reg = sandboxes_registry(self->table);
     registry_pool_prune(reg);
+
     //  Kernels of the default sandbox first: the Jupyter and native APIs' default.
     sandbox_t *def = sandboxes_default(self->table);
     sbx_t *dsbx = def ? sandbox_sbx(def) : NULL;
     if (self->kernels && dsbx && registry_pooled(reg, dsbx, NULL, NULL) < self->kernels) {
-        s_refill_kernel(self, def);
+        if (s_quiet(self)) s_refill_kernel(self, def);
         return;
     }
     //  Then each warm sandbox's kernel, then the sandboxes.
@@ -128,12 +148,13 @@ static void s_tick(uv_timer_t *timer)
         sandbox_t *sb = self->warm[i];
         if (sandbox_state(sb) != SANDBOX_RUNNING) continue;
         if (registry_pooled(reg, sandbox_sbx(sb), NULL, NULL) == 0) {
-            s_refill_kernel(self, sb);
+            if (s_quiet(self)) s_refill_kernel(self, sb);
             return;
         }
     }
     for (size_t t = 0; t < self->ntargets; t++) {
         if (s_warm_of(self, self->targets[t].tmpl) >= self->per_template) continue;
+        if (!s_quiet(self)) return;
         if (self->nwarm == self->warm_cap) {
             size_t cap = self->warm_cap ? self->warm_cap * 2 : 4;
             sandbox_t **grown = realloc(self->warm, cap * sizeof *grown);
