@@ -203,3 +203,20 @@ def test_no_pools_when_asked(tmp_path):
         assert "pool:" not in srv.logs()
     finally:
         srv.stop()
+
+
+def test_warm_entries_leave_nothing_at_shutdown(tmp_path):
+    srv = KBridge(tmp_path, pools=True)
+    pool_ready(srv)
+    warm = [p.name for p in (srv.state_dir / "sandboxes").iterdir()]
+    assert len(warm) == 1, warm  # the warm sandbox, unlisted, and nothing saved for a restart
+    assert not (srv.state_dir / "sandboxes" / warm[0] / "sandbox.json").exists()
+    st, _, listed = srv.api("GET", "/sandboxes")
+    assert listed == []
+    srv.stop()  # checks: no runtime files, no process of any sandbox in the state dir
+    assert not (srv.state_dir / "sandboxes" / warm[0]).exists()
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        assert warm[0] not in dirs, f"cgroup of the warm sandbox left in {root}"
+        if root.count("/") > 6:
+            dirs[:] = []
+    assert "pool: kernel" in srv.logs() and "warm in the pool" in srv.logs()
