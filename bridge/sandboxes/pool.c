@@ -62,7 +62,8 @@ static void s_on_kernel(kwait_t *wait, kentry_t *entry, kwait_result_t result)
     if (result == KWAIT_READY) {
         self->failures = 0;
         klog_info("pool: kernel %s warm (%s)", kentry_id(entry), kernel_name(kentry_kernel(entry)));
-    } else if (!self->closing) {
+    } else if (result == KWAIT_DEAD && !self->closing) {
+        //  (KWAIT_SHUTDOWN: put down on purpose, with its sandbox or at shutdown.)
         self->failures++;
         klog_warn("pool: a warm kernel did not start (%s); next try in %llu ms",
                   kernel_exit_reason(kentry_kernel(entry)), (unsigned long long) s_delay(self));
