@@ -154,11 +154,12 @@ static int s_find_executable(const char *file)
 
 //  The environment for the kernel: the base (ours, or the sandbox's), then the
 //  kernelspec's env, then the caller's.
-static char **s_build_env(kernel_t *self)
+static json_t *s_env_json(const kernel_t *self, json_t *base_env, json_t *extra)
 {
     json_t *env = json_object();
-    if (self->base_env) {
-        json_object_update(env, self->base_env);
+    if (!env) return NULL;
+    if (base_env) {
+        json_object_update(env, base_env);
     } else {
         for (char **e = environ; *e; e++) {
             const char *eq = strchr(*e, '=');
@@ -173,7 +174,7 @@ static char **s_build_env(kernel_t *self)
     json_decref(spec_env);
     const char *key;
     json_t *value;
-    json_object_foreach(self->env, key, value) if (json_is_string(value))
+    json_object_foreach(extra, key, value) if (json_is_string(value))
         json_object_set(env, key, value);
     //  ipykernel exits when its parent is gone: it polls getppid() for 1, unless its parent
     //  *is* pid 1 (the agent of an isolated sandbox), which JPY_PARENT_PID=1 says.
@@ -182,7 +183,15 @@ static char **s_build_env(kernel_t *self)
     json_object_set_new(env, "JPY_PARENT_PID", json_string(ppid));
     const char *lang = kspec_language(self->spec);
     if (lang && strcasecmp(lang, "python") == 0) json_object_del(env, "PYTHONEXECUTABLE");
+    return env;
+}
 
+static char **s_build_env(kernel_t *self)
+{
+    json_t *env = s_env_json(self, self->base_env, self->env);
+    if (!env) return NULL;
+    const char *key;
+    json_t *value;
     size_t n = json_object_size(env), i = 0;
     char **envp = calloc(n + 1, sizeof *envp);
     if (envp)
@@ -980,6 +989,54 @@ const char *kernel_language(const kernel_t *self)
 json_t *kernel_info(const kernel_t *self)
 {
     return self->info;
+}
+
+json_t *kernel_process_env(const kernel_t *self)
+{
+    return s_env_json(self, self->base_env, self->env);
+}
+
+json_t *kernel_process_env_at(const kernel_t *self, json_t *base_env, json_t *env)
+{
+    return s_env_json(self, base_env, env);
+}
+
+int kernel_replace_place(kernel_t *self, const char *cwd, json_t *base_env, json_t *env)
+{
+    char *new_cwd = NULL;
+    if (cwd) {
+        if (!self->isolated) {
+            struct stat st;
+            if (stat(cwd, &st) != 0 || !S_ISDIR(st.st_mode)) return KB_EINVAL;
+        }
+        new_cwd = self->isolated ? strdup(cwd) : realpath(cwd, NULL);
+        if (!new_cwd) return self->isolated ? KB_ENOMEM : KB_EINVAL;
+    }
+    json_t *new_env = env ? json_deep_copy(env) : json_object();
+    json_t *new_base = base_env ? json_deep_copy(base_env) : NULL;
+    if (!new_env || (base_env && !new_base)) {
+        free(new_cwd);
+        json_decref(new_env);
+        json_decref(new_base);
+        return KB_ENOMEM;
+    }
+    free(self->cwd);
+    self->cwd = new_cwd;
+    json_decref(self->env);
+    self->env = new_env;
+    json_decref(self->base_env);
+    self->base_env = new_base;
+    return KB_OK;
+}
+
+bool kernel_isolated(const kernel_t *self)
+{
+    return self->isolated;
+}
+
+const char *kernel_user(const kernel_t *self)
+{
+    return self->user;
 }
 
 const char *kernel_cwd(const kernel_t *self)

@@ -132,6 +132,20 @@ const char *kernel_language(const kernel_t *self);
 //  content of the last kernel_info_reply, or NULL before the first.
 json_t *kernel_info(const kernel_t *self);
 const char *kernel_cwd(const kernel_t *self);
+//  The sandbox user it runs as (NULL: the agent's).
+const char *kernel_user(const kernel_t *self);
+//  Whether it runs in an isolated sandbox (its cwd is a path inside).
+bool kernel_isolated(const kernel_t *self);
+//  The environment its process starts with: the base, the kernelspec's env, the extra
+//  env, JPY_PARENT_PID. Caller owns return value (NULL: out of memory).
+json_t *kernel_process_env(const kernel_t *self);
+//  The same were it started from base_env and env (borrowed; as in kernel_opts_t).
+json_t *kernel_process_env_at(const kernel_t *self, json_t *base_env, json_t *env);
+//  Where its next process (a restart) starts: cwd (NULL: the sandbox's default), base_env
+//  and env as in kernel_opts_t (borrowed, copied). The running process is left as it is:
+//  a caller that moves a running kernel (a warm pool's claim) applies the change to it
+//  itself. Returns 0, KB_EINVAL (a host cwd that is not a directory) or KB_ENOMEM.
+int kernel_replace_place(kernel_t *self, const char *cwd, json_t *base_env, json_t *env);
 //  Why the last process ended, e.g. "killed by signal 9 (Killed)"; "" if it has not.
 const char *kernel_exit_reason(const kernel_t *self);
 //  Why the last process could not be started (KB_ENOTDIR: its cwd; KB_ENOTFOUND: its

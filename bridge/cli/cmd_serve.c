@@ -182,6 +182,7 @@ int cmd_serve(int argc, char **argv)
     //  Sandboxes
     const char *isolation = NULL, *state_dir = NULL, *node_id = "kb", *kernel_user = "user";
     bool isolate_default = false;
+    uint64_t pool_kernels = 1, pool_sandboxes = 1;
     json_t *templates = json_object();
     uint64_t sandbox_memory = 1ull << 30, sandbox_pids = 1024, sandbox_max_timeout = 86400000;
     uint64_t sandbox_cpus = (uint64_t) uv_available_parallelism();
@@ -237,6 +238,8 @@ int cmd_serve(int argc, char **argv)
         {"sandbox-pids", 0, OPT_UINT, "KBRIDGE_SANDBOX_PIDS", "N", "processes and threads in a sandbox", "1024", 16, 4194304, NULL, &sandbox_pids},
         {"sandbox-max-timeout", 0, OPT_SECONDS, "KBRIDGE_SANDBOX_MAX_TIMEOUT", "S", "the longest a sandbox may be asked to live", "86400", 1, 86400u * 365, NULL, &sandbox_max_timeout},
         {"sandbox-kernel-user", 0, OPT_CHOICE, "KBRIDGE_SANDBOX_KERNEL_USER", "U", "the user kernels run as in isolated sandboxes: user or root", "user", 0, 0, users, &kernel_user},
+        {"pool-kernels", 0, OPT_UINT, "KBRIDGE_POOL_KERNELS", "N", "warm kernels of the default kernelspec kept started in the default sandbox, taken by the next kernel start (0: none)", "1", 0, 64, NULL, &pool_kernels},
+        {"pool-sandboxes", 0, OPT_UINT, "KBRIDGE_POOL_SANDBOXES", "N", "warm sandboxes kept running per template, each with its default kernel started, taken by the next sandbox create (0: none)", "1", 0, 64, NULL, &pool_sandboxes},
         {"access-log", 0, OPT_FLAG, "KBRIDGE_ACCESS_LOG", NULL, "log one line per request (method, path without the token, status, bytes, ms)", NULL, 0, 0, NULL, &access_log},
         {"log-level", 0, OPT_CHOICE, "KBRIDGE_LOG_LEVEL", "L", "debug, info, warn or error", "info", 0, 0, levels, &log_level},
     };
@@ -439,6 +442,8 @@ int cmd_serve(int argc, char **argv)
         .host = st.host,
         .isolate_default = isolate_default,
         .cgroup_parent = geteuid() == 0 ? cgroup_parent : NULL,
+        .pool_kernels = (size_t) pool_kernels,
+        .pool_sandboxes = (size_t) pool_sandboxes,
     };
     snprintf(why, sizeof why, "out of memory");
     st.sandboxes = st.registry && tlist ? sandboxes_new(st.loop, &scfg, st.registry, why, sizeof why) : NULL;

@@ -496,9 +496,10 @@ static void s_http(void *api, hreq_t *req)
         const char *last = self->last_request;
         const char *kernels = registry_last_activity(s_registry(self));
         if (strcmp(kernels, last) > 0) last = kernels;
-        json_t *status = json_pack("{s:i, s:i, s:s, s:s}", "connections", self->nconns, "kernels",
+        json_t *status = json_pack("{s:i, s:i, s:s, s:s, s:o}", "connections", self->nconns, "kernels",
                                    (int) registry_count(s_registry(self)), "last_activity", last,
-                                   "started", self->started);
+                                   "started", self->started, "pool",
+                                   sandboxes_pool_status(self->sandboxes));
         hreq_reply_json(req, 200, status);
     } else if (strcmp(clean, "/api/kernelspecs") == 0 && m == HM_GET) {
         s_kernelspecs(self, req);

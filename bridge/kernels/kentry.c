@@ -14,6 +14,8 @@ struct _kentry_t {
     klist_t waiters;  //  kwait_t
     bool ready;
     bool shutting_down;
+    bool claiming;  //  a warm pool's claim: ready once its cwd and env are applied
+    run_t *claim;
     char *cwd;
 };
 
@@ -36,6 +38,7 @@ static void s_on_runner(runner_t *runner, kernel_event_t event, void *arg)
     kentry_t *self = arg;
     switch (event) {
     case KERNEL_EV_READY:
+        if (self->claiming) break;  //  a restart under the claim: the claim's end says
         self->ready = true;
         s_notify(self, KWAIT_READY);
         break;
@@ -87,6 +90,7 @@ void kentry_destroy(kentry_t **self_p)
     kentry_t *self = *self_p;
     *self_p = NULL;
     self->shutting_down = true;
+    self->claiming = false;
     s_notify(self, KWAIT_SHUTDOWN);
     runner_destroy(&self->runner);
     free(self->cwd);
@@ -137,6 +141,7 @@ int kentry_restart(kentry_t *self)
 {
     if (self->shutting_down) return KB_ECLOSED;
     self->ready = false;
+    self->claiming = false;  //  the new process starts where the claim moved the kernel
     return runner_restart(self->runner);
 }
 
@@ -161,6 +166,47 @@ const char *kentry_state_name(const kentry_t *self)
     kernel_state_t st = kernel_state(k);
     if ((st == KERNEL_IDLE || st == KERNEL_BUSY) && !kernel_heartbeat_ok(k)) return "unresponsive";
     return kernel_state_name(st);
+}
+
+static void s_on_claimed(execution_t *execution, const exec_event_t *ev, void *arg)
+{
+    (void) execution;
+    kentry_t *self = arg;
+    if (ev->kind == EXEC_EV_ERROR)
+        klog_warn("kernel %s: applying its cwd and env at the pool's claim failed: %s: %s",
+                  kentry_id(self), ev->ename ? ev->ename : "?", ev->evalue ? ev->evalue : "");
+    if (ev->kind != EXEC_EV_END) return;
+    self->claim = NULL;
+    if (!self->claiming || self->shutting_down) return;
+    self->claiming = false;
+    kernel_state_t st = kernel_state(kentry_kernel(self));
+    if (st == KERNEL_IDLE || st == KERNEL_BUSY) {
+        self->ready = true;
+        s_notify(self, KWAIT_READY);
+    }
+}
+
+int kentry_claim(kentry_t *self, const char *code)
+{
+    runner_touch(self->runner);
+    const char *cwd = kernel_cwd(kentry_kernel(self));
+    if (cwd) {
+        char *copy = strdup(cwd);
+        if (!copy) return KB_ENOMEM;
+        free(self->cwd);
+        self->cwd = copy;
+    }
+    if (!code) return KB_OK;
+    run_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    opts.silent = true;
+    opts.exec.stream_only = true;
+    int err = KB_OK;
+    self->claim = runner_execute(self->runner, code, &opts, s_on_claimed, self, &err);
+    if (!self->claim) return err;
+    self->claiming = true;
+    self->ready = false;
+    return KB_OK;
 }
 
 const char *kentry_cwd(const kentry_t *self)

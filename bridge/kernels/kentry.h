@@ -58,6 +58,12 @@ int kentry_interrupt(kentry_t *self);
 int kentry_restart(kentry_t *self);
 void kentry_shutdown(kentry_t *self);
 
+//  A warm pool's kernel is taken: its cwd (from the kernel's, already replaced) becomes
+//  the entry's, and code (NULL: none), a silent execution that moves the running process
+//  there, runs first. The entry is not ready until it has (waiters hear KWAIT_READY).
+//  Returns 0 or a runner_execute error.
+int kentry_claim(kentry_t *self, const char *code);
+
 //  "starting", "idle", "busy", "restarting", "dead" (shutting down counts as dead), or
 //  "unresponsive": the process is alive but its heartbeat stopped answering.
 const char *kentry_state_name(const kentry_t *self);

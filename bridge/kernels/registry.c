@@ -1,5 +1,6 @@
 /*  registry - the service's kernels by id. */
 #include "registry.h"
+#include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SHUTDOWN_ALL_DEADLINE_MS 8000
 
@@ -17,6 +19,12 @@ struct _registry_t {
     json_t *env;
     kentry_t **live;
     size_t nlive, cap;
+    kentry_t **pool;  //  warm, unclaimed: listed by nobody, culled never
+    size_t npool, pool_cap;
+    size_t claimed;  //  warm kernels taken, ever
+    void (*pool_changed)(void *arg);
+    void *pool_arg;
+    uv_timer_t pool_tell;  //  the hook runs from its own turn, never inside a caller's
     kentry_t **dead;  //  shut down, to be reaped
     size_t ndead, dead_cap;
     uv_timer_t reaper, deadline, cull;
@@ -41,6 +49,17 @@ static void s_reap(uv_timer_t *timer)
     }
 }
 
+static void s_pool_tell(uv_timer_t *timer)
+{
+    registry_t *self = timer->data;
+    if (self->pool_changed && !self->closing && !self->all_done) self->pool_changed(self->pool_arg);
+}
+
+static void s_pool_changed(registry_t *self)
+{
+    if (self->pool_changed && !self->closing) uv_timer_start(&self->pool_tell, s_pool_tell, 0, 0);
+}
+
 static void s_on_shutdown(kentry_t *entry, void *arg)
 {
     registry_t *self = arg;
@@ -50,6 +69,13 @@ static void s_on_shutdown(kentry_t *entry, void *arg)
         if (self->live[i] != entry) continue;
         memmove(&self->live[i], &self->live[i + 1], (self->nlive - i - 1) * sizeof *self->live);
         self->nlive--;
+        break;
+    }
+    for (size_t i = 0; i < self->npool; i++) {
+        if (self->pool[i] != entry) continue;
+        memmove(&self->pool[i], &self->pool[i + 1], (self->npool - i - 1) * sizeof *self->pool);
+        self->npool--;
+        s_pool_changed(self);
         break;
     }
     if (self->ndead == self->dead_cap) {
@@ -118,7 +144,8 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     uv_timer_init(loop, &self->reaper);
     uv_timer_init(loop, &self->deadline);
     uv_timer_init(loop, &self->cull);
-    self->reaper.data = self->deadline.data = self->cull.data = self;
+    uv_timer_init(loop, &self->pool_tell);
+    self->reaper.data = self->deadline.data = self->cull.data = self->pool_tell.data = self;
     if (self->config.cull_idle_ms) {
         //  Checked a few times per timeout (Jupyter Server's cull_interval, scaled).
         uint64_t every = self->config.cull_idle_ms / 4;
@@ -138,6 +165,7 @@ static void s_free_registry(uv_handle_t *handle)
         free(self->default_kernel);
         json_decref(self->env);
         free(self->live);
+        free(self->pool);
         free(self->dead);
         free(self);
     }
@@ -156,26 +184,30 @@ void registry_destroy(registry_t **self_p)
         kentry_t *entry = self->live[--self->nlive];
         kentry_destroy(&entry);
     }
+    while (self->npool) {
+        kentry_t *entry = self->pool[--self->npool];
+        kentry_destroy(&entry);
+    }
     uv_close((uv_handle_t *) &self->cull, NULL);
+    uv_close((uv_handle_t *) &self->pool_tell, NULL);
     uv_close((uv_handle_t *) &self->reaper, NULL);
     uv_close((uv_handle_t *) &self->deadline, s_free_registry);
 }
 
-kentry_t *registry_start(registry_t *self, const char *kernel_name, const registry_place_t *place,
+static bool s_grow(kentry_t ***list, size_t n, size_t *cap)
+{
+    if (n < *cap) return true;
+    size_t grown_cap = *cap ? *cap * 2 : 16;
+    kentry_t **grown = realloc(*list, grown_cap * sizeof *grown);
+    if (!grown) return false;
+    *list = grown;
+    *cap = grown_cap;
+    return true;
+}
+
+static kentry_t *s_spawn(registry_t *self, const char *kernel_name, const registry_place_t *place,
                          int *err)
 {
-    int dummy;
-    if (!err) err = &dummy;
-    if (self->closing || self->all_done) {
-        *err = KB_ECLOSED;
-        return NULL;
-    }
-    if (self->config.max_kernels && self->nlive >= self->config.max_kernels) {
-        klog_limited(KLOG_WARN, "refusing to start a kernel: %zu are alive (--max-kernels %zu)",
-                     self->nlive, self->config.max_kernels);
-        *err = KB_ELIMIT;
-        return NULL;
-    }
     kspec_t *spec = kspec_find(kernel_name ? kernel_name : self->default_kernel, err);
     if (!spec) return NULL;
     json_t *merged = json_deep_copy(self->env);
@@ -195,21 +227,240 @@ kentry_t *registry_start(registry_t *self, const char *kernel_name, const regist
     kentry_t *entry = kentry_new(self->loop, spec, &opts, &events, self, err);
     kspec_destroy(&spec);
     json_decref(merged);
-    if (!entry) return NULL;
-    if (self->nlive == self->cap) {
-        size_t cap = self->cap ? self->cap * 2 : 16;
-        kentry_t **grown = realloc(self->live, cap * sizeof *grown);
-        if (!grown) {
-            kentry_destroy(&entry);
-            *err = KB_ENOMEM;
+    return entry;
+}
+
+static bool s_same(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+//  Python code that moves a running kernel from its process's environment and cwd to
+//  those of a fresh start at the new place: what a fresh kernel would show (os.getcwd,
+//  os.environ, IPython's directory history) and nothing more (no names in the user's
+//  namespace, no history: it runs silent). NULL with *ok false: no recipe; NULL with *ok
+//  true: nothing to do.
+static char *s_move_code(const char *language, const char *cwd, json_t *from, json_t *to, bool *ok)
+{
+    *ok = false;
+    json_t *set = json_object(), *unset = json_array();
+    if (!set || !unset) {
+        json_decref(set);
+        json_decref(unset);
+        return NULL;
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(to, key, value)
+    {
+        json_t *was = json_object_get(from, key);
+        if (!was || !json_equal(was, value)) json_object_set(set, key, value);
+    }
+    json_object_foreach(from, key, value) if (!json_object_get(to, key))
+        json_array_append_new(unset, json_string(key));
+    char *code = NULL;
+    if (!cwd && !json_object_size(set) && !json_array_size(unset)) {
+        *ok = true;
+    } else if (strcasecmp(language, "python") == 0) {
+        json_t *lit_cwd = cwd ? json_string(cwd) : json_null();
+        char *c = jx_dumps(lit_cwd, false, NULL), *sv = jx_dumps(set, false, NULL),
+             *uv = jx_dumps(unset, false, NULL);
+        json_decref(lit_cwd);
+        //  JSON string literals are Python string literals (quotes, backslashes, unicode);
+        //  null is spelled None below.
+        //  python -m puts the start's cwd first on sys.path: a fresh start there would.
+        if (c && sv && uv &&
+            asprintf(&code,
+                     "%s%s%s%s%s__import__('os').environ.update(%s); "
+                     "[__import__('os').environ.pop(k, None) for k in %s]; "
+                     "[h.__setitem__(slice(None), [__import__('os').getcwd()]) for h in "
+                     "[getattr(getattr(get_ipython(), 'history_manager', None), 'dir_hist', None)] "
+                     "if isinstance(h, list)] if 'get_ipython' in globals() else None",
+                     cwd ? "[__import__('sys').path.__setitem__(0, " : "", cwd ? c : "",
+                     cwd ? ") for p in __import__('sys').path[:1] if p == __import__('os').getcwd()]; "
+                           "__import__('os').chdir("
+                         : "",
+                     cwd ? c : "", cwd ? "); " : "", sv, uv) < 0)
+            code = NULL;
+        *ok = code != NULL;
+        free(c);
+        free(sv);
+        free(uv);
+    }
+    json_decref(set);
+    json_decref(unset);
+    return code;
+}
+
+//  A warm kernel for place, moved there: same sandbox, kernelspec and user, ready and
+//  idle, and either nothing to change or a language whose cwd and environment kbridge
+//  knows how to change (in an isolated sandbox only the env: its cwd is checked by a
+//  process start). NULL: none fits (the caller starts one).
+static kentry_t *s_claim(registry_t *self, const char *spec_name, const registry_place_t *place)
+{
+    const char *name = spec_name ? spec_name : self->default_kernel;
+    for (size_t i = 0; i < self->npool; i++) {
+        kentry_t *entry = self->pool[i];
+        kernel_t *k = kentry_kernel(entry);
+        if (kentry_shutting_down(entry) || !kentry_ready(entry) || kernel_sbx(k) != place->sbx ||
+            kernel_state(k) != KERNEL_IDLE || !kernel_heartbeat_ok(k) ||
+            strcmp(kernel_name(k), name) != 0 || !s_same(kernel_user(k), place->user) ||
+            runner_pending(kentry_runner(entry))) {
+            klog_debug("pool: kernel %s does not fit (ready %d, same sandbox %d, state %d, user %d)",
+                       kentry_id(entry), kentry_ready(entry), kernel_sbx(k) == place->sbx, kernel_state(k),
+                       s_same(kernel_user(k), place->user));
+            continue;
+        }
+        const char *old_cwd = kernel_cwd(k);
+        char *real = NULL;
+        if (place->cwd && !kernel_isolated(k)) {
+            real = realpath(place->cwd, NULL);
+            if (!real) return NULL;  //  a fresh start reports the bad cwd
+        }
+        const char *new_cwd = real ? real : place->cwd;
+        bool cwd_moves = !s_same(old_cwd, new_cwd);
+        if (cwd_moves && (kernel_isolated(k) || !new_cwd)) {
+            free(real);
+            continue;
+        }
+        json_t *merged = json_deep_copy(self->env);
+        if (merged && place->env) json_object_update(merged, place->env);
+        json_t *from = kernel_process_env(k);
+        json_t *to = merged ? kernel_process_env_at(k, place->base_env, merged) : NULL;
+        bool ok = false;
+        char *code = from && to ? s_move_code(kernel_language(k), cwd_moves ? new_cwd : NULL, from, to, &ok)
+                                : NULL;
+        json_decref(from);
+        json_decref(to);
+        free(real);
+        int rc = ok ? kernel_replace_place(k, place->cwd, place->base_env, merged) : KB_EINVAL;
+        json_decref(merged);
+        if (rc == KB_OK) rc = kentry_claim(entry, code);
+        free(code);
+        if (!ok) {
+            klog_debug("pool: kernel %s cannot be moved (language %s)", kentry_id(entry), kernel_language(k));
+            continue;
+        }
+        if (rc != KB_OK) {
+            //  Half moved: it cannot go back to the pool.
+            klog_warn("pool: kernel %s could not be claimed (%s); shutting it down", kentry_id(entry),
+                      kb_strerror(rc));
+            kentry_shutdown(entry);
             return NULL;
         }
-        self->live = grown;
-        self->cap = cap;
+        memmove(&self->pool[i], &self->pool[i + 1], (self->npool - i - 1) * sizeof *self->pool);
+        self->npool--;
+        self->claimed++;
+        s_pool_changed(self);
+        return entry;
+    }
+    return NULL;
+}
+
+kentry_t *registry_start(registry_t *self, const char *spec_name, const registry_place_t *place,
+                         int *err)
+{
+    int dummy;
+    if (!err) err = &dummy;
+    if (self->closing || self->all_done) {
+        *err = KB_ECLOSED;
+        return NULL;
+    }
+    if (self->config.max_kernels && self->nlive >= self->config.max_kernels) {
+        klog_limited(KLOG_WARN, "refusing to start a kernel: %zu are alive (--max-kernels %zu)",
+                     self->nlive, self->config.max_kernels);
+        *err = KB_ELIMIT;
+        return NULL;
+    }
+    if (!s_grow(&self->live, self->nlive, &self->cap)) {
+        *err = KB_ENOMEM;
+        return NULL;
+    }
+    kentry_t *entry = s_claim(self, spec_name, place);
+    if (entry) {
+        klog_info("pool: kernel %s claimed (%s, %zu left warm)", kentry_id(entry),
+                  kernel_name(kentry_kernel(entry)), self->npool);
+    } else {
+        entry = s_spawn(self, spec_name, place, err);
+        if (!entry) return NULL;
     }
     self->live[self->nlive++] = entry;
     *err = KB_OK;
     return entry;
+}
+
+kentry_t *registry_prestart(registry_t *self, const char *kernel_name, const registry_place_t *place,
+                            int *err)
+{
+    int dummy;
+    if (!err) err = &dummy;
+    if (self->closing || self->all_done) {
+        *err = KB_ECLOSED;
+        return NULL;
+    }
+    if (!s_grow(&self->pool, self->npool, &self->pool_cap)) {
+        *err = KB_ENOMEM;
+        return NULL;
+    }
+    kentry_t *entry = s_spawn(self, kernel_name, place, err);
+    if (!entry) return NULL;
+    self->pool[self->npool++] = entry;
+    *err = KB_OK;
+    return entry;
+}
+
+size_t registry_pooled(const registry_t *self, const sbx_t *sbx, const char *spec_name,
+                       size_t *ready)
+{
+    const char *name = spec_name ? spec_name : self->default_kernel;
+    size_t n = 0, r = 0;
+    for (size_t i = 0; i < self->npool; i++) {
+        kentry_t *e = self->pool[i];
+        kernel_t *k = kentry_kernel(e);
+        if ((sbx && kernel_sbx(k) != sbx) || kentry_shutting_down(e) || strcmp(kernel_name(k), name) != 0)
+            continue;
+        n++;
+        if (kentry_ready(e)) r++;
+    }
+    if (ready) *ready = r;
+    return n;
+}
+
+void registry_pool_prune(registry_t *self)
+{
+    //  Dead for good (start failed, or too many restarts): no use warm.
+    for (size_t i = 0; i < self->npool; i++) {
+        kentry_t *e = self->pool[i];
+        if (!kentry_shutting_down(e) && kernel_state(kentry_kernel(e)) == KERNEL_DEAD) {
+            klog_warn("pool: kernel %s is dead (%s); dropping it", kentry_id(e),
+                      kernel_exit_reason(kentry_kernel(e)));
+            kentry_shutdown(e);
+        }
+    }
+}
+
+bool registry_working(const registry_t *self)
+{
+    for (size_t i = 0; i < self->nlive; i++) {
+        kentry_t *e = self->live[i];
+        if (kentry_shutting_down(e)) continue;
+        kernel_state_t st = kernel_state(kentry_kernel(e));
+        if (st == KERNEL_STARTING || st == KERNEL_RESTARTING || st == KERNEL_BUSY ||
+            runner_pending(kentry_runner(e)))
+            return true;
+    }
+    return false;
+}
+
+size_t registry_pool_claims(const registry_t *self)
+{
+    return self->claimed;
+}
+
+void registry_set_pool_hook(registry_t *self, void (*changed)(void *arg), void *arg)
+{
+    self->pool_changed = changed;
+    self->pool_arg = arg;
 }
 
 kentry_t *registry_find(registry_t *self, const char *kernel_id)
@@ -255,6 +506,16 @@ void registry_kill_in(registry_t *self, const sbx_t *sbx)
         self->nlive--;
         kentry_destroy(&entry);
     }
+    for (size_t i = 0; i < self->npool;) {
+        kentry_t *entry = self->pool[i];
+        if (kernel_sbx(kentry_kernel(entry)) != sbx) {
+            i++;
+            continue;
+        }
+        memmove(&self->pool[i], &self->pool[i + 1], (self->npool - i - 1) * sizeof *self->pool);
+        self->npool--;
+        kentry_destroy(&entry);
+    }
 }
 
 size_t registry_count(const registry_t *self)
@@ -297,6 +558,11 @@ void registry_shutdown_all(registry_t *self, void (*done)(void *arg), void *arg)
 {
     self->all_done = done;
     self->all_done_arg = arg;
+    //  Warm kernels are nobody's: nothing to save, no reason to wait for them.
+    while (self->npool) {
+        kentry_t *entry = self->pool[--self->npool];
+        kentry_destroy(&entry);
+    }
     kentry_t **entries;
     size_t n = registry_list(self, &entries);
     for (size_t i = 0; i < n; i++) kentry_shutdown(entries[i]);

@@ -49,6 +49,28 @@ typedef struct {
 //  (max_kernels are alive).
 kentry_t *registry_start(registry_t *self, const char *kernel_name, const registry_place_t *place,
                          int *err);
+//  Warm pool. registry_prestart starts a kernel at place ahead of time: it is in no list
+//  (registry_find, registry_list, registry_count, last activity), never culled, not counted
+//  against max_kernels. registry_start takes a ready one that fits instead of starting
+//  one (same sandbox, kernelspec and user; its cwd and environment are moved to place's
+//  first, see kentry_claim), and it is then a kernel like any other. Returns as
+//  registry_start (the entry belongs to the registry).
+kentry_t *registry_prestart(registry_t *self, const char *kernel_name, const registry_place_t *place,
+                            int *err);
+//  Warm kernels of kernel_name (NULL: the default) in sbx (NULL: any), and of those how
+//  many are ready (ready may be NULL).
+size_t registry_pooled(const registry_t *self, const sbx_t *sbx, const char *kernel_name,
+                       size_t *ready);
+//  Whether a kernel someone uses is starting, restarting, busy or has runs queued: what
+//  a warm start would compete with.
+bool registry_working(const registry_t *self);
+//  Warm kernels claimed since the start.
+size_t registry_pool_claims(const registry_t *self);
+//  Shut down warm kernels that are dead for good.
+void registry_pool_prune(registry_t *self);
+//  changed runs, from a later loop turn, when a warm kernel was claimed or went away.
+void registry_set_pool_hook(registry_t *self, void (*changed)(void *arg), void *arg);
+
 //  The kernel with this id, unless there is none or it is shutting down (the one way every
 //  API looks kernels up).
 kentry_t *registry_find(registry_t *self, const char *kernel_id);

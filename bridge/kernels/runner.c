@@ -618,6 +618,12 @@ const char *runner_last_activity(const runner_t *self)
     return self->last_activity;
 }
 
+void runner_touch(runner_t *self)
+{
+    kb_now_iso(self->last_activity);
+    self->active_at = uv_now(self->loop);
+}
+
 uint64_t runner_active_at(const runner_t *self)
 {
     return self->active_at;

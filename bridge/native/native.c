@@ -259,6 +259,10 @@ static void op_start_kernel(native_t *self, session_t *session, json_t *id, cons
 {
     kentry_t *entry = s_start_kernel(self, session, id, req->kernel_name, req->cwd, req->env_vars);
     if (!entry) return;
+    if (kentry_ready(entry)) {  //  a warm one, with nothing to move
+        s_reply(session, "kernel", id, json_pack("{s:o}", "kernel", s_model(entry)));
+        return;
+    }
     nreq_t *nreq = s_nreq_new(self, session, NREQ_START, id, kentry_id(entry));
     if (!nreq) return;
     nreq->wait.fn = s_on_kernel_wait;

@@ -182,13 +182,14 @@ static void s_queue_write(sandbox_t *self, bool make_dirs)
     if (j) {
         j->sandbox = self;
         j->dir = kb_strdup(self->dir);
-        j->text = saved ? json_dumps(saved, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+        //  A warm sandbox has no settings yet: a kbridge restart removes its directory.
+        j->text = saved && !self->pooled ? json_dumps(saved, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
         j->make_dirs = make_dirs;
         j->host_dirs = self->isolation == SBX_ISOLATION_NONE;
         j->work.data = j;
     }
     json_decref(saved);
-    if (!j || !j->dir || !j->text || uv_queue_work(self->loop, &j->work,
+    if (!j || !j->dir || (!j->text && !self->pooled) || uv_queue_work(self->loop, &j->work,
                                                    s_write_work, s_write_after) < 0) {
         if (j) s_job_free(j);
         klog_warn("sandbox %s: cannot save its settings (out of memory)", self->id);
@@ -318,7 +319,7 @@ static void s_on_timer(uv_timer_t *timer)
 
 void sandbox__arm(sandbox_t *self)
 {
-    if (self->is_default || self->state != SANDBOX_RUNNING) return;
+    if (self->is_default || self->pooled || self->state != SANDBOX_RUNNING) return;
     int64_t left = self->end_at - sandbox__wall_ms();
     uv_timer_start(&self->timer, s_on_timer, left > 0 ? (uint64_t) left : 0, 0);
 }
@@ -335,7 +336,9 @@ static void s_on_ready(sbx_t *sbx, int err, const char *why, void *arg)
     }
     self->state = SANDBOX_RUNNING;
     klog_info("sandbox %s: running (template %s%s)", self->id, self->template_name,
-              self->restarted ? ", started again after a kbridge restart" : "");
+              self->restarted ? ", started again after a kbridge restart"
+              : self->pooled  ? ", warm in the pool"
+                              : "");
     sandbox__arm(self);
     s_notify(self, 0, NULL);
 }
@@ -433,6 +436,13 @@ void sandbox__stop(sandbox_t *self)
 {
     if (self->state == SANDBOX_ENDED) return;
     s_teardown(self, "kbridge is stopping", KB_ECLOSED);
+    //  A warm one was never anybody's: nothing of it is kept for the next start.
+    if (self->pooled) s_remove_dir(self);
+}
+
+void sandbox__save(sandbox_t *self)
+{
+    s_save(self);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -696,28 +706,50 @@ json_t *sandbox_base_env(const sandbox_t *self, const char *user)
     return env;
 }
 
+//  Where a kernel of this sandbox starts: as its kernel user, in cwd (NULL: the
+//  sandbox's), from the sandbox's environment plus env. Isolated: the sandbox's own
+//  environment is the base (nothing of the host's); on the host, kbridge's environment
+//  is, with the sandbox's env vars on top. *merged and *base are the caller's.
+static int s_kernel_place(sandbox_t *self, const char *cwd, json_t *env, registry_place_t *place,
+                          json_t **merged, json_t **base)
+{
+    sbx_t *sbx = sandbox_sbx(self);
+    if (!sbx) return self->state == SANDBOX_ENDED ? KB_ECLOSED : KB_EAGAIN;
+    *base = sandbox_base_env(self, NULL);
+    *merged = *base ? json_object() : json_deep_copy(self->env);
+    if (!*merged) {
+        json_decref(*base);
+        *base = NULL;
+        return KB_ENOMEM;
+    }
+    if (env) json_object_update(*merged, env);
+    registry_place_t p = {sbx, sandbox_kernel_user(self), cwd ? cwd : self->cwd, *merged, *base};
+    *place = p;
+    return KB_OK;
+}
+
 kentry_t *sandbox_start_kernel(sandbox_t *self, const char *kernel_name, const char *cwd,
                                json_t *env, int *err)
 {
     int dummy;
     if (!err) err = &dummy;
-    sbx_t *sbx = sandbox_sbx(self);
-    if (!sbx) {
-        *err = self->state == SANDBOX_ENDED ? KB_ECLOSED : KB_EAGAIN;
-        return NULL;
-    }
-    //  Isolated: the sandbox's own environment is the base (nothing of the host's); on the
-    //  host, kbridge's environment is, with the sandbox's env vars on top.
-    json_t *base = sandbox_base_env(self, NULL);
-    json_t *merged = base ? json_object() : json_deep_copy(self->env);
-    if (!merged) {
-        json_decref(base);
-        *err = KB_ENOMEM;
-        return NULL;
-    }
-    if (env) json_object_update(merged, env);
-    registry_place_t place = {sbx, sandbox_kernel_user(self), cwd ? cwd : self->cwd, merged, base};
+    registry_place_t place;
+    json_t *merged = NULL, *base = NULL;
+    *err = s_kernel_place(self, cwd, env, &place, &merged, &base);
+    if (*err) return NULL;
     kentry_t *entry = registry_start(sandboxes_registry(self->table), kernel_name, &place, err);
+    json_decref(merged);
+    json_decref(base);
+    return entry;
+}
+
+kentry_t *sandbox__prestart_kernel(sandbox_t *self, int *err)
+{
+    registry_place_t place;
+    json_t *merged = NULL, *base = NULL;
+    *err = s_kernel_place(self, NULL, NULL, &place, &merged, &base);
+    if (*err) return NULL;
+    kentry_t *entry = registry_prestart(sandboxes_registry(self->table), NULL, &place, err);
     json_decref(merged);
     json_decref(base);
     return entry;

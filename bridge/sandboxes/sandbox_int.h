@@ -17,6 +17,7 @@ struct _sandbox_t {
     char id[SANDBOX_ID_MAX + 1];
     bool is_default, restarted, internet;
     bool own_sbx;  //  not the host's, which the command owns
+    bool pooled;   //  warm in the pool: in no list, no end, no settings saved
     sandbox_state_t state;
     sbx_t *sbx;
     char *template_name;
@@ -47,6 +48,10 @@ uv_loop_t *sandboxes__loop(const sandboxes_t *self);
 const sandboxes_config_t *sandboxes__config(const sandboxes_t *self);
 //  A sandbox ended: unlink it, tell the observers, give its slot back.
 void sandboxes__ended(sandboxes_t *self, sandbox_t *sb, const char *why);
+//  A warm sandbox for the pool (its state starting; the pool waits for it), template
+//  name / tmpl, the server's default limits. NULL with *err.
+sandbox_t *sandboxes__make_pooled(sandboxes_t *self, const char *name, const template_t *tmpl,
+                                  int *err);
 //  A sandbox paused or resumed.
 void sandboxes__state(sandboxes_t *self, sandbox_t *sb);
 
@@ -66,6 +71,10 @@ bool sandbox__from_json(sandbox_t *self, json_t *saved);
 //  Kill at once without removing its directory (kbridge stops). Frees it later.
 void sandbox__stop(sandbox_t *self);
 int64_t sandbox__wall_ms(void);
+//  Save its settings again (in the background).
+void sandbox__save(sandbox_t *self);
+//  Start a warm kernel of the default kernelspec in it, at its defaults (registry_prestart).
+kentry_t *sandbox__prestart_kernel(sandbox_t *self, int *err);
 //  Forget a sandbox that never started (nothing runs, its directory stays). Frees it later.
 void sandbox__discard(sandbox_t *self);
 

@@ -1,5 +1,6 @@
 /*  sandboxes - the table: ids, templates, limits, restore, observers. */
 #include "sandbox_int.h"
+#include "pool.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
@@ -51,6 +52,7 @@ struct _sandboxes_t {
     int slot_start;  //  where this instance's search for a free slot begins
     observer_t *observers;
     size_t nobservers;
+    pool_t *pool;
     bool closing;
 };
 
@@ -394,6 +396,19 @@ sandboxes_t *sandboxes_new(uv_loop_t *loop, const sandboxes_config_t *config, re
         sandbox__adopt(self->def, config->host);
     }
     s_restore(self);
+    self->pool = pool_new(self, config->pool_kernels, config->pool_sandboxes);
+    if (!self->pool) {
+        snprintf(why, size, "out of memory");
+        sandboxes_destroy(&self);
+        return NULL;
+    }
+    for (size_t i = 0; i < self->ntemplates; i++)
+        if (pool_add_template(self->pool, self->templates[i].name, self->templates[i].ref)) {
+            snprintf(why, size, "out of memory");
+            sandboxes_destroy(&self);
+            return NULL;
+        }
+    pool_start(self->pool);
     return self;
 }
 
@@ -403,6 +418,7 @@ void sandboxes_destroy(sandboxes_t **self_p)
     sandboxes_t *self = *self_p;
     *self_p = NULL;
     self->closing = true;
+    pool_destroy(&self->pool);
     while (!klist_empty(&self->all)) {
         sandbox_t *sb = klist_entry(klist_first(&self->all), sandbox_t, link);
         if (sb->state == SANDBOX_PAUSED && !sb->sbx) {
@@ -474,6 +490,70 @@ static int s_check_strings(json_t *obj, const char *what, size_t max_keys, size_
     return 0;
 }
 
+static uint64_t s_timeout(const sandboxes_t *self, const sandbox_opts_t *opts)
+{
+    uint64_t timeout = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    return timeout > self->config.max_timeout_ms ? self->config.max_timeout_ms : timeout;
+}
+
+//  A warm sandbox becomes the one asked for: from now on it is like a fresh one (its
+//  clock starts now, its settings are saved, it is listed, it ends on time).
+static void s_adopt_warm(sandboxes_t *self, sandbox_t *sb, const char *name, const sandbox_opts_t *opts)
+{
+    char *tname = kb_strdup(name);
+    if (tname) {
+        free(sb->template_name);
+        sb->template_name = tname;
+    }
+    if (opts->metadata) json_object_update(sb->metadata, opts->metadata);
+    if (opts->env) json_object_update(sb->env, opts->env);
+    uint64_t timeout = s_timeout(self, opts);
+    sb->started_at = sandbox__wall_ms();
+    sb->end_at = sb->started_at + (int64_t) timeout;
+    sb->holds = opts->held ? 1 : 0;
+    sb->pooled = false;
+    s_link(self, sb);
+    klog_info("sandbox %s: taken from the pool (template %s, timeout %llus)", sb->id, name,
+              (unsigned long long) (timeout / 1000));
+    sandbox__arm(sb);
+    sandbox__save(sb);
+}
+
+sandbox_t *sandboxes__make_pooled(sandboxes_t *self, const char *name, const template_t *tmpl, int *err)
+{
+    *err = KB_ECLOSED;
+    if (self->closing) return NULL;
+    char id[SANDBOX_ID_MAX + 1];
+    s_gen_id(self, id);
+    sandbox_t *sb = sandbox__new(self, id, false);
+    *err = KB_ENOMEM;
+    if (!sb) return NULL;
+    sb->pooled = true;
+    sb->template_name = kb_strdup(name);
+    sb->tmpl = tmpl;
+    sb->isolation = self->config.isolation;
+    sb->internet = true;
+    sb->memory_bytes = self->config.memory_bytes;
+    sb->cpu_millis = self->config.cpu_millis;
+    sb->pids = self->config.pids;
+    int rc = sb->template_name ? s_place(self, sb) : KB_ENOMEM;
+    if (rc) {
+        *err = rc;
+        if (sb->slot >= 0) self->slots[sb->slot] = 0;
+        sandbox__discard(sb);
+        return NULL;
+    }
+    klog_info("sandbox %s: starting warm for the pool (template %s)", sb->id, name);
+    sandbox__start(sb, false);
+    *err = KB_OK;
+    return sb;
+}
+
+json_t *sandboxes_pool_status(const sandboxes_t *self)
+{
+    return pool_status(self->pool);
+}
+
 sandbox_t *sandboxes_create(sandboxes_t *self, const sandbox_opts_t *opts, int *err, char *why,
                             size_t size)
 {
@@ -506,6 +586,14 @@ sandbox_t *sandboxes_create(sandboxes_t *self, const sandbox_opts_t *opts, int *
                  self->count);
     }
     if (*err) return NULL;
+    //  A warm one when it has what was asked for: the limits it was started with.
+    bool fits = !opts->no_internet && (!opts->memory_bytes || opts->memory_bytes == self->config.memory_bytes) &&
+                (!opts->cpu_millis || opts->cpu_millis == self->config.cpu_millis);
+    sandbox_t *warm = fits ? pool_take(self->pool, tmpl) : NULL;
+    if (warm) {
+        s_adopt_warm(self, warm, name, opts);
+        return warm;
+    }
     char id[SANDBOX_ID_MAX + 1];
     s_gen_id(self, id);
     sandbox_t *sb = sandbox__new(self, id, false);
@@ -519,8 +607,7 @@ sandbox_t *sandboxes_create(sandboxes_t *self, const sandbox_opts_t *opts, int *
     sb->isolation = self->config.isolation;
     if (opts->metadata) json_object_update(sb->metadata, opts->metadata);
     if (opts->env) json_object_update(sb->env, opts->env);
-    uint64_t timeout = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
-    if (timeout > self->config.max_timeout_ms) timeout = self->config.max_timeout_ms;
+    uint64_t timeout = s_timeout(self, opts);
     sb->end_at = sb->started_at + (int64_t) timeout;
     sb->internet = !opts->no_internet;
     sb->memory_bytes = opts->memory_bytes ? opts->memory_bytes : self->config.memory_bytes;
@@ -603,6 +690,12 @@ void sandboxes_unobserve(sandboxes_t *self, void *arg)
 
 void sandboxes__ended(sandboxes_t *self, sandbox_t *sb, const char *why)
 {
+    if (sb->pooled) {
+        //  Nobody's: no observer knows it.
+        if (sb->slot >= 0 && sb->slot < SLOTS) self->slots[sb->slot] = 0;
+        pool_forget(self->pool, sb);
+        return;
+    }
     if (sb != self->def) {
         klist_remove(&sb->link);
         self->count--;

@@ -65,6 +65,11 @@ typedef struct {
     //  cgroup of the sandboxes, "<parent>/<id>" under each hierarchy; one per kbridge
     //  (its state directory), so that one kbridge never reaps another's (NULL: none).
     const char *cgroup_parent;
+    //  Warm pools (bridge/sandboxes/pool.h): kernels of the default kernelspec kept
+    //  started in the default sandbox, and sandboxes kept running per template, each with
+    //  a kernel of the default kernelspec started (0: none).
+    size_t pool_kernels;
+    size_t pool_sandboxes;
 } sandboxes_config_t;
 
 //  The cgroup parent of the kbridge keeping its sandboxes in state_dir: "kbridge/" and a
@@ -98,7 +103,8 @@ typedef struct {
     bool held;                  //  a connection holds it from the start (sandbox_hold)
 } sandbox_opts_t;
 
-//  Create a sandbox: returns it, starting (wait for it with sandbox_wait_running), or
+//  Create a sandbox: returns it, starting (wait for it with sandbox_wait_running; one
+//  taken from the warm pool is running at once), or
 //  NULL with *err = KB_ENOTFOUND (unknown template), KB_EINVAL (bad options), KB_ELIMIT
 //  (max_sandboxes reached, or a limit over the server's), KB_ECLOSED, and why in words.
 //  A sandbox that fails to start ends (observers and waiters are told why); nothing of
@@ -115,6 +121,8 @@ sandbox_t *sandboxes_default(sandboxes_t *self);
 size_t sandboxes_list(sandboxes_t *self, sandbox_t ***sandboxes);
 size_t sandboxes_count(const sandboxes_t *self);
 registry_t *sandboxes_registry(const sandboxes_t *self);
+//  The warm pools, as GET /api/status shows them (pool.h). Caller owns return value.
+json_t *sandboxes_pool_status(const sandboxes_t *self);
 //  Whether a template name is known.
 bool sandboxes_has_template(const sandboxes_t *self, const char *name);
 uint64_t sandboxes_max_timeout_ms(const sandboxes_t *self);

@@ -69,8 +69,11 @@ def small_asan_quarantine(mb=8):
 
 
 class KBridge:
-    def __init__(self, tmp_path, *args, token="test-token", env=None, nofile=None):
-        """nofile: run it under that fd limit (soft and hard), as `ulimit -n` would."""
+    def __init__(self, tmp_path, *args, token="test-token", env=None, nofile=None, pools=False):
+        """nofile: run it under that fd limit (soft and hard), as `ulimit -n` would.
+        pools: keep kbridge's default warm pools (a kernel, and a sandbox with its kernel
+        per template). Off unless asked for: the suite starts kbridge hundreds of times, and
+        each pool's kernels would multiply its CPU."""
         self.runtime = tmp_path / f"run-{time.monotonic_ns()}"
         self.runtime.mkdir(mode=0o700)
         self.token = token
@@ -85,6 +88,8 @@ class KBridge:
         cmd = [kbridge_bin(), "serve", "--port", "0"]
         if token is not None:
             cmd += ["--token", token]
+        if not pools and not any(str(a).startswith("--pool-") for a in args):
+            cmd += ["--pool-kernels", "0", "--pool-sandboxes", "0"]
         cmd += list(args)
         self.log_path = tmp_path / f"kbridge-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")

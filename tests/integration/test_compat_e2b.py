@@ -15,7 +15,9 @@ def test_e2b_sdk(tmp_path):
         missing_tool("node is not installed (scripts/setup.sh --test installs it)")
     if not (COMPAT / "node_modules" / "@e2b" / "code-interpreter").is_dir():
         missing_tool("tests/compat/node_modules is missing: run `npm ci` in tests/compat")
-    srv = KBridge(tmp_path)
+    # With the default warm pools: Sandbox.create takes a warm sandbox, and its first
+    # runCode the kernel already started in it.
+    srv = KBridge(tmp_path, pools=True)
     try:
         env = dict(os.environ, KBRIDGE_URL=srv.http, KBRIDGE_TOKEN=srv.token)
         proc = subprocess.run(["node", "--test", "--test-reporter=spec", "e2b.test.mjs"], cwd=COMPAT,

@@ -20,7 +20,8 @@ from kbharness import KBridge, NativeClient, run
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = KBridge(tmp_path_factory.mktemp("jupyter"))
+    # With the default warm pools: the kernels these tests start are mostly warm ones.
+    srv = KBridge(tmp_path_factory.mktemp("jupyter"), pools=True)
     yield srv
     srv.stop()
 
