@@ -3,6 +3,7 @@
 #include "../../base/jx.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
+#include "../metrics/metrics.h"
 #include "../../base/kutil.h"
 
 #include <stdio.h>
@@ -377,6 +378,9 @@ kentry_t *registry_start(registry_t *self, const char *spec_name, const registry
         return NULL;
     }
     kentry_t *entry = s_claim(self, spec_name, place);
+    //  A miss only where a pool is kept (its hook is set) for this kernelspec.
+    if (self->pool_changed && strcmp(spec_name ? spec_name : self->default_kernel, self->default_kernel) == 0)
+        metrics_pool_take("kernel", entry != NULL);
     if (entry) {
         klog_info("pool: kernel %s claimed (%s, %zu left warm)", kentry_id(entry),
                   kernel_name(kentry_kernel(entry)), self->npool);

@@ -3,6 +3,7 @@
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
 #include "../../base/kutil.h"
+#include "../metrics/metrics.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ struct _pool_t {
 };
 
 static void s_tick(uv_timer_t *timer);
+static void s_collect(void *arg);
 
 static void s_schedule(pool_t *self, uint64_t ms)
 {
@@ -199,7 +201,26 @@ pool_t *pool_new(sandboxes_t *table, size_t kernels, size_t sandboxes)
     uv_timer_init(self->loop, &self->timer);
     self->timer.data = self;
     registry_set_pool_hook(sandboxes_registry(table), s_on_registry_pool, self);
+    if (metrics_collect(s_collect, self) != 0) klog_debug("pool: no room for its metrics collector");
     return self;
+}
+
+//  The pools' figures for /metrics, counted at each scrape: what waits to be taken.
+static void s_collect(void *arg)
+{
+    pool_t *self = arg;
+    registry_t *reg = sandboxes_registry(self->table);
+    sandbox_t *def = sandboxes_default(self->table);
+    size_t kready = 0;
+    if (def) registry_pooled(reg, sandbox_sbx(def), NULL, &kready);
+    size_t sready = 0;
+    for (size_t i = 0; i < self->nwarm; i++) {
+        size_t r = 0;
+        if (sandbox_state(self->warm[i]) == SANDBOX_RUNNING) registry_pooled(reg, sandbox_sbx(self->warm[i]), NULL, &r);
+        if (r) sready++;
+    }
+    metrics_pool_set("kernel", kready, self->kernels);
+    metrics_pool_set("sandbox", sready, self->per_template * self->ntargets);
 }
 
 static void s_free(uv_handle_t *handle)
@@ -213,6 +234,9 @@ void pool_destroy(pool_t **self_p)
     pool_t *self = *self_p;
     *self_p = NULL;
     self->closing = true;
+    metrics_uncollect(self);
+    metrics_pool_set("kernel", 0, 0);
+    metrics_pool_set("sandbox", 0, 0);
     registry_set_pool_hook(sandboxes_registry(self->table), NULL, NULL);
     kentry_unwait(&self->kwait);
     sandbox_unwait(&self->swait);
@@ -296,6 +320,11 @@ void pool_forget(pool_t *self, sandbox_t *sb)
             pool_kick(self);
             return;
         }
+}
+
+bool pool_targets_sandboxes(const pool_t *self)
+{
+    return self && self->per_template > 0;
 }
 
 json_t *pool_status(const pool_t *self)

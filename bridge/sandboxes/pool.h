@@ -48,4 +48,7 @@ void pool_forget(pool_t *self, sandbox_t *sb);
 //  Caller owns return value.
 json_t *pool_status(const pool_t *self);
 
+//  Whether the pool keeps warm sandboxes at all (--pool-sandboxes > 0).
+bool pool_targets_sandboxes(const pool_t *self);
+
 #endif

@@ -3,6 +3,7 @@
 #include "pool.h"
 #include "../../base/kberr.h"
 #include "../../base/klog.h"
+#include "../metrics/metrics.h"
 #include "../../base/kutil.h"
 
 #include <dirent.h>
@@ -590,6 +591,7 @@ sandbox_t *sandboxes_create(sandboxes_t *self, const sandbox_opts_t *opts, int *
     bool fits = !opts->no_internet && (!opts->memory_bytes || opts->memory_bytes == self->config.memory_bytes) &&
                 (!opts->cpu_millis || opts->cpu_millis == self->config.cpu_millis);
     sandbox_t *warm = fits ? pool_take(self->pool, tmpl) : NULL;
+    if (self->pool && pool_targets_sandboxes(self->pool)) metrics_pool_take("sandbox", warm != NULL);
     if (warm) {
         s_adopt_warm(self, warm, name, opts);
         return warm;

@@ -10,6 +10,7 @@ import time
 
 from conftest import wait_until
 from kbharness import KBridge, NativeClient, run
+from test_metrics import scrape as metrics_scrape, value as metrics_value
 
 # What a cell can see of its kernel: run as the first cell of each kernel compared.
 PROBE = r"""
@@ -152,6 +153,12 @@ def test_pooled_sandbox_and_its_kernel(tmp_path):
         create_ms = (time.monotonic() - t0) * 1000
         assert st == 201, sb
         assert status(srv)["pool"]["sandboxes"]["claimed"] == before + 1
+        # /metrics tells the same: one take served warm, and the pool's figures.
+        fams = metrics_scrape(srv)
+        assert metrics_value(fams, "kbridge_pool_takes_total", result="sandbox_hit") == 1
+        assert metrics_value(fams, "kbridge_pool_target", kind="sandbox") >= 1
+        assert metrics_value(fams, "kbridge_pool_target", kind="kernel") == 1
+        assert metrics_value(fams, "kbridge_pool_ready", kind="kernel") == 1
         assert sb["templateID"] == "code-interpreter-v1" and sb["metadata"] == {"who": "pool-test"}
         st, _, listed = srv.api("GET", "/sandboxes")
         assert [x["sandboxID"] for x in listed] == [sb["sandboxID"]]
