@@ -35,9 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 
 import websockets
 
@@ -58,6 +56,19 @@ def med(xs):
 def pct(xs, p):
     s = sorted(xs)
     return s[min(len(s) - 1, int(len(s) * p))] if s else float("nan")
+
+
+def cpu_s(pid):
+    """utime + stime of a process, all its threads (the threadpool's included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_cpu_s():
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def rss_kib(pid):
@@ -183,6 +194,9 @@ def http_on(s, method, path, body=b"", headers=(), read_into=None, host="127.0.0
 def anchor_spawn(n):
     true = shutil.which("true", path="/usr/bin:/bin")
     out = {}
+    for _ in range(20):
+        subprocess.run([true])
+        os.waitpid(os.posix_spawn(true, [true], {}), 0)
     ts = []
     for _ in range(n):
         t0 = perf()
@@ -205,6 +219,9 @@ def anchor_spawn(n):
     return out
 
 
+CPU = {}   # (sandbox, label) -> kbridge CPU seconds per process
+
+
 async def native_procs(srv, sid, n):
     c = await Native.connect(srv, sid)
     out = {}
@@ -222,12 +239,14 @@ async def native_procs(srv, sid, n):
             for _ in range(5):
                 await c.call(["process_exit"], op="process_start", **req)
             ts = []
+            c0 = cpu_s(srv.pid)
             for _ in range(k):
                 t0 = perf()
                 m = await c.call(["process_exit"], op="process_start", **req)
                 ts.append(perf() - t0)
                 assert m["exit_code"] == 0, m
             out[label] = ts
+            CPU[(sid, label)] = (cpu_s(srv.pid) - c0) / k
     finally:
         await c.close()
     return out
@@ -248,39 +267,74 @@ def e2b_procs(srv, n):
     return d["run_true_ms"], ""
 
 
+BASH_IN_SANDBOX = """
+import subprocess, time, statistics
+ts = []
+for i in range(%d):
+    t0 = time.perf_counter()
+    subprocess.run(["/bin/bash", "-l", "-c", "true"])
+    ts.append(time.perf_counter() - t0)
+print("%%.3f" %% (statistics.median(ts[3:]) * 1000))
+"""
+
+
+async def bash_in_sandbox(srv, sid, n):
+    """bash -l -c true spawned directly inside the sandbox, as user (E2B's default)."""
+    c = await Native.connect(srv, sid)
+    try:
+        rid = await c.send(op="process_start", args=["/usr/bin/python3", "-c", BASH_IN_SANDBOX % (n + 3)], user="user")
+        text = ""
+        while True:
+            m = json.loads(await c.ws.recv())
+            if m.get("id") != rid:
+                continue
+            if m["type"] == "process_stdout":
+                text += m["text"]
+            if m["type"] in ("process_exit", "request_error"):
+                break
+        return float(text.strip()) / 1000
+    finally:
+        await c.close()
+
+
 def row_procs(a, srv, res, lines):
     n = 50 if a.quick else 300
     anchors = anchor_spawn(n)
     model = srv.create_sandbox()
     try:
         iso = asyncio.run(native_procs(srv, model["sandboxID"], n))
+        bash_sbx = asyncio.run(bash_in_sandbox(srv, model["sandboxID"], 10 if a.quick else 30))
     finally:
         srv.kill_sandbox(model["sandboxID"])
     host = asyncio.run(native_procs(srv, "default", n))
     e2b, why = e2b_procs(srv, 30 if a.quick else 100)
-    base = med(anchors["posix_spawn+waitpid"])
     sub = med(anchors["subprocess.run(['true'])"])
-    bash = med(anchors["subprocess.run(bash -l -c true)"])
-    lines.append("process start -> exit of `true` (p50 / p90 ms; ratio to posix_spawn, to subprocess.run)")
+    lines.append("process start -> exit of `true` (ms; ratio to subprocess.run(['true']) from this process; "
+                 "kbridge CPU us per process)")
+    lines.append(f"  {'':58s} {'p50':>7s} {'p90':>7s} {'x subp':>7s} {'CPU us':>7s}")
 
-    def row(label, ts, target=None, anchor=None):
+    def row(label, ts, target=None, cpu=None, vs=None):
         p50 = med(ts) * 1000
-        t = ""
-        if target is not None:
-            t = f"  target <= {target} ms: {'PASS' if p50 <= target else 'MISS'}"
-        extra = f"  {med(ts) / anchor:.2f}x {'bash -l direct' if anchor == bash else ''}" if anchor else ""
-        lines.append(f"  {label:44s} {p50:7.2f} / {pct(ts, 0.9) * 1000:7.2f}   "
-                     f"{med(ts) / base:6.1f}x {med(ts) / sub:6.2f}x{extra}{t}")
+        t = f"  target <= {target} ms: {'PASS' if p50 <= target else 'MISS'}" if target is not None else ""
+        if vs:
+            t += f"  ({med(ts) / vs[1]:.2f}x {vs[0]})"
+        c = f"{cpu * 1e6:7.0f}" if cpu is not None else " " * 7
+        lines.append(f"  {label:58s} {p50:7.2f} {pct(ts, 0.9) * 1000:7.2f} {med(ts) / sub:7.2f} {c}{t}")
         res[label] = {"p50_ms": round(p50, 3), "p90_ms": round(pct(ts, 0.9) * 1000, 3), "n": len(ts)}
+        if cpu is not None:
+            res[label]["kbridge_cpu_us"] = round(cpu * 1e6, 1)
 
     for k, v in anchors.items():
         row("anchor: " + k, v)
-    for where, d in (("isolated sandbox", iso), ("default (host) sandbox", host)):
+    row("anchor: bash -l -c true spawned inside the sandbox (as user)", [bash_sbx])
+    for where, sid, d in (("isolated sandbox", model["sandboxID"], iso), ("default (host) sandbox", "default", host)):
         for k, v in d.items():
             target = 3 if k.startswith("process_start args") else None
-            row(f"native, {where}: {k}", v, target, bash if "bash" in k else None)
+            vs = ("bash -l in the sandbox", bash_sbx) if "bash" in k and where.startswith("isolated") else None
+            row(f"native, {where}: {k}", v, target, CPU.get((sid, k)), vs)
     if e2b:
-        row("E2B SDK commands.run('true') (bash -l -c)", [x / 1000 for x in e2b], 5, bash)
+        row("E2B SDK commands.run('true') = bash -l -c true, isolated", [x / 1000 for x in e2b], 5,
+            vs=("bash -l in the sandbox", bash_sbx))
     else:
         lines.append(f"  E2B SDK commands.run('true'): not measured ({why})")
 
@@ -290,49 +344,52 @@ def row_procs(a, srv, res, lines):
 
 def row_files(a, srv, res, lines, tmp):
     size = (20 if a.quick else 100) * MB
-    reps = 2 if a.quick else 3
+    reps = 3 if a.quick else 5
     data = os.urandom(size)
     src, dst = os.path.join(tmp, "cp-src"), os.path.join(tmp, "cp-dst")
     with open(src, "wb") as f:
         f.write(data)
-    cp = []
-    for _ in range(reps):
-        if os.path.exists(dst):
-            os.unlink(dst)
-        t0 = perf()
-        subprocess.run(["cp", src, dst], check=True)
-        cp.append(perf() - t0)
-    os.unlink(dst)
-    os.unlink(src)
     model = srv.create_sandbox()
     sid = model["sandboxID"]
     hdr = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983", "X-Access-Token": model["envdAccessToken"]}
     buf = bytearray(size)
-    w, r = [], []
+    cp, w, r = [], [], []
+    cpu = {"cp": 0.0, "w": 0.0, "r": 0.0}
     try:
+        # interleaved, so that page-cache writeback hits cp and envd alike
         for i in range(reps):
-            t0 = perf()
+            t0, c0 = perf(), child_cpu_s()
+            subprocess.run(["cp", src, dst], check=True)
+            cp.append(perf() - t0)
+            cpu["cp"] += child_cpu_s() - c0
+            os.unlink(dst)
+            t0, c0 = perf(), cpu_s(srv.pid)
             st, _, _, body = http(srv.port, "POST", "/files?path=/home/user/blob",
                                   data, dict(hdr, **{"Content-Type": "application/octet-stream"}))
             w.append(perf() - t0)
+            cpu["w"] += cpu_s(srv.pid) - c0
             assert st == 200, (st, body)
-            t0 = perf()
+            t0, c0 = perf(), cpu_s(srv.pid)
             st, _, n, _ = http(srv.port, "GET", "/files?path=/home/user/blob", b"", hdr, read_into=buf)
             r.append(perf() - t0)
+            cpu["r"] += cpu_s(srv.pid) - c0
             assert st == 200 and n == size, (st, n)
         assert bytes(buf[:4096]) == data[:4096] and bytes(buf[-4096:]) == data[-4096:]
     finally:
         srv.kill_sandbox(sid)
+        os.unlink(src)
     js_w, js_r, js_why = jupyter_contents(data, reps)
     mbps = lambda t: size / MB / t  # noqa: E731
     c = mbps(med(cp))
-    lines.append(f"{size // MB} MB file write then read over HTTP (MB/s, median of {reps}; ratio to cp)")
-    lines.append(f"  anchor: cp on the same file system        {c:8.0f}")
-    for label, ts, target in (("envd POST /files (octet-stream)", w, 0.5), ("envd GET /files", r, 0.5)):
+    per100 = lambda k: cpu[k] / reps * 1000 * (100 * MB / size)  # noqa: E731
+    lines.append(f"{size // MB} MB file write then read over HTTP (MB/s, median of {reps}; ratio to cp; "
+                 f"CPU ms per 100 MB of cp / of kbridge)")
+    lines.append(f"  anchor: cp on the same file system        {c:8.0f}            {per100('cp'):6.0f} ms CPU")
+    for label, ts, target, k in (("envd POST /files (octet-stream)", w, 0.5, "w"), ("envd GET /files", r, 0.5, "r")):
         x = mbps(med(ts))
-        lines.append(f"  {label:42s} {x:8.0f}   {x / c:.2f}x cp  target >= {target}x: "
+        lines.append(f"  {label:42s} {x:8.0f}   {x / c:.2f}x cp  {per100(k):6.0f} ms CPU  target >= {target}x: "
                      f"{'PASS' if x / c >= target else 'MISS'}")
-        res[label] = {"MBps": round(x, 1), "x_cp": round(x / c, 3)}
+        res[label] = {"MBps": round(x, 1), "x_cp": round(x / c, 3), "kbridge_cpu_ms_per_100MB": round(per100(k), 1)}
     tot = mbps(med(w) + med(r)) * 2
     lines.append(f"  {'envd write + read (200 MB moved)':42s} {tot / 2:8.0f}   {tot / 2 / c:.2f}x cp (both ways, per 100 MB)")
     res["cp"] = {"MBps": round(c, 1)}
@@ -409,6 +466,8 @@ def proxy_http(port, prefix, host, n_lat, big, buf, hdr, keep=False):
     prefix; a new connection per request unless keep."""
     lat = []
     s = None
+    cpu = {}
+    c0 = cpu_s(SRV_PID) if SRV_PID else 0
     for i in range(n_lat + 20):
         if s is None:
             s = socket.create_connection(("127.0.0.1", port))
@@ -424,11 +483,16 @@ def proxy_http(port, prefix, host, n_lat, big, buf, hdr, keep=False):
             s = None
     if s:
         s.close()
-    t0 = perf()
+    cpu["req_us"] = (cpu_s(SRV_PID) - c0) / (n_lat + 20) * 1e6 if SRV_PID else 0
+    t0, c0 = perf(), (cpu_s(SRV_PID) if SRV_PID else 0)
     st, h, n, _ = _http_host(port, f"{prefix}/big?n={big}", hdr, host, buf)
     dt = perf() - t0
+    cpu["ms_per_100MB"] = (cpu_s(SRV_PID) - c0) * 1000 * (100 * MB / big) if SRV_PID else 0
     assert st == 200 and n == big, (st, n, h)
-    return lat, dt
+    return lat, dt, cpu
+
+
+SRV_PID = 0   # the process whose CPU the proxy row charges (kbridge, or 0 for the direct runs)
 
 
 def _http_host(port, path, hdr, host, buf):
@@ -482,8 +546,11 @@ def row_proxy(a, srv, res, lines):
         c = loop.run_until_complete(start_in_sandbox(srv, sid, script, hport, wport))
         tok = {"X-Access-Token": srv.token}
         out = {}
+        global SRV_PID
+        SRV_PID = 0
         out["direct, keep-alive"] = proxy_http(dh, "", "127.0.0.1", n_lat, big, buf, {}, keep=True)
         out["direct, new connection each"] = proxy_http(dh, "", "127.0.0.1", n_lat, big, buf, {})
+        SRV_PID = srv.pid
         out["proxy, path form"] = proxy_http(srv.port, f"/sandboxes/{sid}/ports/{hport}", "127.0.0.1", n_lat, big,
                                              buf, tok, keep=True)
         out["proxy, host form"] = proxy_http(srv.port, "", f"{hport}-{sid}.localhost:{srv.port}", n_lat, big,
@@ -502,17 +569,19 @@ def row_proxy(a, srv, res, lines):
     thr0 = big / MB / out["direct, keep-alive"][1]
     lines.append(f"port proxy (server in a sandbox vs the same server on the host; {n_lat} small GETs, "
                  f"{big // MIB} MiB download, {n_ws} x 1 MiB WebSocket frames)")
-    lines.append(f"  {'HTTP':34s} {'GET p50 us':>10s} {'p90':>7s} {'+us vs direct':>13s} {'MB/s':>7s} {'x direct':>8s}")
-    for k, (lat, dt) in out.items():
+    lines.append(f"  {'HTTP':34s} {'GET p50 us':>10s} {'p90':>7s} {'+us vs direct':>13s} {'MB/s':>7s} {'x direct':>8s}"
+                 f"  kbridge CPU us/req, ms/100MB")
+    for k, (lat, dt, cpu) in out.items():
         thr = big / MB / dt
         d_us = (med(lat) - lat0) * 1e6
         t = ""
         if k.startswith("proxy"):
             t = (f"  target <= +100 us: {'PASS' if d_us <= 100 else 'MISS'}, >= 0.8x: "
                  f"{'PASS' if thr / thr0 >= 0.8 else 'MISS'}")
+        c = f"  {cpu['req_us']:5.0f} {cpu['ms_per_100MB']:5.0f}" if k.startswith("proxy") else " " * 13
         lines.append(f"  {k:34s} {med(lat) * 1e6:10.0f} {pct(lat, 0.9) * 1e6:7.0f} {d_us:+13.0f} {thr:7.0f} "
-                     f"{thr / thr0:8.2f}{t}")
-        res["http " + k] = {"p50_us": round(med(lat) * 1e6, 1), "MBps": round(thr, 1)}
+                     f"{thr / thr0:8.2f}{c}{t}")
+        res["http " + k] = {"p50_us": round(med(lat) * 1e6, 1), "MBps": round(thr, 1), **cpu}
     lines.append(f"  {'WebSocket':34s} {'echo p50 us':>10s} {'p90':>7s} {'+us vs direct':>13s} {'MB/s':>7s} {'x direct':>8s}")
     wthr0 = n_ws * MIB / MB / wsd[1]
     for k, (lat, dt) in (("direct", wsd), ("proxy, path form", wsp)):
