@@ -211,18 +211,18 @@ def anchor_spawn(n):
         ts.append(perf() - t0)
     out["subprocess.run(['true'])"] = ts
     ts = []
-    for _ in range(max(5, n // 4)):
+    for _ in range(5):
         t0 = perf()
         subprocess.run(["/bin/bash", "-l", "-c", "true"])
         ts.append(perf() - t0)
-    out["subprocess.run(bash -l -c true)"] = ts
+    out["subprocess.run(bash -l -c true) on the host"] = ts
     return out
 
 
 CPU = {}   # (sandbox, label) -> kbridge CPU seconds per process
 
 
-async def native_procs(srv, sid, n):
+async def native_procs(srv, sid, n, with_bash=True):
     c = await Native.connect(srv, sid)
     out = {}
     try:
@@ -234,8 +234,10 @@ async def native_procs(srv, sid, n):
             await c.call(["sandbox"], op="sandbox_info")
             ts.append(perf() - t0)
         out["sandbox_info round trip"] = ts
-        for label, req, k in (("process_start args=[true]", {"args": ["true"]}, n),
-                              ("process_start cmd=true (bash -l -c)", {"cmd": "true"}, max(5, n // 4))):
+        runs = [("process_start args=[true]", {"args": ["true"]}, n)]
+        if with_bash:   # the host's own bash -l may take a second: only in the isolated sandbox
+            runs.append(("process_start cmd=true (bash -l -c)", {"cmd": "true"}, max(5, n // 4)))
+        for label, req, k in runs:
             for _ in range(5):
                 await c.call(["process_exit"], op="process_start", **req)
             ts = []
@@ -306,7 +308,7 @@ def row_procs(a, srv, res, lines):
         bash_sbx = asyncio.run(bash_in_sandbox(srv, model["sandboxID"], 10 if a.quick else 30))
     finally:
         srv.kill_sandbox(model["sandboxID"])
-    host = asyncio.run(native_procs(srv, "default", n))
+    host = asyncio.run(native_procs(srv, "default", n, with_bash=False))
     e2b, why = e2b_procs(srv, 30 if a.quick else 100)
     sub = med(anchors["subprocess.run(['true'])"])
     lines.append("process start -> exit of `true` (ms; ratio to subprocess.run(['true']) from this process; "
@@ -609,12 +611,15 @@ async def kernel_in(srv, sid):
         await c.close()
 
 
-async def kernels_in(srv, sids, par=4):
+async def kernels_in(srv, sids, par=2):
     sem = asyncio.Semaphore(par)
 
     async def one(sid):
         async with sem:
-            await kernel_in(srv, sid)
+            try:
+                await kernel_in(srv, sid)
+            except RuntimeError:   # on a loaded machine a start may pass kbridge's 60 s: once more
+                await kernel_in(srv, sid)
     await asyncio.gather(*(one(s) for s in sids))
 
 
