@@ -669,6 +669,16 @@ static void s_up_data(hreq_t *req, const char *data, size_t len, void *arg)
     (void) req;
     up_t *u = arg;
     if (u->finished) return;
+    //  A plain upload's bytes go straight into the write buffer when nothing is ahead of
+    //  them: one copy of the body less (it was a fifth of the upload's CPU).
+    if (!u->multipart && !u->gz && u->raw_state == 1 && u->in_file && !u->opening && !u->part_ending &&
+        u->in_len == 0 && u->fill_len < FILL_CAP) {
+        size_t n = FILL_CAP - u->fill_len < len ? FILL_CAP - u->fill_len : len;
+        memcpy(u->fill + u->fill_len, data, n);
+        u->fill_len += n;
+        data += n;
+        len -= n;
+    }
     char *buf = u->gz ? u->zin : u->in;
     size_t *have = u->gz ? &u->zin_len : &u->in_len;
     if (*have + len > IN_CAP) {
