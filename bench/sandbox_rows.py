@@ -92,7 +92,7 @@ class Server:
     def api(self, method, path, body=None):
         return self.k.api(method, path, body)
 
-    def create_sandbox(self, timeout=600):
+    def create_sandbox(self, timeout=3600):   # the idle row may take 10+ min on a loaded machine
         status, _, model = self.api("POST", "/sandboxes", {"timeout": timeout})
         assert status == 201, (status, model)
         return model
@@ -620,6 +620,11 @@ async def kernels_in(srv, sids, par=2):
                 await kernel_in(srv, sid)
             except RuntimeError:   # on a loaded machine a start may pass kbridge's 60 s: once more
                 await kernel_in(srv, sid)
+            done.append(sid)
+            if len(done) % 10 == 0:
+                print(f"[sandbox_rows] idle: {len(done)} kernels, kbridge RSS {rss_kib(srv.pid) / 1024:.1f} MiB",
+                      file=sys.stderr, flush=True)
+    done = []
     await asyncio.gather(*(one(s) for s in sids))
 
 
