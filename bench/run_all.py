@@ -559,6 +559,8 @@ def main():
                     help="skip the pass against a kbridge with default limits")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC stamp>)")
     ap.add_argument("--summarize", metavar="DIR", help="only print the summary of an earlier run's results")
+    ap.add_argument("--no-sandbox-rows", action="store_true",
+                    help="skip bench/sandbox_rows.py (processes, files, port proxy, idle sandboxes) at the end")
     a = ap.parse_args()
     if a.summarize:
         return resummarize(ap, a.summarize)
@@ -629,6 +631,12 @@ def main():
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(text)
+    if binary and not a.no_sandbox_rows:   # its own section, its own kbridge (bench/sandbox_rows.py)
+        subprocess.run([B.PYTHON, os.path.join(HERE, "sandbox_rows.py"), "--kbridge", binary,
+                        "--json", os.path.join(out, "sandbox_rows.json")] + (["--quick"] if a.quick else []),
+                       stdout=open(os.path.join(out, "sandbox_rows.txt"), "w"), stderr=sys.stderr)
+        with open(os.path.join(out, "sandbox_rows.txt")) as f:
+            print("\n" + f.read(), end="")
     log("total %.0f s" % (perf() - t_start))
     return 0
 

@@ -23,14 +23,19 @@
 
 #include <zlib.h>
 
-//  Bytes read from a file per threadpool job, and response bytes queued before waiting.
-#define READ_CHUNK (64 * 1024)
-#define QUEUE_HIGH (512 * 1024)
+//  Bytes read from a file per threadpool job (gzip: what deflate takes at once), and
+//  response bytes queued before waiting. Each job is a round trip through the threadpool
+//  (two futex wake-ups and a loop turn): at 64 KiB per job a 100 MB download spent more
+//  on those than on the copies, so plain downloads read 1 MiB at a time.
+#define READ_CHUNK (1024 * 1024)
+#define GZ_CHUNK (64 * 1024)
+#define QUEUE_HIGH (2 * 1024 * 1024)
 //  Uploads: the body read ahead (paused past IN_PAUSE; at most 64 KiB more come while
-//  paused), and each of the two write buffers.
-#define IN_CAP (512 * 1024)
-#define IN_PAUSE (128 * 1024)
-#define FILL_CAP (256 * 1024)
+//  paused), and each of the two write buffers (one write to the file per threadpool job,
+//  as above).
+#define IN_CAP (1024 * 1024)
+#define IN_PAUSE (512 * 1024)
+#define FILL_CAP (1024 * 1024)
 
 static bool s_accepts_gzip(hreq_t *req)
 {
@@ -127,7 +132,7 @@ static void s_dl_work(uv_work_t *work)
     dl_t *dl = work->data;
     char *dst = dl->gz ? dl->raw : dl->chunk;
     ssize_t n;
-    do n = read(dl->fd, dst, READ_CHUNK);
+    do n = read(dl->fd, dst, dl->gz ? GZ_CHUNK : READ_CHUNK);
     while (n < 0 && errno == EINTR);
     if (n < 0) {
         dl->err = KB_EIO;
@@ -218,7 +223,7 @@ static void s_dl_next(dl_t *dl)
         hreq_on_drain(dl->req, s_dl_drained, dl);
         return;
     }
-    dl->cap = dl->gz ? READ_CHUNK / 2 : READ_CHUNK;
+    dl->cap = dl->gz ? GZ_CHUNK / 2 : READ_CHUNK;
     if (!dl->chunk) dl->chunk = wbuf_alloc(dl->cap);
     if (!dl->chunk) {
         hreq_stream_end(dl->req);
@@ -259,7 +264,7 @@ static void s_dl_opened_(dl_t *dl, int err, const char *why, const sbx_entry_t *
         return;
     }
     if (dl->gz) {
-        dl->raw = malloc(READ_CHUNK);
+        dl->raw = malloc(GZ_CHUNK);
         if (!dl->raw || deflateInit2(&dl->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
             envd__error(dl->req, 500, "out of memory");
             s_dl_done(dl);
@@ -664,6 +669,16 @@ static void s_up_data(hreq_t *req, const char *data, size_t len, void *arg)
     (void) req;
     up_t *u = arg;
     if (u->finished) return;
+    //  A plain upload's bytes go straight into the write buffer when nothing is ahead of
+    //  them: one copy of the body less (it was a fifth of the upload's CPU).
+    if (!u->multipart && !u->gz && u->raw_state == 1 && u->in_file && !u->opening && !u->part_ending &&
+        u->in_len == 0 && u->fill_len < FILL_CAP) {
+        size_t n = FILL_CAP - u->fill_len < len ? FILL_CAP - u->fill_len : len;
+        memcpy(u->fill + u->fill_len, data, n);
+        u->fill_len += n;
+        data += n;
+        len -= n;
+    }
     char *buf = u->gz ? u->zin : u->in;
     size_t *have = u->gz ? &u->zin_len : &u->in_len;
     if (*have + len > IN_CAP) {
