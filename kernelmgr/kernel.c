@@ -38,6 +38,16 @@ extern char **environ;
 #define INTERRUPT_RETRY_MS 1000
 #define INTERRUPT_RETRIES 3
 #define HB_MISSES_DEAD 3
+//  A start is complete when the heartbeat has answered too. Ports are chosen by binding to
+//  port 0 and letting go, and the kernel binds them seconds later (tens of seconds under
+//  load): any bind(0) meanwhile, on the whole machine, may be handed one of them - another
+//  kernel's own, a kernel of another server. On shell, iopub, stdin or control ipykernel
+//  then fails to start, but on the heartbeat only its heartbeat thread dies: the process
+//  answers kernel_info_request, runs cells, and is declared unresponsive a little later,
+//  for good (1 restart in 26 under the soak). Its heartbeat thread is running long
+//  before its shell answers, so this long after shell and iopub are proven, a silent
+//  heartbeat is a start that failed: it is retried on fresh ports, as a death would be.
+#define HB_READY_GRACE_MS 10000
 #define SHUTDOWN_WAIT_MS 2500   //  jupyter_client: shutdown_wait_time / 2, per stage
 #define KILL_WAIT_MS 5000
 #define STABLE_START_MS 10000   //  a kernel that lived this long resets the restart count
@@ -88,6 +98,12 @@ struct _kernel_t {
     char reply_session[128], iopub_session[128];
     char epoch[32];  //  when this readiness cycle began (ISO-8601, comparable as text)
     uint64_t ready_at;
+    bool got_hb;             //  an answer to a ping of this readiness cycle
+    uint64_t hb_cycle_seq;   //  the last ping sent before this cycle began
+    uint64_t hb_wait_since;  //  shell and iopub proven, the heartbeat not yet (kb_now_ms)
+    bool was_ready;          //  the current (or last) process became ready
+    //  why kbridge ended a start itself (the exit's own reason would say "signal 9")
+    char start_failure[160];
     //  shutdown / restart
     bool shutting_down, restart_pending, shutdown_done;
     int kill_stage;
@@ -244,6 +260,8 @@ static int s_spawn(kernel_t *self)
     self->proc_started = self->proc_exited = false;
     self->pid = 0;
     self->oom_killed = false;
+    self->was_ready = false;
+    self->start_failure[0] = '\0';
     self->generation++;
     self->exit_reason[0] = '\0';
     return KB_OK;
@@ -408,11 +426,40 @@ static void s_send_kernel_info(kernel_t *self)
     if (msg) kernel_send(self, KCH_SHELL, &msg);
 }
 
+static void s_send_ping(kernel_t *self)
+{
+    if (!self->hb) return;
+    char ping[32];
+    int n = snprintf(ping, sizeof ping, "ping %llu", (unsigned long long) ++self->hb_seq);
+    //  An empty delimiter frame first, as a REQ socket would send: kernels whose heartbeat
+    //  is a REP socket (IRkernel) need it, and ipykernel's ROUTER echo returns it as is.
+    zmsg_t *msg = zmsg_new();
+    if (msg && zmsg_addmem(msg, "", 0) == 0 && zmsg_addmem(msg, ping, (size_t) n) == 0)
+        zwatch_send(self->hb, &msg);
+    zmsg_destroy(&msg);
+}
+
+static void s_fail_start(kernel_t *self, const char *why);
+
 static void s_on_nudge(uv_timer_t *timer)
 {
     kernel_t *self = timer->data;
-    //  Every retry is a new message: kernels silently drop a repeated signature.
-    s_send_kernel_info(self);
+    if (self->hb_wait_since) {
+        //  Shell and iopub are proven; only the heartbeat is awaited.
+        int grace = self->hb_timeout_ms < HB_READY_GRACE_MS ? self->hb_timeout_ms : HB_READY_GRACE_MS;
+        if (kb_now_ms() - self->hb_wait_since >= (uint64_t) grace) {
+            char why[160];
+            snprintf(why, sizeof why, "its heartbeat did not answer (port %s taken by another "
+                     "process before the kernel could bind it?)",
+                     self->conn && connfile_endpoint(self->conn, KCH_HB) ? connfile_endpoint(self->conn, KCH_HB) : "?");
+            s_fail_start(self, why);
+            return;
+        }
+    } else {
+        //  Every retry is a new message: kernels silently drop a repeated signature.
+        s_send_kernel_info(self);
+    }
+    if (!self->got_hb) s_send_ping(self);
 }
 
 static void s_start_readiness(kernel_t *self)
@@ -421,6 +468,9 @@ static void s_start_readiness(kernel_t *self)
     self->reply_session[0] = self->iopub_session[0] = '\0';
     kb_now_iso(self->epoch);
     self->ready_at = 0;
+    self->got_hb = false;
+    self->hb_cycle_seq = self->hb_seq;
+    self->hb_wait_since = 0;
     uv_timer_start(&self->nudge_timer, s_on_nudge, 0, NUDGE_INTERVAL_MS);
 }
 
@@ -446,15 +496,10 @@ static void s_on_heartbeat_timer(uv_timer_t *timer)
             if (self->destroyed || !s_proc_alive(self)) return;
         }
     }
-    char ping[32];
-    int n = snprintf(ping, sizeof ping, "ping %llu", (unsigned long long) ++self->hb_seq);
-    //  An empty delimiter frame first, as a REQ socket would send: kernels whose heartbeat
-    //  is a REP socket (IRkernel) need it, and ipykernel's ROUTER echo returns it as is.
-    zmsg_t *msg = zmsg_new();
-    if (msg && zmsg_addmem(msg, "", 0) == 0 && zmsg_addmem(msg, ping, (size_t) n) == 0)
-        zwatch_send(self->hb, &msg);
-    zmsg_destroy(&msg);
+    s_send_ping(self);
 }
+
+static void s_check_ready(kernel_t *self);
 
 static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg)
 {
@@ -468,6 +513,14 @@ static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg)
         memcpy(buf, zframe_data(frame), zframe_size(frame));
         buf[zframe_size(frame)] = '\0';
         sscanf(buf, "ping %llu", &seq);
+    }
+    if (self->state == KERNEL_STARTING || self->state == KERNEL_RESTARTING) {
+        //  Any ping of this readiness cycle proves the heartbeat of this process.
+        if (!self->got_hb && seq > self->hb_cycle_seq && seq <= self->hb_seq && s_proc_alive(self)) {
+            self->got_hb = true;
+            s_check_ready(self);
+        }
+        return;
     }
     //  Only the latest ping counts: a kernel that was stopped answers the backlog at once.
     if (seq != self->hb_seq) return;
@@ -487,11 +540,18 @@ static void s_check_ready(kernel_t *self)
         !self->got_reply || !self->got_iopub || self->shutting_down || self->restart_pending)
         return;
     if (strcmp(self->reply_session, self->iopub_session) != 0) return;
+    if (!self->got_hb) {
+        if (!self->hb_wait_since) self->hb_wait_since = kb_now_ms();
+        return;
+    }
     uv_timer_stop(&self->nudge_timer);
     uv_timer_stop(&self->deadline_timer);
     self->state = KERNEL_IDLE;
     self->ready_at = kb_now_ms();
-    self->hb_seq = self->hb_acked = 0;
+    self->was_ready = true;
+    self->hb_wait_since = 0;
+    //  Pings of the readiness cycle may still come back: they are not the next one's.
+    self->hb_acked = self->hb_seq;
     self->hb_misses = 0;
     self->hb_ok_at = self->ready_at;
     self->hb_lost = self->hb_expired = false;
@@ -590,7 +650,13 @@ static void s_on_kill_timer(uv_timer_t *timer)
         //  Unkillable (stuck in the kernel): stop waiting for it.
         klog_error("kernel %s: pid %d did not exit after SIGKILL", self->label, self->pid);
         s_release_proc(self);
-        if (self->shutting_down) s_finish_shutdown(self);
+        if (self->shutting_down) {
+            s_finish_shutdown(self);
+        } else if (self->start_failure[0] && !self->restart_pending) {
+            snprintf(self->exit_reason, sizeof self->exit_reason, "%s", self->start_failure);
+            self->state = KERNEL_DEAD;
+            s_emit(self, KERNEL_EV_DEAD);
+        }
     }
 }
 
@@ -624,11 +690,34 @@ static void s_respawn(kernel_t *self)
     uv_timer_start(&self->deadline_timer, s_on_deadline, (uint64_t) self->ready_timeout_ms, 0);
 }
 
+//  End a start that will not complete: the process is killed and its exit goes on as a
+//  death would (an automatic restart on fresh ports, within the restart limit), with why.
+static void s_fail_start(kernel_t *self, const char *why)
+{
+    snprintf(self->start_failure, sizeof self->start_failure, "%s", why);
+    klog_warn("kernel %s: start failed: %s; killing pid %d", self->label, why, self->pid);
+    uv_timer_stop(&self->nudge_timer);
+    uv_timer_stop(&self->deadline_timer);
+    uv_timer_stop(&self->sock_timer);
+    self->hb_wait_since = 0;
+    s_signal_group(self, SIGKILL);
+    self->kill_stage = 2;
+    uv_timer_start(&self->kill_timer, s_on_kill_timer, KILL_WAIT_MS, 0);
+}
+
 static void s_on_deadline(uv_timer_t *timer)
 {
     kernel_t *self = timer->data;
-    snprintf(self->exit_reason, sizeof self->exit_reason,
-             "kernel did not become ready within %d ms", self->ready_timeout_ms);
+    char why[160];
+    snprintf(why, sizeof why, "kernel did not become ready within %d ms", self->ready_timeout_ms);
+    //  A process that is there but never got ready (one that met a port taken may hang
+    //  instead of exiting) is retried like a death, if deaths are.
+    if (self->autorestart && self->restart_count < self->restart_limit && s_proc_alive(self) &&
+        !self->shutting_down && !self->restart_pending) {
+        s_fail_start(self, why);
+        return;
+    }
+    snprintf(self->exit_reason, sizeof self->exit_reason, "%s", why);
     klog_error("kernel %s: %s", self->label, self->exit_reason);
     uv_timer_stop(&self->nudge_timer);
     uv_timer_stop(&self->sock_timer);
@@ -680,6 +769,8 @@ static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
         snprintf(self->exit_reason, sizeof self->exit_reason, "exited with code %lld",
                  (long long) exit->code);
     klog_info("kernel %s: process %d %s", self->label, exit->pid, self->exit_reason);
+    if (self->start_failure[0])
+        snprintf(self->exit_reason, sizeof self->exit_reason, "%s", self->start_failure);
     s_release_proc(self);
     uv_timer_stop(&self->kill_timer);
     uv_timer_stop(&self->hb_timer);
@@ -699,7 +790,10 @@ static void s_on_proc_exit(proc_t *proc, const proc_exit_t *exit, void *arg)
     bool was_stable = self->ready_at && kb_now_ms() - self->ready_at >= STABLE_START_MS;
     if (was_stable) self->restart_count = 0;
     self->state = KERNEL_DEAD;
-    klog_warn("kernel %s: died (%s)", self->label, self->exit_reason);
+    if (self->was_ready)
+        klog_warn("kernel %s: died (%s)", self->label, self->exit_reason);
+    else
+        klog_warn("kernel %s: died before it was ready (%s)", self->label, self->exit_reason);
     s_emit(self, KERNEL_EV_DIED);
     if (self->destroyed || self->shutting_down || self->proc) return;  //  owner acted
     if (self->autorestart && self->restart_count < self->restart_limit) {
@@ -1082,6 +1176,11 @@ sbx_t *kernel_sbx(const kernel_t *self)
 bool kernel_oom_killed(const kernel_t *self)
 {
     return self->oom_killed;
+}
+
+bool kernel_process_was_ready(const kernel_t *self)
+{
+    return self->was_ready;
 }
 
 bool kernel_heartbeat_ok(const kernel_t *self)

@@ -41,9 +41,10 @@ typedef enum {
 const char *kernel_state_name(kernel_state_t state);
 
 typedef enum {
-    KERNEL_EV_READY,       //  iopub proven live after a start or restart
+    KERNEL_EV_READY,       //  shell, iopub and heartbeat proven live after a start or restart
     KERNEL_EV_STATUS,      //  execution state changed (idle/busy)
-    KERNEL_EV_DIED,        //  the process exited unexpectedly (see kernel_exit_reason)
+    KERNEL_EV_DIED,        //  the process exited unexpectedly, or kbridge ended a start that
+                           //  would not complete (kernel_exit_reason, kernel_process_was_ready)
     KERNEL_EV_RESTARTING,  //  an automatic restart after a death has begun
     KERNEL_EV_DEAD,        //  gave up: start failed, or too many automatic restarts
     KERNEL_EV_SHUTDOWN,    //  kernel_shutdown() finished; the owner may destroy it now
@@ -164,6 +165,9 @@ int kernel_pid(const kernel_t *self);
 sbx_t *kernel_sbx(const kernel_t *self);
 //  True if the last process was killed by its sandbox's memory limit.
 bool kernel_oom_killed(const kernel_t *self);
+//  Whether the current process (after KERNEL_EV_DIED: the one that died) became ready. One
+//  that died before ran nothing: what waits for the kernel may wait for the next start.
+bool kernel_process_was_ready(const kernel_t *self);
 //  False after three heartbeats in a row went unanswered, until one is answered.
 bool kernel_heartbeat_ok(const kernel_t *self);
 //  True once the heartbeat has been silent for the heartbeat timeout, until it answers.

@@ -308,6 +308,9 @@ static void s_on_kernel_event(kernel_t *kernel, kernel_event_t event, void *arg)
     switch (event) {
     case KERNEL_EV_READY: s_dispatch(self); break;
     case KERNEL_EV_DIED:
+        //  A process that died before it was ready (a port taken: its start is retried)
+        //  ran nothing of what is queued; that waits for the next start or for the end.
+        if (!kernel_process_was_ready(kernel) && !self->current) break;
         if (kernel_oom_killed(kernel)) {
             //  What a cell that takes too much memory gets: the limit, and what happens next.
             snprintf(reason, sizeof reason, "The kernel was %s; it is restarted", kernel_exit_reason(kernel));

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 import urllib.request
 
@@ -163,4 +164,102 @@ def test_autorestart_after_address_in_use_gets_fresh_ports(tmp_path):
     finally:
         for s in held:
             s.close()
+        srv.stop()
+
+
+# A kernelspec whose process takes one of its own ports before it becomes ipykernel (the
+# socket is inherited), on one start of the kernel only: what a bind(0) anywhere on the
+# machine does when it is handed a port kbridge chose and let go of, in the seconds before
+# the kernel binds it.
+PORT_TAKER = r'''
+import json, os, socket, sys
+conn, channel, counter, on_start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+n = int(open(counter).read()) + 1 if os.path.exists(counter) else 1
+with open(counter, "w") as f:
+    f.write(str(n))
+if n == on_start:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", json.load(open(conn))[channel + "_port"]))
+    s.listen(1)
+    os.set_inheritable(s.fileno(), True)
+os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", conn])
+'''
+
+
+def port_taker_spec(tmp_path, channel, on_start):
+    """JUPYTER_PATH with a kernelspec 'taker' whose start number on_start finds the port
+    of channel taken."""
+    jp = tmp_path / "jp"
+    spec = jp / "kernels" / "taker"
+    spec.mkdir(parents=True)
+    (tmp_path / "taker.py").write_text(PORT_TAKER)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, str(tmp_path / "taker.py"), "{connection_file}", channel,
+                 str(tmp_path / f"starts-{channel}"), str(on_start)],
+        "display_name": "taker", "language": "python"}))
+    return str(jp)
+
+
+async def kill_and_wait_restart(c, kid):
+    """kill -9 from outside, and wait until kbridge has seen it (so that what is sent next
+    is queued for the restarted process, not sent to the dead one)."""
+    os.kill(kernel_pid(kid), signal.SIGKILL)
+    await wait_state(c, kid, lambda s: s in ("restarting", "starting"), timeout=20)
+
+
+def test_restart_whose_heartbeat_port_was_taken_is_retried(tmp_path):
+    # ipykernel only logs that its heartbeat thread could not bind: the process answers
+    # everything else. It used to become ready, run cells for a moment, and then be
+    # unresponsive for good (KernelNotResponding for every cell after --heartbeat-timeout).
+    srv = KBridge(tmp_path, "--heartbeat-timeout", "3",
+                  env={"JUPYTER_PATH": port_taker_spec(tmp_path, "hb", 2)})
+    try:
+        async def go():
+            c = await NativeClient.connect(srv, sandbox_id="default")
+            kid = (await c.request(op="start_kernel", kernel_name="taker", timeout=90))["kernel"]["kernel_id"]
+            _, end = await c.execute("1+1", kernel_id=kid, timeout=60)
+            assert end["execution"]["results"][0]["text"] == "2"
+            await kill_and_wait_restart(c, kid)
+            # Queued while the restart meets its heartbeat port taken: it runs on the retry.
+            _, end = await c.execute("6*7", kernel_id=kid, timeout=120)
+            assert end["execution"]["error"] is None, end
+            assert end["execution"]["results"][0]["text"] == "42"
+            # And the kernel stays answerable past the heartbeat timeout.
+            await asyncio.sleep(4.5)
+            assert await native_state(c, kid) == "idle"
+            _, end = await c.execute("2+2", kernel_id=kid, timeout=30)
+            assert end["execution"]["error"] is None, end
+            assert end["execution"]["results"][0]["text"] == "4"
+            await c.close()
+
+        run(go())
+        logs = srv.logs()
+        assert "Exception in thread Heartbeat" in logs  # the fault did happen
+        assert "its heartbeat did not answer" in logs and logs.count("fresh ports") >= 2, logs[-4000:]
+        assert "heartbeat lost" not in logs
+    finally:
+        srv.stop()
+
+
+def test_restart_whose_shell_port_was_taken_keeps_the_queue(tmp_path):
+    # That start exits ("Address already in use") before it was ready: it ran nothing of
+    # what waits for the kernel, which used to end with KernelDied all the same.
+    srv = KBridge(tmp_path, env={"JUPYTER_PATH": port_taker_spec(tmp_path, "shell", 2)})
+    try:
+        async def go():
+            c = await NativeClient.connect(srv, sandbox_id="default")
+            kid = (await c.request(op="start_kernel", kernel_name="taker", timeout=90))["kernel"]["kernel_id"]
+            _, end = await c.execute("1+1", kernel_id=kid, timeout=60)
+            assert end["execution"]["results"][0]["text"] == "2"
+            await kill_and_wait_restart(c, kid)
+            _, end = await c.execute("6*7", kernel_id=kid, timeout=150)
+            assert end["execution"]["error"] is None, end
+            assert end["execution"]["results"][0]["text"] == "42"
+            await c.close()
+
+        run(go())
+        logs = srv.logs()
+        assert "Address already in use" in logs and "died before it was ready" in logs, logs[-4000:]
+    finally:
         srv.stop()

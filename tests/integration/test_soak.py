@@ -1,5 +1,5 @@
 """The soak, small: 32 native clients x 50 cells of prints, bursts, displays, errors,
-interrupts and dropped-and-resumed connections (kill -9s of kernels: bench/soak.py), with a canary
+interrupts, kill -9s of kernels (autorestarted) and dropped-and-resumed connections, with a canary
 answering `1+1` throughout (bench/soak.py is the tool; this runs it in CI).
 
 Nothing may be lost, duplicated or reordered: every numbered line and display arrives
@@ -29,11 +29,11 @@ def test_soak_32_clients_x_50_cells(tmp_path):
     srv = KBridge(tmp_path, "--max-kernels", "48", "--env", f"IPYTHONDIR={ipydir}",
                   env=small_asan_quarantine(8))
     try:
-        # No kill -9s here: a kernel restarted after one under this load has, once in 26
-        # (a CI run, 2026-12-01), never answered again (KernelNotResponding after 30 s for
-        # every later cell), a bug not found yet; `bench/soak.py --kills 3` reproduces the
-        # mix with them, and tests/integration/test_kernel_faults.py tests kill and restart.
-        s = soak.Soak(srv.port, srv.token, srv.proc.pid, clients=32, cells=50, kills=0, seed=9)
+        # One kill -9 per client at most (a few dozen restarts under load: each client waits
+        # out its own). Restarts whose fresh ports someone took before the kernel bound
+        # them used to fail here once in 26 (tests/integration/test_kernel_faults.py
+        # forces both kinds); `bench/soak.py --kills 3` runs more of them.
+        s = soak.Soak(srv.port, srv.token, srv.proc.pid, clients=32, cells=50, kills=1, seed=9)
         rep = s.run()
         lines = []
         soak.print_report(rep, out=lines.append)
@@ -44,6 +44,7 @@ def test_soak_32_clients_x_50_cells(tmp_path):
         assert not rep["canary"]["failures"] and rep["canary"]["answers"] > 0, "\n".join(lines)
         # The mix did what it says: the exceptions were exercised, not dodged.
         assert c["interrupted"] + c["interrupts_late"] > 0 and c["resumes"] > 0
+        assert c["kills"] > 0 and c["killed"] > 0, "\n".join(lines)
         assert rep["rss_growth_kib"] < RSS_GROWTH_BOUND_KIB, "\n".join(lines)
         assert srv.alive()
     finally:
