@@ -59,6 +59,11 @@ def start_kbridge(binary: str, extra_args=(), log_dir=None) -> KBridgeHandle:
     env.update(XDG_RUNTIME_DIR=wd, PATH="/usr/bin:/bin")   # kernels: Debian python only
     env.pop("KBRIDGE_TOKEN", None)
     args = [binary, "serve", "--port", "0", "--token", token] + list(extra_args)
+    # A private state dir: with the shared default (/var/lib/kbridge) another kbridge
+    # starting on the machine takes this one's sandboxes for expired ones and removes them
+    # (the kernels die with "the agent closed its socket").
+    if "--state-dir" not in args:
+        args += ["--state-dir", os.path.join(wd, "state")]
     log_path = os.path.join(log_dir or wd, "kbridge-%s.log" % os.path.basename(wd))
     logf = open(log_path, "w")
     t0 = perf()

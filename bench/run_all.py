@@ -45,9 +45,9 @@ sys.path.insert(0, HERE)
 import benchlib as B  # noqa: E402
 
 perf = time.perf_counter
-ALL_TARGETS = ["zmq-raw", "zmq-jupyter_client", "kbridge", "jupyter-server/legacy",
+ALL_TARGETS = ["zmq-c", "zmq-raw", "zmq-jupyter_client", "kbridge", "jupyter-server/legacy",
                "jupyter-server/v1", "jupyter-server+nodelay/legacy", "jupyter-server+nodelay/v1"]
-QUICK_TARGETS = ["zmq-raw", "kbridge", "jupyter-server/legacy", "jupyter-server+nodelay/v1"]
+QUICK_TARGETS = ["zmq-c", "zmq-raw", "kbridge", "jupyter-server/legacy", "jupyter-server+nodelay/v1"]
 # kbridge closes a client that has more than --max-outbound-bytes (default 64 MiB)
 # queued; a Python client reading 50 MB cells is that slow, so the measured run
 # raises the limit (like jupyter-server runs with limit_rate=False). The defaults
@@ -56,6 +56,11 @@ KBRIDGE_ARGS = "--max-outbound-bytes 1073741824"
 TARGET_LAT_P50 = 1.10      # kbridge p50 <= 1.10 x direct
 TARGET_TPUT = 0.90         # kbridge MB/s >= 0.9 x direct
 TARGET_IDLE_RSS_MIB = 10.0
+# issue 13 (the bridge's cost per cell), against the floors measured in the same run
+TARGET13_CPU_US = 150.0    # kbridge's own CPU per 1+1
+TARGET13_LAT_P50 = 1.03    # 1+1 p50 / direct ZeroMQ
+TARGET13_TPUT = {"stdout_chunks_50x1MB": 0.90, "display_png_x200": 0.95}
+TARGET13_KSTART = 1.00     # kernel start -> ready / a direct spawn polled every 10 ms
 
 
 def log(*a):
@@ -73,6 +78,8 @@ class Worker:
         args = [B.PYTHON, os.path.join(HERE, "worker.py"), target]
         if target == "kbridge":
             args += ["--kbridge", kbridge, "--kbridge-args", kbridge_args, "--log-dir", out_dir]
+        if target == "zmq-c":
+            args += ["--zmq-floor", zmq_floor_binary(kbridge)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.logf, text=True, bufsize=1)
         self.info = {}
@@ -190,6 +197,34 @@ def build(a):
     if not os.access(binary, os.X_OK):
         sys.exit("no kbridge binary at %s" % binary)
     return binary
+
+
+def zmq_floor_binary(kbridge):
+    """bench/zmq_floor, built by CMake next to kbridge (tests/ subdirectory)."""
+    for d in ([os.path.dirname(kbridge)] if kbridge else []) + [os.path.join(ROOT, "build")]:
+        for cand in (os.path.join(d, "tests", "zmq_floor"), os.path.join(d, "zmq_floor")):
+            if os.access(cand, os.X_OK):
+                return cand
+    return os.path.join(ROOT, "build", "tests", "zmq_floor")
+
+
+def phase_kstart(a, res, workers):
+    """Kernel start -> ready, cold, one at a time: kbridge's start_kernel against
+    zmq_floor spawning ipykernel itself and polling kernel_info every 10 ms."""
+    by = {w.target: w for w in workers}
+    if a.kstart_n <= 0 or "kbridge" not in by:
+        return
+    ms = {"zmq-c": [], "kbridge": []}
+    for rnd in range(a.kstart_n):
+        for t in ("zmq-c", "kbridge") if rnd % 2 == 0 else ("kbridge", "zmq-c"):
+            if t in by and by[t] in workers:
+                r = guard(res, by[t], workers, "kstart", by[t].call, "kstart", n=1, timeout=300)
+                if r:
+                    ms[t] += r["ready_ms"]
+    log("kernel start -> ready, ms: %s" % "; ".join("%s %s" % kv for kv in ms.items()))
+    for t, v in ms.items():
+        if v:
+            res.emit(t, "kernel_start_ready", ready_ms=v, ms=B.summarize(v, 1, 1))
 
 
 def build_type(binary):
@@ -491,12 +526,42 @@ def summary_rest(a, p, res, targets, names, meta, floor, kb, lat, tp, js):
                 ok = x >= TARGET_TPUT and k["complete"]
                 p("  throughput %-20s >= %.2fx %-18s %.2fx  %s%s" % (
                     n, TARGET_TPUT, f, x, "PASS" if ok else "MISS", "" if k["complete"] else " (payload incomplete)"))
+    summary_targets13(p, res, floors, kb, lat, tp)
     if kbinfo.get("rss_idle"):
         v = mib(kbinfo["rss_idle"]["rss_kb"])
         p("  idle RSS < %.0f MiB %37s %.1f MiB  %s" % (TARGET_IDLE_RSS_MIB, "", v,
                                                                   "PASS" if v < TARGET_IDLE_RSS_MIB else "MISS"))
     p("")
     p("results: %s" % meta["out"])
+
+
+def summary_targets13(p, res, floors, kb, lat, tp):
+    """Issue 13's rows: the bridge's cost per cell, big outputs, kernel start."""
+    p("  issue 13:")
+    if kb:
+        c = kb["cpu_us_per_exec"].get("server")
+        if c is not None:
+            p("  kbridge CPU per 1+1 <= %.0f us %30s %.0f us  %s" % (
+                TARGET13_CPU_US, "", c, "PASS" if c <= TARGET13_CPU_US else "MISS"))
+        for f in floors:
+            if lat.get(f):
+                x = kb["lat_us"]["p50"] / lat[f]["lat_us"]["p50"]
+                p("  latency p50 <= %.2fx %-29s %.2fx  %s" % (TARGET13_LAT_P50, f, x,
+                                                             "PASS" if x <= TARGET13_LAT_P50 else "MISS"))
+    for n, want in TARGET13_TPUT.items():
+        for f in floors:
+            k, b = tp.get(("kbridge", n)), tp.get((f, n))
+            if k and b and b["MBps"]["p50"]:
+                x = k["MBps"]["p50"] / b["MBps"]["p50"]
+                p("  throughput %-20s >= %.2fx %-18s %.2fx  %s" % (
+                    n, want, f, x, "PASS" if x >= want and k["complete"] else "MISS"))
+    ks, kf = res.get("kbridge", "kernel_start_ready"), res.get("zmq-c", "kernel_start_ready")
+    if ks and kf:
+        x = ks["ms"]["p50"] / kf["ms"]["p50"]
+        p("  kernel start -> ready p50 <= %.2fx direct spawn polled every 10 ms: %.0f vs %.0f ms "
+          "(max %.0f vs %.0f) = %.2fx  %s" % (TARGET13_KSTART, ks["ms"]["p50"], kf["ms"]["p50"],
+                                             ks["ms"]["max"], kf["ms"]["max"], x,
+                                             "PASS" if x <= TARGET13_KSTART else "MISS"))
 
 
 def resummarize(ap, d):
@@ -525,6 +590,7 @@ def workload_names(a, ap):
 def apply_quick(a):
     if a.quick:
         a.lat_n, a.warmup, a.block, a.reps, a.kernels, a.lat_max_s = 300, 50, 150, 1, 5, 8.0
+        a.kstart_n = min(a.kstart_n, 5)
         a.targets = a.targets or ",".join(QUICK_TARGETS)
 
 
@@ -555,6 +621,8 @@ def main():
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--kbridge-args", default=KBRIDGE_ARGS,
                     help="extra `kbridge serve` args for the measured kbridge (default: %(default)r)")
+    ap.add_argument("--kstart-n", type=int, default=10,
+                    help="cold kernel starts per target for kernel start -> ready (kbridge, zmq-c)")
     ap.add_argument("--no-default-limits", action="store_true",
                     help="skip the pass against a kbridge with default limits")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC stamp>)")
@@ -608,6 +676,7 @@ def main():
 
         phase_latency(a, res, workers)
         phase_throughput(a, res, workers, names)
+        phase_kstart(a, res, workers)
 
         time.sleep(1.0)
         for w in list(workers):

@@ -18,7 +18,9 @@ Targets (TARGETS below):
                       Debian's jupyter-server (limit_rate=False), its own server per
                       worker, kernels REST + channels WebSocket, framing P = legacy | v1
   kbridge             `kbridge serve` (random port and token), native API on /ws
-Commands: setup, rss, latency, exec, throughput, many, default_limits, quit.
+  zmq-c               bench/zmq_floor (C: libzmq + OpenSSL, no JSON library) on a kernel
+                      started as for zmq-raw: the physical floor
+Commands: setup, rss, latency, exec, throughput, many, kstart, default_limits, quit.
 """
 from __future__ import annotations
 
@@ -272,6 +274,18 @@ class KBTarget(AsyncTarget):
             return out
         return self.run(go())
 
+    def kstart(self, n):
+        """n cold kernel starts through start_kernel (request -> ready reply), one at a time."""
+        async def go():
+            ms = []
+            for _ in range(n):
+                t0 = perf()
+                k = await self.cl.start_kernel()
+                ms.append(round((perf() - t0) * 1e3, 1))
+                await self.cl.shutdown_kernel(k)
+            return {"ready_ms": ms}
+        return self.run(go())
+
     def default_limits(self, names):
         """One pass of the output cells against a second kbridge with its DEFAULT
         limits (no extra args): how much of each arrives? A fresh connection and
@@ -313,7 +327,77 @@ class KBTarget(AsyncTarget):
 
 
 
+class FloorTarget(Target):
+    """zmq-c: bench/zmq_floor (C, libzmq + OpenSSL, no JSON library) against a kernel
+    started as for zmq-raw: the physical floor. Its CPU is the C process's, as "client"."""
+    name = "zmq-c"
+
+    def setup(self, a):
+        import subprocess
+        import zmq_direct as Z
+        self.a_floor = a.zmq_floor
+        if not a.zmq_floor or not os.path.exists(a.zmq_floor):
+            raise RuntimeError("zmq_floor binary not found: %r (cmake builds it)" % a.zmq_floor)
+        self.km = Z.start_kernel()
+        self.kernel_pid = self.km.provisioner.process.pid
+        ci = self.km.get_connection_info(session=False)
+        key = ci["key"].decode() if isinstance(ci["key"], bytes) else ci["key"]
+        self.proc = subprocess.Popen([a.zmq_floor, "connect", ci["ip"], str(ci["shell_port"]),
+                                      str(ci["iopub_port"]), key],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        if "ready" not in (self.proc.stdout.readline() or ""):
+            raise RuntimeError("zmq_floor did not get the kernel ready")
+        return {"kernel_pid": self.kernel_pid, "floor_pid": self.proc.pid, "binary": a.zmq_floor}
+
+    def pids(self):
+        return {"client": self.proc.pid, "kernel": self.kernel_pid}
+
+    def _cmd(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline()
+        if not out:
+            raise RuntimeError("zmq_floor exited (status %s)" % self.proc.poll())
+        return json.loads(out)
+
+    def latency(self, n, warmup):
+        cpu = B.CpuMeter(**self.pids()).start()
+        r = self._cmd("lat %d %d" % (n, warmup))
+        c = cpu.stop()
+        if r.get("failed"):
+            raise RuntimeError("1+1 failed %d times" % r["failed"])
+        return {"idle_us": r["idle_us"], "done_us": r["idle_us"], "cpu": c, "machine": cpu.machine}
+
+    def execute(self, code):
+        d = self._cmd("exec " + code.encode().hex())
+        r = B.ExecResult()
+        r.t_send = 0.0
+        r.t_idle, r.t_reply = d["idle_s"], d["reply_s"]
+        r.t_first = d["first_s"] or None
+        r.payload, r.wire, r.msgs = d["payload"], d["wire"], d["msgs"]
+        r.stream_msgs, r.displays = d["stream_msgs"], d["displays"]
+        r.status = "ok" if d["ok"] else "error"
+        r.main_text = d["main_text"] or None
+        return r
+
+    def kstart(self, n):
+        """n cold starts, spawned by zmq_floor itself and polled every 10 ms."""
+        import subprocess
+        out = subprocess.run([self.a_floor, "kstart", str(n), B.PYTHON], capture_output=True,
+                             text=True, timeout=60 * n + 60, check=True)
+        return {"ready_ms": json.loads(out.stdout)["ready_ms"]}
+
+    def close(self):
+        try:
+            self._cmd("quit")
+        except Exception:
+            pass
+        self.proc.kill()
+        self.km.shutdown_kernel(now=True)
+
+
 TARGETS = {
+    "zmq-c": FloorTarget,
     "zmq-raw": RawTarget,
     "zmq-jupyter_client": JCTarget,
     "kbridge": KBTarget,
@@ -341,6 +425,8 @@ def handle(t: Target, a, cmd: dict):
         return t.throughput(B.THROUGHPUT_WORKLOADS[cmd["name"]][1])
     if op == "many":
         return t.many(cmd["n"])
+    if op == "kstart":
+        return t.kstart(cmd["n"])
     if op == "default_limits":
         return {"cells": t.default_limits(cmd["names"])}
     raise ValueError("unknown command %r" % op)
@@ -352,6 +438,7 @@ def main():
     ap.add_argument("--kbridge", help="kbridge binary")
     ap.add_argument("--kbridge-args", default="", help="extra `kbridge serve` arguments")
     ap.add_argument("--log-dir", help="where kbridge's log goes (default: its runtime dir)")
+    ap.add_argument("--zmq-floor", help="bench/zmq_floor binary (target zmq-c)")
     a = ap.parse_args()
     # replies on the original stdout; anything else printed goes to stderr
     out = os.fdopen(os.dup(1), "w", buffering=1)

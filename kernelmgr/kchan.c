@@ -73,6 +73,9 @@ static kchan_t *s_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
     zsock_t *sock = self->label ? zwatch_socket(type == KCH_IOPUB ? ZMQ_SUB : ZMQ_DEALER, NULL) : NULL;
     if (!sock) goto fail;
     zsock_set_linger(sock, 0);
+    //  The kernel binds its ports a few hundred ms after it is spawned and libzmq retries a
+    //  refused connect every 100 ms by default: up to 100 ms of a start lost waiting.
+    zsock_set_reconnect_ivl(sock, KCHAN_RECONNECT_IVL_MS);
     if (type == KCH_IOPUB) {
         zsock_set_subscribe(sock, "");
         //  iopub cannot be paused: the kernel's PUB drops at its own high-water mark. Take

@@ -9,6 +9,9 @@
 #ifndef KCHAN_H
 #define KCHAN_H
 
+//  libzmq's retry interval for a refused connect (its default is 100 ms).
+#define KCHAN_RECONNECT_IVL_MS 10
+
 #include "hmac.h"
 #include "kmsg.h"
 

@@ -22,6 +22,7 @@
 extern char **environ;
 
 #define NUDGE_INTERVAL_MS 500
+#define NUDGE_AGAIN_MS 10  //  after a reply that came without iopub
 #define HB_INTERVAL_MS 3000
 #define HB_TIMEOUT_MS 30000
 //  The heartbeat ticks at least this often relative to the timeout, so that a loss
@@ -319,6 +320,7 @@ static int s_connect_chans(kernel_t *self, char endpoints[KCH_COUNT][64], const 
             zsock_t *hb = zwatch_socket(ZMQ_DEALER, NULL);
             if (!hb) return KB_ELIMIT;
             zsock_set_linger(hb, 0);
+            zsock_set_reconnect_ivl(hb, KCHAN_RECONNECT_IVL_MS);
             if (zsock_connect(hb, "%s", ep) != 0) {
                 zwatch_socket_destroy(&hb);
                 return KB_EIO;
@@ -569,8 +571,7 @@ static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg)
     kernel_t *self = arg;
     kchan_type_t type = kchan_type(chan);
     const char *msg_type = kmsg_type(msg);
-    const char *session = "";
-    jx_get_str(kmsg_header(msg), "session", &session, true);
+    const char *session = kmsg_session(msg) ? kmsg_session(msg) : "";
     if (type == KCH_IOPUB) {
         self->got_iopub = true;
         if (strcmp(session, self->reply_session) == 0 || !self->got_reply)
@@ -601,12 +602,18 @@ static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg)
         }
         //  A reply to a nudge of this cycle (our requests carry their send time) decides
         //  which process is the live one; iopub from another session does not count.
-        const char *asked = "";
-        jx_get_str(kmsg_parent(msg), "date", &asked, true);
+        const char *asked = kmsg_parent_date(msg) ? kmsg_parent_date(msg) : "";
         if (!self->got_reply && strcmp(asked, self->epoch) >= 0) {
             snprintf(self->reply_session, sizeof self->reply_session, "%s", session);
             self->got_reply = true;
         }
+        //  A reply of this cycle without its iopub: the status was published before our SUB
+        //  had joined (PUB drops what no subscriber holds yet). Ask again soon rather than
+        //  at the next regular nudge; one request is out at a time, so this cannot flood.
+        if (self->got_reply && strcmp(asked, self->epoch) >= 0 &&
+            (self->state == KERNEL_STARTING || self->state == KERNEL_RESTARTING) &&
+            (!self->got_iopub || strcmp(self->iopub_session, self->reply_session) != 0))
+            uv_timer_start(&self->nudge_timer, s_on_nudge, NUDGE_AGAIN_MS, NUDGE_INTERVAL_MS);
     }
     if (!self->destroyed && self->events.on_msg) self->events.on_msg(self, type, msg, self->arg);
     if (!self->destroyed) s_check_ready(self);

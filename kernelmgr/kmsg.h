@@ -26,9 +26,14 @@ typedef enum { KMSG_HEADER = 0, KMSG_PARENT = 1, KMSG_METADATA = 2, KMSG_CONTENT
 #define KMSG_PROTOCOL_VERSION "5.3"
 
 //  Create a message of msg_type in session, with a fresh msg_id and the current date.
+//  Its header is written from a template (raw bytes, parsed only if asked for).
 //  content is stolen (NULL means {}). parent_header and metadata start as {}.
 //  Caller owns return value and must destroy it when done.
 kmsg_t *kmsg_new(const char *msg_type, const char *session, json_t *content);
+//  The same with the given msg_id (NULL: <session>_<counter>, unique in this process).
+//  The header is raw bytes: change it only through this constructor.
+kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
+                    json_t *content);
 
 //  Create a message from the raw bytes of its four parts and optional buffers, all
 //  copied. Nothing is parsed or checked here: this is the pass-through path for clients
@@ -42,9 +47,11 @@ void kmsg_destroy(kmsg_t **self_p);
 
 //  Decode a multipart message received from a kernel socket. Identity (or topic) frames
 //  are skipped up to the first "<IDS|MSG>" delimiter; the signature is then checked
-//  with hmac (length first, constant time, replay) before anything is parsed; finally
-//  the header and parent_header are parsed and must be objects, the header carrying
-//  string msg_id and msg_type. Takes ownership of *zmsg_p and nullifies it.
+//  with hmac (length first, constant time, replay) before anything is looked at; finally
+//  the top level of header and parent_header is scanned (jraw, no full parse): both must
+//  be objects, the header carrying string msg_id and msg_type, and the routing fields
+//  (type, id, session, date, parent's id and date) are taken from there. Nested values
+//  are not validated: code that passes raw header bytes on parses them first. Takes ownership of *zmsg_p and nullifies it.
 //  Returns NULL on failure with *err = KB_EPROTO (framing/JSON) or KB_EAUTH (signature).
 //  Caller owns return value.
 kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err);
@@ -61,8 +68,12 @@ void kmsg_set_metadata(kmsg_t *self, json_t *metadata);
 //  Borrowed accessors: the returned values live as long as the message.
 const char *kmsg_type(kmsg_t *self);
 const char *kmsg_id(kmsg_t *self);
-//  parent_header.msg_id, or NULL when there is none.
+//  header.session and header.date, NULL when absent or not strings.
+const char *kmsg_session(kmsg_t *self);
+const char *kmsg_date(kmsg_t *self);
+//  parent_header.msg_id and parent_header.date, or NULL when there is none.
 const char *kmsg_parent_id(kmsg_t *self);
+const char *kmsg_parent_date(kmsg_t *self);
 //  Parsed parts, parsed on first use. NULL if the part is not valid JSON.
 json_t *kmsg_header(kmsg_t *self);
 json_t *kmsg_parent(kmsg_t *self);

@@ -131,19 +131,12 @@ static void s_track_writable(zwatch_t *w, int events)
 static void s_drain(zwatch_t *w)
 {
     size_t bytes = 0;
+    //  A nonblocking receive processes libzmq's command mailbox itself (throttled), so
+    //  ZMQ_EVENTS - a getpid, a poll and a read of the mailbox each time - is read once,
+    //  after the last receive: that read is what re-arms the fd's edge.
     for (int budget = ZWATCH_BUDGET; budget > 0 && bytes < ZWATCH_BYTE_BUDGET; budget--) {
-        //  Reading ZMQ_EVENTS also processes libzmq's command mailbox, which is what
-        //  re-arms the fd; it must be read before each receive.
-        int events = zsock_events(w->sock);
-        s_track_writable(w, events);
-        if (w->dead || !(events & ZMQ_POLLIN)) return;
         zmsg_t *msg = zmsg_recv(w->sock);
-        if (!msg) {
-            //  EINTR from libzmq's command processing: the input is still there, and its
-            //  edge is spent, so nothing else would bring us back for it.
-            if (!w->dead && (zsock_events(w->sock) & ZMQ_POLLIN)) s_mark_dirty(w);
-            return;
-        }
+        if (!msg) break;  //  EAGAIN, or EINTR from command processing: see below
         bytes += zmsg_content_size(msg);
         if (w->on_msg) {
             w->in_callback = 1;
@@ -153,8 +146,11 @@ static void s_drain(zwatch_t *w)
         zmsg_destroy(&msg);
         if (w->dead) return;
     }
-    //  Budget spent with input left: come back next turn, after other handles had theirs.
-    if (zsock_events(w->sock) & ZMQ_POLLIN) s_mark_dirty(w);
+    int events = zsock_events(w->sock);
+    s_track_writable(w, events);
+    //  Input left (budget spent, or an interrupted receive whose edge is spent): come back
+    //  next turn, after other handles had theirs.
+    if (!w->dead && (events & ZMQ_POLLIN)) s_mark_dirty(w);
 }
 
 static void s_on_check(uv_check_t *check)
@@ -326,8 +322,17 @@ int zwatch_send(zwatch_t *self, zmsg_t **msg_p)
     int saved = errno;
     //  czmq 4.2 keeps the message when the send fails; the contract here is "always taken".
     zmsg_destroy(msg_p);
-    //  A send may consume the fd edge that announced an incoming message.
-    s_mark_dirty(self);
+    //  A send may consume the fd edge that announced an incoming message: look now rather
+    //  than spend a loop turn (and an idle handle) on a drain that usually finds nothing.
+    //  Inside this watcher's own drain, the drain's final check does it.
+    if (!self->in_callback) {
+        //  A change of writability is the drain's to report (never from inside a send).
+        int events = zsock_events(self->sock);
+        if ((events & ZMQ_POLLIN) || ((events & ZMQ_POLLOUT) != 0) != self->writable)
+            s_mark_dirty(self);
+    } else {
+        s_mark_dirty(self);
+    }
     if (rc == 0) return KB_OK;
     return saved == EAGAIN ? KB_EAGAIN : KB_EIO;
 }

@@ -60,13 +60,13 @@ static void s_on_connected(kchan_t *chan, void *arg)
 //  A status message kbridge itself says on iopub, as Jupyter Server does.
 static void s_send_status(channels_t *self, const char *state)
 {
-    kmsg_t *msg = kmsg_new("status", self->session_id, json_pack("{s:s}", "execution_state", state));
-    if (!msg) return;
     //  Jupyter Server's own message ids: <session>_<server pid>_<n>.
     char id[200];
     snprintf(id, sizeof id, "%s_%d_%llu", self->session_id, (int) getpid(),
              (unsigned long long) ++self->generated);
-    json_object_set_new(kmsg_header(msg), "msg_id", json_string(id));
+    kmsg_t *msg = kmsg_new_id("status", self->session_id, id,
+                              json_pack("{s:s}", "execution_state", state));
+    if (!msg) return;
     s_send(self, KCH_IOPUB, msg);
     kmsg_destroy(&msg);
 }

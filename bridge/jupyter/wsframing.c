@@ -215,6 +215,9 @@ static char *s_encode_v1(kchan_type_t channel, kmsg_t *msg, size_t *out_len)
     size_t n = 6 + nbuf;
     const char *parts[4];
     size_t lens[4];
+    //  The bytes go to the client as they are: header and parent must be whole JSON
+    //  objects (kmsg_decode only scanned their top level).
+    if (!json_is_object(kmsg_header(msg)) || !json_is_object(kmsg_parent(msg))) return NULL;
     for (int i = 0; i < 4; i++)
         if (!(parts[i] = kmsg_raw(msg, (kmsg_part_t) i, &lens[i]))) return NULL;
     size_t total = 8 + 8 * n + strlen(name);
@@ -254,6 +257,9 @@ static char *s_encode_legacy(kchan_type_t channel, kmsg_t *msg, size_t *out_len,
 {
     const char *parts[4];
     size_t lens[4];
+    //  The bytes go to the client as they are: header and parent must be whole JSON
+    //  objects (kmsg_decode only scanned their top level).
+    if (!json_is_object(kmsg_header(msg)) || !json_is_object(kmsg_parent(msg))) return NULL;
     for (int i = 0; i < 4; i++)
         if (!(parts[i] = kmsg_raw(msg, (kmsg_part_t) i, &lens[i]))) return NULL;
     json_t *id = json_string(kmsg_id(msg) ? kmsg_id(msg) : "");

@@ -368,7 +368,7 @@ static void s_on_stream(execution_t *self, kmsg_t *msg)
     bool is_err = jraw_key_is(name, "stderr");
     exec_event_t ev = {.kind = EXEC_EV_STREAM, .type = is_err ? "stderr" : "stdout",
                        .is_stderr = is_err, .text = text, .date = ""};
-    jx_get_str(kmsg_header(msg), "date", &ev.date, true);
+    if (kmsg_date(msg)) ev.date = kmsg_date(msg);
     s_apply_pending_clear(self);
     jbuf_t body;
     jbuf_init(&body);

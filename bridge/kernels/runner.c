@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 //  After an interrupt, how long the queue waits for the interrupted request to settle
 //  before it gives up on it and moves on.
@@ -20,6 +21,13 @@
 //  or a handler raises: after this long the run ends without it, instead of hanging the
 //  queue.
 #define REPLY_GRACE_MS 2000
+
+static int64_t s_wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 struct _run_t {
     runner_t *runner;
@@ -52,6 +60,9 @@ struct _runner_t {
     uv_timer_t kick;   //  dispatches on the next loop turn, never inside runner_execute
     int open_handles;
     klist_t listeners;  //  runner_listener_t
+    //  Wall-clock µs of the last iopub message: a clock read per message, formatted only
+    //  when someone asks (formatting per message cost more than the rest of the bookkeeping).
+    int64_t activity_us, formatted_us;
     char last_activity[32];
     uint64_t active_at;  //  uv_now of the last activity
     bool destroyed;
@@ -278,7 +289,7 @@ static void s_on_kernel_msg(kernel_t *kernel, kchan_type_t channel, kmsg_t *msg,
     (void) kernel;
     runner_t *self = arg;
     if (channel == KCH_IOPUB) {
-        kb_now_iso(self->last_activity);
+        self->activity_us = s_wall_us();
         self->active_at = uv_now(self->loop);
     }
     run_t *run = self->current;
@@ -365,7 +376,8 @@ runner_t *runner_new(uv_loop_t *loop, const kspec_t *spec, const kernel_opts_t *
     self->arg = arg;
     klist_init(&self->queue);
     klist_init(&self->listeners);
-    kb_now_iso(self->last_activity);
+    self->activity_us = s_wall_us();
+    self->formatted_us = -1;
     self->active_at = uv_now(loop);
     kernel_events_t kev = {s_on_kernel_msg, s_on_kernel_event};
     self->kernel = kernel_new(loop, spec, opts, &kev, self, err);
@@ -616,14 +628,23 @@ size_t runner_pending(const runner_t *self)
     return n;
 }
 
-const char *runner_last_activity(const runner_t *self)
+const char *runner_last_activity(runner_t *self)
 {
+    if (self->formatted_us != self->activity_us) {
+        time_t sec = (time_t) (self->activity_us / 1000000);
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        size_t n = strftime(self->last_activity, sizeof self->last_activity, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(self->last_activity + n, sizeof self->last_activity - n, ".%06dZ",
+                 (int) (self->activity_us % 1000000));
+        self->formatted_us = self->activity_us;
+    }
     return self->last_activity;
 }
 
 void runner_touch(runner_t *self)
 {
-    kb_now_iso(self->last_activity);
+    self->activity_us = s_wall_us();
     self->active_at = uv_now(self->loop);
 }
 

@@ -80,7 +80,7 @@ kernel_t *runner_kernel(const runner_t *self);
 //  Runs queued or running.
 size_t runner_pending(const runner_t *self);
 //  ISO-8601 time of the last kernel activity (iopub message), or of the start.
-const char *runner_last_activity(const runner_t *self);
+const char *runner_last_activity(runner_t *self);
 //  Count now as activity (a warm kernel taken from the pool starts its clock afresh).
 void runner_touch(runner_t *self);
 //  The same, as the loop's clock (uv_now).

@@ -27,6 +27,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int err;
     kmsg_t *msg = kmsg_decode(&zmsg, data[0] & 1 ? keyed : unsigned_, &err);
     if (msg) {
+        //  The fields scanned from the raw header must be what jansson reads there.
+        static const char *const keys[] = {"msg_type", "msg_id", "session", "date"};
+        const char *scanned[] = {kmsg_type(msg), kmsg_id(msg), kmsg_session(msg), kmsg_date(msg)};
+        json_t *header = json_deep_copy(kmsg_header(msg));
+        for (int i = 0; header && i < 4; i++) {
+            const char *parsed = json_string_value(json_object_get(header, keys[i]));
+            if (parsed && strlen(parsed) == json_string_length(json_object_get(header, keys[i])) &&
+                (!scanned[i] || strcmp(parsed, scanned[i]) != 0))
+                __builtin_trap();
+            if (!parsed && scanned[i]) __builtin_trap();
+        }
+        json_decref(header);
+        json_t *parent = kmsg_parent(msg);
+        const char *pid = json_string_value(json_object_get(parent, "msg_id"));
+        if (parent && pid && (!kmsg_parent_id(msg) || strcmp(pid, kmsg_parent_id(msg)) != 0))
+            __builtin_trap();
         kmsg_type(msg);
         kmsg_parent_id(msg);
         kmsg_content(msg);

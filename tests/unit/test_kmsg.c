@@ -117,6 +117,107 @@ static void test_decode_rejects(void **state)
     hmac_destroy(&h);
 }
 
+//  The routing fields are read by scanning the raw header (no jansson parse): they must be
+//  what a parse gives - escapes decoded, the last of duplicate keys, a non-string field
+//  absent - and a header that is not a whole object is refused.
+static kmsg_t *s_decode_parts(hmac_t *h, const char *parts[4], int *err)
+{
+    zmsg_t *z = s_wire(h, 0, parts, NULL, 0);
+    return kmsg_decode(&z, h, err);
+}
+
+static void test_decode_fields_by_scan(void **state)
+{
+    (void) state;
+    hmac_t *h = hmac_new("hmac-sha256", KEY, strlen(KEY), NULL);
+    int err;
+    const char *p1[4] = {
+        " {\"msg_id\" : \"m\\u0031\", \"nested\":{\"msg_type\":\"no\",\"a\":[1,{\"b\":\"}\"}]},"
+        "\"msg_type\":\"first\",\"msg_type\":\"status\",\"session\":12,\"date\":\"2026-12-01T00:00:00.000001Z\"} ",
+        "{\"date\":\"2026-11-30T23:59:59.999999Z\",\"msg_id\":\"p\\\"q\"}", "{}", "{\"execution_state\":\"idle\"}"};
+    kmsg_t *m = s_decode_parts(h, p1, &err);
+    assert_non_null(m);
+    assert_string_equal(kmsg_id(m), "m1");
+    assert_string_equal(kmsg_type(m), "status");
+    assert_null(kmsg_session(m));
+    assert_string_equal(kmsg_date(m), "2026-12-01T00:00:00.000001Z");
+    assert_string_equal(kmsg_parent_id(m), "p\"q");
+    assert_string_equal(kmsg_parent_date(m), "2026-11-30T23:59:59.999999Z");
+    //  The same as jansson reads it.
+    assert_string_equal(json_string_value(json_object_get(kmsg_header(m), "msg_id")), kmsg_id(m));
+    kmsg_destroy(&m);
+    //  A parent without msg_id: no parent id, still a message.
+    const char *p2[4] = {GOOD[0], "{}", "{}", "{}"};
+    m = s_decode_parts(h, p2, &err);
+    assert_non_null(m);
+    assert_null(kmsg_parent_id(m));
+    assert_string_equal(kmsg_session(m), "s");
+    kmsg_destroy(&m);
+    //  Refused: text after the object, a broken string, msg_type not a string, a NUL.
+    const char *bad[][4] = {
+        {"{\"msg_id\":\"a\",\"msg_type\":\"b\"}x", "{}", "{}", "{}"},
+        {"{\"msg_id\":\"a\",\"msg_type\":\"b\\q\"}", "{}", "{}", "{}"},
+        {"{\"msg_id\":\"a\",\"msg_type\":7}", "{}", "{}", "{}"},
+        {"{\"msg_id\":\"a\\u0000b\",\"msg_type\":\"b\"}", "{}", "{}", "{}"},
+        {"{\"msg_id\":\"a\",\"msg_type\":\"b\"}", "{\"msg_id\":\"x\"", "{}", "{}"},
+        {"{\"msg_id\":\"a\",\"msg_type\":\"b\"", "{}", "{}", "{}"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        m = s_decode_parts(h, bad[i], &err);
+        assert_null(m);
+        assert_int_equal(err, KB_EPROTO);
+    }
+    //  Fields too long for the inline store: read by parsing instead, same values.
+    char longid[600], header[800];
+    memset(longid, 'x', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    snprintf(header, sizeof header, "{\"msg_id\":\"%s\",\"msg_type\":\"stream\"}", longid);
+    const char *p3[4] = {header, "{\"msg_id\":\"pp\"}", "{}", "{}"};
+    m = s_decode_parts(h, p3, &err);
+    assert_non_null(m);
+    assert_string_equal(kmsg_id(m), longid);
+    assert_string_equal(kmsg_parent_id(m), "pp");
+    kmsg_destroy(&m);
+    hmac_destroy(&h);
+}
+
+//  Headers kbridge writes come from a template: valid JSON carrying the same fields, with
+//  counter ids that never repeat, and dates that do not go backwards.
+static void test_new_template_header(void **state)
+{
+    (void) state;
+    char prev_id[200] = "", prev_date[40] = "";
+    for (int i = 0; i < 50; i++) {
+        kmsg_t *m = kmsg_new("execute_request", "sess-1", NULL);
+        assert_non_null(m);
+        json_t *hdr = kmsg_header(m);
+        assert_true(json_is_object(hdr));
+        assert_string_equal(json_string_value(json_object_get(hdr, "msg_id")), kmsg_id(m));
+        assert_string_equal(json_string_value(json_object_get(hdr, "msg_type")), "execute_request");
+        assert_string_equal(json_string_value(json_object_get(hdr, "session")), "sess-1");
+        assert_string_equal(json_string_value(json_object_get(hdr, "version")), KMSG_PROTOCOL_VERSION);
+        assert_string_equal(json_string_value(json_object_get(hdr, "date")), kmsg_date(m));
+        assert_int_equal(strlen(kmsg_date(m)), 27);
+        assert_string_not_equal(kmsg_id(m), prev_id);
+        assert_true(strcmp(kmsg_date(m), prev_date) >= 0);
+        snprintf(prev_id, sizeof prev_id, "%s", kmsg_id(m));
+        snprintf(prev_date, sizeof prev_date, "%s", kmsg_date(m));
+        assert_null(kmsg_parent_id(m));
+        kmsg_destroy(&m);
+    }
+    //  A session that needs escaping takes the jansson path: still a valid header.
+    kmsg_t *m = kmsg_new_id("status", "a\"b", "given-id", NULL);
+    assert_non_null(m);
+    assert_string_equal(kmsg_id(m), "given-id");
+    assert_string_equal(kmsg_session(m), "a\"b");
+    size_t len;
+    const char *raw = kmsg_raw(m, KMSG_HEADER, &len);
+    json_t *back = json_loadb(raw, len, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(back, "session")), "a\"b");
+    json_decref(back);
+    kmsg_destroy(&m);
+}
+
 static void test_encode_round_trip(void **state)
 {
     (void) state;
@@ -253,6 +354,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_good_with_identities_and_buffers),
         cmocka_unit_test(test_decode_rejects),
+        cmocka_unit_test(test_decode_fields_by_scan),
+        cmocka_unit_test(test_new_template_header),
         cmocka_unit_test(test_encode_round_trip),
         cmocka_unit_test(test_kchan_drops_forgeries),
         cmocka_unit_test(test_send_without_peer_is_refused_not_leaked),
