@@ -627,6 +627,8 @@ def main():
                     help="skip the pass against a kbridge with default limits")
     ap.add_argument("--out", help="results directory (default bench/results/<UTC stamp>)")
     ap.add_argument("--summarize", metavar="DIR", help="only print the summary of an earlier run's results")
+    ap.add_argument("--no-pool-rows", action="store_true",
+                    help="skip bench/pool_bench.py (warm kernels and sandboxes against cold starts) at the end")
     ap.add_argument("--no-sandbox-rows", action="store_true",
                     help="skip bench/sandbox_rows.py (processes, files, port proxy, idle sandboxes) at the end")
     a = ap.parse_args()
@@ -705,6 +707,12 @@ def main():
                         "--json", os.path.join(out, "sandbox_rows.json")] + (["--quick"] if a.quick else []),
                        stdout=open(os.path.join(out, "sandbox_rows.txt"), "w"), stderr=sys.stderr)
         with open(os.path.join(out, "sandbox_rows.txt")) as f:
+            print("\n" + f.read(), end="")
+    if binary and not a.no_pool_rows:   # the warm pools against cold starts (bench/pool_bench.py)
+        subprocess.run([B.PYTHON, os.path.join(HERE, "pool_bench.py"), "--kbridge", binary,
+                        "-n", "5" if a.quick else "15"],
+                       stdout=open(os.path.join(out, "pool_rows.txt"), "w"), stderr=sys.stderr)
+        with open(os.path.join(out, "pool_rows.txt")) as f:
             print("\n" + f.read(), end="")
     log("total %.0f s" % (perf() - t_start))
     return 0
