@@ -138,6 +138,12 @@ uint64_t hconn_id(const hconn_t *self)
     return 1;
 }
 
+uint64_t hconn_bytes_sent(const hconn_t *self)
+{
+    (void) self;
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------
 //  The handler
 
