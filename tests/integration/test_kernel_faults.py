@@ -208,6 +208,19 @@ async def kill_and_wait_restart(c, kid):
     await wait_state(c, kid, lambda s: s in ("restarting", "starting"), timeout=20)
 
 
+async def start_then_queue_across_a_restart(c, timeout):
+    """Start the port-taking kernel, run a cell, kill -9 it, and queue `6*7` for the
+    restart: it must run on the (retried) start, without an error."""
+    kid = (await c.request(op="start_kernel", kernel_name="taker", timeout=90))["kernel"]["kernel_id"]
+    _, end = await c.execute("1+1", kernel_id=kid, timeout=60)
+    assert end["execution"]["results"][0]["text"] == "2"
+    await kill_and_wait_restart(c, kid)
+    _, end = await c.execute("6*7", kernel_id=kid, timeout=timeout)
+    assert end["execution"]["error"] is None, end
+    assert end["execution"]["results"][0]["text"] == "42"
+    return kid
+
+
 def test_restart_whose_heartbeat_port_was_taken_is_retried(tmp_path):
     # ipykernel only logs that its heartbeat thread could not bind: the process answers
     # everything else. It used to become ready, run cells for a moment, and then be
@@ -217,14 +230,8 @@ def test_restart_whose_heartbeat_port_was_taken_is_retried(tmp_path):
     try:
         async def go():
             c = await NativeClient.connect(srv, sandbox_id="default")
-            kid = (await c.request(op="start_kernel", kernel_name="taker", timeout=90))["kernel"]["kernel_id"]
-            _, end = await c.execute("1+1", kernel_id=kid, timeout=60)
-            assert end["execution"]["results"][0]["text"] == "2"
-            await kill_and_wait_restart(c, kid)
             # Queued while the restart meets its heartbeat port taken: it runs on the retry.
-            _, end = await c.execute("6*7", kernel_id=kid, timeout=120)
-            assert end["execution"]["error"] is None, end
-            assert end["execution"]["results"][0]["text"] == "42"
+            kid = await start_then_queue_across_a_restart(c, timeout=120)
             # And the kernel stays answerable past the heartbeat timeout.
             await asyncio.sleep(4.5)
             assert await native_state(c, kid) == "idle"
@@ -249,13 +256,7 @@ def test_restart_whose_shell_port_was_taken_keeps_the_queue(tmp_path):
     try:
         async def go():
             c = await NativeClient.connect(srv, sandbox_id="default")
-            kid = (await c.request(op="start_kernel", kernel_name="taker", timeout=90))["kernel"]["kernel_id"]
-            _, end = await c.execute("1+1", kernel_id=kid, timeout=60)
-            assert end["execution"]["results"][0]["text"] == "2"
-            await kill_and_wait_restart(c, kid)
-            _, end = await c.execute("6*7", kernel_id=kid, timeout=150)
-            assert end["execution"]["error"] is None, end
-            assert end["execution"]["results"][0]["text"] == "42"
+            await start_then_queue_across_a_restart(c, timeout=150)
             await c.close()
 
         run(go())
