@@ -49,7 +49,7 @@ struct _hreq_t {
     void *body_arg;
     int body_err;  //  set while a chunk feed fails
     //  response
-    bool replied, response_done, streaming, chunked, fixed, close_after, gone;
+    bool replied, response_done, streaming, chunked, fixed, close_after, gone, raw;
     uint64_t fixed_left;  //  begin_length: bytes still to send
     int status;
     json_t *headers;  //  extra response headers, name -> value
@@ -369,6 +369,13 @@ void hreq_body_stream(hreq_t *self, const hreq_body_events_t *events, void *arg)
     s_start_body(self);
 }
 
+void hreq_body_stop(hreq_t *self)
+{
+    if (self->body_mode != BODY_STREAM) return;
+    memset(&self->body_events, 0, sizeof self->body_events);
+    self->close_after = true;
+}
+
 void hreq_body_pause(hreq_t *self)
 {
     if (self->body_mode != BODY_STREAM) return;
@@ -577,6 +584,32 @@ void hreq_stream_end(hreq_t *self)
     //  A fixed-length body cut short leaves the client waiting for the rest: only closing
     //  tells it.
     if (self->fixed && self->fixed_left) self->close_after = true;
+    s_response_done(self);
+}
+
+bool hreq_raw_begin(hreq_t *self, int status)
+{
+    if (self->replied || self->gone) return false;
+    self->replied = self->streaming = self->raw = true;
+    self->status = status;
+    bool keep = s_keep_alive(self);
+    if (!keep) self->close_after = true;
+    return keep;
+}
+
+int hreq_raw_write(hreq_t *self, const void *data, size_t len)
+{
+    if (!self->hs || self->gone || self->response_done) return KB_ECLOSED;
+    if (!len) return KB_OK;
+    if (hconn_queued(self->conn) + len > self->hs->config.max_outbound) return s_too_slow(self);
+    self->bytes_sent += len;
+    return hconn_write_copy(self->conn, data, len);
+}
+
+void hreq_raw_end(hreq_t *self, bool close)
+{
+    if (!self->raw || self->response_done) return;
+    if (close) self->close_after = true;
     s_response_done(self);
 }
 

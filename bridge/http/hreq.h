@@ -102,6 +102,9 @@ typedef struct {
     void (*on_end)(hreq_t *req, int err, void *arg);
 } hreq_body_events_t;
 void hreq_body_stream(hreq_t *self, const hreq_body_events_t *events, void *arg);
+//  No more body events: the reader is gone. The rest of the body is not read, so the
+//  connection closes after the response.
+void hreq_body_stop(hreq_t *self);
 void hreq_body_pause(hreq_t *self);
 void hreq_body_resume(hreq_t *self);
 
@@ -131,6 +134,18 @@ void hreq_stream_end(hreq_t *self);
 size_t hreq_stream_queued(const hreq_t *self);
 //  Call fn once the queue is low again (after a write left it high). Replaces any earlier.
 void hreq_on_drain(hreq_t *self, void (*fn)(hreq_t *req, void *arg), void *arg);
+
+//  Raw answers (the port proxy passing a server's response on): the caller writes the
+//  status line, headers and body itself, framed as its head says. hreq_raw_begin says
+//  whether the connection may stay open after this response (the client wants
+//  keep-alive and its request body is settled); if not, the head written must carry
+//  "Connection: close". hreq_raw_write copies and queues bytes (0, KB_ECLOSED, KB_ENOMEM
+//  or KB_ETOOBIG as stream writes); it may be used before hreq_raw_begin for interim
+//  (1xx) heads. hreq_raw_end completes the response; close: the connection closes after
+//  it (a body delimited by the close, or one cut short), else the next request is read.
+bool hreq_raw_begin(hreq_t *self, int status);
+int hreq_raw_write(hreq_t *self, const void *data, size_t len);
+void hreq_raw_end(hreq_t *self, bool close);
 
 bool hreq_replied(const hreq_t *self);
 int hreq_status(const hreq_t *self);
