@@ -30,6 +30,7 @@ typedef struct {
     size_t max_kernels;          //  kernels alive at once
     uint64_t header_timeout_ms;  //  a request head must be complete within this
     uint64_t idle_timeout_ms;    //  idle keep-alive connections, stalled bodies
+    uint64_t tunnel_idle_ms;     //  proxied upgrades (WebSocket) with no bytes either way; 0: none
     //  native sessions
     uint64_t keep_alive_ms;      //  how long a disconnected session lives by default
     uint64_t keep_alive_max_ms;  //  the most a client may ask for

@@ -158,6 +158,7 @@ int cmd_serve(int argc, char **argv)
     uint64_t port = 49999, keep_alive = 60000, keep_alive_max = 3600000;
     uint64_t max_message = 16u << 20, max_body = 16u << 20, max_outbound = 64u << 20;
     uint64_t max_retained = 4u << 20, max_buffered = 1024u << 20;
+    uint64_t tunnel_idle = 3600000;
     uint64_t header_timeout = 10000, max_pending = 32, heartbeat_timeout = 30000, cull_idle = 0;
     bool cull_connected = false;
     //  Defaults sized from the machine: a Python kernel takes ~70 MiB and a few fds;
@@ -216,6 +217,7 @@ int cmd_serve(int argc, char **argv)
         {"no-autorestart", 0, OPT_FLAG, "KBRIDGE_NO_AUTORESTART", NULL, "do not restart kernels that die", NULL, 0, 0, NULL, &no_autorestart},
         {"heartbeat-timeout", 0, OPT_SECONDS, "KBRIDGE_HEARTBEAT_TIMEOUT", "S", "seconds a kernel's heartbeat may stay silent before its runs end with KernelNotResponding", "30", 1, 86400, NULL, &heartbeat_timeout},
         {"keep-alive", 0, OPT_SECONDS, "KBRIDGE_KEEP_ALIVE", "S", "seconds a disconnected session lives", "60", 0, 86400, NULL, &keep_alive},
+        {"tunnel-idle", 0, OPT_SECONDS, "KBRIDGE_TUNNEL_IDLE", "S", "seconds a proxied WebSocket (or other upgrade) to a sandbox's port may pass no bytes either way before it is closed (0: never)", "3600", 0, 86400u * 30, NULL, &tunnel_idle},
         {"keep-alive-max", 0, OPT_SECONDS, "KBRIDGE_KEEP_ALIVE_MAX", "S", "the most a client may ask for", "3600", 0, 86400 * 30, NULL, &keep_alive_max},
         {"max-kernels", 0, OPT_UINT, "KBRIDGE_MAX_KERNELS", "N", "kernels alive at once", kernels_def, 1, 100000, NULL, &max_kernels},
         {"max-connections", 0, OPT_UINT, "KBRIDGE_MAX_CONNECTIONS", "N", "client connections open at once", conns_def, 1, 1000000, NULL, &max_connections},
@@ -320,6 +322,7 @@ int cmd_serve(int argc, char **argv)
     cfg.max_kernels = max_kernels;
     cfg.header_timeout_ms = header_timeout;
     cfg.idle_timeout_ms = 75000;
+    cfg.tunnel_idle_ms = tunnel_idle;
     cfg.keep_alive_ms = keep_alive;
     cfg.keep_alive_max_ms = keep_alive_max;
     if (!*token_arg)

@@ -368,7 +368,13 @@ void hconn_pause_read(hconn_t *self)
 
 void hconn_resume_read(hconn_t *self)
 {
-    if (!self->paused || self->closed) return;
+    if (self->closed) return;
+    //  Not paused, but the driver left bytes over (a pipelined request read with the body
+    //  before it): they are offered again now, not only when more arrive.
+    if (!self->paused) {
+        if (self->rlen && !self->closing) uv_timer_start(&self->kick, s_on_kick, 0, 0);
+        return;
+    }
     self->paused = false;
     if (self->rlen || self->eof) uv_timer_start(&self->kick, s_on_kick, 0, 0);
     else s_update_reading(self);

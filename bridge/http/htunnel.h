@@ -6,8 +6,9 @@
     stops makes its writer stop too and nothing piles up. Ends: the client (a) stopping
     to send half-closes the server's connection (b gets end of stream after its queued
     bytes; b's answer still flows to a); b's end of stream or any error closes both after
-    their queued bytes; when either closes, so does the other. The tunnel frees itself
-    once both are closed.
+    their queued bytes; when either closes, so does the other; no bytes either way for
+    the idle timeout (HTUNNEL_IDLE_MS, an hour, unless set) closes both. The tunnel frees
+    itself once both are closed.
 */
 #ifndef HTUNNEL_H
 #define HTUNNEL_H
@@ -21,6 +22,10 @@ typedef struct _htunnel_t htunnel_t;
 //  out; a and b are then untouched. The connections own the return value: it is freed
 //  after both close.
 htunnel_t *htunnel_new(hconn_t *a, hconn_t *b);
+
+//  No bytes either way for this long closes the tunnel (0: never). Set by htunnel_new.
+#define HTUNNEL_IDLE_MS (3600 * 1000ULL)
+void htunnel_set_idle_timeout(htunnel_t *self, uint64_t ms);
 
 //  Tunnels open now (for tests and the log).
 size_t htunnel_count(void);

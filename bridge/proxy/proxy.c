@@ -92,6 +92,7 @@ struct _proxy_t {
     klist_t idle;    //  idle_t, oldest first
     size_t nidle;
     uint64_t upstream_connects, upstream_reuses;  //  for the log
+    uint64_t tunnel_idle_ms;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -699,6 +700,8 @@ static void s_tunnel(xchg_t *x, hconn_t *conn)
     if (!tunnel) {
         hconn_close(conn, false);
         hconn_close(client, false);
+    } else {
+        htunnel_set_idle_timeout(tunnel, x->proxy->tunnel_idle_ms);
     }
     s_xchg_end(x);
 }
@@ -854,6 +857,7 @@ static void *s_create(const api_ctx_t *ctx)
     if (self->auth)
         crypto_generichash(self->token_hash, sizeof self->token_hash,
                            (const unsigned char *) ctx->config->token, strlen(ctx->config->token), NULL, 0);
+    self->tunnel_idle_ms = ctx->config->tunnel_idle_ms;
     klist_init(&self->xchgs);
     klist_init(&self->idle);
     static const sandboxes_observer_t observer = {s_on_sandbox_end, s_on_sandbox_state};
