@@ -71,6 +71,11 @@ size_t hresp_next(hresp_t *self, const char *data, size_t len, hresp_event_t *ev
         char why[128];
         if (hparse_response(data, (size_t) n, &self->head, why, sizeof why) != 0)
             return s_fail(self, "malformed response head", ev);
+        //  The reason phrase goes on to the client: a line break in it would let the
+        //  server slip in headers (framing ones) that the client reads and we do not.
+        for (const char *c = self->head.reason; *c; c++)
+            if (((unsigned char) *c < 0x20 && *c != '\t') || *c == 0x7f)
+                return s_fail(self, "a control character in the reason phrase", ev);
         int status = self->head.status;
         if (status < 100) return s_fail(self, "malformed status code", ev);
         if (status == 101) return s_fail(self, "101 Switching Protocols without an upgrade", ev);

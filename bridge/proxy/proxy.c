@@ -522,9 +522,13 @@ static int s_write_head(xchg_t *x)
     s_puts(&b, line);
     s_puts(&b, h->reason);
     s_put(&b, "\r\n", 2);
+    //  With Transfer-Encoding the length is the coding's (or the close's): a
+    //  Content-Length beside it would let the client delimit the body differently.
+    bool te = hparse_header(h, "transfer-encoding") != NULL;
     for (size_t i = 0; i < h->nheaders; i++) {
         const char *n = h->headers[i].name;
-        if (strcmp(n, "connection") == 0 || strcmp(n, "keep-alive") == 0 || strcmp(n, "proxy-connection") == 0)
+        if (strcmp(n, "connection") == 0 || strcmp(n, "keep-alive") == 0 || strcmp(n, "proxy-connection") == 0 ||
+            (te && strcmp(n, "content-length") == 0))
             continue;
         s_header(&b, n, h->headers[i].value);
     }

@@ -115,6 +115,12 @@ def handle(c, cid):
                 c.sendall(head(b"200 OK", cid, nreq, b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"))
             elif path == "/hugehead":
                 c.sendall(head(b"200 OK", cid, nreq, b"X-Big: " + b"a" * 200000 + b"\r\n\r\nbody"))
+            elif path == "/tecl":
+                c.sendall(head(b"200 OK", cid, nreq, b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+                               b"5\r\nhello\r\n0\r\n\r\n"))
+            elif path == "/splitreason":
+                c.sendall(b"HTTP/1.1 200 OK\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5\r\nhello\r\n0\r\n\r\n")
             elif path == "/garbage":
                 c.sendall(b"NOT HTTP AT ALL\r\n\r\n")
             elif path == "/extra":
@@ -449,7 +455,7 @@ def test_upstream_dies_mid_body(env):
 def test_hostile_upstream(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
-    for path in ("/hugehead", "/garbage"):
+    for path in ("/hugehead", "/garbage", "/splitreason"):
         c = Client(srv)
         try:
             r = c.get(p + path, tok)
@@ -457,6 +463,16 @@ def test_hostile_upstream(env):
             assert f"port {PORT}" in r.json()["message"]
         finally:
             c.close()
+    # Transfer-Encoding and Content-Length together: the coding delimits the body, and
+    # the client is not given the length to disagree with.
+    c = Client(srv)
+    try:
+        r = c.get(p + "/tecl", tok)
+        assert r.status == 200 and r.body == b"hello" and "content-length" not in r.headers
+        r = c.get(p + "/cl", tok)
+        assert r.status == 200 and r.body.endswith(b":/cl")
+    finally:
+        c.close()
     # Bytes after a complete answer are not served as the next answer: that upstream
     # connection is not kept.
     c = Client(srv)
