@@ -49,7 +49,7 @@ struct _hreq_t {
     void *body_arg;
     int body_err;  //  set while a chunk feed fails
     //  response
-    bool replied, response_done, streaming, chunked, fixed, close_after, gone, raw;
+    bool replied, response_done, streaming, chunked, fixed, close_after, gone, raw, half_close_ok;
     uint64_t fixed_left;  //  begin_length: bytes still to send
     int status;
     json_t *headers;  //  extra response headers, name -> value
@@ -606,6 +606,11 @@ int hreq_raw_write(hreq_t *self, const void *data, size_t len)
     return hconn_write_copy(self->conn, data, len);
 }
 
+void hreq_allow_half_close(hreq_t *self)
+{
+    self->half_close_ok = true;
+}
+
 void hreq_raw_end(hreq_t *self, bool close)
 {
     if (!self->raw || self->response_done) return;
@@ -869,6 +874,10 @@ static void s_on_eof(hconn_t *conn, void *arg)
 {
     hserve_t *hs = arg;
     hreq_t *req = hs->cur;
+    if (req && req->half_close_ok && req->body_mode == BODY_DONE && !req->response_done) {
+        req->close_after = true;  //  the answer still goes; hconn's close ends it otherwise
+        return;
+    }
     if (req) {
         if (req->body_mode == BODY_BUFFER || req->body_mode == BODY_STREAM)
             s_body_end(req, KB_ECLOSED);

@@ -147,6 +147,11 @@ bool hreq_raw_begin(hreq_t *self, int status);
 int hreq_raw_write(hreq_t *self, const void *data, size_t len);
 void hreq_raw_end(hreq_t *self, bool close);
 
+//  The client may stop sending (half-close) once its request is complete and still get
+//  the answer, after which the connection closes; by default the end of a client's input
+//  ends the exchange (the client left). A real disconnect still shows when a write fails.
+void hreq_allow_half_close(hreq_t *self);
+
 bool hreq_replied(const hreq_t *self);
 int hreq_status(const hreq_t *self);
 //  Response body bytes queued so far.

@@ -820,6 +820,7 @@ static void s_http(void *api, hreq_t *req)
     x->req = req;
     klist_push_back(&self->xchgs, &x->link);
     hreq_on_close(req, s_on_client_gone, x);
+    if (!x->upgrade) hreq_allow_half_close(req);
     if (!x->upgrade && (x->up = s_unpark(self, &t, x->sbx))) {
         x->reused = true;
         self->upstream_reuses++;

@@ -436,6 +436,17 @@ def test_request_bodies(env):
         assert r.json()["len"] == 3 and r.json()["expect"] is None and r.headers["x-conn"] == conn
     finally:
         c.close()
+    # A client that half-closes after its request and body still gets the whole answer,
+    # then the close.
+    c = Client(srv)
+    try:
+        c.send(c.req("POST", p + "/echo", tok, extra="Content-Length: 5\r\n", body=b"hello"))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read()
+        assert r.status == 200 and r.json()["len"] == 5
+        assert c.closed()
+    finally:
+        c.close()
 
 
 def test_upstream_dies_mid_body(env):
