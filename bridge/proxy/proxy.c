@@ -510,8 +510,9 @@ static void s_done(xchg_t *x, bool leftover)
     s_leave(x);
 }
 
-//  The final head as the client gets it: hop-by-hop headers replaced by kbridge's own.
-static int s_write_head(xchg_t *x)
+//  The final head as the client gets it: hop-by-hop headers replaced by kbridge's own;
+//  the first body bytes (body_len, read with the head) go in the same write.
+static int s_write_head(xchg_t *x, const char *body, size_t body_len)
 {
     const hhead_t *h = hresp_head(x->resp);
     x->keep_client = hreq_raw_begin(x->req, h->status);
@@ -535,6 +536,7 @@ static int s_write_head(xchg_t *x)
     if (!x->keep_client) s_header(&b, "connection", "close");
     else if (hreq_head(x->req)->version_minor == 0) s_header(&b, "connection", "keep-alive");
     s_put(&b, "\r\n", 2);
+    s_put(&b, body, body_len);
     x->answered = true;
     int rc = b.failed ? KB_ENOMEM : hreq_raw_write(x->req, b.data, b.len);
     free(b.data);
@@ -570,7 +572,17 @@ static size_t s_up_on_read(hconn_t *conn, char *data, size_t len, void *arg)
             //  1xx (Early Hints...) go on as sent; HTTP/1.0 clients never get them.
             if (hreq_head(x->req)->version_minor >= 1) rc = hreq_raw_write(x->req, data + used, n);
         } else if (ev == HRESP_HEAD) {
-            rc = s_write_head(x);
+            //  The body bytes that came with the head go out with it: one write, not two.
+            size_t bn = 0;
+            hresp_event_t bev = HRESP_MORE;
+            if (!hresp_done(x->resp) && used + n < len) bn = hresp_next(x->resp, data + used + n, len - used - n, &bev);
+            if (bev != HRESP_BODY) bn = 0;
+            rc = s_write_head(x, data + used + n, bn);
+            n += bn;
+            if (bev == HRESP_ERROR && rc == KB_OK) {
+                s_fail(x, hresp_why(x->resp));
+                break;
+            }
         } else if (n) {
             rc = hreq_raw_write(x->req, data + used, n);
         }
