@@ -86,6 +86,13 @@ def handle(c, cid):
                 b = ("%s:%d:%s" % (NAME, cid, target)).encode()
                 c.sendall(head(b"200 OK", cid, nreq, b"Content-Length: %d\r\n\r\n" % len(b))
                           + (b"" if method == "HEAD" else b))
+            elif path == "/big":
+                n = int(target.split("n=", 1)[1])
+                c.sendall(head(b"200 OK", cid, nreq, b"Content-Length: %d\r\n\r\n" % n))
+                block = b"x" * (1 << 20)
+                while n > 0:
+                    c.sendall(block[:min(n, len(block))])
+                    n -= min(n, len(block))
             elif path == "/headers":
                 b = json.dumps(hdrs).encode()
                 c.sendall(head(b"200 OK", cid, nreq, b"Content-Length: %d\r\n\r\n" % len(b)) + b)
