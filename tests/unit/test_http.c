@@ -9,6 +9,7 @@
 #include "base/kberr.h"
 #include "bridge/http/hchunk.h"
 #include "bridge/http/hparse.h"
+#include "bridge/http/hresp.h"
 #include "bridge/http/hutil.h"
 #include "bridge/http/wsframe.h"
 
@@ -202,6 +203,80 @@ static void s_on_control(int opcode, const char *data, size_t len, void *arg)
     a->control_len = len;
 }
 
+//  Read one whole response from in with r; returns the body bytes seen, -1 on an error.
+//  *used: the bytes that belonged to it.
+static long s_read_response(hresp_t *r, const char *method, const char *in, size_t len, size_t *used)
+{
+    hresp_start(r, method);
+    size_t at = 0;
+    long body = 0;
+    while (!hresp_done(r)) {
+        hresp_event_t ev;
+        size_t n = hresp_next(r, in + at, len - at, &ev);
+        if (ev == HRESP_ERROR) return -1;
+        if (ev == HRESP_MORE) break;
+        if (ev == HRESP_BODY) body += (long) n;
+        at += n;
+        if (ev == HRESP_BODY && at == len) break;
+    }
+    *used = at;
+    return body;
+}
+
+static void test_response_framing(void **state)
+{
+    (void) state;
+    hresp_t *r = hresp_new(1024);
+    assert_non_null(r);
+    size_t used;
+    //  Responses back to back on one connection: each ends where its framing says.
+    const char *stream = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                         "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"
+                         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                         "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n";
+    size_t len = strlen(stream), at = 0;
+    assert_int_equal(s_read_response(r, "GET", stream, len, &used), 5);
+    at += used;
+    assert_int_equal(s_read_response(r, "GET", stream + at, len - at, &used), 0);  //  100, then 204
+    assert_int_equal(hresp_head(r)->status, 204);
+    at += used;
+    assert_int_equal(s_read_response(r, "GET", stream + at, len - at, &used), 13);  //  chunk framing included
+    at += used;
+    assert_int_equal(s_read_response(r, "GET", stream + at, len - at, &used), 0);
+    at += used;
+    assert_int_equal(at, len);
+    //  HEAD: the length describes a body that does not come.
+    const char *head = "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+    assert_int_equal(s_read_response(r, "HEAD", head, strlen(head), &used), 0);
+    assert_true(hresp_done(r));
+    //  No length: until the close, which ends it cleanly; a length cut short does not.
+    const char *open_ended = "HTTP/1.1 200 OK\r\n\r\nsome";
+    assert_int_equal(s_read_response(r, "GET", open_ended, strlen(open_ended), &used), 4);
+    assert_int_equal(hresp_framing(r), HBODY_UNTIL_CLOSE);
+    assert_true(hresp_eof(r));
+    const char *short_body = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nsome";
+    assert_int_equal(s_read_response(r, "GET", short_body, strlen(short_body), &used), 4);
+    assert_false(hresp_eof(r));
+    //  Refused: not HTTP, a head over the limit, a bad chunk size, conflicting lengths, a
+    //  line break in the reason phrase, an unasked-for 101.
+    char big[2048];
+    snprintf(big, sizeof big, "HTTP/1.1 200 OK\r\nX-Big: %01500d\r\n\r\n", 0);
+    const char *bad[] = {"NOT HTTP\r\n\r\n", big,
+                         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                         "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                         "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
+                         "HTTP/1.1 101 Switching Protocols\r\n\r\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(s_read_response(r, "GET", bad[i], strlen(bad[i]), &used), -1);
+    //  An incomplete head uses nothing.
+    hresp_start(r, "GET");
+    hresp_event_t ev;
+    assert_int_equal(hresp_next(r, "HTTP/1.1 200 OK\r\n", 17, &ev), 0);
+    assert_int_equal(ev, HRESP_MORE);
+    hresp_destroy(&r);
+    assert_null(r);
+}
+
 static void test_ws_fragments_and_control(void **state)
 {
     (void) state;
@@ -339,6 +414,7 @@ int main(void)
         cmocka_unit_test(test_refused_heads),
         cmocka_unit_test(test_body_framing),
         cmocka_unit_test(test_chunked),
+        cmocka_unit_test(test_response_framing),
         cmocka_unit_test(test_ws_fragments_and_control),
         cmocka_unit_test(test_ws_protocol_errors),
         cmocka_unit_test(test_utf8),
