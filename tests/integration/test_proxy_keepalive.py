@@ -6,7 +6,8 @@ timeout), answers framed by Content-Length, chunked and the close, HEAD/204/304 
 kept-alive connection, pipelined requests answered in order, each request on a kept
 connection authenticated again (a token for sandbox A does not reach sandbox B), a server
 dying mid-body (the client's connection closes: no short body passes for complete), a
-reused connection the server dropped (retried once), bytes after an answer (never served
+reused connection the server dropped (retried once), idle connections dropped when the
+sandbox pauses, bytes after an answer (never served
 as the next one), a hostile server (huge head, bad chunk sizes, no HTTP at all: 502 or a
 closed connection, kbridge still serving), request bodies (Content-Length and chunked),
 and the idle timeout of tunnels.
@@ -560,3 +561,31 @@ def test_tunnel_idle_timeout(env):
             return time.monotonic() - t0
     waited = run(go())
     assert 1.0 < waited < 15, waited
+
+
+def test_pause_drops_idle_upstreams(env):
+    srv, (_, b) = env
+    tok, p, sid = b["trafficAccessToken"], base(b), b["sandboxID"]
+    c = Client(srv)
+    try:
+        conn = c.get(p + "/cl", tok).headers["x-conn"]
+        assert c.get(p + "/cl", tok).headers["x-conn"] == conn  # kept
+        assert srv.api("POST", f"/sandboxes/{sid}/pause", {})[0] == 204
+        try:
+            r = c.get(p + "/cl", tok)
+            assert r.status == 503, r.body
+        finally:
+            assert srv.api("POST", f"/v2/sandboxes/{sid}/connect", {"timeout": 600})[0] == 201
+        # The kept connection went with the pause: the next request (the client's
+        # connection still open) goes up on a new one, and the server saw the old one end.
+        r = c.get(p + "/stats", tok)
+        assert r.status == 200 and r.headers["x-conn"] != conn
+        def old_closed():
+            s = Client(srv)
+            try:
+                return int(conn) in s.get(p + "/stats", tok).json()["closed"]
+            finally:
+                s.close()
+        wait_until(old_closed, timeout=10, interval=0.2, message="the kept connection was not closed")
+    finally:
+        c.close()
