@@ -278,7 +278,10 @@ void pool_start(pool_t *self)
 void pool_kick(pool_t *self)
 {
     if (!self || self->closing || self->busy) return;
-    if (!uv_is_active((uv_handle_t *) &self->timer)) s_schedule(self, s_delay(self));
+    //  From now, even if a tick was due sooner: a take is the start of a request whose
+    //  next steps (an E2B SDK's first runCode, ~10-20 ms after its create) a refill
+    //  starting now would slow down.
+    s_schedule(self, s_delay(self));
 }
 
 static void s_remove(pool_t *self, size_t i)
