@@ -23,6 +23,7 @@ struct _registry_t {
     kentry_t **pool;  //  warm, unclaimed: listed by nobody, culled never
     size_t npool, pool_cap;
     size_t claimed;  //  warm kernels taken, ever
+    json_t *pooled;  //  kernelspec name -> claims (an integer): the kernelspecs pools keep
     void (*pool_changed)(void *arg);
     void *pool_arg;
     uv_timer_t pool_tell;  //  the hook runs from its own turn, never inside a caller's
@@ -137,6 +138,7 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     self->scheme = kb_strdup(config->signature_scheme);
     self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
     self->env = config->env ? json_deep_copy(config->env) : json_object();
+    self->pooled = json_object();
     self->config.autorestart = config->autorestart;
     self->config.max_kernels = config->max_kernels;
     self->config.heartbeat_timeout_ms = config->heartbeat_timeout_ms;
@@ -165,6 +167,7 @@ static void s_free_registry(uv_handle_t *handle)
         free(self->scheme);
         free(self->default_kernel);
         json_decref(self->env);
+        json_decref(self->pooled);
         free(self->live);
         free(self->pool);
         free(self->dead);
@@ -380,8 +383,13 @@ kentry_t *registry_start(registry_t *self, const char *spec_name, const registry
     }
     kentry_t *entry = s_claim(self, spec_name, place);
     //  A miss only where a pool is kept (its hook is set) for this kernelspec.
-    if (self->pool_changed && strcmp(spec_name ? spec_name : self->default_kernel, self->default_kernel) == 0)
+    const char *name = spec_name ? spec_name : self->default_kernel;
+    json_t *claims = self->pool_changed ? json_object_get(self->pooled, name) : NULL;
+    if (claims) {
         metrics_pool_take("kernel", entry != NULL);
+        metrics_pool_kernelspec_take(name, entry != NULL);
+        if (entry) json_integer_set(claims, json_integer_value(claims) + 1);
+    }
     if (entry) {
         klog_info("pool: kernel %s claimed (%s, %zu left warm)", kentry_id(entry),
                   kernel_name(kentry_kernel(entry)), self->npool);
@@ -488,6 +496,18 @@ bool registry_working(const registry_t *self)
 size_t registry_pool_claims(const registry_t *self)
 {
     return self->claimed;
+}
+
+size_t registry_pool_claims_of(const registry_t *self, const char *kernel_name)
+{
+    return (size_t) json_integer_value(json_object_get(self->pooled, kernel_name ? kernel_name : self->default_kernel));
+}
+
+int registry_pool_keeps(registry_t *self, const char *kernel_name)
+{
+    const char *name = kernel_name ? kernel_name : self->default_kernel;
+    if (json_object_get(self->pooled, name)) return KB_OK;
+    return json_object_set_new(self->pooled, name, json_integer(0)) == 0 ? KB_OK : KB_ENOMEM;
 }
 
 void registry_set_pool_hook(registry_t *self, void (*changed)(void *arg), void *arg)

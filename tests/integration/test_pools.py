@@ -6,9 +6,10 @@ never given to two requesters. Unclaimed entries are nobody's: no API lists them
 they are gone at shutdown (KBridge.stop checks the runtime and state directories)."""
 import json
 import os
+import subprocess
 import time
 
-from conftest import wait_until
+from conftest import kbridge_bin, wait_until
 from kbharness import KBridge, NativeClient, run
 from test_metrics import scrape as metrics_scrape, value as metrics_value
 
@@ -311,3 +312,65 @@ def test_first_cells_after_a_claim_see_the_move(tmp_path):
         srv.api("DELETE", f"/sandboxes/{sb['sandboxID']}")
     finally:
         srv.stop()
+
+
+def test_pools_per_kernelspec(tmp_path):
+    """--pool-kernels N,NAME=N: an R kernel (ir) is kept warm beside the default one; a
+    start of it with nothing to move takes it (R has no move recipe: one that needs a
+    move starts cold)."""
+    srv = KBridge(tmp_path, "--pool-kernels", "1,ir=1", "--pool-sandboxes", "0", pools=True)
+    try:
+        def specs_ready():
+            k = status(srv)["pool"]["kernelspecs"]
+            return k["python3"]["ready"] >= 1 and k["ir"]["ready"] >= 1
+        wait_until(specs_ready, timeout=120, message="the python3 and ir pools to fill")
+        p = status(srv)["pool"]
+        assert p["kernels"]["kernelspec"] == "python3" and p["kernels"]["target"] == 1
+        assert p["kernelspecs"]["ir"]["target"] == 1 and p["kernelspecs"]["ir"]["claimed"] == 0
+        assert p["kernelspecs"]["python3"]["target"] == 1
+        fams = metrics_scrape(srv)
+        assert metrics_value(fams, "kbridge_pool_kernelspec_ready", kernelspec="ir") == 1
+        assert metrics_value(fams, "kbridge_pool_kernelspec_target", kernelspec="ir") == 1
+        assert metrics_value(fams, "kbridge_pool_kernelspec_target", kernelspec="python3") == 1
+        assert metrics_value(fams, "kbridge_pool_target", kind="kernel") == 2
+
+        async def go():
+            c = await NativeClient.connect(srv, sandbox_id="default")
+            r = await c.request(op="start_kernel", kernel_name="ir")
+            assert r["type"] == "kernel", r
+            assert r["kernel"]["kernel_name"] == "ir" and r["kernel"]["language"] == "R"
+            warm = r["kernel"]["kernel_id"]
+            assert status(srv)["pool"]["kernelspecs"]["ir"]["claimed"] == 1
+            assert status(srv)["pool"]["kernelspecs"]["python3"]["claimed"] == 0
+            _, end = await c.execute("Sys.getenv('KB_R_VAR', 'unset')", kernel_id=warm)
+            ex = end["execution"]
+            assert ex["error"] is None and ex["execution_count"] == 1, ex
+            # IRkernel shows values as display_data (no main result).
+            assert ex["results"] and "unset" in ex["results"][0]["text"], ex
+            # An environment to apply: no R recipe, so a cold start (a miss).
+            r = await c.request(op="start_kernel", kernel_name="ir", env_vars={"KB_R_VAR": "set"})
+            assert r["type"] == "kernel", r
+            assert r["kernel"]["kernel_id"] != warm
+            _, end = await c.execute("Sys.getenv('KB_R_VAR', 'unset')", kernel_id=r["kernel"]["kernel_id"])
+            ex = end["execution"]
+            assert ex["results"] and "'set'" in ex["results"][0]["text"].replace('"', "'"), ex
+            await c.close()
+
+        run(go())
+        assert status(srv)["pool"]["kernelspecs"]["ir"]["claimed"] == 1
+        fams = metrics_scrape(srv)
+        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="hit") == 1
+        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="miss") == 1
+        assert "pool: keeping 2 warm kernel(s) (python3=1, ir=1)" in srv.logs()
+    finally:
+        srv.stop()
+
+
+def test_pool_kernels_bad_values(tmp_path):
+    for arg, why in [("x", "is not N or NAME=N"), ("nope=1", "no kernelspec named 'nope'"),
+                     ("1,python3=2", "'python3' is given twice"), ("ir=65", "from 0 to 64"),
+                     ("1,,ir=1", "comma-separated")]:
+        out = subprocess.run([kbridge_bin(), "serve", "--port", "0", "--pool-kernels", arg],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2, (arg, out.returncode, out.stderr)
+        assert why in out.stderr, (arg, out.stderr)
