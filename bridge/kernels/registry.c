@@ -239,6 +239,56 @@ static bool s_same(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+//  R code for the same (IRkernel): setwd, Sys.setenv, Sys.unsetenv, inside local() so that
+//  nothing is left in the global environment. JSON string literals are R string literals
+//  (the runner's per-execution env code relies on the same).
+static char *s_move_code_r(const char *cwd, json_t *set, json_t *unset)
+{
+    char *code = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&code, &size);
+    if (!out) return NULL;
+    bool ok = true;
+    fputs("invisible(local({ ", out);
+    if (cwd) {
+        json_t *lit = json_string(cwd);
+        char *c = lit ? jx_dumps(lit, false, NULL) : NULL;
+        json_decref(lit);
+        ok = ok && c;
+        if (c) fprintf(out, "setwd(%s); ", c);
+        free(c);
+    }
+    const char *key;
+    json_t *value;
+    size_t i = 0;
+    json_object_foreach(set, key, value)
+    {
+        json_t *k = json_string(key);
+        char *kl = k ? jx_dumps(k, false, NULL) : NULL, *vl = jx_dumps(value, false, NULL);
+        json_decref(k);
+        ok = ok && kl && vl;
+        if (kl && vl) fprintf(out, "%s%s = %s", i++ ? ", " : "do.call(Sys.setenv, as.list(c(", kl, vl);
+        free(kl);
+        free(vl);
+    }
+    if (i) fputs("))); ", out);
+    if (json_array_size(unset)) {
+        char *ul = jx_dumps(unset, false, NULL);  //  ["A", "B"]: the brackets become c( )
+        ok = ok && ul;
+        if (ul) {
+            size_t n = strlen(ul);
+            fprintf(out, "Sys.unsetenv(c(%.*s)); ", n >= 2 ? (int) (n - 2) : 0, ul + 1);
+        }
+        free(ul);
+    }
+    fputs("}))", out);
+    if (fclose(out) != 0 || !ok) {
+        free(code);
+        return NULL;
+    }
+    return code;
+}
+
 //  Python code that moves a running kernel from its process's environment and cwd to
 //  those of a fresh start at the new place: what a fresh kernel would show (os.getcwd,
 //  os.environ, IPython's directory history) and nothing more (no names in the user's
@@ -290,6 +340,9 @@ static char *s_move_code(const char *language, const char *cwd, json_t *from, js
         free(c);
         free(sv);
         free(uv);
+    } else if (strcasecmp(language, "r") == 0) {
+        code = s_move_code_r(cwd, set, unset);
+        *ok = code != NULL;
     }
     json_decref(set);
     json_decref(unset);

@@ -315,9 +315,10 @@ def test_first_cells_after_a_claim_see_the_move(tmp_path):
 
 
 def test_pools_per_kernelspec(tmp_path):
-    """--pool-kernels N,NAME=N: an R kernel (ir) is kept warm beside the default one; a
-    start of it with nothing to move takes it (R has no move recipe: one that needs a
-    move starts cold)."""
+    """--pool-kernels N,NAME=N: an R kernel (ir) is kept warm beside the default one, and
+    a start of it takes it, moved to the asked cwd and env by R code (setwd, Sys.setenv)."""
+    work = tmp_path / "r work"
+    work.mkdir()
     srv = KBridge(tmp_path, "--pool-kernels", "1,ir=1", "--pool-sandboxes", "0", pools=True)
     try:
         def specs_ready():
@@ -336,6 +337,7 @@ def test_pools_per_kernelspec(tmp_path):
 
         async def go():
             c = await NativeClient.connect(srv, sandbox_id="default")
+            # Nothing to move.
             r = await c.request(op="start_kernel", kernel_name="ir")
             assert r["type"] == "kernel", r
             assert r["kernel"]["kernel_name"] == "ir" and r["kernel"]["language"] == "R"
@@ -347,20 +349,24 @@ def test_pools_per_kernelspec(tmp_path):
             assert ex["error"] is None and ex["execution_count"] == 1, ex
             # IRkernel shows values as display_data (no main result).
             assert ex["results"] and "unset" in ex["results"][0]["text"], ex
-            # An environment to apply: no R recipe, so a cold start (a miss).
-            r = await c.request(op="start_kernel", kernel_name="ir", env_vars={"KB_R_VAR": "set"})
+            # A cwd and an environment to apply: the next warm one, moved.
+            wait_until(lambda: status(srv)["pool"]["kernelspecs"]["ir"]["ready"] >= 1, timeout=120,
+                       message="the ir pool to refill")
+            env = {"KB_R_VAR": 'a "quoted" value'}
+            r = await c.request(op="start_kernel", kernel_name="ir", cwd=str(work), env_vars=env)
             assert r["type"] == "kernel", r
-            assert r["kernel"]["kernel_id"] != warm
-            _, end = await c.execute("Sys.getenv('KB_R_VAR', 'unset')", kernel_id=r["kernel"]["kernel_id"])
+            moved = r["kernel"]["kernel_id"]
+            assert moved != warm and status(srv)["pool"]["kernelspecs"]["ir"]["claimed"] == 2
+            _, end = await c.execute("cat(getwd(), Sys.getenv('KB_R_VAR'), length(ls()), sep = '|')", kernel_id=moved)
             ex = end["execution"]
-            assert ex["results"] and "'set'" in ex["results"][0]["text"].replace('"', "'"), ex
+            assert ex["error"] is None and ex["execution_count"] == 1, ex
+            assert "".join(ex["logs"]["stdout"]) == f"{work}|{env['KB_R_VAR']}|0", ex
             await c.close()
 
         run(go())
-        assert status(srv)["pool"]["kernelspecs"]["ir"]["claimed"] == 1
         fams = metrics_scrape(srv)
-        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="hit") == 1
-        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="miss") == 1
+        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="hit") == 2
+        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="miss") == 0
         assert "pool: keeping 2 warm kernel(s) (python3=1, ir=1)" in srv.logs()
     finally:
         srv.stop()
