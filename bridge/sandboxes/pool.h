@@ -48,7 +48,8 @@ void pool_forget(pool_t *self, sandbox_t *sb);
 
 //  {"kernels": {"kernelspec", "target", "warm", "ready", "claimed"} (the default
 //  kernelspec; claimed: every warm kernel taken, the sandboxes' too), "kernelspecs":
-//  {name: {"target", "warm", "ready", "claimed"}} (the default sandbox's), "sandboxes":
+//  {name: {"target", "warm", "ready", "claimed"}} (the default sandbox's pools; claimed:
+//  that kernelspec's warm kernels taken anywhere), "sandboxes":
 //  {"target", "templates": {name: {"warm", "ready"}}, "claimed"}, "refilling"}.
 //  Caller owns return value.
 json_t *pool_status(const pool_t *self);
