@@ -9,8 +9,10 @@ figure waits for the pools to be full again first (GET /api/status), so every sa
 a claim, never a cold start in disguise.
 
   kernel -> ready, cwd and env applied: native start_kernel on the default sandbox, with
-      a cwd and env vars, until the kernel reply (a claimed kernel is ready once the
-      silent execution that moves it there has run).
+      a cwd and env vars, until the kernel reply (a claimed kernel is answered ready at
+      once: the silent execution that moves it there is first on its run queue).
+  kernel -> first cell: the same start, then a first cell that reads the cwd and the env
+      var, until its end (the move included).
   sandbox create -> ready (REST): POST /sandboxes until its 201 (answered once running).
   E2B Sandbox.create -> first runCode result: the official SDK (tests/compat's), '1 + 1'.
 
@@ -60,9 +62,14 @@ async def kernel_ready(srv, cwd, pooled):
     reply = await c.request(op="start_kernel", cwd=cwd, env_vars={"BENCH_VAR": "x"})
     took = time.perf_counter() - t0
     assert reply["type"] == "kernel", reply
-    await c.request(op="shutdown_kernel", kernel_id=reply["kernel"]["kernel_id"])
+    kid = reply["kernel"]["kernel_id"]
+    _, end = await c.execute("import os; (os.getcwd(), os.environ['BENCH_VAR'])", kernel_id=kid)
+    first = time.perf_counter() - t0
+    ex = end["execution"]
+    assert ex["error"] is None and ex["execution_count"] == 1, ex
+    await c.request(op="shutdown_kernel", kernel_id=kid)
     await c.close()
-    return took
+    return took, first
 
 
 def sandbox_create(srv, pooled):
@@ -96,9 +103,11 @@ def measure(tmp, n, pooled, cwd):
         if pooled:
             pool_full(srv)
         kernel = [asyncio.run(kernel_ready(srv, cwd, pooled)) for _ in range(n)]
+        first = [k[1] for k in kernel]
+        kernel = [k[0] for k in kernel]
         create = [sandbox_create(srv, pooled) for _ in range(n)]
         e2b = e2b_first(srv, n, pooled)
-        return kernel, create, e2b
+        return kernel, first, create, e2b
     finally:
         srv.stop()
 
@@ -113,8 +122,8 @@ def main():
         tmp = pathlib.Path(tmp)
         cwd = tmp / "work"
         cwd.mkdir()
-        k_cold, c_cold, e_cold = measure(tmp, args.n, False, str(cwd))
-        k_pool, c_pool, e_pool = measure(tmp, args.n, True, str(cwd))
+        k_cold, f_cold, c_cold, e_cold = measure(tmp, args.n, False, str(cwd))
+        k_pool, f_pool, c_pool, e_pool = measure(tmp, args.n, True, str(cwd))
     anchor = statistics.median(k_cold)
 
     def row(name, xs, cold=None, target=None):
@@ -127,6 +136,7 @@ def main():
     print(f"kbridge warm pools, {args.n} runs each (median, min-max), one run:")
     row("host kernel start -> ready, cold (anchor)", k_cold)
     row("kernel from the pool -> ready (cwd, env)", k_pool, k_cold, "<= 5 ms")
+    row("kernel from the pool -> first cell's end", f_pool, f_cold)
     row("sandbox create -> ready (REST), cold", c_cold, None, "<= 30 ms")
     row("sandbox create -> ready (REST), pool", c_pool, c_cold, "<= 5 ms")
     if e_cold and e_pool:

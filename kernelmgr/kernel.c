@@ -99,6 +99,9 @@ struct _kernel_t {
     char reply_session[128], iopub_session[128];
     char epoch[32];  //  when this readiness cycle began (ISO-8601, comparable as text)
     uint64_t ready_at;
+    //  the start's steps (kb_now_ms; 0: not yet), for the debug log at ready
+    uint64_t t_spawn, t_started, t_reply, t_iopub, t_hb;
+    int nudges;
     bool got_hb;             //  an answer to a ping of this readiness cycle
     uint64_t hb_cycle_seq;   //  the last ping sent before this cycle began
     uint64_t hb_wait_since;  //  shell and iopub proven, the heartbeat not yet (kb_now_ms)
@@ -249,6 +252,9 @@ static int s_spawn(kernel_t *self)
     popts.label = self->label;
     proc_events_t pev = {s_on_proc_start, NULL, s_on_proc_exit};
     int err;
+    self->t_spawn = kb_now_ms();
+    self->t_started = self->t_reply = self->t_iopub = self->t_hb = 0;
+    self->nudges = 0;
     self->proc = proc_spawn(self->sbx, &popts, &pev, self, &err);
     kspec_argv_free(argv);
     kspec_argv_free(envp);
@@ -407,6 +413,7 @@ static void s_on_proc_start(proc_t *proc, int err, const char *why, void *arg)
         return;
     }
     self->proc_started = true;
+    self->t_started = kb_now_ms();
     self->pid = proc_pid(self->proc);
     klog_info("kernel %s: started %s (pid %d) in %s", self->label, kspec_name(self->spec),
               self->pid, self->cwd ? self->cwd : sbx_home(self->sbx, self->user) ? sbx_home(self->sbx, self->user) : ".");
@@ -460,6 +467,7 @@ static void s_on_nudge(uv_timer_t *timer)
     } else {
         //  Every retry is a new message: kernels silently drop a repeated signature.
         s_send_kernel_info(self);
+        self->nudges++;
     }
     if (!self->got_hb) s_send_ping(self);
 }
@@ -520,6 +528,7 @@ static void s_on_heartbeat(zwatch_t *watch, zmsg_t **msg_p, void *arg)
         //  Any ping of this readiness cycle proves the heartbeat of this process.
         if (!self->got_hb && seq > self->hb_cycle_seq && seq <= self->hb_seq && s_proc_alive(self)) {
             self->got_hb = true;
+            if (!self->t_hb) self->t_hb = kb_now_ms();
             s_check_ready(self);
         }
         return;
@@ -560,6 +569,16 @@ static void s_check_ready(kernel_t *self)
     uv_timer_start(&self->hb_timer, s_on_heartbeat_timer, (uint64_t) self->hb_interval_ms,
                    (uint64_t) self->hb_interval_ms);
     klog_info("kernel %s: ready (%s)", self->label, self->language);
+    if (self->t_spawn) {
+        //  Where a start's time goes: the process (spawned -> started), then the three
+        //  proofs of readiness (from the spawn request).
+#define KB_SINCE(t) (t ? (long long) (t - self->t_spawn) : -1ll)
+        klog_debug("kernel %s: ready %lld ms after its spawn: started +%lld, kernel_info_reply "
+                   "+%lld, iopub +%lld, heartbeat +%lld ms; %d kernel_info_request(s)",
+                   self->label, KB_SINCE(self->ready_at), KB_SINCE(self->t_started), KB_SINCE(self->t_reply),
+                   KB_SINCE(self->t_iopub), KB_SINCE(self->t_hb), self->nudges);
+#undef KB_SINCE
+    }
     s_emit(self, KERNEL_EV_READY);
 }
 
@@ -574,6 +593,8 @@ static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg)
     const char *session = kmsg_session(msg) ? kmsg_session(msg) : "";
     if (type == KCH_IOPUB) {
         self->got_iopub = true;
+        if (!self->t_iopub && (self->state == KERNEL_STARTING || self->state == KERNEL_RESTARTING))
+            self->t_iopub = kb_now_ms();
         if (strcmp(session, self->reply_session) == 0 || !self->got_reply)
             snprintf(self->iopub_session, sizeof self->iopub_session, "%s", session);
         if (strcmp(msg_type, "error") == 0) self->interrupt_landed = true;
@@ -606,6 +627,7 @@ static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg)
         if (!self->got_reply && strcmp(asked, self->epoch) >= 0) {
             snprintf(self->reply_session, sizeof self->reply_session, "%s", session);
             self->got_reply = true;
+            if (!self->t_reply) self->t_reply = kb_now_ms();
         }
         //  A reply of this cycle without its iopub: the status was published before our SUB
         //  had joined (PUB drops what no subscriber holds yet). Ask again soon rather than

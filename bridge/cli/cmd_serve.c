@@ -116,6 +116,57 @@ static void s_installed(char *out, size_t size)
     kspec_list_destroy(&specs, n);
 }
 
+//  --pool-kernels: "N" (the default kernelspec) and "NAME=N", comma-separated, each N in
+//  0..64, each kernelspec installed and named once. Counts go to *def_n (the default's)
+//  and to others (name -> count). Returns false with why on a bad list.
+static bool s_parse_pool_kernels(const char *text, const char *default_kernel, uint64_t *def_n,
+                                 json_t *others, char *why, size_t size)
+{
+    bool seen_default = false;
+    const char *p = text;
+    while (true) {
+        size_t len = strcspn(p, ",");
+        char item[160];
+        if (len == 0 || len >= sizeof item) {
+            snprintf(why, size, "--pool-kernels: '%.100s' is not N or NAME=N, comma-separated", text);
+            return false;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        char *eq = strchr(item, '=');
+        const char *name = eq ? item : default_kernel, *count = eq ? eq + 1 : item;
+        if (eq) *eq = '\0';
+        char *end;
+        unsigned long n = *count >= '0' && *count <= '9' ? strtoul(count, &end, 10) : 0;
+        if (!(*count >= '0' && *count <= '9') || *end || n > 64 || !*name) {
+            snprintf(why, size, "--pool-kernels: '%.*s' is not N or NAME=N with N from 0 to 64",
+                     (int) (len > 100 ? 100 : len), p);
+            return false;
+        }
+        kspec_t *spec = kspec_find(name, NULL);
+        if (!spec) {
+            char installed[256];
+            s_installed(installed, sizeof installed);
+            snprintf(why, size, "--pool-kernels: no kernelspec named '%.64s' (installed: %.255s)", name, installed);
+            return false;
+        }
+        kspec_destroy(&spec);
+        bool is_default = strcmp(name, default_kernel) == 0;
+        if (is_default ? seen_default : json_object_get(others, name) != NULL) {
+            snprintf(why, size, "--pool-kernels: '%.64s' is given twice", name);
+            return false;
+        }
+        if (is_default) {
+            seen_default = true;
+            *def_n = n;
+        } else {
+            json_object_set_new(others, name, json_integer((json_int_t) n));
+        }
+        if (!p[len]) return true;
+        p += len + 1;
+    }
+}
+
 static void s_banner(const config_t *cfg, int port, const char *token, const char *kernel,
                      sbx_isolation_t iso, const char *state_dir)
 {
@@ -184,6 +235,8 @@ int cmd_serve(int argc, char **argv)
     const char *isolation = NULL, *state_dir = NULL, *node_id = "kb", *kernel_user = "user";
     bool isolate_default = false;
     uint64_t pool_kernels = 1, pool_sandboxes = 1;
+    const char *pool_kernels_arg = "1";
+    json_t *pool_kernelspecs = json_object();
     json_t *templates = json_object();
     uint64_t sandbox_memory = 1ull << 30, sandbox_pids = 1024, sandbox_max_timeout = 86400000;
     uint64_t sandbox_cpus = (uint64_t) uv_available_parallelism();
@@ -240,7 +293,7 @@ int cmd_serve(int argc, char **argv)
         {"sandbox-pids", 0, OPT_UINT, "KBRIDGE_SANDBOX_PIDS", "N", "processes and threads in a sandbox", "1024", 16, 4194304, NULL, &sandbox_pids},
         {"sandbox-max-timeout", 0, OPT_SECONDS, "KBRIDGE_SANDBOX_MAX_TIMEOUT", "S", "the longest a sandbox may be asked to live", "86400", 1, 86400u * 365, NULL, &sandbox_max_timeout},
         {"sandbox-kernel-user", 0, OPT_CHOICE, "KBRIDGE_SANDBOX_KERNEL_USER", "U", "the user kernels run as in isolated sandboxes: user or root", "user", 0, 0, users, &kernel_user},
-        {"pool-kernels", 0, OPT_UINT, "KBRIDGE_POOL_KERNELS", "N", "warm kernels of the default kernelspec kept started in the default sandbox, taken by the next kernel start (0: none)", "1", 0, 64, NULL, &pool_kernels},
+        {"pool-kernels", 0, OPT_STRING, "KBRIDGE_POOL_KERNELS", "N|NAME=N,...", "warm kernels kept started in the default sandbox, taken by the next kernel start: N of the default kernelspec, NAME=N of kernelspec NAME, comma-separated, N from 0 (none) to 64 (e.g. 2,ir=1)", "1", 0, 0, NULL, &pool_kernels_arg},
         {"pool-sandboxes", 0, OPT_UINT, "KBRIDGE_POOL_SANDBOXES", "N", "warm sandboxes kept running per template, each with its default kernel started, taken by the next sandbox create (0: none)", "1", 0, 64, NULL, &pool_sandboxes},
         {"access-log", 0, OPT_FLAG, "KBRIDGE_ACCESS_LOG", NULL, "log one line per request (method, path without the token, status, bytes, ms)", NULL, 0, 0, NULL, &access_log},
         {"log-level", 0, OPT_CHOICE, "KBRIDGE_LOG_LEVEL", "L", "debug, info, warn or error", "info", 0, 0, levels, &log_level},
@@ -339,6 +392,11 @@ int cmd_serve(int argc, char **argv)
     }
     kspec_destroy(&spec);
     cfg.default_kernel = default_kernel;
+    if (!pool_kernelspecs ||
+        !s_parse_pool_kernels(pool_kernels_arg, default_kernel, &pool_kernels, pool_kernelspecs, why, sizeof why)) {
+        fprintf(stderr, "kbridge serve: %s\n", pool_kernelspecs ? why : "out of memory");
+        goto done;
+    }
 
     rundir = rundir_new(NULL);
     if (!rundir) {
@@ -447,6 +505,7 @@ int cmd_serve(int argc, char **argv)
         .cgroup_parent = geteuid() == 0 ? cgroup_parent : NULL,
         .pool_kernels = (size_t) pool_kernels,
         .pool_sandboxes = (size_t) pool_sandboxes,
+        .pool_kernelspecs = pool_kernelspecs,
     };
     snprintf(why, sizeof why, "out of memory");
     st.sandboxes = st.registry && tlist ? sandboxes_new(st.loop, &scfg, st.registry, why, sizeof why) : NULL;
@@ -489,5 +548,6 @@ done:
     json_decref(cfg.allowed_origins);
     json_decref(env);
     json_decref(templates);
+    json_decref(pool_kernelspecs);
     return rc;
 }

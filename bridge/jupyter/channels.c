@@ -29,6 +29,7 @@ struct _channels_t {
     void *arg;
     kchan_t *chan[KCH_COUNT];  //  shell, control, stdin
     runner_listener_t listener;
+    kwait_t settle;  //  a claimed warm kernel's move: what is held goes once it has run
     klist_t held_msgs;  //  held_t, oldest first
     size_t held;
     uint64_t generated;  //  counter for server-made msg_ids
@@ -79,12 +80,14 @@ static void s_forward(channels_t *self, kchan_type_t channel, kmsg_t **msg_p)
                   kentry_id(self->entry), kchan_type_name(channel), kb_strerror(rc));
 }
 
-//  Forwarding waits for the kernel to be ready and for this connection's own sockets to
+//  Forwarding waits for the kernel to be settled (ready, and a warm kernel's move to its
+//  cwd and env done: these sockets are not the runner's, so nothing else orders a
+//  client's first execute_request after it) and for this connection's own sockets to
 //  be connected: a kernel routes input_request to the stdin socket of the shell
 //  request's sender, and a ROUTER drops what it cannot route.
 static bool s_can_forward(channels_t *self)
 {
-    return kentry_ready(self->entry) && kchan_connected(self->chan[KCH_SHELL]) &&
+    return kentry_settled(self->entry) && kchan_connected(self->chan[KCH_SHELL]) &&
            kchan_connected(self->chan[KCH_CONTROL]) && kchan_connected(self->chan[KCH_STDIN]);
 }
 
@@ -115,6 +118,7 @@ static void s_release_kernel_side(channels_t *self)
 {
     if (self->detached) return;
     self->detached = true;
+    kentry_unwait(&self->settle);
     runner_unlisten(kentry_runner(self->entry), &self->listener);
     for (int c = 0; c < KCH_COUNT; c++) kchan_destroy(&self->chan[c]);
     s_drop_held(self);
@@ -138,6 +142,12 @@ static int s_connect(channels_t *self)
         }
     }
     return KB_OK;
+}
+
+static void s_on_settled(kwait_t *wait, kentry_t *entry, kwait_result_t result)
+{
+    (void) entry;
+    if (result == KWAIT_READY) s_flush_held(wait->arg);
 }
 
 static void s_on_kernel_msg(runner_listener_t *l, kchan_type_t channel, kmsg_t *msg)
@@ -253,6 +263,11 @@ channels_t *channels_new(uv_loop_t *loop, kentry_t *entry, wsconn_t *conn, const
     self->listener.on_event = s_on_kernel_event;
     self->listener.arg = self;
     runner_listen(kentry_runner(entry), &self->listener);
+    if (!kentry_settled(entry)) {
+        self->settle.fn = s_on_settled;
+        self->settle.arg = self;
+        kentry_wait(entry, &self->settle);
+    }
     wsconn_events_t wev = {s_on_message, s_on_too_large, s_on_close};
     wsconn_set_events(conn, &wev, self);
     return self;

@@ -14,7 +14,11 @@ struct _kentry_t {
     klist_t waiters;  //  kwait_t
     bool ready;
     bool shutting_down;
-    bool claiming;  //  a warm pool's claim: ready once its cwd and env are applied
+    //  A warm pool's claim: the run that applies its cwd and env is queued first or runs.
+    //  Runs queue behind it (ready); what bypasses the runner (a Jupyter client's own
+    //  sockets) waits for it (not settled).
+    bool moving;
+    bool move_failed;
     run_t *claim;
     char *cwd;
 };
@@ -38,7 +42,6 @@ static void s_on_runner(runner_t *runner, kernel_event_t event, void *arg)
     kentry_t *self = arg;
     switch (event) {
     case KERNEL_EV_READY:
-        if (self->claiming) break;  //  a restart under the claim: the claim's end says
         self->ready = true;
         s_notify(self, KWAIT_READY);
         break;
@@ -90,7 +93,7 @@ void kentry_destroy(kentry_t **self_p)
     kentry_t *self = *self_p;
     *self_p = NULL;
     self->shutting_down = true;
-    self->claiming = false;
+    self->moving = false;
     s_notify(self, KWAIT_SHUTDOWN);
     runner_destroy(&self->runner);
     free(self->cwd);
@@ -117,6 +120,11 @@ bool kentry_ready(const kentry_t *self)
     return self->ready;
 }
 
+bool kentry_settled(const kentry_t *self)
+{
+    return self->ready && !self->moving;
+}
+
 bool kentry_shutting_down(const kentry_t *self)
 {
     return self->shutting_down;
@@ -141,7 +149,7 @@ int kentry_restart(kentry_t *self)
 {
     if (self->shutting_down) return KB_ECLOSED;
     self->ready = false;
-    self->claiming = false;  //  the new process starts where the claim moved the kernel
+    self->moving = false;  //  the new process starts where the claim moved the kernel
     return runner_restart(self->runner);
 }
 
@@ -172,18 +180,23 @@ static void s_on_claimed(execution_t *execution, const exec_event_t *ev, void *a
 {
     (void) execution;
     kentry_t *self = arg;
-    if (ev->kind == EXEC_EV_ERROR)
-        klog_warn("kernel %s: applying its cwd and env at the pool's claim failed: %s: %s",
-                  kentry_id(self), ev->ename ? ev->ename : "?", ev->evalue ? ev->evalue : "");
+    if (ev->kind == EXEC_EV_ERROR && self->moving) {
+        self->move_failed = true;
+        klog_warn("kernel %s: applying its cwd and env at the pool's claim failed: %s: %s; "
+                  "it is restarted there", kentry_id(self), ev->ename ? ev->ename : "?",
+                  ev->evalue ? ev->evalue : "");
+    }
     if (ev->kind != EXEC_EV_END) return;
     self->claim = NULL;
-    if (!self->claiming || self->shutting_down) return;
-    self->claiming = false;
-    kernel_state_t st = kernel_state(kentry_kernel(self));
-    if (st == KERNEL_IDLE || st == KERNEL_BUSY) {
-        self->ready = true;
-        s_notify(self, KWAIT_READY);
+    //  Not moving any more: a restart or shutdown took over (and says when it is done).
+    if (!self->moving || self->shutting_down) return;
+    self->moving = false;
+    if (self->move_failed) {
+        //  The runner restarts the process (the move was its gate): ready at its start.
+        self->ready = false;
+        return;
     }
+    if (self->ready) s_notify(self, KWAIT_READY);
 }
 
 int kentry_claim(kentry_t *self, const char *code)
@@ -197,15 +210,18 @@ int kentry_claim(kentry_t *self, const char *code)
         self->cwd = copy;
     }
     if (!code) return KB_OK;
+    //  Silent: no execute_input, no history, no execution count, nothing in the namespace.
     run_opts_t opts;
     memset(&opts, 0, sizeof opts);
     opts.silent = true;
+    opts.gate = true;
     opts.exec.stream_only = true;
     int err = KB_OK;
     self->claim = runner_execute(self->runner, code, &opts, s_on_claimed, self, &err);
     if (!self->claim) return err;
-    self->claiming = true;
-    self->ready = false;
+    //  Ready at once: the runner's FIFO puts the move before any run asked for from now on.
+    self->moving = true;
+    self->move_failed = false;
     return KB_OK;
 }
 

@@ -42,8 +42,12 @@ void kentry_destroy(kentry_t **self_p);
 const char *kentry_id(const kentry_t *self);
 runner_t *kentry_runner(const kentry_t *self);
 kernel_t *kentry_kernel(const kentry_t *self);
-//  True once ready at least once since the last (re)start request.
+//  True once ready at least once since the last (re)start request: runs may be queued
+//  (a warm kernel's move, if any, runs first).
 bool kentry_ready(const kentry_t *self);
+//  Ready, and nothing of kbridge's own queued ahead (a claim's move has run): what goes
+//  to the kernel's sockets without the runner (Jupyter channels) may go.
+bool kentry_settled(const kentry_t *self);
 bool kentry_shutting_down(const kentry_t *self);
 
 //  Wait for the next ready / dead / shutdown transition.
@@ -60,7 +64,10 @@ void kentry_shutdown(kentry_t *self);
 
 //  A warm pool's kernel is taken: its cwd (from the kernel's, already replaced) becomes
 //  the entry's, and code (NULL: none), a silent execution that moves the running process
-//  there, runs first. The entry is not ready until it has (waiters hear KWAIT_READY).
+//  there, is queued first. The entry stays ready (every run asked for later queues behind
+//  the move) but is not settled until the move has run (waiters then hear KWAIT_READY).
+//  If the move fails, the runner restarts the kernel (it starts at the new place) and
+//  what was queued behind it ends with KernelRestarted: no run sees the pool's place.
 //  Returns 0 or a runner_execute error.
 int kentry_claim(kentry_t *self, const char *code);
 

@@ -23,6 +23,7 @@ struct _registry_t {
     kentry_t **pool;  //  warm, unclaimed: listed by nobody, culled never
     size_t npool, pool_cap;
     size_t claimed;  //  warm kernels taken, ever
+    json_t *pooled;  //  kernelspec name -> claims (an integer): the kernelspecs pools keep
     void (*pool_changed)(void *arg);
     void *pool_arg;
     uv_timer_t pool_tell;  //  the hook runs from its own turn, never inside a caller's
@@ -137,6 +138,7 @@ registry_t *registry_new(uv_loop_t *loop, const registry_config_t *config)
     self->scheme = kb_strdup(config->signature_scheme);
     self->default_kernel = kb_strdup(config->default_kernel ? config->default_kernel : "python3");
     self->env = config->env ? json_deep_copy(config->env) : json_object();
+    self->pooled = json_object();
     self->config.autorestart = config->autorestart;
     self->config.max_kernels = config->max_kernels;
     self->config.heartbeat_timeout_ms = config->heartbeat_timeout_ms;
@@ -165,6 +167,7 @@ static void s_free_registry(uv_handle_t *handle)
         free(self->scheme);
         free(self->default_kernel);
         json_decref(self->env);
+        json_decref(self->pooled);
         free(self->live);
         free(self->pool);
         free(self->dead);
@@ -236,6 +239,56 @@ static bool s_same(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+//  R code for the same (IRkernel): setwd, Sys.setenv, Sys.unsetenv, inside local() so that
+//  nothing is left in the global environment. JSON string literals are R string literals
+//  (the runner's per-execution env code relies on the same).
+static char *s_move_code_r(const char *cwd, json_t *set, json_t *unset)
+{
+    char *code = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&code, &size);
+    if (!out) return NULL;
+    bool ok = true;
+    fputs("invisible(local({ ", out);
+    if (cwd) {
+        json_t *lit = json_string(cwd);
+        char *c = lit ? jx_dumps(lit, false, NULL) : NULL;
+        json_decref(lit);
+        ok = ok && c;
+        if (c) fprintf(out, "setwd(%s); ", c);
+        free(c);
+    }
+    const char *key;
+    json_t *value;
+    size_t i = 0;
+    json_object_foreach(set, key, value)
+    {
+        json_t *k = json_string(key);
+        char *kl = k ? jx_dumps(k, false, NULL) : NULL, *vl = jx_dumps(value, false, NULL);
+        json_decref(k);
+        ok = ok && kl && vl;
+        if (kl && vl) fprintf(out, "%s%s = %s", i++ ? ", " : "do.call(Sys.setenv, as.list(c(", kl, vl);
+        free(kl);
+        free(vl);
+    }
+    if (i) fputs("))); ", out);
+    if (json_array_size(unset)) {
+        char *ul = jx_dumps(unset, false, NULL);  //  ["A", "B"]: the brackets become c( )
+        ok = ok && ul;
+        if (ul) {
+            size_t n = strlen(ul);
+            fprintf(out, "Sys.unsetenv(c(%.*s)); ", n >= 2 ? (int) (n - 2) : 0, ul + 1);
+        }
+        free(ul);
+    }
+    fputs("}))", out);
+    if (fclose(out) != 0 || !ok) {
+        free(code);
+        return NULL;
+    }
+    return code;
+}
+
 //  Python code that moves a running kernel from its process's environment and cwd to
 //  those of a fresh start at the new place: what a fresh kernel would show (os.getcwd,
 //  os.environ, IPython's directory history) and nothing more (no names in the user's
@@ -287,6 +340,9 @@ static char *s_move_code(const char *language, const char *cwd, json_t *from, js
         free(c);
         free(sv);
         free(uv);
+    } else if (strcasecmp(language, "r") == 0) {
+        code = s_move_code_r(cwd, set, unset);
+        *ok = code != NULL;
     }
     json_decref(set);
     json_decref(unset);
@@ -337,6 +393,7 @@ static kentry_t *s_claim(registry_t *self, const char *spec_name, const registry
         int rc = ok ? kernel_replace_place(k, place->cwd, place->base_env, merged) : KB_EINVAL;
         json_decref(merged);
         if (rc == KB_OK) rc = kentry_claim(entry, code);
+        if (ok) klog_debug("pool: kernel %s: %s", kentry_id(entry), code ? "moving it (cwd, env)" : "nothing to move");
         free(code);
         if (!ok) {
             klog_debug("pool: kernel %s cannot be moved (language %s)", kentry_id(entry), kernel_language(k));
@@ -379,8 +436,13 @@ kentry_t *registry_start(registry_t *self, const char *spec_name, const registry
     }
     kentry_t *entry = s_claim(self, spec_name, place);
     //  A miss only where a pool is kept (its hook is set) for this kernelspec.
-    if (self->pool_changed && strcmp(spec_name ? spec_name : self->default_kernel, self->default_kernel) == 0)
+    const char *name = spec_name ? spec_name : self->default_kernel;
+    json_t *claims = self->pool_changed ? json_object_get(self->pooled, name) : NULL;
+    if (claims) {
         metrics_pool_take("kernel", entry != NULL);
+        metrics_pool_kernelspec_take(name, entry != NULL);
+        if (entry) json_integer_set(claims, json_integer_value(claims) + 1);
+    }
     if (entry) {
         klog_info("pool: kernel %s claimed (%s, %zu left warm)", kentry_id(entry),
                   kernel_name(kentry_kernel(entry)), self->npool);
@@ -391,6 +453,23 @@ kentry_t *registry_start(registry_t *self, const char *spec_name, const registry
     self->live[self->nlive++] = entry;
     *err = KB_OK;
     return entry;
+}
+
+static void s_on_warmed(execution_t *execution, const exec_event_t *ev, void *arg)
+{
+    (void) execution;
+    (void) arg;
+    if (ev->kind == EXEC_EV_ERROR)
+        klog_warn("pool: a warm kernel's first execution failed: %s: %s", ev->ename ? ev->ename : "?",
+                  ev->evalue ? ev->evalue : "");
+}
+
+//  A no-op in the language, or NULL: none known.
+static const char *s_noop_code(const char *language)
+{
+    if (strcasecmp(language, "python") == 0) return "None";
+    if (strcasecmp(language, "r") == 0) return "invisible(NULL)";
+    return NULL;
 }
 
 kentry_t *registry_prestart(registry_t *self, const char *kernel_name, const registry_place_t *place,
@@ -408,6 +487,17 @@ kentry_t *registry_prestart(registry_t *self, const char *kernel_name, const reg
     }
     kentry_t *entry = s_spawn(self, kernel_name, place, err);
     if (!entry) return NULL;
+    //  A kernel's first execution pays one-time costs (IPython's: ~20 ms, half the first
+    //  cell on a loaded machine) that would fall on the claimer's first cell: paid here,
+    //  silent (no history, no execution count, no names), before it counts as ready.
+    const char *noop = s_noop_code(kernel_language(kentry_kernel(entry)));
+    if (noop) {
+        run_opts_t opts;
+        memset(&opts, 0, sizeof opts);
+        opts.silent = true;
+        opts.exec.stream_only = true;
+        runner_execute(kentry_runner(entry), noop, &opts, s_on_warmed, NULL, NULL);
+    }
     self->pool[self->npool++] = entry;
     *err = KB_OK;
     return entry;
@@ -424,7 +514,7 @@ size_t registry_pooled(const registry_t *self, const sbx_t *sbx, const char *spe
         if ((sbx && kernel_sbx(k) != sbx) || kentry_shutting_down(e) || strcmp(kernel_name(k), name) != 0)
             continue;
         n++;
-        if (kentry_ready(e)) r++;
+        if (kentry_ready(e) && !runner_pending(kentry_runner(e))) r++;
     }
     if (ready) *ready = r;
     return n;
@@ -459,6 +549,18 @@ bool registry_working(const registry_t *self)
 size_t registry_pool_claims(const registry_t *self)
 {
     return self->claimed;
+}
+
+size_t registry_pool_claims_of(const registry_t *self, const char *kernel_name)
+{
+    return (size_t) json_integer_value(json_object_get(self->pooled, kernel_name ? kernel_name : self->default_kernel));
+}
+
+int registry_pool_keeps(registry_t *self, const char *kernel_name)
+{
+    const char *name = kernel_name ? kernel_name : self->default_kernel;
+    if (json_object_get(self->pooled, name)) return KB_OK;
+    return json_object_set_new(self->pooled, name, json_integer(0)) == 0 ? KB_OK : KB_ENOMEM;
 }
 
 void registry_set_pool_hook(registry_t *self, void (*changed)(void *arg), void *arg)

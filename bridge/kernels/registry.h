@@ -64,8 +64,12 @@ size_t registry_pooled(const registry_t *self, const sbx_t *sbx, const char *ker
 //  Whether a kernel someone uses is starting, restarting, busy or has runs queued: what
 //  a warm start would compete with.
 bool registry_working(const registry_t *self);
-//  Warm kernels claimed since the start.
+//  Warm kernels claimed since the start: all (kernel_name NULL), or of one kernelspec.
 size_t registry_pool_claims(const registry_t *self);
+size_t registry_pool_claims_of(const registry_t *self, const char *kernel_name);
+//  A pool keeps warm kernels of kernel_name (the pool says so at its start): a start of
+//  it that finds none fit counts as a miss in the pool's metrics.
+int registry_pool_keeps(registry_t *self, const char *kernel_name);
 //  Shut down warm kernels that are dead for good.
 void registry_pool_prune(registry_t *self);
 //  changed runs, from a later loop turn, when a warm kernel was claimed or went away.

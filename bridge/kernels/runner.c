@@ -40,6 +40,7 @@ struct _run_t {
     void *arg;
     execution_t *exec;
     bool helper;
+    bool gate, failed;  //  see run_opts_t.gate; failed: it had an error event
     uint64_t submitted_ms;  //  for the execution latency metric
     const char *outcome;    //  metrics_outcome of its error; NULL: none so far
 };
@@ -67,6 +68,7 @@ struct _runner_t {
     uint64_t active_at;  //  uv_now of the last activity
     bool destroyed;
     bool shutdown_notified;
+    bool restart_due;  //  a gate failed: the kick restarts the kernel, nothing is sent before
 };
 
 static void s_free_run(run_t *run)
@@ -117,6 +119,7 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
 {
     run_t *run = arg;
     execution_fn *fn = run->on_event;
+    if (ev->kind == EXEC_EV_ERROR) run->failed = true;
     if (ev->kind == EXEC_EV_END) run->on_event = NULL;
     if (fn) {
         s_count_event(run, ev);
@@ -125,6 +128,7 @@ static void s_on_exec_event(execution_t *exec, const exec_event_t *ev, void *arg
 }
 
 static void s_dispatch(runner_t *self);
+static void s_on_kick(uv_timer_t *timer);
 
 static void s_complete_current(runner_t *self)
 {
@@ -134,7 +138,15 @@ static void s_complete_current(runner_t *self)
     self->draining = false;
     uv_timer_stop(&self->timer);
     uv_timer_stop(&self->grace);
+    bool gate_failed = run->gate && run->failed;
     s_free_run(run);
+    if (gate_failed) {
+        //  Restarted from the kick, not here: this is inside the kernel's own message
+        //  callback, and the queued runs' requesters are called back by the restart.
+        self->restart_due = true;
+        uv_timer_start(&self->kick, s_on_kick, 0, 0);
+        return;
+    }
     s_dispatch(self);
 }
 
@@ -226,6 +238,7 @@ static void s_fail_queued(runner_t *self, const char *name, const char *value)
 
 static void s_dispatch(runner_t *self)
 {
+    if (self->restart_due) return;
     if (kernel_heartbeat_expired(self->kernel) && !self->destroyed) {
         char value[200];
         s_unresponsive_error(self, value, sizeof value);
@@ -401,7 +414,18 @@ static void s_runner_closed(uv_handle_t *handle)
 
 static void s_on_kick(uv_timer_t *timer)
 {
-    s_dispatch(timer->data);
+    runner_t *self = timer->data;
+    if (self->restart_due && !self->destroyed) {
+        self->restart_due = false;
+        klog_warn("kernel %.8s: a run the queue depended on failed; restarting the kernel",
+                  kernel_id(self->kernel));
+        s_fail_all(self, "KernelRestarted",
+                   "The kernel could not be moved to its working directory and environment "
+                   "(warm pool); it is restarted there, and this run did not start");
+        kernel_restart(self->kernel);  //  KB_ECLOSED: shutting down, which ends it too
+        return;
+    }
+    s_dispatch(self);
 }
 
 void runner_destroy(runner_t **self_p)
@@ -556,6 +580,7 @@ run_t *runner_execute(runner_t *self, const char *code, const run_opts_t *opts,
         return NULL;
     }
     run->timeout_ms = opts->timeout_ms;
+    run->gate = opts->gate;
     run->exec_opts = opts->exec;
     run->on_event = on_event;
     run->arg = arg;
@@ -591,6 +616,7 @@ int runner_interrupt(runner_t *self)
 
 int runner_restart(runner_t *self)
 {
+    self->restart_due = false;  //  this restart is the one it was waiting for
     s_fail_all(self, "KernelRestarted", "The kernel was restarted");
     return kernel_restart(self->kernel);
 }

@@ -27,6 +27,11 @@ typedef struct {
     json_t *env_vars;       //  per-execution environment (object of strings); borrowed
     uint64_t timeout_ms;    //  0: none
     bool silent;            //  no execute_input, no history (helpers)
+    //  What is queued behind it depends on it (a warm pool's move of the kernel to its
+    //  cwd and env): if it ends with an error, nothing queued runs in the wrong place:
+    //  every queued run ends with KernelRestarted and the kernel is restarted (a new
+    //  process starts where kernel_replace_place put it).
+    bool gate;
     execution_opts_t exec;  //  result conventions and retained-output limit
 } run_opts_t;
 

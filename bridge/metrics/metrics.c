@@ -216,6 +216,44 @@ void metrics_pool_take(const char *kind, bool hit)
     metrics_add(MX_POOL_TAKES, label, 1);
 }
 
+#define MAX_POOL_SPECS 16
+
+static struct {
+    char name[64];
+    double ready, target, hits, misses;
+} s_specs[MAX_POOL_SPECS];
+
+static int s_spec_slot(const char *name)
+{
+    if (!name || !*name || strlen(name) >= sizeof s_specs[0].name ||
+        strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(name))
+        return -1;
+    for (int i = 0; i < MAX_POOL_SPECS; i++) {
+        if (strcmp(s_specs[i].name, name) == 0) return i;
+        if (!s_specs[i].name[0]) {
+            snprintf(s_specs[i].name, sizeof s_specs[i].name, "%s", name);
+            return i;
+        }
+    }
+    return -1;
+}
+
+void metrics_pool_kernelspec_set(const char *kernelspec, size_t ready, size_t target)
+{
+    int i = s_spec_slot(kernelspec);
+    if (i < 0) return;
+    s_specs[i].ready = (double) ready;
+    s_specs[i].target = (double) target;
+}
+
+void metrics_pool_kernelspec_take(const char *kernelspec, bool hit)
+{
+    int i = s_spec_slot(kernelspec);
+    if (i < 0) return;
+    if (hit) s_specs[i].hits++;
+    else s_specs[i].misses++;
+}
+
 #define MAX_COLLECTORS 8
 
 static struct {
@@ -252,6 +290,7 @@ void metrics_clear(void)
     memset(s_http, 0, sizeof s_http);
     memset(&s_exec, 0, sizeof s_exec);
     memset(s_executions, 0, sizeof s_executions);
+    memset(s_specs, 0, sizeof s_specs);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -295,6 +334,18 @@ char *metrics_render(size_t *len)
         for (size_t i = 0; i < f->nvalues; i++)
             fprintf(out, "%s{%s=\"%s\"} %.15g\n", f->name, f->label, f->values[i], s_values[m][i]);
     }
+    s_head(out, "kbridge_pool_kernelspec_ready", "gauge", "Warm kernels of each pooled kernelspec waiting to be taken");
+    for (int i = 0; i < MAX_POOL_SPECS && s_specs[i].name[0]; i++)
+        fprintf(out, "kbridge_pool_kernelspec_ready{kernelspec=\"%s\"} %.15g\n", s_specs[i].name, s_specs[i].ready);
+    s_head(out, "kbridge_pool_kernelspec_target", "gauge", "Warm kernels each pooled kernelspec keeps (--pool-kernels)");
+    for (int i = 0; i < MAX_POOL_SPECS && s_specs[i].name[0]; i++)
+        fprintf(out, "kbridge_pool_kernelspec_target{kernelspec=\"%s\"} %.15g\n", s_specs[i].name, s_specs[i].target);
+    s_head(out, "kbridge_pool_kernelspec_takes_total", "counter",
+           "Kernel starts of each pooled kernelspec: served from its pool (hit) or started cold (miss)");
+    for (int i = 0; i < MAX_POOL_SPECS && s_specs[i].name[0]; i++)
+        fprintf(out, "kbridge_pool_kernelspec_takes_total{kernelspec=\"%s\",result=\"hit\"} %.15g\n"
+                     "kbridge_pool_kernelspec_takes_total{kernelspec=\"%s\",result=\"miss\"} %.15g\n",
+                s_specs[i].name, s_specs[i].hits, s_specs[i].name, s_specs[i].misses);
     s_head(out, "kbridge_executions_total", "counter",
            "Executions ended for their requester, by outcome");
     for (size_t i = 0; i < N(s_outcomes); i++)

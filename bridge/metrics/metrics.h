@@ -69,6 +69,12 @@ const char *metrics_status_code(int status);
 //  was served from the pool (hit) or had to start one cold (miss).
 void metrics_pool_set(const char *kind, size_t ready, size_t target);
 void metrics_pool_take(const char *kind, bool hit);
+//  The same for one kernelspec's warm kernels (--pool-kernels NAME=N), in
+//  kbridge_pool_kernelspec_ready / _target / _takes_total{kernelspec}. Kernelspecs come
+//  from the operator's list, not from clients; still at most 16 are kept (the first
+//  reported), and a name outside [A-Za-z0-9._-] is not.
+void metrics_pool_kernelspec_set(const char *kernelspec, size_t ready, size_t target);
+void metrics_pool_kernelspec_take(const char *kernelspec, bool hit);
 
 //  Gauges counted at scrape time by the module that knows them: fn(arg) runs before each
 //  exposition and sets its gauges. At most 8; unregister (by arg) before arg goes.

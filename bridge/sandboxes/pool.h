@@ -1,7 +1,7 @@
 /*  pool - warm kernels and sandboxes, started ahead of the requests that take them.
 
-    Two pools, both filled in the background: kernels of the default kernelspec in the
-    default sandbox (--pool-kernels), and sandboxes of each template with a kernel of the
+    Two pools, both filled in the background: kernels of the default kernelspec, and of
+    any other kernelspec asked for, in the default sandbox (--pool-kernels), and sandboxes of each template with a kernel of the
     default kernelspec already started in them (--pool-sandboxes). A warm entry is nobody's:
     no API lists it, no client's limit counts it, nothing culls it or ends it on a timer.
     Taken, it becomes what a fresh start would have made (the registry moves a kernel's cwd
@@ -30,6 +30,9 @@ pool_t *pool_new(sandboxes_t *table, size_t kernels, size_t sandboxes);
 //  Stop the warm sandboxes (removing their directories) and free. Nullifies *self_p.
 void pool_destroy(pool_t **self_p);
 
+//  Keep n warm kernels of kernelspec (NULL: the default; given twice, the last n counts)
+//  in the default sandbox, refilled after the default kernelspec's. Returns 0 or KB_ENOMEM.
+int pool_add_kernels(pool_t *self, const char *kernelspec, size_t n);
 //  A template to keep sandboxes of, by the name warm ones carry until taken (copied).
 int pool_add_template(pool_t *self, const char *name, const template_t *tmpl);
 //  Fill from the next loop turn on.
@@ -43,7 +46,10 @@ sandbox_t *pool_take(pool_t *self, const template_t *tmpl);
 //  A warm sandbox ended (its agent went away): forget it.
 void pool_forget(pool_t *self, sandbox_t *sb);
 
-//  {"kernels": {"kernelspec", "target", "warm", "ready", "claimed"}, "sandboxes":
+//  {"kernels": {"kernelspec", "target", "warm", "ready", "claimed"} (the default
+//  kernelspec; claimed: every warm kernel taken, the sandboxes' too), "kernelspecs":
+//  {name: {"target", "warm", "ready", "claimed"}} (the default sandbox's pools; claimed:
+//  that kernelspec's warm kernels taken anywhere), "sandboxes":
 //  {"target", "templates": {name: {"warm", "ready"}}, "claimed"}, "refilling"}.
 //  Caller owns return value.
 json_t *pool_status(const pool_t *self);

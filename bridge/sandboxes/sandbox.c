@@ -743,13 +743,13 @@ kentry_t *sandbox_start_kernel(sandbox_t *self, const char *kernel_name, const c
     return entry;
 }
 
-kentry_t *sandbox__prestart_kernel(sandbox_t *self, int *err)
+kentry_t *sandbox__prestart_kernel(sandbox_t *self, const char *kernel_name, int *err)
 {
     registry_place_t place;
     json_t *merged = NULL, *base = NULL;
     *err = s_kernel_place(self, NULL, NULL, &place, &merged, &base);
     if (*err) return NULL;
-    kentry_t *entry = registry_prestart(sandboxes_registry(self->table), NULL, &place, err);
+    kentry_t *entry = registry_prestart(sandboxes_registry(self->table), kernel_name, &place, err);
     json_decref(merged);
     json_decref(base);
     return entry;

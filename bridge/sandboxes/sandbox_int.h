@@ -73,8 +73,9 @@ void sandbox__stop(sandbox_t *self);
 int64_t sandbox__wall_ms(void);
 //  Save its settings again (in the background).
 void sandbox__save(sandbox_t *self);
-//  Start a warm kernel of the default kernelspec in it, at its defaults (registry_prestart).
-kentry_t *sandbox__prestart_kernel(sandbox_t *self, int *err);
+//  Start a warm kernel of kernel_name (NULL: the default kernelspec) in it, at its
+//  defaults (registry_prestart).
+kentry_t *sandbox__prestart_kernel(sandbox_t *self, const char *kernel_name, int *err);
 //  Forget a sandbox that never started (nothing runs, its directory stays). Frees it later.
 void sandbox__discard(sandbox_t *self);
 

@@ -403,6 +403,16 @@ sandboxes_t *sandboxes_new(uv_loop_t *loop, const sandboxes_config_t *config, re
         sandboxes_destroy(&self);
         return NULL;
     }
+    const char *spec;
+    json_t *count;
+    json_object_foreach(config->pool_kernelspecs, spec, count)
+    {
+        if (pool_add_kernels(self->pool, spec, (size_t) json_integer_value(count)) != KB_OK) {
+            snprintf(why, size, "out of memory");
+            sandboxes_destroy(&self);
+            return NULL;
+        }
+    }
     for (size_t i = 0; i < self->ntemplates; i++)
         if (pool_add_template(self->pool, self->templates[i].name, self->templates[i].ref)) {
             snprintf(why, size, "out of memory");

@@ -70,6 +70,9 @@ typedef struct {
     //  a kernel of the default kernelspec started (0: none).
     size_t pool_kernels;
     size_t pool_sandboxes;
+    //  Warm kernels of other kernelspecs in the default sandbox: name -> count (borrowed;
+    //  NULL: none). The default kernelspec's count here, if any, replaces pool_kernels.
+    json_t *pool_kernelspecs;
 } sandboxes_config_t;
 
 //  The cgroup parent of the kbridge keeping its sandboxes in state_dir: "kbridge/" and a

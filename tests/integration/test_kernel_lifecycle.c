@@ -404,6 +404,34 @@ static void test_restart_clears_state(void **state)
     assert_int_equal(json_integer_value(json_object_get(ex, "execution_count")), 1);
 }
 
+//  A gate (a warm pool's move to its cwd and env) that fails: what was queued behind it
+//  never runs in that process; it ends with KernelRestarted, and the kernel restarts.
+static void test_failed_gate_restarts_and_fails_what_waits(void **state)
+{
+    ctx_t *c = *state;
+    s_start(c, "python3", NULL);
+    s_exec(c, "marker = 1", NULL, 10000);
+    int pid = kernel_pid(runner_kernel(c->runner));
+    run_opts_t gate;
+    memset(&gate, 0, sizeof gate);
+    gate.silent = true;
+    gate.gate = true;
+    int err, want = c->finished + 2;
+    assert_non_null(runner_execute(c->runner, "raise ValueError('the move failed')", &gate, s_on_exec, c, &err));
+    assert_non_null(runner_execute(c->runner, "marker", NULL, s_on_exec, c, &err));
+    assert_true(s_wait(c, &c->finished, want, 10000));
+    assert_string_equal(s_error_name(c->last), "KernelRestarted");
+    assert_true(s_wait(c, &c->ready, 2, 30000));
+    assert_int_not_equal(kernel_pid(runner_kernel(c->runner)), pid);
+    json_t *ex = s_exec(c, "'marker' in globals()", NULL, 10000);
+    assert_string_equal(s_main_text(ex), "False");
+    assert_int_equal(json_integer_value(json_object_get(ex, "execution_count")), 1);
+    //  A gate that succeeds changes nothing for what follows.
+    s_exec(c, "y = 2", &gate, 10000);
+    assert_true(json_is_null(json_object_get(c->last, "error")));
+    assert_string_equal(s_main_text(s_exec(c, "y", NULL, 10000)), "2");
+}
+
 static void test_autorestart_after_crash(void **state)
 {
     ctx_t *c = *state;
@@ -767,6 +795,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeout_interrupts_and_next_run_is_clean, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sigkill_mid_cell_then_restart, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_restart_clears_state, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_gate_restarts_and_fails_what_waits, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_autorestart_after_crash, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_env_vars_per_execution, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_message_mode_interrupt, s_setup, s_teardown),

@@ -6,9 +6,10 @@ never given to two requesters. Unclaimed entries are nobody's: no API lists them
 they are gone at shutdown (KBridge.stop checks the runtime and state directories)."""
 import json
 import os
+import subprocess
 import time
 
-from conftest import wait_until
+from conftest import kbridge_bin, wait_until
 from kbharness import KBridge, NativeClient, run
 from test_metrics import scrape as metrics_scrape, value as metrics_value
 
@@ -227,3 +228,155 @@ def test_warm_entries_leave_nothing_at_shutdown(tmp_path):
         if root.count("/") > 6:
             dirs[:] = []
     assert "pool: kernel" in srv.logs() and "warm in the pool" in srv.logs()
+
+
+def test_first_cells_after_a_claim_see_the_move(tmp_path):
+    """A claimed kernel is ready at once; its move to the asked cwd and env runs first on
+    its queue, so the first cell of every API sees them, as execution 1. An interrupt
+    racing the move may fail it: then the kernel is restarted there and what waited
+    fails with KernelRestarted, never runs where the pool left it."""
+    from jws import Channels
+    from test_e2b import raw_post
+    work = tmp_path / "work"
+    work.mkdir()
+    srv = KBridge(tmp_path, "--max-kernels", "16", pools=True)
+    try:
+        async def native():
+            c = await NativeClient.connect(srv, sandbox_id="default")
+            outcomes = []
+            for i in range(4):
+                pool_ready(srv, sandboxes=0)
+                before = status(srv)["pool"]["kernels"]["claimed"]
+                r = await c.request(op="start_kernel", cwd=str(work), env_vars={"KB_FIRST": str(i)})
+                assert r["type"] == "kernel", r
+                assert status(srv)["pool"]["kernels"]["claimed"] == before + 1
+                kid = r["kernel"]["kernel_id"]
+                if i % 2:  # races the move: it may or may not land in it
+                    r = await c.request(op="interrupt_kernel", kernel_id=kid)
+                    assert r["type"] == "ok", r
+                _, end = await c.execute("import os; (os.getcwd(), os.environ.get('KB_FIRST'))", kernel_id=kid)
+                ex = end["execution"]
+                if ex["error"] is not None:
+                    assert i % 2 and ex["error"]["name"] == "KernelRestarted", ex["error"]
+                    outcomes.append("restarted")
+                    _, end = await c.execute("import os; (os.getcwd(), os.environ.get('KB_FIRST'))",
+                                             kernel_id=kid)
+                    ex = end["execution"]
+                    assert ex["error"] is None, ex["error"]
+                else:
+                    outcomes.append("moved")
+                assert eval(main_text(ex)) == (str(work), str(i))
+                assert ex["execution_count"] == 1
+                await c.request(op="shutdown_kernel", kernel_id=kid)
+            await c.close()
+            return outcomes
+
+        print("native, interrupts racing the move:", run(native()))
+
+        # Jupyter: the channels' own sockets bypass the run queue; a client's first
+        # execute_request waits for the move (a session's kernel gets JPY_SESSION_NAME).
+        pool_ready(srv, sandboxes=0)
+        before = status(srv)["pool"]["kernels"]["claimed"]
+        st, _, s = srv.api("POST", "/api/sessions", {"path": "first.ipynb", "name": "first.ipynb",
+                                                     "type": "notebook", "kernel": {"name": "python3"}})
+        assert st == 201, s
+        assert status(srv)["pool"]["kernels"]["claimed"] == before + 1
+
+        async def jupyter():
+            ch = await Channels.connect(srv, s["kernel"]["id"])
+            reply, iopub = await ch.execute("import os; os.environ.get('JPY_SESSION_NAME')")
+            assert reply["content"]["status"] == "ok", reply["content"]
+            assert reply["content"]["execution_count"] == 1
+            res = [m for m in iopub if m["header"]["msg_type"] == "execute_result"]
+            assert res and res[0]["content"]["data"]["text/plain"] == "'first.ipynb'"
+            await ch.close()
+        run(jupyter())
+        assert srv.api("DELETE", f"/api/sessions/{s['id']}")[0] == 204
+
+        # E2B: a sandbox from the pool with envVars; /execute's default context is its
+        # warm kernel, moved to them.
+        pool_ready(srv)
+        st, _, sb = srv.api("POST", "/sandboxes", {"envVars": {"SBX_FIRST": "yes"}, "timeout": 120})
+        assert st == 201, sb
+        kbefore = status(srv)["pool"]["kernels"]["claimed"]
+        r = raw_post(srv, "/execute", json.dumps({"code": "import os; os.environ.get('SBX_FIRST')"}),
+                     headers={"E2b-Sandbox-Id": sb["sandboxID"], "E2b-Sandbox-Port": "49999"})
+        assert r.status == 200, r.body
+        lines = r.lines()
+        assert [l for l in lines if l["type"] == "error"] == [], lines
+        result = [l for l in lines if l["type"] == "result"]
+        assert result and result[0]["text"] == "yes", lines
+        counts = [l for l in lines if l["type"] == "number_of_executions"]
+        assert counts and counts[0]["execution_count"] == 1, lines
+        assert status(srv)["pool"]["kernels"]["claimed"] == kbefore + 1
+        srv.api("DELETE", f"/sandboxes/{sb['sandboxID']}")
+    finally:
+        srv.stop()
+
+
+def test_pools_per_kernelspec(tmp_path):
+    """--pool-kernels N,NAME=N: an R kernel (ir) is kept warm beside the default one, and
+    a start of it takes it, moved to the asked cwd and env by R code (setwd, Sys.setenv)."""
+    work = tmp_path / "r work"
+    work.mkdir()
+    srv = KBridge(tmp_path, "--pool-kernels", "1,ir=1", "--pool-sandboxes", "0", pools=True)
+    try:
+        def specs_ready():
+            k = status(srv)["pool"]["kernelspecs"]
+            return k["python3"]["ready"] >= 1 and k["ir"]["ready"] >= 1
+        wait_until(specs_ready, timeout=120, message="the python3 and ir pools to fill")
+        p = status(srv)["pool"]
+        assert p["kernels"]["kernelspec"] == "python3" and p["kernels"]["target"] == 1
+        assert p["kernelspecs"]["ir"]["target"] == 1 and p["kernelspecs"]["ir"]["claimed"] == 0
+        assert p["kernelspecs"]["python3"]["target"] == 1
+        fams = metrics_scrape(srv)
+        assert metrics_value(fams, "kbridge_pool_kernelspec_ready", kernelspec="ir") == 1
+        assert metrics_value(fams, "kbridge_pool_kernelspec_target", kernelspec="ir") == 1
+        assert metrics_value(fams, "kbridge_pool_kernelspec_target", kernelspec="python3") == 1
+        assert metrics_value(fams, "kbridge_pool_target", kind="kernel") == 2
+
+        async def go():
+            c = await NativeClient.connect(srv, sandbox_id="default")
+            # Nothing to move.
+            r = await c.request(op="start_kernel", kernel_name="ir")
+            assert r["type"] == "kernel", r
+            assert r["kernel"]["kernel_name"] == "ir" and r["kernel"]["language"] == "R"
+            warm = r["kernel"]["kernel_id"]
+            assert status(srv)["pool"]["kernelspecs"]["ir"]["claimed"] == 1
+            assert status(srv)["pool"]["kernelspecs"]["python3"]["claimed"] == 0
+            _, end = await c.execute("Sys.getenv('KB_R_VAR', 'unset')", kernel_id=warm)
+            ex = end["execution"]
+            assert ex["error"] is None and ex["execution_count"] == 1, ex
+            # IRkernel shows values as display_data (no main result).
+            assert ex["results"] and "unset" in ex["results"][0]["text"], ex
+            # A cwd and an environment to apply: the next warm one, moved.
+            wait_until(lambda: status(srv)["pool"]["kernelspecs"]["ir"]["ready"] >= 1, timeout=120,
+                       message="the ir pool to refill")
+            env = {"KB_R_VAR": 'a "quoted" value'}
+            r = await c.request(op="start_kernel", kernel_name="ir", cwd=str(work), env_vars=env)
+            assert r["type"] == "kernel", r
+            moved = r["kernel"]["kernel_id"]
+            assert moved != warm and status(srv)["pool"]["kernelspecs"]["ir"]["claimed"] == 2
+            _, end = await c.execute("cat(getwd(), Sys.getenv('KB_R_VAR'), length(ls()), sep = '|')", kernel_id=moved)
+            ex = end["execution"]
+            assert ex["error"] is None and ex["execution_count"] == 1, ex
+            assert "".join(ex["logs"]["stdout"]) == f"{work}|{env['KB_R_VAR']}|0", ex
+            await c.close()
+
+        run(go())
+        fams = metrics_scrape(srv)
+        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="hit") == 2
+        assert metrics_value(fams, "kbridge_pool_kernelspec_takes_total", kernelspec="ir", result="miss") == 0
+        assert "pool: keeping 2 warm kernel(s) (python3=1, ir=1)" in srv.logs()
+    finally:
+        srv.stop()
+
+
+def test_pool_kernels_bad_values(tmp_path):
+    for arg, why in [("x", "is not N or NAME=N"), ("nope=1", "no kernelspec named 'nope'"),
+                     ("1,python3=2", "'python3' is given twice"), ("ir=65", "from 0 to 64"),
+                     ("1,,ir=1", "comma-separated")]:
+        out = subprocess.run([kbridge_bin(), "serve", "--port", "0", "--pool-kernels", arg],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2, (arg, out.returncode, out.stderr)
+        assert why in out.stderr, (arg, out.stderr)

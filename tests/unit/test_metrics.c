@@ -58,6 +58,43 @@ static void test_labels_are_bounded(void **state)
     free(after);
 }
 
+//  Per kernelspec: series for the operator's names only, at most 16, never a name that
+//  would need escaping.
+static void test_pool_kernelspecs(void **state)
+{
+    (void) state;
+    metrics_clear();
+    metrics_pool_kernelspec_set("python3", 1, 2);
+    metrics_pool_kernelspec_set("ir", 0, 1);
+    metrics_pool_kernelspec_take("ir", true);
+    metrics_pool_kernelspec_take("ir", false);
+    metrics_pool_kernelspec_take("ir", true);
+    metrics_pool_kernelspec_set("bad\"name", 1, 1);
+    metrics_pool_kernelspec_set("", 1, 1);
+    metrics_pool_kernelspec_take(NULL, true);
+    char name[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(name, sizeof name, "spec%d", i);
+        metrics_pool_kernelspec_set(name, 0, 1);
+    }
+    char *text = metrics_render(NULL);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "kbridge_pool_kernelspec_ready{kernelspec=\"python3\"} 1\n"));
+    assert_non_null(strstr(text, "kbridge_pool_kernelspec_target{kernelspec=\"python3\"} 2\n"));
+    assert_non_null(strstr(text, "kbridge_pool_kernelspec_target{kernelspec=\"ir\"} 1\n"));
+    assert_non_null(strstr(text, "kbridge_pool_kernelspec_takes_total{kernelspec=\"ir\",result=\"hit\"} 2\n"));
+    assert_non_null(strstr(text, "kbridge_pool_kernelspec_takes_total{kernelspec=\"ir\",result=\"miss\"} 1\n"));
+    assert_null(strstr(text, "bad\"name"));
+    assert_null(strstr(text, "kernelspec=\"\""));
+    assert_non_null(strstr(text, "kernelspec=\"spec13\""));  //  the 16th
+    assert_null(strstr(text, "kernelspec=\"spec14\""));
+    free(text);
+    metrics_clear();
+    text = metrics_render(NULL);
+    assert_null(strstr(text, "kernelspec=\"ir\""));
+    free(text);
+}
+
 static void test_histograms(void **state)
 {
     (void) state;
@@ -148,6 +185,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_labels_are_bounded),
+        cmocka_unit_test(test_pool_kernelspecs),
         cmocka_unit_test(test_histograms),
         cmocka_unit_test(test_outcomes_and_codes),
         cmocka_unit_test(test_collectors),
