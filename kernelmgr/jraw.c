@@ -113,6 +113,47 @@ int jraw_member(jraw_t obj, const char *key, jraw_t *value)
     return rc < 0 ? KB_EPROTO : KB_ENOTFOUND;
 }
 
+int jraw_member_last(jraw_t obj, const char *key, jraw_t *value)
+{
+    size_t pos = 0;
+    jraw_t k, v;
+    int rc;
+    bool found = false;
+    while ((rc = jraw_next(obj, &pos, &k, &v)) == 1)
+        if (jraw_key_is(k, key)) {
+            *value = v;
+            found = true;
+        }
+    if (rc < 0) return KB_EPROTO;
+    if (s_ws(obj.p + pos, obj.p + obj.len) != obj.p + obj.len) return KB_EPROTO;
+    return found ? KB_OK : KB_ENOTFOUND;
+}
+
+bool jraw_string_is(jraw_t v, const char *s)
+{
+    //  s_skip_value delimits a token that starts with a quote at its closing quote.
+    return v.len >= 2 && v.p[0] == '"' && v.p[v.len - 1] == '"' && jraw_key_is(v, s);
+}
+
+int jraw_int(jraw_t v, int64_t *out)
+{
+    const char *p = v.p, *end = v.p + v.len;
+    bool neg = p < end && *p == '-';
+    if (neg) p++;
+    if (p >= end || *p < '0' || *p > '9' || (*p == '0' && end - p > 1)) return KB_EPROTO;
+    //  Accumulated as a negative number so INT64_MIN fits.
+    int64_t n = 0;
+    for (; p < end; p++) {
+        if (*p < '0' || *p > '9') return KB_EPROTO;
+        int d = *p - '0';
+        if (n < (INT64_MIN + d) / 10) return KB_EPROTO;
+        n = n * 10 - d;
+    }
+    if (!neg && n == INT64_MIN) return KB_EPROTO;
+    *out = neg ? n : -n;
+    return KB_OK;
+}
+
 static int s_hexval(char c)
 {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10

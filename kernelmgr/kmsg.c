@@ -221,17 +221,24 @@ static int s_take_str(kmsg_t *self, jraw_t v, const char **out)
 static int s_scan(kmsg_t *self, int part, const char *const *keys, const char **fields, int nkeys)
 {
     jraw_t obj = {self->raw[part], self->raw_len[part]}, key, value;
-    size_t pos = 0;
+    size_t pos = 0, lens[8];
     int rc;
-    while ((rc = jraw_next(obj, &pos, &key, &value)) == 1)
+    for (int i = 0; i < nkeys; i++) lens[i] = strlen(keys[i]);
+    while ((rc = jraw_next(obj, &pos, &key, &value)) == 1) {
+        //  Plain keys (all of them in practice) are compared by length and bytes; only a
+        //  key with an escape goes through jraw_key_is's decode.
+        bool escaped = memchr(key.p + 1, '\\', key.len - 2) != NULL;
         for (int i = 0; i < nkeys; i++)
-            if (jraw_key_is(key, keys[i])) {
+            if (escaped ? jraw_key_is(key, keys[i])
+                        : key.len == lens[i] + 2 && memcmp(key.p + 1, keys[i], lens[i]) == 0) {
                 //  A field that is not a string reads as absent, as with jx_get_str.
                 fields[i] = NULL;
-                if (jraw_kind(value) != '"') continue;
+                if (jraw_kind(value) != '"') break;
                 int taken = s_take_str(self, value, &fields[i]);
                 if (taken != KB_OK) return taken;
+                break;  //  the wanted keys are distinct
             }
+    }
     if (rc < 0) return KB_EPROTO;
     for (size_t i = pos; i < obj.len; i++)
         if (obj.p[i] != ' ' && obj.p[i] != '\t' && obj.p[i] != '\r' && obj.p[i] != '\n')
@@ -483,6 +490,14 @@ const char *kmsg_raw(kmsg_t *self, kmsg_part_t part, size_t *len)
     if (s_serialize(self, part)) return NULL;
     if (len) *len = self->raw_len[part];
     return self->raw[part];
+}
+
+int kmsg_content_member(kmsg_t *self, const char *key, jraw_t *value)
+{
+    jraw_t content;
+    content.p = kmsg_raw(self, KMSG_CONTENT, &content.len);
+    if (!content.p) return KB_EPROTO;
+    return jraw_member_last(content, key, value);
 }
 
 size_t kmsg_buffer_count(const kmsg_t *self)

@@ -1,6 +1,7 @@
 /*  execution - one execute_request's iopub/shell traffic as an Execution object. */
 #include "execution.h"
 #include "../../base/jx.h"
+#include "../../base/kberr.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -464,26 +465,31 @@ void execution_on_message(execution_t *self, kchan_type_t channel, kmsg_t *msg)
     const char *type = kmsg_type(msg);
     if (!type) return;
     if (channel == KCH_SHELL && strcmp(type, "execute_reply") == 0) {
-        json_t *content = kmsg_content(msg);
-        if (!json_is_object(content)) return;
+        //  Status and count are read from the raw content (no jansson parse per cell); an
+        //  error reply, rare, is parsed for its fields.
+        jraw_t status, value;
+        int rc = kmsg_content_member(msg, "status", &status);
+        if (rc == KB_EPROTO) return;
+        if (rc != KB_OK) status.len = 0;  //  absent: "ok"
         self->got_reply = true;
-        const char *status = "ok";
-        jx_get_str(content, "status", &status, true);
         int64_t count = -1;
-        if (jx_get_int(content, "execution_count", &count, true) == 0 && count >= 0 &&
-            self->execution_count < 0)
+        if (kmsg_content_member(msg, "execution_count", &value) == KB_OK &&
+            jraw_int(value, &count) == KB_OK && count >= 0 && self->execution_count < 0)
             self->execution_count = count;
-        if (!self->done && strcmp(status, "error") == 0 && !self->error)
-            s_error_from(self, content);
-        else if (!self->done && strcmp(status, "aborted") == 0)
+        if (!self->done && jraw_string_is(status, "error") && !self->error) {
+            json_t *content = kmsg_content(msg);
+            if (json_is_object(content)) s_error_from(self, content);
+        } else if (!self->done && jraw_string_is(status, "aborted")) {
             s_set_error(self, "ExecutionAborted", "Execution was aborted", "");
+        }
     } else if (channel != KCH_IOPUB) {
         //  Other replies and stdin requests are not part of the Execution.
     } else if (strcmp(type, "status") == 0) {
         //  Tracked even after a forced end: the queue waits for the kernel to settle.
-        const char *state = NULL;
-        jx_get_str(kmsg_content(msg), "execution_state", &state, true);
-        if (state && strcmp(state, "idle") == 0) self->got_idle = true;
+        jraw_t state;
+        if (kmsg_content_member(msg, "execution_state", &state) == KB_OK &&
+            jraw_string_is(state, "idle"))
+            self->got_idle = true;
     } else if (self->done) {
         //  Outputs after a forced end (timeout, requester gone) are dropped.
     } else if (strcmp(type, "stream") == 0) {
@@ -496,7 +502,9 @@ void execution_on_message(execution_t *self, kchan_type_t channel, kmsg_t *msg)
         s_on_display(self, msg, true, false);
     } else if (strcmp(type, "execute_input") == 0) {
         int64_t count = -1;
-        if (jx_get_int(kmsg_content(msg), "execution_count", &count, true) == 0) {
+        jraw_t value;
+        if (kmsg_content_member(msg, "execution_count", &value) == KB_OK &&
+            jraw_int(value, &count) == KB_OK) {
             self->execution_count = count;
             exec_event_t ev = {.kind = EXEC_EV_COUNT, .type = "number_of_executions",
                                .execution_count = count};
