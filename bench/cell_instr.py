@@ -4,7 +4,7 @@
   /usr/bin/python3 bench/cell_instr.py [--kbridge BIN] [-n 600] [--warmup 5]
                                        [--code '1+1'] [--keep DIR] [--isolation none]
 
-Runs `kbridge serve --isolation none` under `valgrind --tool=callgrind` (all of kbridge's
+Runs `kbridge serve --isolation none --pool-kernels 0 --pool-sandboxes 0` under `valgrind --tool=callgrind` (all of kbridge's
 threads, libzmq's I/O thread included; the kernel is a child and is not traced), starts one
 kernel over the native API (/ws), runs the warm-up cells, zeroes the counters
 (callgrind_control -z), runs N cells one after the other, dumps (callgrind_control -d) and
@@ -42,7 +42,9 @@ def start(binary, workdir, isolation, extra):
     out = os.path.join(workdir, "callgrind.out.%p")
     args = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, binary, "serve",
             "--port", "0", "--token", token, "--isolation", isolation,
-            "--state-dir", os.path.join(workdir, "state")] + list(extra)
+            "--state-dir", os.path.join(workdir, "state"),
+            #  A warm pool refilling (a kernel starting) would land in the measured cells.
+            "--pool-kernels", "0", "--pool-sandboxes", "0"] + list(extra)
     log = open(os.path.join(workdir, "kbridge.log"), "w")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, cwd=workdir,
                             text=True, start_new_session=True)

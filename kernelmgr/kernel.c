@@ -1060,6 +1060,11 @@ kmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content)
     return kmsg_new(msg_type, self->session, content);
 }
 
+kmsg_t *kernel_msg_new_text(kernel_t *self, const char *msg_type, const char *content, size_t len)
+{
+    return kmsg_new_text(msg_type, self->session, content, len);
+}
+
 const char *kernel_id(const kernel_t *self)
 {
     return self->id;

@@ -71,8 +71,9 @@ static bool s_plain(const char *s, size_t max)
     return true;
 }
 
-kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
-                    json_t *content)
+//  content (stolen) or, when text is given, the serialized content (copied).
+static kmsg_t *s_new(const char *msg_type, const char *session, const char *msg_id,
+                     json_t *content, const char *text, size_t text_len)
 {
     kmsg_t *self = s_alloc();
     if (!self) {
@@ -86,7 +87,16 @@ kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_i
     else if (s_plain(session, 100)) snprintf(id, sizeof id, "%s_%llu", session, ++counter);
     else kb_uuid4(id);
     s_date(date);
-    self->json[KMSG_CONTENT] = content ? content : json_object();
+    if (text) {
+        self->raw[KMSG_CONTENT] = s_copy_bytes(text, text_len);
+        self->raw_len[KMSG_CONTENT] = text_len;
+        if (!self->raw[KMSG_CONTENT]) {
+            kmsg_destroy(&self);
+            return NULL;
+        }
+    } else {
+        self->json[KMSG_CONTENT] = content ? content : json_object();
+    }
     //  The header is written from a template: no jansson object to build and dump for the
     //  requests kbridge sends once per cell and more.
     if (s_plain(session, 100) && s_plain(id, 150) && s_plain(msg_type, 64)) {
@@ -102,7 +112,7 @@ kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_i
         self->raw[KMSG_METADATA] = s_copy_bytes("{}", 2);
         self->raw_len[KMSG_METADATA] = 2;
         if (!self->raw[KMSG_HEADER] || !self->raw[KMSG_PARENT] || !self->raw[KMSG_METADATA] ||
-            !self->json[KMSG_CONTENT]) {
+            (!self->json[KMSG_CONTENT] && !self->raw[KMSG_CONTENT])) {
             kmsg_destroy(&self);
             return NULL;
         }
@@ -116,16 +126,27 @@ kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_i
     self->json[KMSG_PARENT] = json_object();
     self->json[KMSG_METADATA] = json_object();
     if (!self->json[KMSG_HEADER] || !self->json[KMSG_PARENT] || !self->json[KMSG_METADATA] ||
-        !self->json[KMSG_CONTENT]) {
+        (!self->json[KMSG_CONTENT] && !self->raw[KMSG_CONTENT])) {
         kmsg_destroy(&self);
         return NULL;
     }
     return self;
 }
 
+kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
+                    json_t *content)
+{
+    return s_new(msg_type, session, msg_id, content, NULL, 0);
+}
+
 kmsg_t *kmsg_new(const char *msg_type, const char *session, json_t *content)
 {
-    return kmsg_new_id(msg_type, session, NULL, content);
+    return s_new(msg_type, session, NULL, content, NULL, 0);
+}
+
+kmsg_t *kmsg_new_text(const char *msg_type, const char *session, const char *content, size_t len)
+{
+    return s_new(msg_type, session, NULL, NULL, content, len);
 }
 
 static char *s_copy_bytes(const void *data, size_t len)

@@ -36,6 +36,11 @@ kmsg_t *kmsg_new(const char *msg_type, const char *session, json_t *content);
 kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
                     json_t *content);
 
+//  The same with the content as serialized JSON text (len bytes, copied; the caller
+//  vouches that it is one valid object): for the requests sent once per cell, which need
+//  no jansson object built and dumped.
+kmsg_t *kmsg_new_text(const char *msg_type, const char *session, const char *content, size_t len);
+
 //  Create a message from the raw bytes of its four parts and optional buffers, all
 //  copied. Nothing is parsed or checked here: this is the pass-through path for clients
 //  that hand us serialized parts (the v1 kernel WebSocket protocol).
