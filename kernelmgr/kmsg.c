@@ -292,30 +292,18 @@ static int s_scan_fields(kmsg_t *self)
     return KB_OK;
 }
 
-kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
+kmsg_t *kmsg_decode_frames(zframe_t **frames, size_t n, hmac_t *hmac, int *err)
 {
-    zmsg_t *zmsg = *zmsg_p;
-    *zmsg_p = NULL;
     int dummy;
     if (!err) err = &dummy;
     *err = KB_EPROTO;
-    kmsg_t *self = NULL;
-    if (!zmsg) return NULL;
-
     //  Skip identities/topic up to the first delimiter; never assume how many there are.
-    zframe_t *frame = zmsg_first(zmsg);
-    while (frame && !(zframe_size(frame) == DELIMITER_LEN &&
-                      memcmp(zframe_data(frame), DELIMITER, DELIMITER_LEN) == 0))
-        frame = zmsg_next(zmsg);
-    if (!frame) goto fail;
-    zframe_t *sig = zmsg_next(zmsg);
-    zframe_t *parts[4];
-    for (int i = 0; i < 4; i++) {
-        parts[i] = zmsg_next(zmsg);
-        if (!parts[i]) goto fail;
-    }
-    if (!sig) goto fail;
-
+    size_t d = 0;
+    while (d < n && !(zframe_size(frames[d]) == DELIMITER_LEN &&
+                      memcmp(zframe_data(frames[d]), DELIMITER, DELIMITER_LEN) == 0))
+        d++;
+    if (d + 6 > n) return NULL;  //  delimiter, signature and the four parts
+    zframe_t *sig = frames[d + 1], **parts = frames + d + 2;
     const void *bytes[4];
     size_t lens[4];
     for (int i = 0; i < 4; i++) {
@@ -324,30 +312,34 @@ kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
     }
     if (hmac_verify(hmac, zframe_data(sig), zframe_size(sig), bytes, lens, 1) != KB_OK) {
         *err = KB_EAUTH;
-        goto fail;
+        return NULL;
     }
 
     //  Verified: only now is anything parsed.
-    self = s_alloc();
+    kmsg_t *self = s_alloc();
     if (!self) {
         *err = KB_ENOMEM;
-        goto fail;
+        return NULL;
     }
-    //  Buffers are the frames after the four parts (the list cursor is still at the last
-    //  part). Parts and buffers then move out of the message, which is destroyed.
-    size_t nbuffers = zmsg_size(zmsg);  //  upper bound
-    self->buffers = calloc(nbuffers ? nbuffers : 1, sizeof(zframe_t *));
-    if (!self->buffers) {
-        *err = KB_ENOMEM;
-        goto fail;
+    //  Buffers are the frames after the four parts.
+    size_t nbuffers = n - (d + 6);
+    if (nbuffers) {
+        self->buffers = calloc(nbuffers, sizeof(zframe_t *));
+        if (!self->buffers) {
+            *err = KB_ENOMEM;
+            kmsg_destroy(&self);
+            return NULL;
+        }
+        for (size_t i = 0; i < nbuffers; i++) {
+            self->buffers[i] = frames[d + 6 + i];
+            frames[d + 6 + i] = NULL;
+        }
+        self->nbuffers = nbuffers;
     }
-    for (zframe_t *buffer = zmsg_next(zmsg); buffer; buffer = zmsg_next(zmsg))
-        self->buffers[self->nbuffers++] = buffer;
-    for (size_t i = 0; i < self->nbuffers; i++) zmsg_remove(zmsg, self->buffers[i]);
     for (int i = 0; i < 4; i++) {
-        zmsg_remove(zmsg, parts[i]);
         self->frames[i] = parts[i];
-        self->raw[i] = (char *) zframe_data(parts[i]);
+        parts[i] = NULL;
+        self->raw[i] = (char *) bytes[i];
         self->raw_len[i] = lens[i];
     }
     int scanned = s_scan_fields(self);
@@ -359,13 +351,34 @@ kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
         if (jx_get_str(header, "msg_id", &s, false) || jx_get_str(header, "msg_type", &s, false))
             goto fail;
     }
-    zmsg_destroy(&zmsg);
     *err = KB_OK;
     return self;
 fail:
     kmsg_destroy(&self);
-    zmsg_destroy(&zmsg);
     return NULL;
+}
+
+kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
+{
+    zmsg_t *zmsg = *zmsg_p;
+    *zmsg_p = NULL;
+    int dummy;
+    if (!err) err = &dummy;
+    *err = KB_EPROTO;
+    if (!zmsg) return NULL;
+    size_t n = zmsg_size(zmsg);
+    zframe_t **frames = calloc(n ? n : 1, sizeof *frames);
+    if (!frames) {
+        *err = KB_ENOMEM;
+        zmsg_destroy(&zmsg);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) frames[i] = zmsg_pop(zmsg);
+    zmsg_destroy(&zmsg);
+    kmsg_t *self = kmsg_decode_frames(frames, n, hmac, err);
+    for (size_t i = 0; i < n; i++) zframe_destroy(&frames[i]);
+    free(frames);
+    return self;
 }
 
 static int s_serialize(kmsg_t *self, int part)

@@ -62,6 +62,11 @@ void kmsg_destroy(kmsg_t **self_p);
 //  Caller owns return value.
 kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err);
 
+//  The same from the frames of a message (zwatch_frames_fn's): the frames the message
+//  keeps (parts and buffers) are taken, their entries set to NULL; the caller destroys the
+//  rest (identities, delimiter, signature), also on failure.
+kmsg_t *kmsg_decode_frames(zframe_t **frames, size_t n, hmac_t *hmac, int *err);
+
 //  Encode for sending on a DEALER: delimiter, signature, the four parts, buffers. Takes
 //  ownership of *self_p and nullifies it. Returns NULL if a part cannot be serialized.
 //  Caller owns return value.
