@@ -2,7 +2,7 @@
 """Instructions kbridge executes per cell, by callgrind: the load-independent cost figure.
 
   /usr/bin/python3 bench/cell_instr.py [--kbridge BIN] [-n 600] [--warmup 5]
-                                       [--code '1+1'] [--keep DIR] [--isolation none]
+                                       [--code '1+1' | --workload NAME] [--keep DIR]
 
 Runs `kbridge serve --isolation none --pool-kernels 0 --pool-sandboxes 0` under `valgrind --tool=callgrind` (all of kbridge's
 threads, libzmq's I/O thread included; the kernel is a child and is not traced), starts one
@@ -10,6 +10,9 @@ kernel over the native API (/ws), runs the warm-up cells, zeroes the counters
 (callgrind_control -z), runs N cells one after the other, dumps (callgrind_control -d) and
 prints the instructions of the dump divided by N. Instruction counts do not move with the
 machine's load, unlike CPU time, so two binaries can be compared on a busy machine.
+
+--workload takes a cell of benchlib.THROUGHPUT_WORKLOADS (its setup cell runs first, once):
+`--workload display_png_x200 -n 3 --warmup 1` is the 200-PNG row's cell.
 
 With --keep DIR the dump stays there for `callgrind_annotate DIR/callgrind.out.*`.
 """
@@ -81,6 +84,10 @@ def dump_totals(workdir, pid, before):
 async def run(a, server):
     c = await KBridgeClient.connect(server)
     kid = await c.start_kernel(timeout=300)
+    if a.setup:
+        r = await c.execute(a.setup, kid)
+        if r.status != "ok":
+            raise RuntimeError("setup cell failed: %s" % r.stderr)
     for _ in range(a.warmup):
         r = await c.execute(a.code, kid)
         if r.status != "ok":
@@ -105,10 +112,15 @@ def main():
     ap.add_argument("-n", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--code", default="1+1")
+    ap.add_argument("--workload", help="a cell of benchlib.THROUGHPUT_WORKLOADS instead of --code")
     ap.add_argument("--isolation", default="none")
     ap.add_argument("--keep", help="directory to keep the callgrind dump in")
     ap.add_argument("extra", nargs="*", help="more kbridge serve arguments (after --)")
     a = ap.parse_args()
+    a.setup = None
+    if a.workload:
+        import benchlib
+        a.setup, a.code, _ = benchlib.THROUGHPUT_WORKLOADS[a.workload]
     workdir = tempfile.mkdtemp(prefix="cell-instr-", dir="/tmp")
     os.chmod(workdir, 0o700)
     server = start(os.path.abspath(a.kbridge), workdir, a.isolation, a.extra)
@@ -121,7 +133,7 @@ def main():
         except subprocess.TimeoutExpired:
             server.proc.kill()
     print("instructions per cell: %d (%d cells of %r after %d warm-up, %.1f s under callgrind)"
-          % (ir // a.n, a.n, a.code, a.warmup, wall))
+          % (ir // a.n, a.n, a.workload or a.code, a.warmup, wall))
     if a.keep:
         os.makedirs(a.keep, exist_ok=True)
         shutil.copy(path, a.keep)
