@@ -27,9 +27,10 @@ static bool s_valid_n(const char *s, size_t n)
 static void test_string_validation_agrees_with_jansson(void **state)
 {
     (void) state;
-    //  Every offset of an offending byte inside runs long enough to use the 8-byte path.
-    char buf[64];
-    for (size_t len = 0; len < 40; len++) {
+    //  Every offset of an offending byte inside runs long enough to use the 32-byte (two
+    //  blocks) and 8-byte paths.
+    char buf[112];
+    for (size_t len = 0; len < 100; len++) {
         buf[0] = '"';
         memset(buf + 1, 'a', len);
         buf[len + 1] = '"';
