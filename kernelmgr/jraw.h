@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 //  A value's bytes inside a larger JSON text (borrowed).
 typedef struct {
@@ -26,6 +27,13 @@ typedef struct {
 //  The value of member key in the object text obj (top level only). Returns 0,
 //  KB_ENOTFOUND if the key is absent, or KB_EPROTO if obj is not an object or malformed.
 int jraw_member(jraw_t obj, const char *key, jraw_t *value);
+
+//  The value of member key after walking the whole top level of obj (the last of duplicate
+//  keys wins, as in jansson; nothing may follow the object but whitespace). Returns 0,
+//  KB_ENOTFOUND, or KB_EPROTO if obj is not one well-formed object at the top level.
+//  Nested values are delimited, not validated: for reading a few small fields of a
+//  verified message without a jansson parse of all of it.
+int jraw_member_last(jraw_t obj, const char *key, jraw_t *value);
 
 //  Iterate the members of an object: start with *pos = 0; returns 1 with the key (raw
 //  string token, quotes included) and value, 0 at the end, -1 if malformed.
@@ -48,6 +56,14 @@ size_t jraw_sanitize_string(jraw_t v, char *out);
 
 //  True if the raw key token equals key (keys with escapes are decoded to compare).
 bool jraw_key_is(jraw_t key, const char *name);
+
+//  True if v is a string token whose value is s (escaped forms are decoded to compare).
+bool jraw_string_is(jraw_t v, const char *s);
+
+//  A JSON integer token (-?(0|[1-9][0-9]*), no fraction or exponent) in int64_t range
+//  into *out. Returns 0, or KB_EPROTO for anything else (jansson reads 1.0 and 1e3 as
+//  reals, and refuses integers out of range).
+int jraw_int(jraw_t v, int64_t *out);
 
 //  Decode any value with jansson (for small values). Caller owns return value.
 json_t *jraw_decode(jraw_t v);

@@ -32,12 +32,12 @@ int kchan_type_parse(const char *name, size_t len)
     return -1;
 }
 
-static void s_on_zmsg(zwatch_t *watch, zmsg_t **zmsg_p, void *arg)
+static void s_on_frames(zwatch_t *watch, zframe_t **frames, size_t n, void *arg)
 {
     (void) watch;
     kchan_t *self = arg;
     int err;
-    kmsg_t *msg = kmsg_decode(zmsg_p, self->hmac, &err);
+    kmsg_t *msg = kmsg_decode_frames(frames, n, self->hmac, &err);
     if (!msg) {
         self->rejected++;
         //  Logged sparingly: a peer sending garbage must not flood the log either.
@@ -92,7 +92,7 @@ static kchan_t *s_new(uv_loop_t *loop, kchan_type_t type, const char *endpoint,
         zwatch_socket_destroy(&sock);
         goto fail;
     }
-    self->watch = zwatch_new(loop, &sock, s_on_zmsg, self);
+    self->watch = zwatch_new_frames(loop, &sock, s_on_frames, self);
     if (!self->watch) goto fail;
     self->on_connected = on_connected;
     if (immediate) zwatch_set_on_writable(self->watch, s_on_writable);

@@ -599,12 +599,15 @@ static void s_on_channel(kchan_t *chan, kmsg_t *msg, void *arg)
             snprintf(self->iopub_session, sizeof self->iopub_session, "%s", session);
         if (strcmp(msg_type, "error") == 0) self->interrupt_landed = true;
         if (strcmp(msg_type, "status") == 0) {
-            const char *state = NULL;
-            jx_get_str(kmsg_content(msg), "execution_state", &state, true);
-            if (state && strcmp(state, "idle") == 0) self->interrupt_landed = true;
+            //  Read from the raw content: a jansson parse per status message cost more
+            //  than the rest of its handling.
+            jraw_t state = {NULL, 0};
+            if (kmsg_content_member(msg, "execution_state", &state) != KB_OK) state.len = 0;
+            bool idle = jraw_string_is(state, "idle");
+            if (idle) self->interrupt_landed = true;
             kernel_state_t next = self->state;
-            if (state && strcmp(state, "busy") == 0) next = KERNEL_BUSY;
-            if (state && strcmp(state, "idle") == 0) next = KERNEL_IDLE;
+            if (jraw_string_is(state, "busy")) next = KERNEL_BUSY;
+            if (idle) next = KERNEL_IDLE;
             if ((self->state == KERNEL_IDLE || self->state == KERNEL_BUSY) && next != self->state) {
                 self->state = next;
                 s_emit(self, KERNEL_EV_STATUS);
@@ -1077,6 +1080,11 @@ void kernel_shutdown(kernel_t *self)
 kmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content)
 {
     return kmsg_new(msg_type, self->session, content);
+}
+
+kmsg_t *kernel_msg_new_text(kernel_t *self, const char *msg_type, const char *content, size_t len)
+{
+    return kmsg_new_text(msg_type, self->session, content, len);
 }
 
 const char *kernel_id(const kernel_t *self)

@@ -120,6 +120,8 @@ void kernel_shutdown(kernel_t *self);
 //  A message of msg_type for this kernel, in kbridge's own client session.
 //  Caller owns return value.
 kmsg_t *kernel_msg_new(kernel_t *self, const char *msg_type, json_t *content);
+//  The same with the content as serialized JSON text (kmsg_new_text).
+kmsg_t *kernel_msg_new_text(kernel_t *self, const char *msg_type, const char *content, size_t len);
 
 //  Borrowed accessors.
 const char *kernel_id(const kernel_t *self);

@@ -71,8 +71,9 @@ static bool s_plain(const char *s, size_t max)
     return true;
 }
 
-kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
-                    json_t *content)
+//  content (stolen) or, when text is given, the serialized content (copied).
+static kmsg_t *s_new(const char *msg_type, const char *session, const char *msg_id,
+                     json_t *content, const char *text, size_t text_len)
 {
     kmsg_t *self = s_alloc();
     if (!self) {
@@ -86,7 +87,16 @@ kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_i
     else if (s_plain(session, 100)) snprintf(id, sizeof id, "%s_%llu", session, ++counter);
     else kb_uuid4(id);
     s_date(date);
-    self->json[KMSG_CONTENT] = content ? content : json_object();
+    if (text) {
+        self->raw[KMSG_CONTENT] = s_copy_bytes(text, text_len);
+        self->raw_len[KMSG_CONTENT] = text_len;
+        if (!self->raw[KMSG_CONTENT]) {
+            kmsg_destroy(&self);
+            return NULL;
+        }
+    } else {
+        self->json[KMSG_CONTENT] = content ? content : json_object();
+    }
     //  The header is written from a template: no jansson object to build and dump for the
     //  requests kbridge sends once per cell and more.
     if (s_plain(session, 100) && s_plain(id, 150) && s_plain(msg_type, 64)) {
@@ -102,7 +112,7 @@ kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_i
         self->raw[KMSG_METADATA] = s_copy_bytes("{}", 2);
         self->raw_len[KMSG_METADATA] = 2;
         if (!self->raw[KMSG_HEADER] || !self->raw[KMSG_PARENT] || !self->raw[KMSG_METADATA] ||
-            !self->json[KMSG_CONTENT]) {
+            (!self->json[KMSG_CONTENT] && !self->raw[KMSG_CONTENT])) {
             kmsg_destroy(&self);
             return NULL;
         }
@@ -116,16 +126,27 @@ kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_i
     self->json[KMSG_PARENT] = json_object();
     self->json[KMSG_METADATA] = json_object();
     if (!self->json[KMSG_HEADER] || !self->json[KMSG_PARENT] || !self->json[KMSG_METADATA] ||
-        !self->json[KMSG_CONTENT]) {
+        (!self->json[KMSG_CONTENT] && !self->raw[KMSG_CONTENT])) {
         kmsg_destroy(&self);
         return NULL;
     }
     return self;
 }
 
+kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
+                    json_t *content)
+{
+    return s_new(msg_type, session, msg_id, content, NULL, 0);
+}
+
 kmsg_t *kmsg_new(const char *msg_type, const char *session, json_t *content)
 {
-    return kmsg_new_id(msg_type, session, NULL, content);
+    return s_new(msg_type, session, NULL, content, NULL, 0);
+}
+
+kmsg_t *kmsg_new_text(const char *msg_type, const char *session, const char *content, size_t len)
+{
+    return s_new(msg_type, session, NULL, NULL, content, len);
 }
 
 static char *s_copy_bytes(const void *data, size_t len)
@@ -221,17 +242,24 @@ static int s_take_str(kmsg_t *self, jraw_t v, const char **out)
 static int s_scan(kmsg_t *self, int part, const char *const *keys, const char **fields, int nkeys)
 {
     jraw_t obj = {self->raw[part], self->raw_len[part]}, key, value;
-    size_t pos = 0;
+    size_t pos = 0, lens[8];
     int rc;
-    while ((rc = jraw_next(obj, &pos, &key, &value)) == 1)
+    for (int i = 0; i < nkeys; i++) lens[i] = strlen(keys[i]);
+    while ((rc = jraw_next(obj, &pos, &key, &value)) == 1) {
+        //  Plain keys (all of them in practice) are compared by length and bytes; only a
+        //  key with an escape goes through jraw_key_is's decode.
+        bool escaped = memchr(key.p + 1, '\\', key.len - 2) != NULL;
         for (int i = 0; i < nkeys; i++)
-            if (jraw_key_is(key, keys[i])) {
+            if (escaped ? jraw_key_is(key, keys[i])
+                        : key.len == lens[i] + 2 && memcmp(key.p + 1, keys[i], lens[i]) == 0) {
                 //  A field that is not a string reads as absent, as with jx_get_str.
                 fields[i] = NULL;
-                if (jraw_kind(value) != '"') continue;
+                if (jraw_kind(value) != '"') break;
                 int taken = s_take_str(self, value, &fields[i]);
                 if (taken != KB_OK) return taken;
+                break;  //  the wanted keys are distinct
             }
+    }
     if (rc < 0) return KB_EPROTO;
     for (size_t i = pos; i < obj.len; i++)
         if (obj.p[i] != ' ' && obj.p[i] != '\t' && obj.p[i] != '\r' && obj.p[i] != '\n')
@@ -264,30 +292,18 @@ static int s_scan_fields(kmsg_t *self)
     return KB_OK;
 }
 
-kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
+kmsg_t *kmsg_decode_frames(zframe_t **frames, size_t n, hmac_t *hmac, int *err)
 {
-    zmsg_t *zmsg = *zmsg_p;
-    *zmsg_p = NULL;
     int dummy;
     if (!err) err = &dummy;
     *err = KB_EPROTO;
-    kmsg_t *self = NULL;
-    if (!zmsg) return NULL;
-
     //  Skip identities/topic up to the first delimiter; never assume how many there are.
-    zframe_t *frame = zmsg_first(zmsg);
-    while (frame && !(zframe_size(frame) == DELIMITER_LEN &&
-                      memcmp(zframe_data(frame), DELIMITER, DELIMITER_LEN) == 0))
-        frame = zmsg_next(zmsg);
-    if (!frame) goto fail;
-    zframe_t *sig = zmsg_next(zmsg);
-    zframe_t *parts[4];
-    for (int i = 0; i < 4; i++) {
-        parts[i] = zmsg_next(zmsg);
-        if (!parts[i]) goto fail;
-    }
-    if (!sig) goto fail;
-
+    size_t d = 0;
+    while (d < n && !(zframe_size(frames[d]) == DELIMITER_LEN &&
+                      memcmp(zframe_data(frames[d]), DELIMITER, DELIMITER_LEN) == 0))
+        d++;
+    if (d + 6 > n) return NULL;  //  delimiter, signature and the four parts
+    zframe_t *sig = frames[d + 1], **parts = frames + d + 2;
     const void *bytes[4];
     size_t lens[4];
     for (int i = 0; i < 4; i++) {
@@ -296,30 +312,34 @@ kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
     }
     if (hmac_verify(hmac, zframe_data(sig), zframe_size(sig), bytes, lens, 1) != KB_OK) {
         *err = KB_EAUTH;
-        goto fail;
+        return NULL;
     }
 
     //  Verified: only now is anything parsed.
-    self = s_alloc();
+    kmsg_t *self = s_alloc();
     if (!self) {
         *err = KB_ENOMEM;
-        goto fail;
+        return NULL;
     }
-    //  Buffers are the frames after the four parts (the list cursor is still at the last
-    //  part). Parts and buffers then move out of the message, which is destroyed.
-    size_t nbuffers = zmsg_size(zmsg);  //  upper bound
-    self->buffers = calloc(nbuffers ? nbuffers : 1, sizeof(zframe_t *));
-    if (!self->buffers) {
-        *err = KB_ENOMEM;
-        goto fail;
+    //  Buffers are the frames after the four parts.
+    size_t nbuffers = n - (d + 6);
+    if (nbuffers) {
+        self->buffers = calloc(nbuffers, sizeof(zframe_t *));
+        if (!self->buffers) {
+            *err = KB_ENOMEM;
+            kmsg_destroy(&self);
+            return NULL;
+        }
+        for (size_t i = 0; i < nbuffers; i++) {
+            self->buffers[i] = frames[d + 6 + i];
+            frames[d + 6 + i] = NULL;
+        }
+        self->nbuffers = nbuffers;
     }
-    for (zframe_t *buffer = zmsg_next(zmsg); buffer; buffer = zmsg_next(zmsg))
-        self->buffers[self->nbuffers++] = buffer;
-    for (size_t i = 0; i < self->nbuffers; i++) zmsg_remove(zmsg, self->buffers[i]);
     for (int i = 0; i < 4; i++) {
-        zmsg_remove(zmsg, parts[i]);
         self->frames[i] = parts[i];
-        self->raw[i] = (char *) zframe_data(parts[i]);
+        parts[i] = NULL;
+        self->raw[i] = (char *) bytes[i];
         self->raw_len[i] = lens[i];
     }
     int scanned = s_scan_fields(self);
@@ -331,13 +351,34 @@ kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
         if (jx_get_str(header, "msg_id", &s, false) || jx_get_str(header, "msg_type", &s, false))
             goto fail;
     }
-    zmsg_destroy(&zmsg);
     *err = KB_OK;
     return self;
 fail:
     kmsg_destroy(&self);
-    zmsg_destroy(&zmsg);
     return NULL;
+}
+
+kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err)
+{
+    zmsg_t *zmsg = *zmsg_p;
+    *zmsg_p = NULL;
+    int dummy;
+    if (!err) err = &dummy;
+    *err = KB_EPROTO;
+    if (!zmsg) return NULL;
+    size_t n = zmsg_size(zmsg);
+    zframe_t **frames = calloc(n ? n : 1, sizeof *frames);
+    if (!frames) {
+        *err = KB_ENOMEM;
+        zmsg_destroy(&zmsg);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) frames[i] = zmsg_pop(zmsg);
+    zmsg_destroy(&zmsg);
+    kmsg_t *self = kmsg_decode_frames(frames, n, hmac, err);
+    for (size_t i = 0; i < n; i++) zframe_destroy(&frames[i]);
+    free(frames);
+    return self;
 }
 
 static int s_serialize(kmsg_t *self, int part)
@@ -483,6 +524,14 @@ const char *kmsg_raw(kmsg_t *self, kmsg_part_t part, size_t *len)
     if (s_serialize(self, part)) return NULL;
     if (len) *len = self->raw_len[part];
     return self->raw[part];
+}
+
+int kmsg_content_member(kmsg_t *self, const char *key, jraw_t *value)
+{
+    jraw_t content;
+    content.p = kmsg_raw(self, KMSG_CONTENT, &content.len);
+    if (!content.p) return KB_EPROTO;
+    return jraw_member_last(content, key, value);
 }
 
 size_t kmsg_buffer_count(const kmsg_t *self)

@@ -13,6 +13,7 @@
 #define KMSG_H
 
 #include "hmac.h"
+#include "jraw.h"
 
 #include <czmq.h>
 #include <jansson.h>
@@ -35,6 +36,11 @@ kmsg_t *kmsg_new(const char *msg_type, const char *session, json_t *content);
 kmsg_t *kmsg_new_id(const char *msg_type, const char *session, const char *msg_id,
                     json_t *content);
 
+//  The same with the content as serialized JSON text (len bytes, copied; the caller
+//  vouches that it is one valid object): for the requests sent once per cell, which need
+//  no jansson object built and dumped.
+kmsg_t *kmsg_new_text(const char *msg_type, const char *session, const char *content, size_t len);
+
 //  Create a message from the raw bytes of its four parts and optional buffers, all
 //  copied. Nothing is parsed or checked here: this is the pass-through path for clients
 //  that hand us serialized parts (the v1 kernel WebSocket protocol).
@@ -55,6 +61,11 @@ void kmsg_destroy(kmsg_t **self_p);
 //  Returns NULL on failure with *err = KB_EPROTO (framing/JSON) or KB_EAUTH (signature).
 //  Caller owns return value.
 kmsg_t *kmsg_decode(zmsg_t **zmsg_p, hmac_t *hmac, int *err);
+
+//  The same from the frames of a message (zwatch_frames_fn's): the frames the message
+//  keeps (parts and buffers) are taken, their entries set to NULL; the caller destroys the
+//  rest (identities, delimiter, signature), also on failure.
+kmsg_t *kmsg_decode_frames(zframe_t **frames, size_t n, hmac_t *hmac, int *err);
 
 //  Encode for sending on a DEALER: delimiter, signature, the four parts, buffers. Takes
 //  ownership of *self_p and nullifies it. Returns NULL if a part cannot be serialized.
@@ -79,6 +90,12 @@ json_t *kmsg_header(kmsg_t *self);
 json_t *kmsg_parent(kmsg_t *self);
 json_t *kmsg_metadata(kmsg_t *self);
 json_t *kmsg_content(kmsg_t *self);
+//  A top-level member of the content, found in its raw bytes without a JSON parse
+//  (jraw_member_last: the whole top level is walked, nested values are not validated).
+//  value is borrowed and lives as long as the message. Returns 0, KB_ENOTFOUND, or
+//  KB_EPROTO if the content is not an object. For the few small fields kbridge reads of
+//  every cell's status and reply messages (a jansson parse of them was 5% of its CPU).
+int kmsg_content_member(kmsg_t *self, const char *key, jraw_t *value);
 //  The serialized bytes of a part (serialized on first use). NULL on failure.
 const char *kmsg_raw(kmsg_t *self, kmsg_part_t part, size_t *len);
 size_t kmsg_buffer_count(const kmsg_t *self);

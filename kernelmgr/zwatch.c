@@ -20,6 +20,10 @@ struct _zwatch_t {
     hub_t *hub;
     zsock_t *sock;
     zwatch_fn *on_msg;
+    zwatch_frames_fn *on_frames;
+    //  on_frames' receive array, kept from message to message
+    zframe_t **frames;
+    size_t frames_cap;
     void *arg;
     uv_poll_t poll;
     zwatch_writable_fn *on_writable;
@@ -87,7 +91,9 @@ static void s_on_poll(uv_poll_t *poll, int status, int events)
 
 static void s_watch_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    zwatch_t *w = handle->data;
+    free(w->frames);
+    free(w);
 }
 
 static void s_hub_closed(uv_handle_t *handle)
@@ -128,9 +134,61 @@ static void s_track_writable(zwatch_t *w, int events)
     }
 }
 
+//  Receive one message's frames into w->frames. Returns how many, 0 when nothing is
+//  there (or on failure: what was received of the message is dropped).
+static size_t s_recv_frames(zwatch_t *w, size_t *bytes)
+{
+    size_t n = 0;
+    bool lost = false;
+    for (;;) {
+        zframe_t *frame = zframe_recv(w->sock);
+        if (!frame) {
+            lost = n > 0;
+            break;
+        }
+        *bytes += zframe_size(frame);
+        bool more = zframe_more(frame);
+        if (n == w->frames_cap) {
+            size_t cap = w->frames_cap ? w->frames_cap * 2 : 16;
+            zframe_t **grown = realloc(w->frames, cap * sizeof *grown);
+            if (grown) {
+                w->frames = grown;
+                w->frames_cap = cap;
+            }
+        }
+        if (n < w->frames_cap && !lost) w->frames[n++] = frame;
+        else {
+            //  Out of memory: the rest of the message is read and dropped with it.
+            zframe_destroy(&frame);
+            lost = true;
+        }
+        if (!more) break;
+    }
+    if (lost) {
+        for (size_t i = 0; i < n; i++) zframe_destroy(&w->frames[i]);
+        return 0;
+    }
+    return n;
+}
+
 static void s_drain(zwatch_t *w)
 {
     size_t bytes = 0;
+    if (w->on_frames) {
+        for (int budget = ZWATCH_BUDGET; budget > 0 && bytes < ZWATCH_BYTE_BUDGET; budget--) {
+            size_t n = s_recv_frames(w, &bytes);
+            if (!n) break;
+            w->in_callback = 1;
+            w->on_frames(w, w->frames, n, w->arg);
+            w->in_callback = 0;
+            for (size_t i = 0; i < n; i++) zframe_destroy(&w->frames[i]);
+            if (w->dead) return;
+        }
+        int events = zsock_events(w->sock);
+        s_track_writable(w, events);
+        if (!w->dead && (events & ZMQ_POLLIN)) s_mark_dirty(w);
+        return;
+    }
     //  A nonblocking receive processes libzmq's command mailbox itself (throttled), so
     //  ZMQ_EVENTS - a getpid, a poll and a read of the mailbox each time - is read once,
     //  after the last receive: that read is what re-arms the fd's edge.
@@ -270,7 +328,22 @@ size_t zwatch_sockets_max(void)
     return s_sockets_max;
 }
 
+static zwatch_t *s_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg,
+                       zwatch_frames_fn *on_frames, void *arg);
+
 zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void *arg)
+{
+    return s_new(loop, sock_p, on_msg, NULL, arg);
+}
+
+zwatch_t *zwatch_new_frames(uv_loop_t *loop, zsock_t **sock_p, zwatch_frames_fn *on_frames,
+                            void *arg)
+{
+    return s_new(loop, sock_p, NULL, on_frames, arg);
+}
+
+static zwatch_t *s_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg,
+                       zwatch_frames_fn *on_frames, void *arg)
 {
     zsock_t *sock = *sock_p;
     *sock_p = NULL;
@@ -286,6 +359,7 @@ zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void 
     self->hub = hub;
     self->sock = sock;
     self->on_msg = on_msg;
+    self->on_frames = on_frames;
     self->arg = arg;
     if (uv_poll_init(loop, &self->poll, zsock_fd(sock)) != 0) {
         zwatch_socket_destroy(&self->sock);

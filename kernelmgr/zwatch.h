@@ -23,6 +23,12 @@ typedef struct _zwatch_t zwatch_t;
 //  it in place to have it destroyed after the call). The callee may destroy the watcher.
 typedef void(zwatch_fn)(zwatch_t *watch, zmsg_t **msg_p, void *arg);
 
+//  The same, with the message's frames: frames[0..n-1], borrowed for the call. The callee
+//  may take any of them by setting its entry to NULL; the rest are destroyed after the
+//  call. This is the receive path without a zmsg_t (its list costs an allocation and a
+//  few calls per frame; a cell is ~40 frames). The callee may destroy the watcher.
+typedef void(zwatch_frames_fn)(zwatch_t *watch, zframe_t **frames, size_t n, void *arg);
+
 //  A new ZeroMQ socket of type, or NULL with *err = KB_ELIMIT and the reason logged when
 //  creating it would fail: czmq aborts the process when libzmq refuses a socket (its
 //  socket cap, or no file descriptor for the socket's mailbox), so every socket kbridge
@@ -46,6 +52,10 @@ size_t zwatch_sockets_max(void);
 //  sockets, whose input is then discarded. Returns NULL on failure (the socket is then
 //  destroyed). Caller owns return value and must destroy it when done.
 zwatch_t *zwatch_new(uv_loop_t *loop, zsock_t **sock_p, zwatch_fn *on_msg, void *arg);
+
+//  The same, delivering each message as its frames (zwatch_frames_fn).
+zwatch_t *zwatch_new_frames(uv_loop_t *loop, zsock_t **sock_p, zwatch_frames_fn *on_frames,
+                            void *arg);
 
 //  Stop watching and close the socket. Safe to call from inside any zwatch callback,
 //  including this watcher's own. Nullifies *self_p.

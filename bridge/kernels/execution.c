@@ -1,6 +1,7 @@
 /*  execution - one execute_request's iopub/shell traffic as an Execution object. */
 #include "execution.h"
 #include "../../base/jx.h"
+#include "../../base/kberr.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,20 +235,47 @@ static bool s_is_field_name(jraw_t key, const exec_field_t *fields, size_t nfiel
 size_t execution_render_result(jbuf_t *b, jraw_t data, bool is_main, const exec_field_t *fields,
                                size_t nfields, bool strip_first, bool extra_top_level)
 {
-    size_t size = 0, pos;
+    //  The members are located once: walking data again per MIME field skipped every
+    //  value (a 200 KB base64 PNG) a dozen times over.
+    jraw_t stack_keys[32], stack_values[32];
+    jraw_t *keys = stack_keys, *values = stack_values;
+    size_t n = 0, cap = 32, pos;
     jraw_t key, value;
+    for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
+        if (n == cap) {
+            jraw_t *k = malloc(2 * cap * sizeof *k), *v = malloc(2 * cap * sizeof *v);
+            if (!k || !v) {
+                free(k);
+                free(v);
+                break;  //  out of memory: the members so far
+            }
+            memcpy(k, keys, n * sizeof *k);
+            memcpy(v, values, n * sizeof *v);
+            if (keys != stack_keys) {
+                free(keys);
+                free(values);
+            }
+            keys = k;
+            values = v;
+            cap *= 2;
+        }
+        keys[n] = key;
+        values[n] = value;
+        n++;
+    }
+    size_t size = 0;
     bool first = true;
     for (size_t f = 0; f < nfields; f++) {
-        for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
-            if (!jraw_key_is(key, fields[f].mime)) continue;
+        for (size_t m = 0; m < n; m++) {
+            if (!jraw_key_is(keys[m], fields[f].mime)) continue;
             if (!first) jbuf_add(b, ",", 1);
             first = false;
             jbuf_add(b, "\"", 1);
             jbuf_adds(b, fields[f].field);
             jbuf_add(b, "\":", 2);
-            if (fields[f].textual) execution_add_text(b, value, f == 0 && strip_first);
-            else execution_add_value(b, value);
-            size += value.len;
+            if (fields[f].textual) execution_add_text(b, values[m], f == 0 && strip_first);
+            else execution_add_value(b, values[m]);
+            size += values[m].len;
             break;
         }
     }
@@ -258,20 +286,24 @@ size_t execution_render_result(jbuf_t *b, jraw_t data, bool is_main, const exec_
             jbuf_adds(b, "\"extra\":{");
         }
         bool first_extra = true;
-        for (pos = 0; jraw_next(data, &pos, &key, &value) == 1;) {
-            if (s_field_of(key, fields, nfields) >= 0 || !jraw_string_valid(key)) continue;
-            if (pass == 1 && s_is_field_name(key, fields, nfields)) continue;
+        for (size_t m = 0; m < n; m++) {
+            if (s_field_of(keys[m], fields, nfields) >= 0 || !jraw_string_valid(keys[m])) continue;
+            if (pass == 1 && s_is_field_name(keys[m], fields, nfields)) continue;
             if (pass == 0 && !first_extra) jbuf_add(b, ",", 1);
             if (pass == 1) jbuf_add(b, ",", 1);
             first_extra = false;
-            jbuf_add_raw(b, key);
+            jbuf_add_raw(b, keys[m]);
             jbuf_add(b, ":", 1);
-            execution_add_value(b, value);
-            if (pass == 0) size += value.len;
+            execution_add_value(b, values[m]);
+            if (pass == 0) size += values[m].len;
         }
         if (pass == 0) jbuf_add(b, "}", 1);
     }
     jbuf_adds(b, is_main ? ",\"is_main_result\":true" : ",\"is_main_result\":false");
+    if (keys != stack_keys) {
+        free(keys);
+        free(values);
+    }
     return size;
 }
 
@@ -396,9 +428,21 @@ static void s_on_display(execution_t *self, kmsg_t *msg, bool is_main, bool upda
 {
     jraw_t content, data, transient;
     content.p = kmsg_raw(msg, KMSG_CONTENT, &content.len);
-    if (!content.p || jraw_member(content, "data", &data) || jraw_kind(data) != '{') return;
+    //  One walk for both members (each walk skips the whole of data).
+    bool have_data = false, have_transient = false;
+    jraw_t key, value;
+    for (size_t pos = 0; jraw_next(content, &pos, &key, &value) == 1;) {
+        if (!have_data && jraw_key_is(key, "data")) {
+            data = value;
+            have_data = true;
+        } else if (!have_transient && jraw_key_is(key, "transient")) {
+            transient = value;
+            have_transient = true;
+        }
+    }
+    if (!content.p || !have_data || jraw_kind(data) != '{') return;
     char *display_id = NULL;
-    if (jraw_member(content, "transient", &transient) == 0 && jraw_kind(transient) == '{') {
+    if (have_transient && jraw_kind(transient) == '{') {
         json_t *t = jraw_decode(transient);
         const char *id = NULL;
         if (jx_get_str(t, "display_id", &id, true) == 0 && id) display_id = strdup(id);
@@ -464,26 +508,31 @@ void execution_on_message(execution_t *self, kchan_type_t channel, kmsg_t *msg)
     const char *type = kmsg_type(msg);
     if (!type) return;
     if (channel == KCH_SHELL && strcmp(type, "execute_reply") == 0) {
-        json_t *content = kmsg_content(msg);
-        if (!json_is_object(content)) return;
+        //  Status and count are read from the raw content (no jansson parse per cell); an
+        //  error reply, rare, is parsed for its fields.
+        jraw_t status, value;
+        int rc = kmsg_content_member(msg, "status", &status);
+        if (rc == KB_EPROTO) return;
+        if (rc != KB_OK) status.len = 0;  //  absent: "ok"
         self->got_reply = true;
-        const char *status = "ok";
-        jx_get_str(content, "status", &status, true);
         int64_t count = -1;
-        if (jx_get_int(content, "execution_count", &count, true) == 0 && count >= 0 &&
-            self->execution_count < 0)
+        if (kmsg_content_member(msg, "execution_count", &value) == KB_OK &&
+            jraw_int(value, &count) == KB_OK && count >= 0 && self->execution_count < 0)
             self->execution_count = count;
-        if (!self->done && strcmp(status, "error") == 0 && !self->error)
-            s_error_from(self, content);
-        else if (!self->done && strcmp(status, "aborted") == 0)
+        if (!self->done && jraw_string_is(status, "error") && !self->error) {
+            json_t *content = kmsg_content(msg);
+            if (json_is_object(content)) s_error_from(self, content);
+        } else if (!self->done && jraw_string_is(status, "aborted")) {
             s_set_error(self, "ExecutionAborted", "Execution was aborted", "");
+        }
     } else if (channel != KCH_IOPUB) {
         //  Other replies and stdin requests are not part of the Execution.
     } else if (strcmp(type, "status") == 0) {
         //  Tracked even after a forced end: the queue waits for the kernel to settle.
-        const char *state = NULL;
-        jx_get_str(kmsg_content(msg), "execution_state", &state, true);
-        if (state && strcmp(state, "idle") == 0) self->got_idle = true;
+        jraw_t state;
+        if (kmsg_content_member(msg, "execution_state", &state) == KB_OK &&
+            jraw_string_is(state, "idle"))
+            self->got_idle = true;
     } else if (self->done) {
         //  Outputs after a forced end (timeout, requester gone) are dropped.
     } else if (strcmp(type, "stream") == 0) {
@@ -496,7 +545,9 @@ void execution_on_message(execution_t *self, kchan_type_t channel, kmsg_t *msg)
         s_on_display(self, msg, true, false);
     } else if (strcmp(type, "execute_input") == 0) {
         int64_t count = -1;
-        if (jx_get_int(kmsg_content(msg), "execution_count", &count, true) == 0) {
+        jraw_t value;
+        if (kmsg_content_member(msg, "execution_count", &value) == KB_OK &&
+            jraw_int(value, &count) == KB_OK) {
             self->execution_count = count;
             exec_event_t ev = {.kind = EXEC_EV_COUNT, .type = "number_of_executions",
                                .execution_count = count};

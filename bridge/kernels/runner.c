@@ -251,13 +251,27 @@ static void s_dispatch(runner_t *self)
             s_free_run(run);
             continue;
         }
-        json_t *content = json_pack("{s:s, s:b, s:b, s:{}, s:b, s:b}", "code", run->code,
-                                    "silent", run->silent, "store_history", !run->silent,
-                                    "user_expressions", "allow_stdin", 0,
-                                    //  One request at a time: nothing queued behind it in
-                                    //  the kernel for stop_on_error to abort.
-                                    "stop_on_error", 0);
-        kmsg_t *msg = kernel_msg_new(self->kernel, "execute_request", content);
+        //  Written as text: building and dumping a jansson object per cell cost more than
+        //  the rest of the request.
+        jbuf_t content;
+        jbuf_init(&content);
+        jbuf_adds(&content, "{\"code\":");
+        jbuf_add_string(&content, run->code, strlen(run->code));
+        jbuf_adds(&content, run->silent ? ",\"silent\":true,\"store_history\":false"
+                                        : ",\"silent\":false,\"store_history\":true");
+        //  One request at a time: nothing queued behind it in the kernel for stop_on_error
+        //  to abort.
+        jbuf_adds(&content, ",\"user_expressions\":{},\"allow_stdin\":false,\"stop_on_error\":false}");
+        if (!jbuf_text(&content)) {
+            //  jansson refuses to write a string that is not UTF-8 (or memory ran out).
+            jbuf_free(&content);
+            s_fail_run(run, "InvalidCode", "the code is not valid UTF-8");
+            s_free_run(run);
+            continue;
+        }
+        kmsg_t *msg = kernel_msg_new_text(self->kernel, "execute_request", jbuf_text(&content),
+                                          content.len);
+        jbuf_free(&content);
         if (msg) run->exec = execution_new(kmsg_id(msg), &run->exec_opts, s_on_exec_event, run);
         if (!msg || !run->exec) {
             kmsg_destroy(&msg);

@@ -5,6 +5,7 @@
     other half with a real key, exercising the verification path (length, compare, replay).
 */
 #include "kernelmgr/kmsg.h"
+#include "base/kberr.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -43,9 +44,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *pid = json_string_value(json_object_get(parent, "msg_id"));
         if (parent && pid && (!kmsg_parent_id(msg) || strcmp(pid, kmsg_parent_id(msg)) != 0))
             __builtin_trap();
+        //  The content fields read without a parse (status, reply) must be what jansson
+        //  reads wherever jansson accepts the content.
+        json_t *content = kmsg_content(msg);
+        static const char *const ckeys[] = {"execution_state", "status", "execution_count"};
+        for (int i = 0; json_is_object(content) && i < 3; i++) {
+            json_t *want = json_object_get(content, ckeys[i]);
+            jraw_t got;
+            int rc = kmsg_content_member(msg, ckeys[i], &got);
+            if (rc != (want ? 0 : KB_ENOTFOUND)) __builtin_trap();
+            if (json_is_string(want) && strlen(json_string_value(want)) == json_string_length(want) &&
+                !jraw_string_is(got, json_string_value(want)))
+                __builtin_trap();
+            if (!json_is_string(want) && want && jraw_string_is(got, ""))
+                __builtin_trap();
+            int64_t n;
+            int irc = want ? jraw_int(got, &n) : KB_EPROTO;
+            if (json_is_integer(want) != (irc == 0)) __builtin_trap();
+            if (json_is_integer(want) && n != (int64_t) json_integer_value(want)) __builtin_trap();
+        }
         kmsg_type(msg);
         kmsg_parent_id(msg);
-        kmsg_content(msg);
         kmsg_metadata(msg);
         zmsg_t *again = kmsg_encode(&msg, unsigned_);
         zmsg_destroy(&again);

@@ -54,6 +54,49 @@ static void test_long_key_sha512(void **state)
     hmac_destroy(&h);
 }
 
+//  Keys at and around the block sizes (a longer key is hashed first, RFC 2104), both
+//  schemes, against Python's hmac module.
+static void test_key_lengths_vectors(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *scheme;
+        size_t keylen;
+        const char *hex;
+    } v[] = {
+        {"hmac-sha256", 64, "41556f5e91b94416d8dbf5110deb0e42e1afe298b7aacfb9085aa05650e65552"},
+        {"hmac-sha256", 65, "536ef4d7f5f9ef5070e3327631b46864226478d01248a30945373223f93fa0d1"},
+        {"hmac-sha512", 200, "8534be06f8ca4ae36bbe76f270b57baa379ea0ab7ae1c56e881c873ca8fb74ee"
+                             "3999c474f23a6b9d23e5deec2cf84438ec3c76ae84aa2d81b7705b621f11e654"},
+        {"hmac-sha512", 128, "422cad32fc40840fdb1cb523afecda85b1957aa4d3936ce20516e32df29d50d6"
+                             "65ab7b03e4a7829afecbb079daa58fdf2e71d53df48a8a67989c44a2e28de451"},
+        {"hmac-sha512", 129, "dfd397a97eca59fe3f438fe2253cb45d7e430e01d37b7787f5f2fd5df4efdc06"
+                             "f3f6bbfca48650c6c4cff72067a30f59666960ed92a07d484d46c7c5a2dce442"},
+    };
+    char key[200];
+    memset(key, 'k', sizeof key);
+    const void *parts[4];
+    size_t lens[4];
+    s_parts(parts, lens);
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        hmac_t *h = hmac_new(v[i].scheme, key, v[i].keylen, NULL);
+        assert_non_null(h);
+        char sig[HMAC_HEX_MAX + 1];
+        //  Twice: each message starts again from the keyed state.
+        for (int round = 0; round < 2; round++) {
+            assert_int_equal(hmac_sign(h, parts, lens, sig), strlen(v[i].hex));
+            assert_string_equal(sig, v[i].hex);
+        }
+        hmac_destroy(&h);
+    }
+    hmac_t *h = hmac_new("hmac-sha512", "key", 3, NULL);
+    char sig[HMAC_HEX_MAX + 1];
+    hmac_sign(h, parts, lens, sig);
+    assert_string_equal(sig, "9f43dfb268be5111eae2486a4135163d316c1445463e75ae2f14743619c6ea46"
+                             "d894db9eade20930710b1afec578e7cdb000ea86f3b4cb8bdda0f14c3b9a41b8");
+    hmac_destroy(&h);
+}
+
 static void test_tampered_short_replayed(void **state)
 {
     (void) state;
@@ -143,6 +186,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_known_vector),
         cmocka_unit_test(test_long_key_sha512),
+        cmocka_unit_test(test_key_lengths_vectors),
         cmocka_unit_test(test_tampered_short_replayed),
         cmocka_unit_test(test_replay_memory_rolls_over),
         cmocka_unit_test(test_schemes),

@@ -27,9 +27,10 @@ static bool s_valid_n(const char *s, size_t n)
 static void test_string_validation_agrees_with_jansson(void **state)
 {
     (void) state;
-    //  Every offset of an offending byte inside runs long enough to use the 8-byte path.
-    char buf[64];
-    for (size_t len = 0; len < 40; len++) {
+    //  Every offset of an offending byte inside runs long enough to use the 32-byte (two
+    //  blocks) and 8-byte paths.
+    char buf[112];
+    for (size_t len = 0; len < 100; len++) {
         buf[0] = '"';
         memset(buf + 1, 'a', len);
         buf[len + 1] = '"';
@@ -133,6 +134,38 @@ static void test_members(void **state)
     assert_int_equal(jraw_member(R("{}"), "a", &v), KB_ENOTFOUND);
 }
 
+static void test_status_fields(void **state)
+{
+    (void) state;
+    jraw_t v;
+    //  The last of duplicate keys wins, as in jansson; escaped values compare decoded.
+    jraw_t obj = R("{\"execution_state\":\"busy\", \"execution_state\" : \"\\u0069dle\" } \n");
+    assert_int_equal(jraw_member_last(obj, "execution_state", &v), 0);
+    assert_true(jraw_string_is(v, "idle"));
+    assert_false(jraw_string_is(v, "busy"));
+    assert_false(jraw_string_is(R("idle"), "idle"));      //  not a string token
+    assert_false(jraw_string_is(R("{idle}"), "idle"));
+    assert_false(jraw_string_is(R("\"idle \""), "idle"));
+    assert_int_equal(jraw_member_last(R("{\"a\":1}"), "b", &v), KB_ENOTFOUND);
+    //  The whole top level must be one object: what jansson refuses is not read.
+    const char *bad[] = {"{\"a\":1} x", "{\"a\":1}{}", "{\"a\":1,", "[\"a\"]", "{\"a\" 1}", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(jraw_member_last(R(bad[i]), "a", &v), KB_EPROTO);
+
+    int64_t n = 7;
+    const char *ints[] = {"0", "-0", "42", "-17", "9223372036854775807", "-9223372036854775808"};
+    const int64_t want[] = {0, 0, 42, -17, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
+        assert_int_equal(jraw_int(R(ints[i]), &n), 0);
+        assert_true(n == want[i]);
+    }
+    //  What jansson reads as a real, or refuses, is not an integer here either.
+    const char *not_ints[] = {"", "-", "01", "-01", "1.0", "1e3", "1E3", "+1", "\"1\"", "true",
+                              "null", "9223372036854775808", "-9223372036854775809", "1 ", "0x1"};
+    for (size_t i = 0; i < sizeof not_ints / sizeof *not_ints; i++)
+        assert_int_equal(jraw_int(R(not_ints[i]), &n), KB_EPROTO);
+}
+
 static void test_ascii(void **state)
 {
     (void) state;
@@ -154,6 +187,7 @@ int main(void)
         cmocka_unit_test(test_string_validation_agrees_with_jansson),
         cmocka_unit_test(test_sanitize),
         cmocka_unit_test(test_members),
+        cmocka_unit_test(test_status_fields),
         cmocka_unit_test(test_ascii),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

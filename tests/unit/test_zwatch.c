@@ -420,6 +420,75 @@ static void test_destroy_earlier_watcher_with_input_left(void **state)
     s_world_close(w);
 }
 
+//  Frames mode: every message arrives whole with its frames in order (more frames than the
+//  receive array starts with included), a frame the callee takes is its own, and a
+//  burst keeps the per-turn budget.
+typedef struct {
+    world_t *w;
+    zwatch_t *watch;
+    int count, bad, stop_at;
+    zframe_t *kept;  //  the first frame of the last message, taken from the array
+    uint64_t turn[MAX_MSGS];
+} frx_t;
+
+static void s_on_frames(zwatch_t *watch, zframe_t **frames, size_t n, void *arg)
+{
+    frx_t *rx = arg;
+    assert_ptr_equal(watch, rx->watch);
+    //  Message i has i % 40 + 1 frames, each carrying (i, its index).
+    size_t want = (size_t) (rx->count % 40) + 1;
+    if (n != want) rx->bad++;
+    for (size_t f = 0; f < n; f++) {
+        uint32_t v[2] = {UINT32_MAX, UINT32_MAX};
+        if (zframe_size(frames[f]) == sizeof v) memcpy(v, zframe_data(frames[f]), sizeof v);
+        if (v[0] != (uint32_t) rx->count || v[1] != f) rx->bad++;
+        if (zframe_more(frames[f]) != (f + 1 < n)) rx->bad++;
+    }
+    zframe_destroy(&rx->kept);
+    rx->kept = frames[0];
+    frames[0] = NULL;
+    if (rx->count < MAX_MSGS) rx->turn[rx->count] = rx->w->turn;
+    rx->count++;
+    if (rx->count == rx->stop_at) uv_stop(&rx->w->loop);
+}
+
+static void test_frames_mode_delivers_whole_messages(void **state)
+{
+    (void) state;
+    world_t *w = s_world_new();
+    zsock_t *tx;
+    zsock_t *sock = s_pair(&tx);
+    const int total = ZWATCH_BUDGET + 44;
+    for (int i = 0; i < total; i++) {
+        zmsg_t *m = zmsg_new();
+        for (uint32_t f = 0; f < (uint32_t) (i % 40) + 1; f++) {
+            uint32_t v[2] = {(uint32_t) i, f};
+            zmsg_addmem(m, v, sizeof v);
+        }
+        assert_int_equal(zmsg_send(&m, tx), 0);
+    }
+    frx_t *rx = calloc(1, sizeof *rx);
+    assert_non_null(rx);
+    rx->w = w;
+    rx->stop_at = total;
+    rx->watch = zwatch_new_frames(&w->loop, &sock, s_on_frames, rx);
+    assert_non_null(rx->watch);
+    assert_true(s_run(w, 5000));
+    assert_int_equal(rx->count, total);
+    assert_int_equal(rx->bad, 0);
+    assert_int_equal(rx->turn[ZWATCH_BUDGET - 1], rx->turn[0]);
+    assert_int_equal(rx->turn[ZWATCH_BUDGET], rx->turn[0] + 1);
+    uint32_t v[2];
+    assert_int_equal(zframe_size(rx->kept), sizeof v);
+    memcpy(v, zframe_data(rx->kept), sizeof v);
+    assert_int_equal(v[0], (uint32_t) total - 1);
+    zframe_destroy(&rx->kept);
+    zwatch_destroy(&rx->watch);
+    zsock_destroy(&tx);
+    free(rx);
+    s_world_close(w);
+}
+
 int main(void)
 {
     klog_set_level(KLOG_ERROR);
@@ -432,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_destroy_self_inside_on_msg),
         cmocka_unit_test(test_destroy_later_watcher_inside_on_msg),
         cmocka_unit_test(test_destroy_earlier_watcher_with_input_left),
+        cmocka_unit_test(test_frames_mode_delivers_whole_messages),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();
