@@ -2,14 +2,9 @@
 #include "hmac.h"
 #include "../base/kberr.h"
 
-//  SHA256_CTX/SHA512_CTX are deprecated in OpenSSL 3.0 but still there, and they are the
-//  only way it offers to copy a keyed digest state without an allocation: the EVP layer
-//  frees and re-allocates the provider's context on every EVP_MD_CTX_copy_ex, which is what
-//  EVP_MAC re-initialization does twice per message (a fifth of the MAC's time on the
-//  small messages of a cell).
-#define OPENSSL_SUPPRESS_DEPRECATED
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,18 +23,12 @@ typedef struct {
 
 typedef enum { SCHEME_NONE, SCHEME_SHA256, SCHEME_SHA512 } scheme_t;
 
-typedef union {
-    SHA256_CTX s256;
-    SHA512_CTX s512;
-} sha_state_t;
-
 struct _hmac_t {
     scheme_t scheme;
-    //  Keyed once (RFC 2104): the digest states after the key's inner and outer pads are
-    //  kept, and a message starts from plain copies of them, so it costs its own bytes
-    //  plus two blocks (libsodium rehashes the key for every message and its portable
-    //  SHA-2 is ~4x slower than OpenSSL's).
-    sha_state_t inner, outer;
+    //  Keyed once: OpenSSL keeps the key's inner and outer pads hashed, and re-initializing
+    //  the context restarts from them, so a message costs its own bytes plus two blocks
+    //  (libsodium rehashes the key for every message and its portable SHA-2 is ~4x slower).
+    EVP_MAC_CTX *ctx;
     size_t maclen;
     digest_set_t gen[2];  //  gen[0] current, gen[1] previous
     hmac_stats_t stats;
@@ -117,29 +106,20 @@ hmac_t *hmac_new(const char *scheme, const char *key, size_t keylen, int *err)
     self->scheme = kind;
     self->maclen = kind == SCHEME_SHA512 ? 64 : kind == SCHEME_SHA256 ? 32 : 0;
     if (kind != SCHEME_NONE) {
-        //  A key longer than the digest's block is replaced by its digest (RFC 2104 2.).
-        size_t block = kind == SCHEME_SHA512 ? SHA512_CBLOCK : SHA256_CBLOCK;
-        unsigned char k0[SHA512_CBLOCK] = {0}, pad[SHA512_CBLOCK];
-        if (keylen > block) {
-            if (kind == SCHEME_SHA512) SHA512((const unsigned char *) key, keylen, k0);
-            else SHA256((const unsigned char *) key, keylen, k0);
-        } else {
-            memcpy(k0, key, keylen);
+        EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        self->ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+        EVP_MAC_free(mac);  //  the context holds its own reference
+        OSSL_PARAM params[2] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                             kind == SCHEME_SHA512 ? "SHA512" : "SHA256", 0),
+            OSSL_PARAM_construct_end()};
+        if (!self->ctx ||
+            !EVP_MAC_init(self->ctx, (const unsigned char *) key, keylen, params)) {
+            EVP_MAC_CTX_free(self->ctx);
+            free(self);
+            *err = KB_ENOMEM;
+            return NULL;
         }
-        for (int half = 0; half < 2; half++) {
-            unsigned char x = half ? 0x5c : 0x36;
-            for (size_t i = 0; i < block; i++) pad[i] = k0[i] ^ x;
-            sha_state_t *st = half ? &self->outer : &self->inner;
-            if (kind == SCHEME_SHA512) {
-                SHA512_Init(&st->s512);
-                SHA512_Update(&st->s512, pad, block);
-            } else {
-                SHA256_Init(&st->s256);
-                SHA256_Update(&st->s256, pad, block);
-            }
-        }
-        OPENSSL_cleanse(k0, sizeof k0);
-        OPENSSL_cleanse(pad, sizeof pad);
     }
     return self;
 }
@@ -148,8 +128,7 @@ void hmac_destroy(hmac_t **self_p)
 {
     if (!self_p || !*self_p) return;
     hmac_t *self = *self_p;
-    OPENSSL_cleanse(&self->inner, sizeof self->inner);  //  key-equivalent states
-    OPENSSL_cleanse(&self->outer, sizeof self->outer);
+    EVP_MAC_CTX_free(self->ctx);  //  OpenSSL cleanses the key material it holds
     s_set_free(&self->gen[0]);
     s_set_free(&self->gen[1]);
     free(self);
@@ -161,30 +140,16 @@ int hmac_enabled(const hmac_t *self)
     return self->scheme != SCHEME_NONE;
 }
 
-//  The MAC of parts[0..3] into mac (maclen bytes). Returns 0.
+//  Returns 0, or KB_ENOMEM if OpenSSL failed (it does not for valid inputs).
 static int s_mac(hmac_t *self, const void *const parts[4], const size_t lens[4],
                  unsigned char *mac)
 {
-    sha_state_t st;
-    unsigned char inner[SHA512_DIGEST_LENGTH];
-    if (self->scheme == SCHEME_SHA512) {
-        st.s512 = self->inner.s512;
-        for (int i = 0; i < 4; i++)
-            if (lens[i]) SHA512_Update(&st.s512, parts[i], lens[i]);
-        SHA512_Final(inner, &st.s512);
-        st.s512 = self->outer.s512;
-        SHA512_Update(&st.s512, inner, SHA512_DIGEST_LENGTH);
-        SHA512_Final(mac, &st.s512);
-    } else {
-        st.s256 = self->inner.s256;
-        for (int i = 0; i < 4; i++)
-            if (lens[i]) SHA256_Update(&st.s256, parts[i], lens[i]);
-        SHA256_Final(inner, &st.s256);
-        st.s256 = self->outer.s256;
-        SHA256_Update(&st.s256, inner, SHA256_DIGEST_LENGTH);
-        SHA256_Final(mac, &st.s256);
-    }
-    OPENSSL_cleanse(&st, sizeof st);
+    //  A NULL key re-initializes from the pads computed at hmac_new (no allocation).
+    size_t out = 0;
+    if (!EVP_MAC_init(self->ctx, NULL, 0, NULL)) return KB_ENOMEM;
+    for (int i = 0; i < 4; i++)
+        if (lens[i] && !EVP_MAC_update(self->ctx, parts[i], lens[i])) return KB_ENOMEM;
+    if (!EVP_MAC_final(self->ctx, mac, &out, 64) || out != self->maclen) return KB_ENOMEM;
     return KB_OK;
 }
 

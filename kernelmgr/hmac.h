@@ -2,9 +2,8 @@
 
     The signature is the lowercase hex HMAC of the header, parent_header, metadata and
     content frames, in that order, keyed with the connection file's key as raw ASCII
-    bytes. The digest is OpenSSL libcrypto's SHA-2, the HMAC construction keyed once per
-    signer (RFC 2104, the padded key's digest states kept and copied per message); libsodium
-    does the constant-time hex and compare.
+    bytes. The MAC is OpenSSL libcrypto's (EVP_MAC, keyed once per signer); libsodium does the
+    constant-time hex and compare.
     An empty key means messages are neither signed nor checked (the Jupyter convention).
 
     Verification checks the signature's length first, compares in constant time, and
