@@ -603,17 +603,15 @@ static int s_inside(int need, int netfd, char *why, size_t size)
     } else if (errno != EEXIST) {
         ERRNO("/home/user%s", "");
     }
-    if (netfd >= 0) {
-        char msg[512];
-        ssize_t n = read(netfd, msg, sizeof msg - 1);
-        close(netfd);
-        if (n <= 0) ERR("the network was not set up (pasta)");
-        msg[n] = '\0';
-        if (strcmp(msg, "ok") != 0) ERR("%s", msg);
-    }
-    //  From here on, code in the sandbox runs: nothing it can do to us (ptrace, /proc/1/mem)
-    //  may need more than the capabilities its own root has.
-    prctl(PR_SET_DUMPABLE, 0);
+    //  pasta takes ~50 ms to start (its socket and pipe pools), more than everything
+    //  above: we serve without waiting for it, and the loop (agent.c) holds processes
+    //  back until the supervisor says it is done, so none ever runs without its network.
+    g_netfd = netfd;
+    //  Once code in the sandbox runs, nothing it can do to us (ptrace, /proc/1/mem) may
+    //  need more than the capabilities its own root has. pasta (uid_base) must still open
+    //  our namespaces, so with internet this waits until it has (agent.c, s_net_done):
+    //  no process is started before that.
+    if (netfd < 0) prctl(PR_SET_DUMPABLE, 0);
     if (s_drop_caps(why, size) < 0) return -1;
     return 0;
 }
@@ -780,7 +778,7 @@ static bool s_path_ok(const char *p)
     return p && p[0] == '/' && !strpbrk(p, ",:\\\n") && strlen(p) < PATH_MAX - 64;
 }
 
-int ns_setup(char *why, size_t size)
+int ns_setup(pid_t joiner, char *why, size_t size)
 {
     const char *sd = g_cfg.state_dir;
     uint32_t ub = g_cfg.uid_base;
@@ -919,6 +917,8 @@ int ns_setup(char *why, size_t size)
     if (etc_upper >= 0) close(etc_upper);
     s_mask_all(rtfd, empty_file);
 
+    //  From here on every process forked must be in the sandbox's cgroups.
+    if (agent_wait_joiner(joiner, why, size) < 0) return -1;
     pasta_t pasta = {.launcher = -1, .go = -1, .pidfd = -1, .errfd = -1};
     if (g_cfg.internet && s_pasta_launcher(&pasta, stage, why, size) < 0) return -1;
     if (umount2(stage, MNT_DETACH) < 0) ERRNO("detach %s", stage);
