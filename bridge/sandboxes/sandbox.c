@@ -206,8 +206,9 @@ static void s_queue_write(sandbox_t *self, bool make_dirs)
         j->work.data = j;
     }
     json_decref(saved);
-    if (!j || !j->dir || (!j->text && !self->pooled && !make_dirs) || uv_queue_work(self->loop, &j->work,
-                                                   s_write_work, s_write_after) < 0) {
+    bool empty = j && !j->text && !self->pooled && !make_dirs;
+    if (!j || !j->dir || empty ||
+        uv_queue_work(self->loop, &j->work, s_write_work, s_write_after) < 0) {
         if (j) s_job_free(j);
         klog_warn("sandbox %s: cannot save its settings (out of memory)", self->id);
         if (make_dirs) s_end(self, "out of memory", KB_ENOMEM);
