@@ -465,15 +465,18 @@ static void s_shutdown(void)
 //  The loop
 
 //  Process requests that came before the network was up, in order (a KILL may name a
-//  held SPAWN). Bounded: past the cap a request fails at once.
-#define HELD_MAX 256
+//  held SPAWN), released 64 per loop turn as received ones are. Bounded as kbridge's own
+//  queue is (8192 messages), and in bytes: past either a SPAWN fails at once.
+#define HELD_MAX 8192
+#define HELD_BYTES_MAX (16u << 20)
+#define HELD_BUDGET 64
 typedef struct held {
     struct held *next;
     size_t len;
     uint8_t data[];
 } held_t;
 static held_t *s_held_head, *s_held_tail;
-static size_t s_nheld;
+static size_t s_nheld, s_held_bytes;
 #define NET_WAIT_MS 30000  //  as long as kbridge waits for a sandbox to start
 
 static char s_net_failed[600];  //  why, once the network could not be set up
@@ -484,11 +487,15 @@ static bool s_hold(const ap_msg_t *m, const uint8_t *raw, size_t len)
         agent_error(false, m->id, KB_ESPAWN, "%s", s_net_failed);
         return true;
     }
-    if (g_netfd < 0 || (m->type != AP_SPAWN && m->type != AP_KILL)) return false;
-    held_t *h = s_nheld < HELD_MAX ? malloc(sizeof *h + len) : NULL;
+    if ((g_netfd < 0 && !s_held_head) || (m->type != AP_SPAWN && m->type != AP_KILL))
+        return false;
+    bool room = s_nheld < HELD_MAX && s_held_bytes + len <= HELD_BYTES_MAX;
+    held_t *h = room ? malloc(sizeof *h + len) : NULL;
     if (!h) {
         if (m->type == AP_SPAWN)
-            agent_error(false, m->id, KB_ELIMIT, "too many processes waiting for the network");
+            agent_error(false, m->id, KB_ELIMIT,
+                        "too many processes waiting for the sandbox's network (limit %d)",
+                        HELD_MAX);
         return true;
     }
     h->next = NULL;
@@ -498,10 +505,29 @@ static bool s_hold(const ap_msg_t *m, const uint8_t *raw, size_t len)
     else s_held_head = h;
     s_held_tail = h;
     s_nheld++;
+    s_held_bytes += len;
     return true;
 }
 
 static void s_dispatch(const ap_msg_t *m, int *fds, int nfds);
+
+//  Once the network is up (or failed): the next held requests, in order.
+static void s_release_held(void)
+{
+    for (int i = 0; i < HELD_BUDGET && s_held_head; i++) {
+        held_t *h = s_held_head;
+        s_held_head = h->next;
+        if (!s_held_head) s_held_tail = NULL;
+        s_nheld--;
+        s_held_bytes -= h->len;
+        ap_msg_t hm = {.f = s_fields, .cap = AP_MAX_FIELDS};
+        if (ap_parse(h->data, h->len, &hm) == 0) {
+            if (!s_net_failed[0]) s_dispatch(&hm, NULL, 0);
+            else if (hm.type == AP_SPAWN) agent_error(false, hm.id, KB_ESPAWN, "%s", s_net_failed);
+        }
+        free(h);
+    }
+}
 
 //  The supervisor's word on the network: "ok" releases the held requests. Anything else
 //  (or nothing in time) fails them and every later process, and tells kbridge, which
@@ -526,18 +552,6 @@ static void s_net_done(bool timed_out)
     } else {
         agent_log("agent: network up, %zu held requests", s_nheld);
     }
-    while (s_held_head) {
-        held_t *h = s_held_head;
-        s_held_head = h->next;
-        ap_msg_t hm = {.f = s_fields, .cap = AP_MAX_FIELDS};
-        if (ap_parse(h->data, h->len, &hm) == 0) {
-            if (ok) s_dispatch(&hm, NULL, 0);
-            else if (hm.type == AP_SPAWN) agent_error(false, hm.id, KB_ESPAWN, "%s", s_net_failed);
-        }
-        free(h);
-    }
-    s_held_tail = NULL;
-    s_nheld = 0;
 }
 
 static void s_dispatch(const ap_msg_t *m, int *fds, int nfds)
@@ -688,7 +702,8 @@ int main(int argc, char **argv)
             pfd[2 + i].fd = extra[i];
             pfd[2 + i].events = POLLIN;
         }
-        int timeout = -1;
+        //  Held requests go before what arrives next (the socket is read after them).
+        int timeout = g_netfd < 0 && s_held_head ? 0 : -1;
         size_t np = 2 + nx;
         if (g_netfd >= 0) {
             pfd[np].fd = g_netfd;
@@ -709,6 +724,7 @@ int main(int argc, char **argv)
             s_net_done(rc == 0);
             continue;
         }
+        if (g_netfd < 0 && s_held_head) s_release_held();
         //  Exec statuses before exits, so a process's SPAWNED precedes its EXIT.
         for (size_t i = 0; i < nx; i++)
             if (pfd[2 + i].revents) spawn_exec_status(pfd[2 + i].fd);
