@@ -65,7 +65,8 @@ enum {
     AP_AGENT_PID = 33,      //  namespaces: the host pid of the agent (pid 1 inside)
     AP_SPAWNED = 34,        //  pid; fds: stdin (if APS_STDIN), stdout, stderr, or the pty master
     AP_EXIT = 35,           //  pid, status (as waitpid gives it)
-    AP_ERROR = 36,          //  err (a negative KB_ code), why
+    AP_ERROR = 36,          //  err (a negative KB_ code), why; id 0: the sandbox failed
+                            //  after HELLO (its network), and kbridge ends it
     AP_ENTRIES = 37,        //  APT_ENTRY*, more
     AP_FD = 38,             //  one fd, APT_ENTRY?
     AP_WATCH_STARTED = 39,

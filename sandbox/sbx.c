@@ -920,6 +920,13 @@ static int s_handle(sbx_t *self, const ap_msg_t *m, int *fds, int nfds)
     default: break;
     }
     if (!self->ready) return -1;
+    if (m->type == AP_ERROR && m->id == 0) {
+        //  About the sandbox itself, after it said ready: its network could not be set up
+        //  (the agent serves while pasta starts). It ends, as a failed start would.
+        if (ap_decode_error(m, &err, &why) < 0) return -1;
+        s_lost(self, err ? err : KB_EIO, "%s", why && *why ? why : "the agent gave up");
+        return 0;
+    }
     sbx_req_t *r = s_req_find(self, m->id);
     if (!r) return 0;  //  cancelled: drop it (the caller closes the fds)
     switch (m->type) {

@@ -150,6 +150,8 @@ static void s_remove_dir(sandbox_t *self);
 static void s_save(sandbox_t *self);
 static void s_start_sbx(sandbox_t *self);
 static void s_end(sandbox_t *self, const char *why, int err);
+static void s_running(sandbox_t *self);
+static void s_queue_write(sandbox_t *self, bool make_dirs);
 
 static void s_write_after(uv_work_t *w, int status)
 {
@@ -165,10 +167,23 @@ static void s_write_after(uv_work_t *w, int status)
     if (self->state == SANDBOX_ENDED) {
         if (self->remove_after_save) s_remove_dir(self);
     } else if (first) {
-        if (err)
+        if (err) {
             s_end(self, why, err);
-        else
+        } else {
+            //  The directory exists: the agent can make its layers in it while the
+            //  settings are written and made durable.
             s_start_sbx(self);
+            if (self->state != SANDBOX_ENDED && !self->pooled) {
+                self->first_save = true;
+                s_queue_write(self, false);
+                if (!self->saving) s_end(self, "out of memory", KB_ENOMEM);
+            }
+        }
+    } else if (self->first_save) {
+        self->first_save = false;
+        if (err) s_end(self, why, err);
+        else if (self->sbx_up) s_running(self);
+        if (self->save_again && self->state != SANDBOX_ENDED) s_save(self);
     } else if (self->save_again) {
         s_save(self);
     }
@@ -183,14 +198,17 @@ static void s_queue_write(sandbox_t *self, bool make_dirs)
         j->sandbox = self;
         j->dir = kb_strdup(self->dir);
         //  A warm sandbox has no settings yet: a kbridge restart removes its directory.
-        j->text = saved && !self->pooled ? json_dumps(saved, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+        //  At the start the directory comes first, alone (see s_write_after).
+        j->text = saved && !self->pooled && !make_dirs
+                      ? json_dumps(saved, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
         j->make_dirs = make_dirs;
         j->host_dirs = self->isolation == SBX_ISOLATION_NONE;
         j->work.data = j;
     }
     json_decref(saved);
-    if (!j || !j->dir || (!j->text && !self->pooled) || uv_queue_work(self->loop, &j->work,
-                                                   s_write_work, s_write_after) < 0) {
+    bool empty = j && !j->text && !self->pooled && !make_dirs;
+    if (!j || !j->dir || empty ||
+        uv_queue_work(self->loop, &j->work, s_write_work, s_write_after) < 0) {
         if (j) s_job_free(j);
         klog_warn("sandbox %s: cannot save its settings (out of memory)", self->id);
         if (make_dirs) s_end(self, "out of memory", KB_ENOMEM);
@@ -334,6 +352,12 @@ static void s_on_ready(sbx_t *sbx, int err, const char *why, void *arg)
         s_end(self, msg, err);
         return;
     }
+    self->sbx_up = true;
+    if (!self->first_save) s_running(self);
+}
+
+static void s_running(sandbox_t *self)
+{
     self->state = SANDBOX_RUNNING;
     klog_info("sandbox %s: running (template %s%s)", self->id, self->template_name,
               self->restarted ? ", started again after a kbridge restart"
@@ -393,6 +417,7 @@ void sandbox__start(sandbox_t *self, bool restored)
 {
     self->restarted = restored;
     self->state = SANDBOX_STARTING;
+    self->sbx_up = self->first_save = false;
     //  The directory and settings first: a crash from here on finds it at the next start.
     s_queue_write(self, true);
 }

@@ -39,6 +39,9 @@ struct _sandbox_t {
     klist_t waiters;   //  sandbox_wait_t
     //  persistence: one write in flight, another asked for meanwhile
     bool saving, save_again, remove_after_save;
+    //  start: the settings' first save (an fsync, ~4 ms) runs while the sbx starts; the
+    //  sandbox runs once both are done, so a 201 always names a sandbox a restart finds
+    bool first_save, sbx_up;
     int pending_work;  //  threadpool jobs holding this struct
     bool freed_pending;
 };

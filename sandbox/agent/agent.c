@@ -34,6 +34,7 @@
 
 agent_config_t g_cfg;
 int g_sock = AGENT_SOCK_FD;
+int g_netfd = -1;
 
 //  The CONFIG message stays here: g_cfg's strings point into it.
 static uint8_t s_config_buf[AP_MAX_MSG];
@@ -324,6 +325,70 @@ static int s_join_cgroups(char *why, size_t size)
     return 0;
 }
 
+//  Namespaces: the first join of a cgroup v1 hierarchy waits for an RCU grace period
+//  (cgroup_threadgroup_rwsem), 10-20 ms here, which is longer than the whole namespace
+//  setup. A child does it for us (writing our pid) while we build the root; ns_setup
+//  waits for it before it forks anything that must be inside (pasta's launcher, pid 1).
+//  Only the short-lived user-namespace helper is forked before and may be left outside.
+//  Returns the joiner's pid (0: nothing to join), or -1 with why filled.
+static pid_t s_start_joiner(int *errfd, char *why, size_t size)
+{
+    *errfd = -1;
+    if (g_cfg.ncg == 0) return 0;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        snprintf(why, size, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(why, size, "fork: %s", strerror(errno));
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(p[0]);
+        char num[32];
+        int n = snprintf(num, sizeof num, "%d", (int) getppid());
+        for (size_t i = 0; i < g_cfg.ncg; i++) {
+            int rc = agent_write_file(g_cfg.cgprocs[i], num, (size_t) n);
+            if (rc < 0) {
+                char msg[600];
+                int m = snprintf(msg, sizeof msg, "cannot join cgroup %s: %s", g_cfg.cgprocs[i],
+                                 strerror(-rc));
+                ssize_t w = write(p[1], msg, m > 0 ? (size_t) m : 0);
+                (void) w;
+                _exit(1);
+            }
+        }
+        _exit(0);
+    }
+    close(p[1]);
+    *errfd = p[0];
+    return pid;
+}
+
+static int s_joiner_errfd = -1;
+
+int agent_wait_joiner(pid_t joiner, char *why, size_t size)
+{
+    if (joiner <= 0) return 0;
+    char msg[600];
+    ssize_t n;
+    do n = read(s_joiner_errfd, msg, sizeof msg - 1);
+    while (n < 0 && errno == EINTR);
+    close(s_joiner_errfd);
+    s_joiner_errfd = -1;
+    int st = 0;
+    while (waitpid(joiner, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
+    msg[n > 0 ? n : 0] = '\0';
+    snprintf(why, size, "%s", n > 0 ? msg : "cannot join the sandbox's cgroups");
+    return -1;
+}
+
 // ---------------------------------------------------------------------------------------
 //  Shutdown (isolation none): nothing the agent started may outlive it.
 
@@ -399,6 +464,96 @@ static void s_shutdown(void)
 // ---------------------------------------------------------------------------------------
 //  The loop
 
+//  Process requests that came before the network was up, in order (a KILL may name a
+//  held SPAWN), released 64 per loop turn as received ones are. Bounded as kbridge's own
+//  queue is (8192 messages), and in bytes: past either a SPAWN fails at once.
+#define HELD_MAX 8192
+#define HELD_BYTES_MAX (16u << 20)
+#define HELD_BUDGET 64
+typedef struct held {
+    struct held *next;
+    size_t len;
+    uint8_t data[];
+} held_t;
+static held_t *s_held_head, *s_held_tail;
+static size_t s_nheld, s_held_bytes;
+#define NET_WAIT_MS 30000  //  as long as kbridge waits for a sandbox to start
+
+static char s_net_failed[600];  //  why, once the network could not be set up
+
+static bool s_hold(const ap_msg_t *m, const uint8_t *raw, size_t len)
+{
+    if (s_net_failed[0] && m->type == AP_SPAWN) {
+        agent_error(false, m->id, KB_ESPAWN, "%s", s_net_failed);
+        return true;
+    }
+    if ((g_netfd < 0 && !s_held_head) || (m->type != AP_SPAWN && m->type != AP_KILL))
+        return false;
+    bool room = s_nheld < HELD_MAX && s_held_bytes + len <= HELD_BYTES_MAX;
+    held_t *h = room ? malloc(sizeof *h + len) : NULL;
+    if (!h) {
+        if (m->type == AP_SPAWN)
+            agent_error(false, m->id, KB_ELIMIT,
+                        "too many processes waiting for the sandbox's network (limit %d)",
+                        HELD_MAX);
+        return true;
+    }
+    h->next = NULL;
+    h->len = len;
+    memcpy(h->data, raw, len);
+    if (s_held_tail) s_held_tail->next = h;
+    else s_held_head = h;
+    s_held_tail = h;
+    s_nheld++;
+    s_held_bytes += len;
+    return true;
+}
+
+static void s_dispatch(const ap_msg_t *m, int *fds, int nfds);
+
+//  Once the network is up (or failed): the next held requests, in order.
+static void s_release_held(void)
+{
+    for (int i = 0; i < HELD_BUDGET && s_held_head; i++) {
+        held_t *h = s_held_head;
+        s_held_head = h->next;
+        if (!s_held_head) s_held_tail = NULL;
+        s_nheld--;
+        s_held_bytes -= h->len;
+        ap_msg_t hm = {.f = s_fields, .cap = AP_MAX_FIELDS};
+        if (ap_parse(h->data, h->len, &hm) == 0) {
+            if (!s_net_failed[0]) s_dispatch(&hm, NULL, 0);
+            else if (hm.type == AP_SPAWN) agent_error(false, hm.id, KB_ESPAWN, "%s", s_net_failed);
+        }
+        free(h);
+    }
+}
+
+//  The supervisor's word on the network: "ok" releases the held requests. Anything else
+//  (or nothing in time) fails them and every later process, and tells kbridge, which
+//  ends the sandbox with that reason (as a failed start would have) and closes the socket.
+static void s_net_done(bool timed_out)
+{
+    char msg[512] = "";
+    ssize_t n = timed_out ? -1 : read(g_netfd, msg, sizeof msg - 1);
+    if (n < 0 && errno == EINTR && !timed_out) return;
+    close(g_netfd);
+    g_netfd = -1;
+    prctl(PR_SET_DUMPABLE, 0);  //  pasta is done with our namespaces (see nsetup.c)
+    msg[n > 0 ? n : 0] = '\0';
+    bool ok = n > 0 && strcmp(msg, "ok") == 0;
+    if (!ok) {
+        snprintf(s_net_failed, sizeof s_net_failed, "%s",
+                 timed_out ? "the sandbox's network was not set up within 30 s (pasta)"
+                 : n <= 0  ? "the sandbox's network was not set up (pasta)"
+                           : msg);
+        //  id 0: about the sandbox, not a request
+        agent_error(false, 0, KB_ESPAWN, "%s", s_net_failed);
+    } else {
+        agent_log("agent: network up, %zu held requests", s_nheld);
+    }
+}
+
 static void s_dispatch(const ap_msg_t *m, int *fds, int nfds)
 {
     switch (m->type) {
@@ -458,6 +613,10 @@ static void s_receive(void)
             s_close_fds(fds, nfds);
             continue;
         }
+        if (s_hold(&m, s_rx, (size_t) n)) {
+            s_close_fds(fds, nfds);  //  SPAWN and KILL carry none
+            continue;
+        }
         s_dispatch(&m, fds, nfds);
     }
 }
@@ -498,16 +657,21 @@ int main(int argc, char **argv)
         s_hello(KB_EINVAL, why);
         return 1;
     }
-    if (s_join_cgroups(why, sizeof why) < 0) {
-        s_hello(KB_EIO, why);
-        return 1;
-    }
     if (g_cfg.mode == 1) {
-        if (ns_setup(why, sizeof why) < 0) {
+        pid_t joiner = s_start_joiner(&s_joiner_errfd, why, sizeof why);
+        if (joiner < 0) {
+            s_hello(KB_EIO, why);
+            return 1;
+        }
+        if (ns_setup(joiner, why, sizeof why) < 0) {
             s_hello(KB_ESPAWN, why);
             return 1;
         }
     } else {
+        if (s_join_cgroups(why, sizeof why) < 0) {
+            s_hello(KB_EIO, why);
+            return 1;
+        }
         prctl(PR_SET_CHILD_SUBREAPER, 1);
         //  SIGTERM, not SIGKILL: we must live long enough to kill what we started.
         prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -523,7 +687,9 @@ int main(int argc, char **argv)
     }
     s_hello(0, NULL);
 
-    struct pollfd pfd[2 + 256];
+    struct timespec net_start;
+    clock_gettime(CLOCK_MONOTONIC, &net_start);
+    struct pollfd pfd[3 + 256];
     int extra[256];
     for (;;) {
         if (s_gone) s_shutdown();
@@ -536,11 +702,29 @@ int main(int argc, char **argv)
             pfd[2 + i].fd = extra[i];
             pfd[2 + i].events = POLLIN;
         }
-        int rc = poll(pfd, 2 + nx, -1);
+        //  Held requests go before what arrives next (the socket is read after them).
+        int timeout = g_netfd < 0 && s_held_head ? 0 : -1;
+        size_t np = 2 + nx;
+        if (g_netfd >= 0) {
+            pfd[np].fd = g_netfd;
+            pfd[np].events = POLLIN;
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long waited = (now.tv_sec - net_start.tv_sec) * 1000 +
+                          (now.tv_nsec - net_start.tv_nsec) / 1000000;
+            timeout = waited >= NET_WAIT_MS ? 0 : (int) (NET_WAIT_MS - waited);
+            np++;
+        }
+        int rc = poll(pfd, np, timeout);
         if (rc < 0) {
             if (errno == EINTR) continue;
             s_shutdown();
         }
+        if (g_netfd >= 0 && (rc == 0 || pfd[2 + nx].revents)) {
+            s_net_done(rc == 0);
+            continue;
+        }
+        if (g_netfd < 0 && s_held_head) s_release_held();
         //  Exec statuses before exits, so a process's SPAWNED precedes its EXIT.
         for (size_t i = 0; i < nx; i++)
             if (pfd[2 + i].revents) spawn_exec_status(pfd[2 + i].fd);

@@ -34,6 +34,11 @@ typedef struct {
 
 extern agent_config_t g_cfg;
 extern int g_sock;
+//  Namespaces with internet, in pid 1: the pipe on which the supervisor says whether pasta
+//  configured the network ("ok" or why not). The agent serves before that (files need no
+//  network) but holds processes back until it has said ok; -1 once it has, or without
+//  internet.
+extern int g_netfd;
 
 //  A sandbox user as the agent acts for it.
 typedef struct {
@@ -64,7 +69,11 @@ void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 //  process kbridge spawned; returns 0 in the sandbox's pid 1 (which then serves), or
 //  -1 with why filled (in that first process, which reports it). The first process
 //  otherwise never returns: it stays behind as a supervisor (see nsetup.c).
-int ns_setup(char *why, size_t size);
+//  joiner: the pid of a child moving us into the sandbox's cgroups (agent.c), or 0;
+//  ns_setup waits for it before it forks anything that must be in them.
+int ns_setup(pid_t joiner, char *why, size_t size);
+//  agent.c: wait for the cgroup joiner; 0, or -1 with why filled.
+int agent_wait_joiner(pid_t joiner, char *why, size_t size);
 //  kbridge-agent --probe (sbx_probe): try the namespace setup's key steps. Exit code.
 int ns_probe(void);
 

@@ -71,7 +71,7 @@
     } while (0)
 
 //  What pid 1 writes on first boot (the upper layer lacks them).
-enum { NEED_PASSWD = 1, NEED_GROUP = 2, NEED_SHADOW = 4, NEED_GSHADOW = 8 };
+enum { NEED_PASSWD = 1, NEED_GROUP = 2, NEED_SHADOW = 4, NEED_GSHADOW = 8, NEED_PROFILE = 16 };
 
 static const char *const s_layers[] = {"usr", "etc", "opt", "var"};
 static const char *const s_builtin_hidden[] = {"/etc/shadow-", "/etc/gshadow-", "/etc/ssl/private",
@@ -268,9 +268,9 @@ static void s_mask_all(int rootfd, const char *empty_file)
 
 static int s_need_flags(int etc_upper)
 {
-    static const char *const files[] = {"passwd", "group", "shadow", "gshadow"};
+    static const char *const files[] = {"passwd", "group", "shadow", "gshadow", "profile"};
     int flags = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         int fd = s_openat2(etc_upper, files[i], O_PATH | O_NOFOLLOW | O_CLOEXEC,
                            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
         if (fd >= 0) close(fd);
@@ -525,6 +525,32 @@ static void s_first_boot(int need)
     free(group);
 }
 
+//  Every E2B command is `bash -l -c CMD`, and Debian's /etc/profile (so the host template's)
+//  picks PATH with `"$(id -u)"`: a fork and an exec of id (libselinux, libpcre2), about as
+//  much as bash's own start. bash always has EUID, so `"${EUID:-$(id -u)}"` gives the same
+//  PATH without the fork, and sh (no EUID) still runs id. Written on first boot into the
+//  upper layer, only when the template's profile has that text; nothing else changes.
+static void s_fast_profile(void)
+{
+    static const char from[] = "\"$(id -u)\"", to[] = "\"${EUID:-$(id -u)}\"";
+    char *text = s_slurp("/etc/profile");
+    if (!text || !strstr(text, from)) {
+        free(text);
+        return;
+    }
+    sbuf_t b = {0};
+    const char *p = text;
+    for (const char *hit; (hit = strstr(p, from)); p = hit + sizeof from - 1) {
+        s_add(&b, p, (size_t) (hit - p));
+        s_adds(&b, to);
+    }
+    s_adds(&b, p);
+    if (b.buf && s_replace_file("/etc/profile", b.buf, 0644, 0) < 0)
+        agent_log("agent: /etc/profile not rewritten: %s", strerror(errno));
+    free(b.buf);
+    free(text);
+}
+
 //  Capabilities a container's root usually has (Docker's default set).
 static const int s_keep_caps[] = {
     CAP_CHOWN,   CAP_DAC_OVERRIDE, CAP_FSETID,           CAP_FOWNER,
@@ -595,7 +621,8 @@ static int s_inside(int need, int netfd, char *why, size_t size)
     //  The kernels' directory (connection files, ipc sockets): only `user` and root.
     if (mkdir("/run/kbridge", 0700) < 0 || chown("/run/kbridge", 1000, 1000) < 0)
         ERRNO("/run/kbridge%s", "");
-    if (need) s_first_boot(need);
+    if (need & (NEED_PASSWD | NEED_GROUP | NEED_SHADOW | NEED_GSHADOW)) s_first_boot(need);
+    if (need & NEED_PROFILE) s_fast_profile();
     if (mkdir("/root", 0700) < 0 && errno != EEXIST) ERRNO("/root%s", "");
     mkdir("/home", 0755);
     if (mkdir("/home/user", 0755) == 0) {
@@ -603,17 +630,15 @@ static int s_inside(int need, int netfd, char *why, size_t size)
     } else if (errno != EEXIST) {
         ERRNO("/home/user%s", "");
     }
-    if (netfd >= 0) {
-        char msg[512];
-        ssize_t n = read(netfd, msg, sizeof msg - 1);
-        close(netfd);
-        if (n <= 0) ERR("the network was not set up (pasta)");
-        msg[n] = '\0';
-        if (strcmp(msg, "ok") != 0) ERR("%s", msg);
-    }
-    //  From here on, code in the sandbox runs: nothing it can do to us (ptrace, /proc/1/mem)
-    //  may need more than the capabilities its own root has.
-    prctl(PR_SET_DUMPABLE, 0);
+    //  pasta takes ~50 ms to start (its socket and pipe pools), more than everything
+    //  above: we serve without waiting for it, and the loop (agent.c) holds processes
+    //  back until the supervisor says it is done, so none ever runs without its network.
+    g_netfd = netfd;
+    //  Once code in the sandbox runs, nothing it can do to us (ptrace, /proc/1/mem) may
+    //  need more than the capabilities its own root has. pasta (uid_base) must still open
+    //  our namespaces, so with internet this waits until it has (agent.c, s_net_done):
+    //  no process is started before that.
+    if (netfd < 0) prctl(PR_SET_DUMPABLE, 0);
     if (s_drop_caps(why, size) < 0) return -1;
     return 0;
 }
@@ -780,7 +805,7 @@ static bool s_path_ok(const char *p)
     return p && p[0] == '/' && !strpbrk(p, ",:\\\n") && strlen(p) < PATH_MAX - 64;
 }
 
-int ns_setup(char *why, size_t size)
+int ns_setup(pid_t joiner, char *why, size_t size)
 {
     const char *sd = g_cfg.state_dir;
     uint32_t ub = g_cfg.uid_base;
@@ -919,6 +944,8 @@ int ns_setup(char *why, size_t size)
     if (etc_upper >= 0) close(etc_upper);
     s_mask_all(rtfd, empty_file);
 
+    //  From here on every process forked must be in the sandbox's cgroups.
+    if (agent_wait_joiner(joiner, why, size) < 0) return -1;
     pasta_t pasta = {.launcher = -1, .go = -1, .pidfd = -1, .errfd = -1};
     if (g_cfg.internet && s_pasta_launcher(&pasta, stage, why, size) < 0) return -1;
     if (umount2(stage, MNT_DETACH) < 0) ERRNO("detach %s", stage);

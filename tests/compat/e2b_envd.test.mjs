@@ -148,6 +148,33 @@ test('commands.run, background + stdin + kill, list, connect, pty', async () => 
   }
 });
 
+test('commands.run: the login shell (bash -l -c) gives the PATH, HOME and USER it always did', async () => {
+  // kbridge rewrites the template's /etc/profile on first boot so that bash -l forks no
+  // `id -u` (bash has $EUID); sh -l (no $EUID) still runs the original logic, so both
+  // shells must agree, for both users.
+  const sbx = await BaseSandbox.create();
+  try {
+    const show = 'echo "$PATH|$HOME|$USER|$LOGNAME"';
+    const debian = (await sbx.commands.run('grep -c "id -u" /etc/profile || true')).stdout.trim() !== '0';
+    for (const [user, home] of [['user', '/home/user'], ['root', '/root']]) {
+      const bash = (await sbx.commands.run(show, { user })).stdout;
+      const sh = (await sbx.commands.run(`exec sh -l -c '${show}'`, { user })).stdout;
+      assert.equal(bash, sh, `${user}: bash -l and sh -l differ`);
+      const [path, h, u, logname] = bash.trim().split('|');
+      assert.equal(h, home);
+      assert.equal(u, user);
+      assert.equal(logname, user);
+      assert.match(path, /(^|:)\/usr\/bin(:|$)/);
+      if (debian) assert.equal(/(^|:)\/usr\/sbin(:|$)/.test(path), user === 'root', `${user}: ${path}`);
+    }
+    // and it is still a login shell
+    const r = await sbx.commands.run('shopt -q login_shell && echo login');
+    assert.equal(r.stdout, 'login\n');
+  } finally {
+    await sbx.kill();
+  }
+});
+
 test('two sandboxes do not see each other, and a foreign token is refused', async () => {
   const a = await BaseSandbox.create();
   const b = await BaseSandbox.create();

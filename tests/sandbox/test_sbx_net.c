@@ -105,8 +105,9 @@ static void test_internet_through_pasta(void **state)
     h_ns_opts(&o, "inet");
     o.internet = true;
     sbx_t *s = h_sbx_opts(&o);
-    //  An interface with an address and a default route, set up before on_ready. (Nothing
-    //  is sent: this machine reaches no network; the host's loopback is tested below.)
+    //  An interface with an address and a default route, set up before the first process
+    //  runs (on_ready may come before pasta is done; processes wait for it). (Nothing is
+    //  sent: this machine reaches no network; the host's loopback is tested below.)
     char *out =
         h_sh(s, "user", "ip -o -4 addr show scope global | wc -l; ip route | grep -c '^default'");
     assert_string_equal(out, "1\n1\n");
@@ -133,6 +134,47 @@ static void test_internet_through_pasta(void **state)
     s_expect_hello(s, "inet");
     proc_destroy(&p);
     h_run_free(&r);
+    sbx_destroy(&s);
+    h_spin(50);
+}
+
+//  The sandbox is ready before pasta has configured its network (it takes longer than the
+//  rest of the start), and processes wait for it. When pasta fails, no process runs
+//  without its network: the first one fails, and the sandbox ends with pasta's reason.
+static void test_network_failure_after_ready(void **state)
+{
+    (void) state;
+    NEED_ROOT();
+    H_NEED_TOOL("/bin/false");
+    sbx_opts_t o;
+    h_ns_opts(&o, "inetfail");
+    o.internet = true;
+    o.pasta = "/bin/false";  //  a "pasta" that exits 1 without configuring anything
+    sbx_t *s = h_sbx_opts(&o);
+    h_sbx_state_t *st = &H_states[(H_nstates - 1) % 16];
+    //  Twice: the first may be held until pasta's failure is known, or come after it (or
+    //  after the sandbox ended); the second comes after. None runs.
+    for (int i = 0; i < 2; i++) {
+        h_run_t r;
+        memset(&r, 0, sizeof r);
+        const char *argv[] = {"/bin/sh", "-c", "echo ran", NULL};
+        proc_opts_t po = {.argv = argv, .env = H_env, .user = "user"};
+        int err = 0;
+        proc_t *p = proc_spawn(s, &po, &H_events, &r, &err);
+        if (p) {
+            assert_true(h_wait(&r.exited, 10000));
+            assert_true(r.start_err == KB_ESPAWN || r.start_err == KB_ECLOSED);
+            assert_null(r.out);
+            proc_destroy(&p);
+        } else {
+            assert_int_equal(err, KB_ECLOSED);
+        }
+        h_run_free(&r);
+        if (i == 0) {
+            assert_true(h_wait(&st->lost, 10000));
+            assert_non_null(strstr(st->why, "pasta"));
+        }
+    }
     sbx_destroy(&s);
     h_spin(50);
 }
@@ -236,6 +278,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_port_two_sandboxes),
         cmocka_unit_test(test_internet_through_pasta),
+        cmocka_unit_test(test_network_failure_after_ready),
         cmocka_unit_test(test_kernel_dir_sockets),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
