@@ -158,7 +158,9 @@ def test_sigint_interrupts_the_running_cell(kenv):
         assert first["error"]["name"] == "KeyboardInterrupt"
         assert elapsed < 2.0, f"interrupt took {elapsed:.2f}s"
         second = json.loads(proc.stdout.readline())
-        assert second["logs"]["stdout"] == ["after\n"]
+        # ipykernel may send one print as several stream messages (its IO thread flushes
+        # when it likes); the text is what must arrive, whole and in order.
+        assert "".join(second["logs"]["stdout"]) == "after\n"
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
