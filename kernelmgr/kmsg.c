@@ -471,52 +471,43 @@ json_t *kmsg_content(kmsg_t *self)
     return s_part(self, KMSG_CONTENT);
 }
 
+//  A routing field read from the parsed header (or parent): for messages whose fields were
+//  not scanned at decode (built here rather than received).
+static const char *s_field(kmsg_t *self, bool parent, const char *key)
+{
+    const char *s = NULL;
+    jx_get_str(parent ? kmsg_parent(self) : kmsg_header(self), key, &s, true);
+    return s;
+}
+
 const char *kmsg_type(kmsg_t *self)
 {
-    if (self->have_fields) return self->f_type;
-    const char *s = NULL;
-    jx_get_str(kmsg_header(self), "msg_type", &s, true);
-    return s;
+    return self->have_fields ? self->f_type : s_field(self, false, "msg_type");
 }
 
 const char *kmsg_id(kmsg_t *self)
 {
-    if (self->have_fields) return self->f_id;
-    const char *s = NULL;
-    jx_get_str(kmsg_header(self), "msg_id", &s, true);
-    return s;
+    return self->have_fields ? self->f_id : s_field(self, false, "msg_id");
 }
 
 const char *kmsg_session(kmsg_t *self)
 {
-    if (self->have_fields) return self->f_session;
-    const char *s = NULL;
-    jx_get_str(kmsg_header(self), "session", &s, true);
-    return s;
+    return self->have_fields ? self->f_session : s_field(self, false, "session");
 }
 
 const char *kmsg_date(kmsg_t *self)
 {
-    if (self->have_fields) return self->f_date;
-    const char *s = NULL;
-    jx_get_str(kmsg_header(self), "date", &s, true);
-    return s;
+    return self->have_fields ? self->f_date : s_field(self, false, "date");
 }
 
 const char *kmsg_parent_id(kmsg_t *self)
 {
-    if (self->have_parent_fields) return self->f_parent_id;
-    const char *s = NULL;
-    jx_get_str(kmsg_parent(self), "msg_id", &s, true);
-    return s;
+    return self->have_parent_fields ? self->f_parent_id : s_field(self, true, "msg_id");
 }
 
 const char *kmsg_parent_date(kmsg_t *self)
 {
-    if (self->have_parent_fields) return self->f_parent_date;
-    const char *s = NULL;
-    jx_get_str(kmsg_parent(self), "date", &s, true);
-    return s;
+    return self->have_parent_fields ? self->f_parent_date : s_field(self, true, "date");
 }
 
 const char *kmsg_raw(kmsg_t *self, kmsg_part_t part, size_t *len)
