@@ -222,6 +222,12 @@ class Client:
     def close(self):
         self.sock.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def send(self, data):
         self.sock.sendall(data)
 
@@ -314,12 +320,9 @@ def env(tmp_path_factory):
         for sb in sbs:
             def up(sb=sb):
                 try:
-                    c = Client(srv, timeout=5)
-                    try:
+                    with Client(srv, timeout=5) as c:
                         return c.get(f"/sandboxes/{sb['sandboxID']}/ports/{PORT}/cl",
                                      sb["trafficAccessToken"]).status == 200
-                    finally:
-                        c.close()
                 except (OSError, ConnectionError):
                     return False
             wait_until(up, timeout=60, interval=0.2, message="the server in the sandbox did not start")
@@ -335,8 +338,7 @@ def base(sb):
 def test_reuse_and_framings(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         first = c.get(p + "/cl?1", tok)
         assert first.status == 200 and first.complete and first.body.endswith(b":/cl?1")
         conn, n0 = first.headers["x-conn"], int(first.headers["x-req"])
@@ -363,24 +365,18 @@ def test_reuse_and_framings(env):
         r = c.get(p + "/close", tok)
         assert r.status == 200 and r.body == b"until the close" and r.headers["connection"] == "close"
         assert c.closed()
-    finally:
-        c.close()
     # A second client gets the idle upstream connection the first one left (the close
     # one went; the one before it was kept).
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         r1 = c.get(p + "/cl", tok)
         r2 = c.get(p + "/cl", tok)
         assert r1.headers["x-conn"] == r2.headers["x-conn"]
-    finally:
-        c.close()
 
 
 def test_pipelined_in_order(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         c.send(c.req("GET", p + "/cl?1", tok) + c.req("GET", p + "/chunked", tok)
                + c.req("HEAD", p + "/cl?3", tok) + c.req("POST", p + "/echo", tok, extra="Content-Length: 5\r\n",
                                                          body=b"hello")
@@ -395,14 +391,11 @@ def test_pipelined_in_order(env):
         assert len({r.headers["x-conn"] for r in (r1, r2, r3, r4, r5)}) == 1
         assert [int(r.headers["x-req"]) for r in (r1, r2, r3, r4, r5)] == sorted(
             int(r.headers["x-req"]) for r in (r1, r2, r3, r4, r5))
-    finally:
-        c.close()
 
 
 def test_each_request_authenticated(env):
     srv, (a, b) = env
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         r = c.get(base(a) + "/cl", a["trafficAccessToken"])
         assert r.status == 200 and r.body.startswith(b"A:")
         # Sandbox A's token on the same connection, for sandbox B: refused.
@@ -419,15 +412,12 @@ def test_each_request_authenticated(env):
         # The credential is still taken out on a kept connection.
         r = c.get(base(a) + "/headers", a["trafficAccessToken"])
         assert r.status == 200 and "e2b-traffic-access-token" not in r.json()
-    finally:
-        c.close()
 
 
 def test_request_bodies(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         big = b"0123456789" * 200000
         r = c.get(p + "/echo", tok, method="POST", extra=f"Content-Length: {len(big)}\r\n", body=big)
         assert r.json()["len"] == len(big) and r.json()["tail"] == "23456789"
@@ -442,67 +432,50 @@ def test_request_bodies(env):
         c.send(b"abc")
         r = c.read()
         assert r.json()["len"] == 3 and r.json()["expect"] is None and r.headers["x-conn"] == conn
-    finally:
-        c.close()
     # A client that half-closes after its request and body still gets the whole answer,
     # then the close.
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         c.send(c.req("POST", p + "/echo", tok, extra="Content-Length: 5\r\n", body=b"hello"))
         c.sock.shutdown(socket.SHUT_WR)
         r = c.read()
         assert r.status == 200 and r.json()["len"] == 5
         assert c.closed()
-    finally:
-        c.close()
 
 
 def test_upstream_dies_mid_body(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
     for path in ("/die", "/diechunked", "/badchunk"):
-        c = Client(srv)
-        try:
+        with Client(srv) as c:
             assert c.get(p + "/cl", tok).status == 200  # a kept connection first
             r = c.get(p + path, tok)
             assert r.status == 200 and not r.complete, (path, r.body[:100])
             assert c.closed(), path
-        finally:
-            c.close()
 
 
 def test_hostile_upstream(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
     for path in ("/hugehead", "/garbage", "/splitreason"):
-        c = Client(srv)
-        try:
+        with Client(srv) as c:
             r = c.get(p + path, tok)
             assert r.status == 502, (path, r.status, r.body[:200])
             assert f"port {PORT}" in r.json()["message"]
-        finally:
-            c.close()
     # Transfer-Encoding and Content-Length together: the coding delimits the body, and
     # the client is not given the length to disagree with.
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         r = c.get(p + "/tecl", tok)
         assert r.status == 200 and r.body == b"hello" and "content-length" not in r.headers
         r = c.get(p + "/cl", tok)
         assert r.status == 200 and r.body.endswith(b":/cl")
-    finally:
-        c.close()
     # Bytes after a complete answer are not served as the next answer: that upstream
     # connection is not kept.
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         r = c.get(p + "/extra", tok)
         assert r.status == 200 and r.body == b"ok"
         r2 = c.get(p + "/cl", tok)
         assert r2.status == 200 and r2.body != b"smuggled" and r2.body.endswith(b":/cl")
         assert r2.headers["x-conn"] != r.headers["x-conn"]
-    finally:
-        c.close()
     # kbridge serves on.
     st, _, _ = srv.api("GET", "/api/status")
     assert st == 200
@@ -511,8 +484,7 @@ def test_hostile_upstream(env):
 def test_dropped_kept_connection_is_retried(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         r = c.get(p + "/dropnext", tok)
         assert r.status == 200
         # The server closes that connection when the next request arrives on it, without
@@ -520,15 +492,12 @@ def test_dropped_kept_connection_is_retried(env):
         r2 = c.get(p + "/cl", tok)
         assert r2.status == 200 and r2.complete, r2.body
         assert r2.headers["x-conn"] != r.headers["x-conn"]
-    finally:
-        c.close()
 
 
 def test_idle_upstream_times_out(env):
     srv, (a, _) = env
     tok, p = a["trafficAccessToken"], base(a)
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         conn = c.get(p + "/cl", tok).headers["x-conn"]
         # Idle for a second: still kept.
         time.sleep(1)
@@ -539,8 +508,6 @@ def test_idle_upstream_times_out(env):
         r = c.get(p + "/stats", tok)
         assert r.status == 200 and r.headers["x-conn"] != conn
         assert int(conn) in r.json()["closed"], r.json()
-    finally:
-        c.close()
 
 
 def test_tunnel_idle_timeout(env):
@@ -566,8 +533,7 @@ def test_tunnel_idle_timeout(env):
 def test_pause_drops_idle_upstreams(env):
     srv, (_, b) = env
     tok, p, sid = b["trafficAccessToken"], base(b), b["sandboxID"]
-    c = Client(srv)
-    try:
+    with Client(srv) as c:
         conn = c.get(p + "/cl", tok).headers["x-conn"]
         assert c.get(p + "/cl", tok).headers["x-conn"] == conn  # kept
         assert srv.api("POST", f"/sandboxes/{sid}/pause", {})[0] == 204
@@ -581,11 +547,6 @@ def test_pause_drops_idle_upstreams(env):
         r = c.get(p + "/stats", tok)
         assert r.status == 200 and r.headers["x-conn"] != conn
         def old_closed():
-            s = Client(srv)
-            try:
+            with Client(srv) as s:
                 return int(conn) in s.get(p + "/stats", tok).json()["closed"]
-            finally:
-                s.close()
         wait_until(old_closed, timeout=10, interval=0.2, message="the kept connection was not closed")
-    finally:
-        c.close()
