@@ -29,15 +29,18 @@ extern char **environ;
 //  (HB_MISSES_DEAD ticks without an answer) is seen before the timeout ends what runs.
 #define HB_TICKS_PER_TIMEOUT 4
 #define HB_MIN_INTERVAL_MS 50
-//  A process-directed SIGINT goes to any thread of the kernel that does not block it.
-//  When it lands on one of ipykernel's helper threads, Python sets its flag there but the
-//  main thread, blocked in a system call (time.sleep, a lock, a read), is not woken and
-//  the cell runs on: under load that lost 2 interrupts in 6 here, and 6 in 12 through
-//  jupyter_client, which signals the same way. If the kernel shows no sign of the
-//  interrupt (still busy, no error, no idle) after this long, it is repeated to the main
-//  thread itself, a few times at most.
-#define INTERRUPT_RETRY_MS 1000
-#define INTERRUPT_RETRIES 3
+//  An interrupt can be handled and still not end the cell: a SIGINT that lands after
+//  CPython's last check for signals and before its blocking call (time.sleep after it let
+//  go of the GIL, where the thread it wakes often preempts it) sets Python's flag, and the
+//  call then sleeps its whole length. Under load that lost 2 interrupts in 6 here, and 6
+//  in 12 through jupyter_client, which signals the same way. While the kernel shows no
+//  sign of the interrupt (still busy, no error, no idle), its main thread is looked at
+//  this often, and SIGINT is repeated to it, once, only when it has slept in one call
+//  since the last look: a second SIGINT while ipykernel is still handling the first
+//  (formatting its traceback, slow under load) would raise inside that handling, where
+//  it loses the error message or ends the kernel.
+#define INTERRUPT_CHECK_MS 500
+#define INTERRUPT_CHECKS 20
 #define HB_MISSES_DEAD 3
 //  A start is complete when the heartbeat has answered too. Ports are chosen by binding to
 //  port 0 and letting go, and the kernel binds them seconds later (tens of seconds under
@@ -121,7 +124,7 @@ struct _kernel_t {
 
     //  interrupt follow-up (signal mode)
     bool interrupt_landed;
-    int interrupt_retries;
+    int interrupt_checks;
 
     uv_timer_t nudge_timer, deadline_timer, kill_timer, hb_timer, defer_timer, interrupt_timer,
         sock_timer;
@@ -1017,17 +1020,18 @@ static void s_on_interrupt_timer(uv_timer_t *timer)
 {
     kernel_t *self = timer->data;
     if (self->interrupt_landed || self->state != KERNEL_BUSY || !s_proc_alive(self) ||
-        self->interrupt_retries >= INTERRUPT_RETRIES) {
+        self->interrupt_checks >= INTERRUPT_CHECKS) {
         uv_timer_stop(timer);
         return;
     }
-    self->interrupt_retries++;
-    klog_info("kernel %s: no sign of the interrupt after %d ms; signalling its main thread",
-              self->label, self->interrupt_retries * INTERRUPT_RETRY_MS);
-    //  The main thread's tid is the pid; a signal directed at it interrupts its system call.
-    //  If the first signal did reach Python and it is just slow to show it (a long C call),
-    //  the flag is still set and the two make one KeyboardInterrupt.
-    if (proc_signal_leader(self->proc, SIGINT) != KB_OK) uv_timer_stop(timer);
+    self->interrupt_checks++;
+    if (self->interrupt_checks == 2)
+        klog_info("kernel %s: no sign of the interrupt after %d ms; repeating it to its main "
+                  "thread if that sleeps through", self->label, 2 * INTERRUPT_CHECK_MS);
+    //  The agent measures on the first look and compares on the later ones. If the first
+    //  signal set Python's flag and the call just never woke, the two make one
+    //  KeyboardInterrupt.
+    if (proc_signal_again_if_asleep(self->proc, SIGINT) != KB_OK) uv_timer_stop(timer);
 }
 
 int kernel_interrupt(kernel_t *self)
@@ -1043,9 +1047,9 @@ int kernel_interrupt(kernel_t *self)
     }
     if (proc_signal(self->proc, SIGINT) != KB_OK) return KB_EDEAD;
     self->interrupt_landed = false;
-    self->interrupt_retries = 0;
-    uv_timer_start(&self->interrupt_timer, s_on_interrupt_timer, INTERRUPT_RETRY_MS,
-                   INTERRUPT_RETRY_MS);
+    self->interrupt_checks = 0;
+    uv_timer_start(&self->interrupt_timer, s_on_interrupt_timer, INTERRUPT_CHECK_MS,
+                   INTERRUPT_CHECK_MS);
     return KB_OK;
 }
 

@@ -103,9 +103,9 @@ int kernel_send(kernel_t *self, kchan_type_t channel, kmsg_t **msg_p);
 
 //  Interrupt: SIGINT to the process group, or interrupt_request on control when the
 //  kernelspec's interrupt_mode is "message". In signal mode, while the kernel stays busy
-//  with no error and no idle, SIGINT is repeated to its main thread every second, three
-//  times at most (a process-directed signal can land on a helper thread and leave the
-//  main thread asleep). Returns 0 or KB_EDEAD.
+//  with no error and no idle (10 s at most), SIGINT is repeated once to its main thread
+//  when that thread has slept in one system call for half a second (a signal that raced
+//  the call leaves it asleep), never while it runs. Returns 0 or KB_EDEAD.
 int kernel_interrupt(kernel_t *self);
 
 //  Restart: a graceful shutdown with restart=true, then the same argv on the same ports.

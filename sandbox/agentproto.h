@@ -100,7 +100,7 @@ enum {
     APT_COLS = 25,        //  u32
     APT_ROWS = 26,        //  u32
     APT_SIGNO = 27,       //  u32
-    APT_GROUP = 28,       //  u32: 1 the process group, 0 the process
+    APT_GROUP = 28,       //  u32: AK_* (absent: AK_GROUP)
     //  file operations
     APT_PATH = 30,        //  str
     APT_PATH2 = 31,       //  str (rename: to)
@@ -129,6 +129,16 @@ enum {
 };
 //  APT_FLAGS of AP_SPAWN (and of AP_SPAWNED: which fds come).
 enum { APS_STDIN = 1, APS_PTY = 2 };
+//  APT_GROUP of AP_KILL: who gets the signal.
+enum {
+    AK_PROCESS = 0,  //  the process (any of its threads)
+    AK_GROUP = 1,    //  its process group
+    //  Its main thread, only if that thread has been asleep in one system call since the
+    //  previous AK_MAIN_IF_ASLEEP (the first one only measures), and once per AK_GROUP or
+    //  AK_PROCESS signal: a signal that raced a blocking call is repeated there, never
+    //  one the process is already handling.
+    AK_MAIN_IF_ASLEEP = 2,
+};
 
 //  Limits both sides enforce.
 #define AP_MAX_META 32          //  user.kbridge.* attributes reported per entry

@@ -285,7 +285,7 @@ void proc__spawned(proc_t *self, int pid, uint32_t flags, int *fds, int nfds)
     if (!ok) {
         //  We cannot read it: kill it, and let it end as killed.
         klog_warn("%s: cannot watch the process's output", self->label);
-        sbx__kill(self->sbx, self->id, SIGKILL, true);
+        sbx__kill(self->sbx, self->id, SIGKILL, AK_GROUP);
         for (int i = 0; i < self->nout; i++)
             if (!self->out[i].open) self->out[i].eof = true;
     }
@@ -426,7 +426,7 @@ void proc_destroy(proc_t **self_p)
     self->destroyed = true;
     if ((self->state == P_PENDING || self->state == P_RUNNING) && !self->exited &&
         sbx__alive(self->sbx))
-        sbx__kill(self->sbx, self->id, SIGKILL, true);
+        sbx__kill(self->sbx, self->id, SIGKILL, AK_GROUP);
     if (self->req) {
         sbx__proc_forget(self->req);
         self->req = NULL;
@@ -449,14 +449,14 @@ int proc_signal(proc_t *self, int signo)
 {
     if (!s_signo_ok(signo)) return KB_EINVAL;
     if (self->exited || self->state == P_FAILED || self->state == P_DONE) return KB_EDEAD;
-    return sbx__kill(self->sbx, self->id, signo, true) < 0 ? KB_EDEAD : 0;
+    return sbx__kill(self->sbx, self->id, signo, AK_GROUP) < 0 ? KB_EDEAD : 0;
 }
 
-int proc_signal_leader(proc_t *self, int signo)
+int proc_signal_again_if_asleep(proc_t *self, int signo)
 {
     if (!s_signo_ok(signo)) return KB_EINVAL;
     if (self->exited || self->state == P_FAILED || self->state == P_DONE) return KB_EDEAD;
-    return sbx__kill(self->sbx, self->id, signo, false) < 0 ? KB_EDEAD : 0;
+    return sbx__kill(self->sbx, self->id, signo, AK_MAIN_IF_ASLEEP) < 0 ? KB_EDEAD : 0;
 }
 
 void proc_terminate(proc_t *self, uint64_t grace_ms)

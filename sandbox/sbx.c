@@ -399,13 +399,13 @@ static int s_send_simple(sbx_t *self, uint8_t type, uint64_t id)
     return sbx__send(self, buf, ap_end(&w), NULL, 0);
 }
 
-int sbx__kill(sbx_t *self, uint64_t id, int signo, bool group)
+int sbx__kill(sbx_t *self, uint64_t id, int signo, unsigned mode)
 {
     uint8_t buf[64];
     ap_writer_t w;
     ap_begin(&w, buf, sizeof buf, AP_KILL, id);
     ap_put_u32(&w, APT_SIGNO, (uint32_t) signo);
-    ap_put_u32(&w, APT_GROUP, group);
+    ap_put_u32(&w, APT_GROUP, mode);
     return sbx__send(self, buf, ap_end(&w), NULL, 0);
 }
 

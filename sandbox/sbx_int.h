@@ -19,8 +19,8 @@ sbx_req_t *sbx__proc_register(sbx_t *sbx, proc_t *proc, uint64_t *id, int *err);
 void sbx__proc_forget(sbx_req_t *req);
 //  Queue a message to the agent (fds are duplicated). 0, KB_ECLOSED or KB_ENOMEM.
 int sbx__send(sbx_t *sbx, const void *buf, size_t len, const int *fds, int nfds);
-//  A kill for the process of request id (group or leader). 0 or KB_ECLOSED.
-int sbx__kill(sbx_t *sbx, uint64_t id, int signo, bool group);
+//  A kill for the process of request id; mode is AK_* (agentproto.h). 0 or KB_ECLOSED.
+int sbx__kill(sbx_t *sbx, uint64_t id, int signo, unsigned mode);
 void sbx__ref(sbx_t *sbx);
 void sbx__unref(sbx_t *sbx);
 uv_loop_t *sbx__loop(const sbx_t *sbx);

@@ -20,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -37,6 +38,9 @@ typedef struct {
     bool failed;               //  exec failed: no EXIT will be sent
     bool reaped;
     int wstatus;
+    bool asleep_measured;      //  AK_MAIN_IF_ASLEEP: switches of its main thread, last seen
+    bool repeated;             //  AK_MAIN_IF_ASLEEP: done once since the last signal
+    unsigned long long switches;
 } sproc_t;
 
 static sproc_t *s_procs[MAX_PROCS];
@@ -328,15 +332,62 @@ bool spawn_reaped(pid_t pid, int status)
     return false;
 }
 
+//  Whether the main thread of pid sleeps, and its context switches so far (voluntary and
+//  not). A thread that sleeps now and has the same count as before has not run since.
+static bool s_main_thread_sleeps(pid_t pid, unsigned long long *switches)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/status", (int) pid, (int) pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return false;
+    buf[n] = '\0';
+    const char *state = strstr(buf, "\nState:\t");
+    const char *vol = strstr(buf, "\nvoluntary_ctxt_switches:\t");
+    const char *nonvol = strstr(buf, "\nnonvoluntary_ctxt_switches:\t");
+    if (!state || !vol || !nonvol) return false;
+    *switches = strtoull(strchr(vol, ':') + 1, NULL, 10) + strtoull(strchr(nonvol, ':') + 1, NULL, 10);
+    return state[8] == 'S';
+}
+
+//  AK_MAIN_IF_ASLEEP. A process-directed signal that lands between a thread's last check
+//  for signals and its blocking call (CPython: after it lets go of the GIL, before
+//  clock_nanosleep) is handled but does not wake it. Repeated to that thread, it ends the
+//  call. Repeated while the process is already acting on the first one (ipykernel
+//  formatting the KeyboardInterrupt), it would raise a second time inside that handling:
+//  the error message is lost, or the kernel exits. So it is repeated only to a main
+//  thread that has not run since the last look, and once: the flag the first one set
+//  needs one wake-up, and a cell that caught the interrupt and sleeps in its own cleanup
+//  looks the same from here.
+static void s_kill_main_if_asleep(sproc_t *p, int signo)
+{
+    if (p->repeated) return;
+    unsigned long long switches = 0;
+    bool sleeps = s_main_thread_sleeps(p->pid, &switches);
+    bool repeat = sleeps && p->asleep_measured && switches == p->switches;
+    p->asleep_measured = sleeps;
+    p->switches = switches;
+    if (!repeat) return;
+    p->repeated = true;
+    syscall(SYS_tgkill, p->pid, p->pid, signo);
+}
+
 void spawn_kill(const ap_msg_t *m)
 {
-    uint32_t signo = 0, group = 1;
+    uint32_t signo = 0, mode = AK_GROUP;
     ap_get_u32(m, APT_SIGNO, &signo);
-    ap_get_u32(m, APT_GROUP, &group);
+    ap_get_u32(m, APT_GROUP, &mode);
     if (signo == 0 || signo >= NSIG) return;
     sproc_t *p = s_find_id(m->id);
     if (!p || p->reaped) return;  //  exited: its pid may belong to someone else now
-    if (group && kill(-p->pid, (int) signo) == 0) return;
+    if (mode == AK_MAIN_IF_ASLEEP) {
+        s_kill_main_if_asleep(p, (int) signo);
+        return;
+    }
+    p->asleep_measured = p->repeated = false;  //  a new signal: measure afresh
+    if (mode == AK_GROUP && kill(-p->pid, (int) signo) == 0) return;
     kill(p->pid, (int) signo);
 }
 

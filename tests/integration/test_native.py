@@ -256,6 +256,47 @@ def test_interrupts_land_under_cpu_load(server):
             h.wait()
 
 
+# Makes IPython spend 2.5 s of CPU before it formats a cell's traceback, as a loaded
+# machine can: the interrupt has landed, but no error message shows for that long.
+SLOW_TRACEBACK = (
+    "import time as _t\n"
+    "_sh = get_ipython()\n"
+    "_orig_tb = _sh.showtraceback\n"
+    "def _slow_tb(*a, **kw):\n"
+    "    _t0 = _t.monotonic()\n"
+    "    while _t.monotonic() - _t0 < 2.5:\n"
+    "        pass\n"
+    "    return _orig_tb(*a, **kw)\n"
+    "_sh.showtraceback = _slow_tb\n")
+
+
+def test_interrupt_is_not_repeated_while_the_kernel_handles_it(server):
+    # An interrupt that shows no sign is repeated only to a main thread that sleeps through;
+    # one repeated while ipykernel is handling the first would raise inside that handling
+    # (here: in the slow showtraceback), and the cell would end without its traceback.
+    async def go():
+        c = await NativeClient.connect(server)
+        kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+        _, end = await c.execute(SLOW_TRACEBACK, kernel_id=kid)
+        assert end["execution"]["error"] is None
+        rid = await c.send(op="execute", code="import time\ntime.sleep(60)", kernel_id=kid)
+        await c.wait_for(rid, types=["number_of_executions"])
+        await asyncio.sleep(0.3)
+        assert (await c.request(op="interrupt_kernel", kernel_id=kid))["type"] == "ok"
+        end = await c.wait_for(rid, types=["end_of_execution"], timeout=20)
+        ex = end["execution"]
+        assert ex["error"]["name"] == "KeyboardInterrupt", ex
+        # The traceback is the cell's own (from IPython's error message), not a second
+        # KeyboardInterrupt's.
+        assert "time.sleep(60)" in ex["error"]["traceback"], ex["error"]
+        assert "KeyboardInterrupt" not in "".join(ex["logs"]["stderr"]), ex["logs"]
+        _, end = await c.execute("'still fine'", kernel_id=kid)
+        assert main_text(end["execution"]) == "'still fine'"
+        await c.request(op="shutdown_kernel", kernel_id=kid)
+        await c.close()
+    run(go())
+
+
 def test_disconnect_mid_cell_and_resume(server):
     async def go():
         # On the default sandbox, so that its kernel can be watched from the Jupyter API.
