@@ -257,7 +257,10 @@ static void flow_exit(proc_t *p, const proc_exit_t *e, void *arg)
 //  memory stays flat (pausing stops reading; the pipe fills; yes blocks).
 static void run_flow(sbx_t *s)
 {
-    flow_t f;
+    //  Static, not on the stack: a failed assert longjmps out with the process still
+    //  running, and its callbacks must not write into a later test's frame (ASan saw
+    //  that after a timeout under load).
+    static flow_t f;
     memset(&f, 0, sizeof f);
     proc_events_t ev = {NULL, flow_output, flow_exit};
     const char *argv[] = {"/bin/sh", "-c", "yes | head -c 1073741824", NULL};
