@@ -92,6 +92,14 @@ json_t *jx_loadb(const char *data, size_t len, json_error_t *error)
 {
     json_error_t local;
     if (!error) error = &local;
+    //  A raw NUL byte is never JSON (inside a string it must be written \u0000), but
+    //  jansson skips one right after a number or a literal: `{"n":1<NUL>}` would load, and
+    //  kbridge's own scanner (jraw), which refuses it, would disagree with it.
+    if (data && memchr(data, '\0', len)) {
+        snprintf(error->text, sizeof error->text, "a NUL byte outside a string escape");
+        error->position = (int) ((const char *) memchr(data, '\0', len) - data);
+        return NULL;
+    }
     json_t *value = json_loadb(data, len, JSON_ALLOW_NUL, error);
     //  jansson refuses integers beyond int64; Python emits them freely. Retry once with
     //  them decoded as reals rather than losing the whole message.

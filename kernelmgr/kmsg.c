@@ -521,7 +521,8 @@ int kmsg_content_member(kmsg_t *self, const char *key, jraw_t *value)
 {
     jraw_t content;
     content.p = kmsg_raw(self, KMSG_CONTENT, &content.len);
-    if (!content.p) return KB_EPROTO;
+    //  Content that is not JSON for jansson (jx_loadb) is not JSON here either.
+    if (!content.p || memchr(content.p, '\0', content.len)) return KB_EPROTO;
     return jraw_member_last(content, key, value);
 }
 
