@@ -105,6 +105,12 @@ json_t *jx_loadb(const char *data, size_t len, json_error_t *error)
     //  them decoded as reals rather than losing the whole message.
     if (!value && strstr(error->text, "too big"))
         value = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+    //  jansson quotes the bytes it stopped at ("near '...'"), cut at its buffer's end:
+    //  invalid or truncated UTF-8 there would make the reason itself unfit for a JSON
+    //  reply (json_pack refuses it, and the reply was lost). Non-ASCII bytes become '?'.
+    if (!value)
+        for (char *c = error->text; *c; c++)
+            if ((unsigned char) *c >= 0x80 || (unsigned char) *c < 0x20) *c = '?';
     return value;
 }
 

@@ -211,6 +211,21 @@ static void test_raw_nul_in_content_is_refused(void **state)
     hmac_destroy(&h);
 }
 
+//  A refusal's reason quotes the input; it stays ASCII, fit for a JSON reply, whatever
+//  bytes the input had (fuzz_ereq: a 422 whose detail could not be built).
+static void test_jx_refusal_reason_is_ascii(void **state)
+{
+    (void) state;
+    static const char body[] = "\"\\\xe5\x88\x88\x88\x88";
+    json_error_t e;
+    assert_null(jx_loadb(body, sizeof body - 1, &e));
+    assert_true(e.text[0]);
+    for (const char *c = e.text; *c; c++) assert_true((unsigned char) *c >= 0x20 && (unsigned char) *c < 0x80);
+    json_t *j = json_string(e.text);
+    assert_non_null(j);
+    json_decref(j);
+}
+
 //  Headers kbridge writes come from a template: valid JSON carrying the same fields, with
 //  counter ids that never repeat, and dates that do not go backwards.
 static void test_new_template_header(void **state)
@@ -386,6 +401,7 @@ int main(void)
         cmocka_unit_test(test_decode_rejects),
         cmocka_unit_test(test_decode_fields_by_scan),
         cmocka_unit_test(test_raw_nul_in_content_is_refused),
+        cmocka_unit_test(test_jx_refusal_reason_is_ascii),
         cmocka_unit_test(test_new_template_header),
         cmocka_unit_test(test_encode_round_trip),
         cmocka_unit_test(test_kchan_drops_forgeries),
