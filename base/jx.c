@@ -95,9 +95,10 @@ json_t *jx_loadb(const char *data, size_t len, json_error_t *error)
     //  A raw NUL byte is never JSON (inside a string it must be written \u0000), but
     //  jansson skips one right after a number or a literal: `{"n":1<NUL>}` would load, and
     //  kbridge's own scanner (jraw), which refuses it, would disagree with it.
-    if (data && memchr(data, '\0', len)) {
+    const char *nul = data ? memchr(data, '\0', len) : NULL;
+    if (nul) {
         snprintf(error->text, sizeof error->text, "a NUL byte outside a string escape");
-        error->position = (int) ((const char *) memchr(data, '\0', len) - data);
+        error->position = (int) (nul - data);
         return NULL;
     }
     json_t *value = json_loadb(data, len, JSON_ALLOW_NUL, error);
