@@ -80,8 +80,7 @@ int proc_signal(proc_t *self, int signo);
 //  Repeat signo to the process's main thread, only if that thread has been asleep in
 //  one system call since the previous call (the first call after a proc_signal only
 //  measures), once per proc_signal: for a signal that raced a blocking call and did not
-//  end it. Returns 0,
-//  KB_EDEAD or KB_EINVAL; whether it was repeated is not reported.
+//  end it. Returns 0, KB_EDEAD or KB_EINVAL; whether it was repeated is not reported.
 int proc_signal_again_if_asleep(proc_t *self, int signo);
 //  SIGTERM to the group, then SIGKILL after grace_ms if it has not exited.
 void proc_terminate(proc_t *self, uint64_t grace_ms);

@@ -348,7 +348,8 @@ static bool s_main_thread_sleeps(pid_t pid, unsigned long long *switches)
     const char *vol = strstr(buf, "\nvoluntary_ctxt_switches:\t");
     const char *nonvol = strstr(buf, "\nnonvoluntary_ctxt_switches:\t");
     if (!state || !vol || !nonvol) return false;
-    *switches = strtoull(strchr(vol, ':') + 1, NULL, 10) + strtoull(strchr(nonvol, ':') + 1, NULL, 10);
+    *switches = strtoull(strchr(vol, ':') + 1, NULL, 10) +
+                strtoull(strchr(nonvol, ':') + 1, NULL, 10);
     return state[8] == 'S';
 }
 

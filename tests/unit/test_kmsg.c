@@ -220,7 +220,8 @@ static void test_jx_refusal_reason_is_ascii(void **state)
     json_error_t e;
     assert_null(jx_loadb(body, sizeof body - 1, &e));
     assert_true(e.text[0]);
-    for (const char *c = e.text; *c; c++) assert_true((unsigned char) *c >= 0x20 && (unsigned char) *c < 0x80);
+    for (const char *c = e.text; *c; c++)
+        assert_true((unsigned char) *c >= 0x20 && (unsigned char) *c < 0x80);
     json_t *j = json_string(e.text);
     assert_non_null(j);
     json_decref(j);
