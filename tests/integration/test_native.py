@@ -201,12 +201,18 @@ SLOW_AFTER_INPUT = (
     "_k._publish_execute_input = _slow\n")
 
 
+async def patched_kernel(c, setup):
+    """A fresh kernel on client c with the setup cell run in it (cleanly): its id."""
+    kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
+    _, end = await c.execute(setup, kernel_id=kid)
+    assert end["execution"]["error"] is None
+    return kid
+
+
 def test_interrupt_outside_the_cells_code_ends_the_run(server):
     async def go():
         c = await NativeClient.connect(server)
-        kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
-        _, end = await c.execute(SLOW_AFTER_INPUT, kernel_id=kid)
-        assert end["execution"]["error"] is None
+        kid = await patched_kernel(c, SLOW_AFTER_INPUT)
         rid = await c.send(op="execute", code="'never runs'", kernel_id=kid)
         queued = await c.send(op="execute", code="'queued behind it'", kernel_id=kid)
         await c.wait_for(rid, types=["number_of_executions"])
@@ -276,9 +282,7 @@ def test_interrupt_is_not_repeated_while_the_kernel_handles_it(server):
     # (here: in the slow showtraceback), and the cell would end without its traceback.
     async def go():
         c = await NativeClient.connect(server)
-        kid = (await c.request(op="start_kernel"))["kernel"]["kernel_id"]
-        _, end = await c.execute(SLOW_TRACEBACK, kernel_id=kid)
-        assert end["execution"]["error"] is None
+        kid = await patched_kernel(c, SLOW_TRACEBACK)
         rid = await c.send(op="execute", code="import time\ntime.sleep(60)", kernel_id=kid)
         await c.wait_for(rid, types=["number_of_executions"])
         await asyncio.sleep(0.3)
